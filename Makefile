@@ -1,0 +1,56 @@
+# The README's two commands: `make run` (the whole product) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k downloads -x"`.
+PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test test-fast lint format bench install install-dev browser migrations-check clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: $(VENV)/.installed
+	DEV_SECRETS=1 $(PY) manage.py migrate --noinput
+	DEV_SECRETS=1 $(PY) manage.py bootstrap
+	DEV_SECRETS=1 $(PY) manage.py runstack
+
+migrations-check: $(VENV)/.installed-dev
+	DEV_SECRETS=1 VAR_DIR=var/check $(PY) manage.py makemigrations --check --dry-run
+
+# Headless Chromium for the browser tests (Debian package; Playwright drives it, nothing is downloaded).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+test: $(VENV)/.installed-dev migrations-check
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# The inner loop: skips the slow fault-injection and browser suites.
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not reliability and not browser" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m bench
+
+clean:
+	rm -rf var/test var/check .pytest_cache

@@ -1,0 +1,34 @@
+"""The Celery app. Its configuration is the CELERY_* names in dashboard/settings.py (beat schedule included)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+
+QUEUES = ("downloads", "maintenance", "inference")
+
+# tasks/ is not a Django app, so autodiscovery would not see it: list the modules.
+app = Celery("dashboard", include=["tasks.downloads", "tasks.maintenance", "tasks.inference"])
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(name) for name in QUEUES]
+
+
+@worker_ready.connect
+def _announce_worker(sender, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    # Imported late: this module loads before Django's apps are ready.
+    from models_app.services import workers
+
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+    workers.start_presence(hostname=sender.hostname, queues=queues)
+
+
+@worker_shutdown.connect
+def _retire_worker(sender, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    from models_app.services import workers
+
+    workers.stop_presence()

@@ -1,0 +1,306 @@
+"""Settings, all read from the environment (see .env.example). Nothing differs between
+development and production except what the environment says."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+import dj_database_url
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+
+from dashboard.env import (
+    env_bool,
+    env_duration,
+    env_float,
+    env_int,
+    env_list,
+    env_named_paths,
+    env_size,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).expanduser()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# huggingface_hub reads its environment once, at import: fix it before anything imports it. The token is
+# always passed explicitly (token=...) from a stored credential, never picked up from ~/.cache or HF_TOKEN.
+os.environ.setdefault("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+DEBUG = env_bool("DEBUG", False)
+# `make run` sets DEV_SECRETS=1 so a first run on a laptop works with no configuration: secrets are then
+# generated once into var/ and reused. Everywhere else they must come from the environment.
+DEV_SECRETS = env_bool("DEV_SECRETS", DEBUG)
+
+
+def _secret(name: str, generate: callable) -> str:  # type: ignore[valid-type]
+    value = env_str(name)
+    if value:
+        return value
+    stored = VAR_DIR / name.lower()
+    if stored.exists():
+        return stored.read_text().strip()
+    if not DEV_SECRETS:
+        raise ImproperlyConfigured(
+            f"{name} is not set. Set it in the environment (see .env.example), or run with DEBUG=1 or "
+            f"DEV_SECRETS=1 to have one generated into {stored}."
+        )
+    value = generate()
+    stored.write_text(value)
+    stored.chmod(0o600)
+    return value
+
+
+SECRET_KEY = _secret("SECRET_KEY", lambda: secrets.token_urlsafe(50))
+# Fernet keys for Hub tokens at rest, comma-separated: the first encrypts, all decrypt (key rotation).
+CREDENTIALS_KEYS = [
+    k.strip() for k in _secret("CREDENTIALS_KEY", lambda: Fernet.generate_key().decode()).split(",") if k.strip()
+]
+for _key in CREDENTIALS_KEYS:
+    try:
+        Fernet(_key)
+    except (ValueError, TypeError) as _exc:
+        raise ImproperlyConfigured(
+            "CREDENTIALS_KEY must be comma-separated Fernet keys (32 url-safe base64 bytes each); "
+            'make one with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+        ) from _exc
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "models_app",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dashboard.urls"
+ASGI_APPLICATION = "dashboard.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: SQLite in var/ by default (WAL, so web and workers read while one writes), PostgreSQL for teams.
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), conn_max_age=0, conn_health_checks=True
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # A file, not memory, so worker subprocesses started by the tests see the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # serve straight from the app folders too; collectstatic is optional
+
+# --- Security: production values come from the environment (README, "Production").
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if env_bool("BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_size("MAX_REQUEST_BODY", 8 * 2**20)
+
+# --- Redis: Celery broker, channel layer, cancel flags, worker heartbeats.
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Keys this installation writes in Redis start with this, so several installs (or test workers) can share one.
+REDIS_PREFIX = env_str("REDIS_PREFIX", "mlxcr")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": f"{REDIS_PREFIX}:asgi",
+            # A chat stream is a few hundred batched messages; the default 100 is too tight for 20 at once.
+            "capacity": 1000,
+            "expiry": 60,
+        },
+    }
+}
+
+
+# The Hub to talk to. Passed explicitly (endpoint=...) to every huggingface_hub call, so it can differ per
+# process and tests can point at their local Hub.
+HF_ENDPOINT = env_str("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+# --- Hugging Face cache: the store. Extra named roots (an external drive) may be picked by name, never by path.
+HF_HUB_CACHE = Path(
+    env_str("HF_HUB_CACHE")
+    or (Path(env_str("HF_HOME")) / "hub" if env_str("HF_HOME") else Path.home() / ".cache" / "huggingface" / "hub")
+).expanduser()
+EXTRA_CACHE_ROOTS = env_named_paths("HF_EXTRA_CACHE_ROOTS")
+if "default" in EXTRA_CACHE_ROOTS:
+    raise ImproperlyConfigured("HF_EXTRA_CACHE_ROOTS: the name 'default' is taken by HF_HUB_CACHE")
+CACHE_ROOTS = {"default": HF_HUB_CACHE, **EXTRA_CACHE_ROOTS}
+# Directories of models converted or trained locally that staff may register (never deleted by cleanup).
+LOCAL_MODEL_ROOTS = env_named_paths("LOCAL_MODEL_ROOTS")
+NODE_NAME = env_str("NODE_NAME", socket.gethostname())
+
+DOWNLOAD_DISK_RESERVE = env_size("DOWNLOAD_DISK_RESERVE", 2 * 10**9)
+DOWNLOAD_MAX_ATTEMPTS = env_int("DOWNLOAD_MAX_ATTEMPTS", 3, minimum=1)
+DOWNLOAD_STALL_TIMEOUT = env_duration("DOWNLOAD_STALL_TIMEOUT", 60)
+DOWNLOAD_HEARTBEAT_TIMEOUT = env_duration("DOWNLOAD_HEARTBEAT_TIMEOUT", 120)
+DOWNLOAD_TIME_LIMIT = env_duration("DOWNLOAD_TIME_LIMIT", 6 * 3600)
+
+CACHE_CLEANUP_MAX_AGE = env_duration("CACHE_CLEANUP_MAX_AGE", 0) or None
+CACHE_CLEANUP_MAX_SIZE = env_size("CACHE_CLEANUP_MAX_SIZE", 0) or None
+CACHE_CLEANUP_KEEP_REVISIONS = env_int("CACHE_CLEANUP_KEEP_REVISIONS", 1, minimum=1)
+UPDATE_CHECK_INTERVAL = env_duration("UPDATE_CHECK_INTERVAL", 6 * 3600)
+
+# --- Inference (one worker per host on the `inference` queue).
+INFERENCE_KEEP_ALIVE = env_duration("INFERENCE_KEEP_ALIVE", 300)
+INFERENCE_MAX_MODELS = env_int("INFERENCE_MAX_MODELS", 2, minimum=1)
+INFERENCE_MEMORY_BUDGET = env_size("INFERENCE_MEMORY_BUDGET", 0)  # 0: 60% of the machine's memory
+# Half-precision quantization scales are 8-30x slower on MLX's CPU backend (measured): cast to float32 there.
+INFERENCE_CAST_FLOAT32 = env_bool("INFERENCE_CAST_FLOAT32", sys.platform != "darwin")
+PROMPT_CACHE_BYTES = env_size("PROMPT_CACHE_BYTES", 2 * 2**30)
+PROMPT_CACHE_ENTRIES = env_int("PROMPT_CACHE_ENTRIES", 16, minimum=1)
+CHAT_BATCH_INTERVAL = env_float("CHAT_BATCH_INTERVAL", 0.025)
+# How long the web side waits for an inference worker to pick up a request before telling the user.
+INFERENCE_PICKUP_TIMEOUT = env_float("INFERENCE_PICKUP_TIMEOUT", 10.0)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "models_app.api.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "models_app.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MLX Control Room API",
+    "DESCRIPTION": "Pull, manage and serve local MLX models.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact_secrets": {"()": "models_app.redaction.RedactSecretsFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
+}
+
+# --- Celery (dashboard/celery.py reads every CELERY_* name). JSON only; queues downloads/maintenance/inference.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+CELERY_TASK_ROUTES = {
+    "downloads.*": {"queue": "downloads"},
+    "maintenance.*": {"queue": "maintenance"},
+    "inference.*": {"queue": "inference"},
+}
+# A download is idempotent (the job row is the truth), so redeliver it when a worker dies mid-task.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One task at a time per process: downloads are long, and prefetching would park jobs behind them.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = DOWNLOAD_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = DOWNLOAD_TIME_LIMIT + 120
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Redelivery of an unacknowledged task waits this long; the reaper resolves dead jobs much sooner.
+    "visibility_timeout": DOWNLOAD_TIME_LIMIT + 600,
+    "global_keyprefix": f"{REDIS_PREFIX}:celery:",
+}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_PREFIX}:celery:"}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "reap-stalled-downloads": {"task": "maintenance.reap_jobs", "schedule": 30.0},
+    "reconcile-cache": {"task": "maintenance.reconcile_cache", "schedule": 600.0},
+    "check-updates": {"task": "maintenance.check_updates", "schedule": float(UPDATE_CHECK_INTERVAL)},
+    "clean-cache": {"task": "maintenance.clean_cache", "schedule": 3600.0},
+    "unload-idle-models": {"task": "inference.expire_idle", "schedule": 15.0},
+}

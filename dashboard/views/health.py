@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+
+from models_app.services.health import system_health
+
+
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """For scripts and load balancers: 200 when every component is up, 503 otherwise. No login: it reveals
+    no secret, only what is up."""
+    report = system_health()
+    return JsonResponse(report, status=200 if report["ok"] else 503)
+
+
+@login_required
+def health_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/health.html", {"health": system_health()})
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/health.html", {"health": system_health()})
+

@@ -1,0 +1,15 @@
+from models_app.models.chat import Conversation, Message, Usage
+from models_app.models.credentials import ApiKey, HubCredential
+from models_app.models.jobs import DownloadJob
+from models_app.models.repository import Repository, Snapshot
+
+__all__ = [
+    "ApiKey",
+    "Conversation",
+    "DownloadJob",
+    "HubCredential",
+    "Message",
+    "Repository",
+    "Snapshot",
+    "Usage",
+]

@@ -1,0 +1,116 @@
+"""Worker presence: each Celery worker writes a small Redis key every few seconds with a short TTL, so the
+health page and the chat page can tell in milliseconds which queues have a live worker (a Celery `inspect`
+broadcast takes a second or more and says nothing about a worker that died without a goodbye)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from models_app.services import redis as app_redis
+
+log = logging.getLogger(__name__)
+
+BEAT_INTERVAL = 3.0
+TTL = 10
+
+# Extra facts a worker publishes with each beat (the inference worker adds its MLX device and loaded models).
+_extra_providers: list[Callable[[], dict[str, Any]]] = []
+_stop = threading.Event()
+_hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    hostname: str
+    host: str
+    pid: int
+    queues: list[str]
+    last_seen: float
+    started_at: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def age(self) -> float:
+        return max(0.0, time.time() - self.last_seen)
+
+
+def _presence_key(hostname: str) -> str:
+    return app_redis.key("workers", hostname)
+
+
+def add_extra_provider(provider: Callable[[], dict[str, Any]]) -> None:
+    _extra_providers.append(provider)
+
+
+def _extra() -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    for provider in _extra_providers:
+        try:
+            extra.update(provider())
+        except Exception:  # a broken provider must not stop the heartbeat
+            log.exception("worker presence provider failed")
+    return extra
+
+
+def beat_once(*, hostname: str, queues: list[str], started_at: float) -> None:
+    payload = {
+        "hostname": hostname,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "queues": queues,
+        "last_seen": time.time(),
+        "started_at": started_at,
+        "extra": _extra(),
+    }
+    app_redis.client().set(_presence_key(hostname), json.dumps(payload), ex=TTL)
+
+
+def start_presence(*, hostname: str, queues: list[str]) -> None:
+    """Called from the worker_ready signal; beats from a daemon thread until the worker shuts down."""
+    global _hostname
+    _hostname = hostname
+    started = time.time()
+    _stop.clear()
+
+    def beat() -> None:
+        while not _stop.is_set():
+            try:
+                beat_once(hostname=hostname, queues=queues, started_at=started)
+            except redis.RedisError as exc:  # Redis restarting: keep beating, it comes back by itself
+                log.warning("worker presence beat failed: %s", exc)
+            _stop.wait(BEAT_INTERVAL)
+
+    threading.Thread(target=beat, name="worker-presence", daemon=True).start()
+
+
+def stop_presence() -> None:
+    _stop.set()
+    if _hostname:
+        try:
+            app_redis.client().delete(_presence_key(_hostname))
+        except redis.RedisError:
+            pass
+
+
+def live_workers() -> list[WorkerInfo]:
+    """Workers seen within the TTL. Raises redis.RedisError when Redis is down."""
+    client = app_redis.client()
+    keys = list(client.scan_iter(match=_presence_key("*"), count=200))
+    if not keys:
+        return []
+    infos = [WorkerInfo(**json.loads(raw)) for raw in client.mget(keys) if raw]
+    return sorted(infos, key=lambda w: w.hostname)
+
+
+def workers_for_queue(queue: str) -> list[WorkerInfo]:
+    return [w for w in live_workers() if queue in w.queues]

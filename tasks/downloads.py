@@ -1,0 +1,1 @@
+"""Celery tasks for the downloads queue."""

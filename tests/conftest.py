@@ -1,0 +1,115 @@
+"""Shared fixtures: users, the local Hub, the tiny model, and real worker/server processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def test_var_dir() -> Path:
+    return Path(settings.VAR_DIR)
+
+
+# --- Users -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def alice(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("alice", "alice@example.com", "alice-password")
+
+
+@pytest.fixture
+def bob(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("bob", "bob@example.com", "bob-password")
+
+
+@pytest.fixture
+def staff(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_superuser("root", "root@example.com", "root-password")
+
+
+@pytest.fixture
+def alice_client(client, alice):  # type: ignore[no-untyped-def]
+    client.force_login(alice)
+    return client
+
+
+# --- The local Hub and the tiny model ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    from tests.support.localhub import LocalHub
+
+    hub = LocalHub(tmp_path_factory.mktemp("hub-storage")).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def hub(local_hub, settings):  # type: ignore[no-untyped-def]
+    """The local Hub, with this process's services pointed at it and its faults cleared after the test."""
+    settings.HF_ENDPOINT = local_hub.url
+    yield local_hub
+    local_hub.faults.clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    from tests.support.tinymodel import tiny_model_dir
+
+    return tiny_model_dir(ROOT / "var" / "test" / "models")
+
+
+# --- Real processes -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def process_log_dir(test_var_dir: Path) -> Path:
+    path = test_var_dir / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack_env(django_db_setup, local_hub) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment for subprocesses: the test database, the private Redis, the local Hub."""
+    from tests.support.processes import child_env
+
+    return child_env(HF_ENDPOINT=local_hub.url)
+
+
+@pytest.fixture(scope="session")
+def download_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-untyped-def]
+    """A real Celery worker on the downloads and maintenance queues (prefork, like `make run`)."""
+    from tests.support.processes import start_worker
+
+    worker = start_worker(name=f"dl-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
+                          queues="downloads,maintenance", concurrency=2, env=stack_env, log_dir=process_log_dir)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def inference_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-untyped-def]
+    """A real Celery worker on the inference queue (solo pool, like `make run`)."""
+    from tests.support.processes import start_worker
+
+    worker = start_worker(name=f"inf-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}", queues="inference",
+                          pool="solo", env=stack_env, log_dir=process_log_dir)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def asgi_server(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-untyped-def]
+    """The real ASGI app under uvicorn, on a free port."""
+    from tests.support.processes import AsgiServer
+
+    server = AsgiServer(env=stack_env, log_dir=process_log_dir).wait_ready()
+    yield server
+    server.stop()

@@ -1,0 +1,33 @@
+"""Test settings: the product's settings with a private Redis, an isolated var/ and key prefix per pytest-xdist
+worker. Imported by pytest (DJANGO_SETTINGS_MODULE) and by the worker and server subprocesses the tests start,
+which inherit TEST_REDIS_URL and PYTEST_XDIST_WORKER from the environment."""
+
+from __future__ import annotations
+
+import atexit
+import os
+from pathlib import Path
+
+_BASE = Path(__file__).resolve().parent.parent
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_TEST_VAR = Path(os.environ.get("TEST_VAR_DIR", str(_BASE / "var" / "test")))
+
+os.environ.setdefault("DEV_SECRETS", "1")
+os.environ.setdefault("VAR_DIR", str(_TEST_VAR / _WORKER))
+os.environ.setdefault("REDIS_PREFIX", f"mlxcr-test-{_WORKER}")
+os.environ.setdefault("HF_HUB_CACHE", str(_TEST_VAR / _WORKER / "hf-cache"))
+os.environ.setdefault("DOWNLOAD_DISK_RESERVE", "1MB")
+
+if "TEST_REDIS_URL" not in os.environ:
+    # The first process of a test run starts one redis-server; xdist workers and subprocesses inherit its URL.
+    from tests.support.redis_server import RedisServer
+
+    _redis = RedisServer(_TEST_VAR / "redis").start()
+    os.environ["TEST_REDIS_URL"] = _redis.url
+    atexit.register(_redis.stop)
+os.environ["REDIS_URL"] = os.environ["TEST_REDIS_URL"]
+
+from dashboard.settings import *  # noqa: E402,F403
+
+# Fast password hashing: tests create many users.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
