@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from django.urls import path
+from dashboard.consumers.routes import websocket_urlpatterns
 
-websocket_urlpatterns: list = []
+__all__ = ["websocket_urlpatterns"]

@@ -1,0 +1,1 @@
+"""Websocket consumers: authenticate, check permission, forward. No business logic here."""
