@@ -18,7 +18,6 @@ from pathlib import Path
 
 import redis
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 COLORS = ["36", "35", "33", "32", "34", "31"]
 
 
@@ -63,31 +62,33 @@ class Stack:
         """Use REDIS_URL when set; else the default port if something answers; else start redis-server."""
         if self.env.get("REDIS_URL"):
             return None
-        if redis_answers(DEFAULT_REDIS_URL):
-            self.env["REDIS_URL"] = DEFAULT_REDIS_URL
+        port = self.env.get("LOCAL_REDIS_PORT", "6379")
+        url = f"redis://127.0.0.1:{port}/0"
+        if redis_answers(url):
+            self.env["REDIS_URL"] = url
             return None
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit(
-                "No Redis answers on 127.0.0.1:6379 and redis-server is not installed.\n"
+                f"No Redis answers on 127.0.0.1:{port} and redis-server is not installed.\n"
                 "Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis), "
                 "or set REDIS_URL to a Redis you run elsewhere."
             )
         redis_dir = self.var_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(
-            [binary, "--port", "6379", "--bind", "127.0.0.1", "--dir", str(redis_dir), "--save", "60 1",
+            [binary, "--port", port, "--bind", "127.0.0.1", "--dir", str(redis_dir), "--save", "60 1",
              "--logfile", str(redis_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + 10
-        while not redis_answers(DEFAULT_REDIS_URL):
+        while not redis_answers(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"redis-server did not start; see {redis_dir / 'redis.log'}")
             time.sleep(0.1)
-        self.env["REDIS_URL"] = DEFAULT_REDIS_URL
+        self.env["REDIS_URL"] = url
         self.processes["redis"] = process
-        print(f"started redis-server on 127.0.0.1:6379 (data in {redis_dir})", flush=True)
+        print(f"started redis-server on 127.0.0.1:{port} (data in {redis_dir})", flush=True)
         return process
 
     def _pump(self, name: str, process: subprocess.Popen[bytes], color: str) -> None:

@@ -9,10 +9,14 @@ import redis
 from django.conf import settings
 
 
-@functools.cache
 def client() -> redis.Redis:
+    return _client_for(settings.REDIS_URL)
+
+
+@functools.cache
+def _client_for(url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.REDIS_URL,
+        url,
         socket_connect_timeout=2,
         socket_timeout=2,
         health_check_interval=10,
