@@ -61,7 +61,9 @@ def _secret(name: str, generate: callable) -> str:  # type: ignore[valid-type]
 SECRET_KEY = _secret("SECRET_KEY", lambda: secrets.token_urlsafe(50))
 # Fernet keys for Hub tokens at rest, comma-separated: the first encrypts, all decrypt (key rotation).
 CREDENTIALS_KEYS = [
-    k.strip() for k in _secret("CREDENTIALS_KEY", lambda: Fernet.generate_key().decode()).split(",") if k.strip()
+    k.strip()
+    for k in _secret("CREDENTIALS_KEY", lambda: Fernet.generate_key().decode()).split(",")
+    if k.strip()
 ]
 for _key in CREDENTIALS_KEYS:
     try:
@@ -123,7 +125,9 @@ TEMPLATES = [
 # --- Database: SQLite in var/ by default (WAL, so web and workers read while one writes), PostgreSQL for teams.
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), conn_max_age=0, conn_health_checks=True
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        conn_max_age=0,
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -199,7 +203,11 @@ HF_ENDPOINT = env_str("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 # --- Hugging Face cache: the store. Extra named roots (an external drive) may be picked by name, never by path.
 HF_HUB_CACHE = Path(
     env_str("HF_HUB_CACHE")
-    or (Path(env_str("HF_HOME")) / "hub" if env_str("HF_HOME") else Path.home() / ".cache" / "huggingface" / "hub")
+    or (
+        Path(env_str("HF_HOME")) / "hub"
+        if env_str("HF_HOME")
+        else Path.home() / ".cache" / "huggingface" / "hub"
+    )
 ).expanduser()
 EXTRA_CACHE_ROOTS = env_named_paths("HF_EXTRA_CACHE_ROOTS")
 if "default" in EXTRA_CACHE_ROOTS:

@@ -6,6 +6,7 @@ dead child should stop the stack loudly instead of leaving half a product runnin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -35,16 +36,47 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def plan(*, host: str, port: int, python: str = sys.executable, downloads_concurrency: int = 2) -> list[Service]:
+def plan(
+    *, host: str, port: int, python: str = sys.executable, downloads_concurrency: int = 2
+) -> list[Service]:
     celery = [python, "-m", "celery", "-A", "dashboard"]
     return [
-        Service("web", [python, "-m", "uvicorn", "dashboard.asgi:application", "--host", host, "--port",
-                        str(port), "--no-access-log", "--lifespan", "off"]),
-        Service("downloads", [*celery, "worker", "-Q", "downloads,maintenance", "-c", str(downloads_concurrency),
-                              "-n", "downloads@%h", "--loglevel", "INFO"]),
+        Service(
+            "web",
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "dashboard.asgi:application",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--lifespan",
+                "off",
+            ],
+        ),
+        Service(
+            "downloads",
+            [
+                *celery,
+                "worker",
+                "-Q",
+                "downloads,maintenance",
+                "-c",
+                str(downloads_concurrency),
+                "-n",
+                "downloads@%h",
+                "--loglevel",
+                "INFO",
+            ],
+        ),
         # One inference process per host: models are big and MLX is not fork-safe, so no prefork pool.
-        Service("inference", [*celery, "worker", "-Q", "inference", "-P", "solo", "-n", "inference@%h",
-                              "--loglevel", "INFO"]),
+        Service(
+            "inference",
+            [*celery, "worker", "-Q", "inference", "-P", "solo", "-n", "inference@%h", "--loglevel", "INFO"],
+        ),
         Service("beat", [*celery, "beat", "--loglevel", "INFO"]),
     ]
 
@@ -77,9 +109,22 @@ class Stack:
         redis_dir = self.var_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(
-            [binary, "--port", port, "--bind", "127.0.0.1", "--dir", str(redis_dir), "--save", "60 1",
-             "--logfile", str(redis_dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                binary,
+                "--port",
+                port,
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(redis_dir),
+                "--save",
+                "60 1",
+                "--logfile",
+                str(redis_dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while not redis_answers(url):
@@ -101,12 +146,16 @@ class Stack:
     def start(self) -> None:
         for index, service in enumerate(self.services):
             process = subprocess.Popen(
-                service.argv, env={**self.env, **service.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                service.argv,
+                env={**self.env, **service.env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
             )
             self.processes[service.name] = process
-            threading.Thread(target=self._pump, args=(service.name, process, COLORS[index % len(COLORS)]),
-                             daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(service.name, process, COLORS[index % len(COLORS)]), daemon=True
+            ).start()
 
     def wait(self) -> int:
         """Block until a child dies or we are asked to stop; returns the exit code to use."""
@@ -142,7 +191,5 @@ class Stack:
     @staticmethod
     def _signal(process: subprocess.Popen[bytes], sig: int) -> None:
         if process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                pass

@@ -19,6 +19,7 @@ def test_var_dir() -> Path:
 
 # --- Users -------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def alice(django_user_model):  # type: ignore[no-untyped-def]
     return django_user_model.objects.create_user("alice", "alice@example.com", "alice-password")
@@ -41,6 +42,7 @@ def alice_client(client, alice):  # type: ignore[no-untyped-def]
 
 
 # --- The local Hub and the tiny model ------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
@@ -68,6 +70,7 @@ def tiny_model_path() -> Path:
 
 # --- Real processes -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def process_log_dir(test_var_dir: Path) -> Path:
     path = test_var_dir / "logs"
@@ -88,8 +91,13 @@ def download_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-
     """A real Celery worker on the downloads and maintenance queues (prefork, like `make run`)."""
     from tests.support.processes import start_worker
 
-    worker = start_worker(name=f"dl-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
-                          queues="downloads,maintenance", concurrency=2, env=stack_env, log_dir=process_log_dir)
+    worker = start_worker(
+        name=f"dl-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
+        queues="downloads,maintenance",
+        concurrency=2,
+        env=stack_env,
+        log_dir=process_log_dir,
+    )
     yield worker
     worker.stop()
 
@@ -99,8 +107,13 @@ def inference_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no
     """A real Celery worker on the inference queue (solo pool, like `make run`)."""
     from tests.support.processes import start_worker
 
-    worker = start_worker(name=f"inf-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}", queues="inference",
-                          pool="solo", env=stack_env, log_dir=process_log_dir)
+    worker = start_worker(
+        name=f"inf-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
+        queues="inference",
+        pool="solo",
+        env=stack_env,
+        log_dir=process_log_dir,
+    )
     yield worker
     worker.stop()
 

@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from dashboard.consumers.downloads import DownloadsConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/downloads/", DownloadsConsumer.as_asgi()),
+]

@@ -24,4 +24,3 @@ def health_page(request: HttpRequest) -> HttpResponse:
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/health.html", {"health": system_health()})
-

@@ -70,7 +70,9 @@ class Usage(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
     )
-    api_key = models.ForeignKey("ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
+    api_key = models.ForeignKey(
+        "ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
+    )
     snapshot = models.ForeignKey("Snapshot", null=True, on_delete=models.SET_NULL, related_name="usage")
     source = models.CharField(max_length=8, choices=Source.choices)
     prompt_tokens = models.IntegerField(default=0)
@@ -85,7 +87,10 @@ class Usage(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "usage"
-        indexes = [models.Index(fields=["snapshot", "created_at"]), models.Index(fields=["user", "created_at"])]
+        indexes = [
+            models.Index(fields=["snapshot", "created_at"]),
+            models.Index(fields=["user", "created_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.source} {self.completion_tokens} tokens"

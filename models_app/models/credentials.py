@@ -15,7 +15,9 @@ class HubCredential(models.Model):
     uses it (models_app.services.credentials)."""
 
     name = models.CharField(max_length=100)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="hub_credentials")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="hub_credentials"
+    )
     token_ciphertext = models.TextField(editable=False)
     token_last4 = models.CharField(max_length=4, editable=False)
     hub_username = models.CharField(max_length=200, blank=True)
@@ -26,7 +28,9 @@ class HubCredential(models.Model):
 
     class Meta:
         ordering = ["owner", "name"]
-        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="unique_credential_name_per_owner")]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="unique_credential_name_per_owner")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.masked})"

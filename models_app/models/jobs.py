@@ -34,14 +34,20 @@ class DownloadJob(models.Model):
         "HubCredential", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
     requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="download_jobs"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="download_jobs",
     )
     force = models.BooleanField(default=False)
     allow_patterns = models.JSONField(null=True, blank=True)
 
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
     commit_sha = models.CharField(max_length=40, blank=True)
-    snapshot = models.ForeignKey("Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    snapshot = models.ForeignKey(
+        "Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
     files_done = models.IntegerField(default=0)
@@ -53,7 +59,9 @@ class DownloadJob(models.Model):
     error_message = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     celery_task_id = models.CharField(max_length=64, blank=True)
-    worker = models.CharField(max_length=200, blank=True, help_text="Celery hostname of the worker running it")
+    worker = models.CharField(
+        max_length=200, blank=True, help_text="Celery hostname of the worker running it"
+    )
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -21,12 +21,18 @@ class Repository(models.Model):
         HUB = "hub", "Hugging Face Hub"
         LOCAL = "local", "Local directory"
 
-    repo_id = models.CharField(max_length=200, unique=True, help_text="org/name on the Hub, or a local model name")
+    repo_id = models.CharField(
+        max_length=200, unique=True, help_text="org/name on the Hub, or a local model name"
+    )
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.HUB)
     private = models.BooleanField(default=False, help_text="As last seen on the Hub")
     gated = models.BooleanField(default=False, help_text="As last seen on the Hub")
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="repositories"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="repositories",
     )
     # Update check: the remote head of the tracked revision, and what changed versus the newest local snapshot.
     remote_sha = models.CharField(max_length=40, blank=True)
@@ -59,9 +65,7 @@ class SnapshotQuerySet(models.QuerySet["Snapshot"]):
     def visible_to(self, user) -> SnapshotQuerySet:  # type: ignore[no-untyped-def]
         if user.is_staff:
             return self
-        return self.filter(
-            Q(repository__private=False, repository__gated=False) | Q(repository__owner=user)
-        )
+        return self.filter(Q(repository__private=False, repository__gated=False) | Q(repository__owner=user))
 
 
 class Snapshot(models.Model):
@@ -77,13 +81,17 @@ class Snapshot(models.Model):
 
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="snapshots")
     commit_sha = models.CharField(max_length=40)
-    ref = models.CharField(max_length=200, blank=True, help_text="The revision it was pulled as (main, a tag...)")
+    ref = models.CharField(
+        max_length=200, blank=True, help_text="The revision it was pulled as (main, a tag...)"
+    )
     node = models.CharField(max_length=200)
     cache_root = models.CharField(max_length=32, default="default")
     path = models.CharField(max_length=1024, blank=True)
     size_bytes = models.BigIntegerField(default=0)
     files = models.JSONField(default=list, blank=True, help_text="[{path, size, blob_id, sha256?}]")
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.DOWNLOADING, db_index=True)
+    status = models.CharField(
+        max_length=12, choices=Status.choices, default=Status.DOWNLOADING, db_index=True
+    )
     model_type = models.CharField(max_length=64, blank=True)
     context_length = models.IntegerField(null=True, blank=True)
     downloaded_at = models.DateTimeField(null=True, blank=True)
@@ -98,7 +106,8 @@ class Snapshot(models.Model):
         ordering = ["repository__repo_id", "-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["repository", "commit_sha", "node", "cache_root"], name="one_snapshot_per_commit_node_root"
+                fields=["repository", "commit_sha", "node", "cache_root"],
+                name="one_snapshot_per_commit_node_root",
             )
         ]
 

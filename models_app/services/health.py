@@ -26,7 +26,12 @@ def _timed(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         error = ""
     except Exception as exc:  # every failure becomes a red line, never a 500
         detail, ok, error = {}, False, f"{type(exc).__name__}: {exc}"
-    return {"ok": ok, "latency_ms": round((time.perf_counter() - started) * 1000, 1), "error": error, **detail}
+    return {
+        "ok": ok,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        "error": error,
+        **detail,
+    }
 
 
 def _database() -> dict[str, Any]:
@@ -65,8 +70,12 @@ def system_health() -> dict[str, Any]:
     if redis_check["ok"]:
         try:
             for info in workers.live_workers():
-                entry = {"name": info.hostname, "host": info.host, "last_seen": info.last_seen,
-                         "age_s": round(info.age, 1)}
+                entry = {
+                    "name": info.hostname,
+                    "host": info.host,
+                    "last_seen": info.last_seen,
+                    "age_s": round(info.age, 1),
+                }
                 for q in info.queues:
                     queues.setdefault(q, []).append(entry)
                 if "mlx" in info.extra:
@@ -93,4 +102,3 @@ def system_health() -> dict[str, Any]:
         "cache": caches,
         "versions": {"huggingface_hub": _version("huggingface-hub"), "django": _version("django")},
     }
-

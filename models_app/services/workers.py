@@ -4,6 +4,7 @@ broadcast takes a second or more and says nothing about a worker that died witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,10 +97,8 @@ def start_presence(*, hostname: str, queues: list[str]) -> None:
 def stop_presence() -> None:
     _stop.set()
     if _hostname:
-        try:
+        with contextlib.suppress(redis.RedisError):
             app_redis.client().delete(_presence_key(_hostname))
-        except redis.RedisError:
-            pass
 
 
 def live_workers() -> list[WorkerInfo]:

@@ -29,7 +29,10 @@ def test_healthz_is_green_with_both_workers_connected(client, download_worker, i
     assert response.status_code == 200, report
     assert report["ok"] is True
     assert report["database"]["ok"] and report["redis"]["ok"]
-    names = {q: [w["name"] for w in report["queues"][q]["workers"]] for q in ("downloads", "maintenance", "inference")}
+    names = {
+        q: [w["name"] for w in report["queues"][q]["workers"]]
+        for q in ("downloads", "maintenance", "inference")
+    }
     assert download_worker.hostname in names["downloads"]
     assert download_worker.hostname in names["maintenance"]
     assert inference_worker.hostname in names["inference"]
@@ -41,8 +44,15 @@ def test_healthz_is_green_with_both_workers_connected(client, download_worker, i
 def test_health_page_shows_each_component(client, staff, download_worker, inference_worker) -> None:  # type: ignore[no-untyped-def]
     client.force_login(staff)
     body = client.get(reverse("health")).content.decode()
-    for component in ("database", "redis", "queue-downloads", "queue-maintenance", "queue-inference", "mlx",
-                      "cache-default"):
+    for component in (
+        "database",
+        "redis",
+        "queue-downloads",
+        "queue-maintenance",
+        "queue-inference",
+        "mlx",
+        "cache-default",
+    ):
         assert f'data-component="{component}"' in body
     assert download_worker.hostname in body
     assert inference_worker.hostname in body

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard.env import env_bool, env_duration, env_int, env_named_paths, env_size, parse_duration, parse_size
+from dashboard.env import (
+    env_bool,
+    env_duration,
+    env_int,
+    env_named_paths,
+    env_size,
+    parse_duration,
+    parse_size,
+)
 
 
 def test_it_reads_booleans_and_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,13 +37,21 @@ def test_it_reads_integers_with_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1024", 1024), ("50GB", 50 * 10**9), ("1.5GiB", int(1.5 * 2**30)), ("200 MB", 200 * 10**6), ("3k", 3000)],
+    [
+        ("1024", 1024),
+        ("50GB", 50 * 10**9),
+        ("1.5GiB", int(1.5 * 2**30)),
+        ("200 MB", 200 * 10**6),
+        ("3k", 3000),
+    ],
 )
 def test_it_parses_sizes(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("45", 45)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("45", 45)]
+)
 def test_it_parses_durations(text: str, expected: int) -> None:
     assert parse_duration(text) == expected
 

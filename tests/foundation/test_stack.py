@@ -24,10 +24,17 @@ def test_runstack_serves_a_green_healthz_and_stops_everything_on_ctrl_c(  # type
         # As on a fresh laptop: product settings, no REDIS_URL, nothing answering on the Redis port.
         for name in ("REDIS_URL", "TEST_REDIS_URL"):
             env.pop(name, None)
-        env.update(DJANGO_SETTINGS_MODULE="dashboard.settings", LOCAL_REDIS_PORT=str(redis_port),
-                   VAR_DIR=str(tmp_path / "var"), DEV_SECRETS="1")
-    stack = ManagedProcess([sys.executable, "manage.py", "runstack", "--port", str(port), "--downloads-concurrency",
-                            "1"], env, process_log_dir / "runstack.log")
+        env.update(
+            DJANGO_SETTINGS_MODULE="dashboard.settings",
+            LOCAL_REDIS_PORT=str(redis_port),
+            VAR_DIR=str(tmp_path / "var"),
+            DEV_SECRETS="1",
+        )
+    stack = ManagedProcess(
+        [sys.executable, "manage.py", "runstack", "--port", str(port), "--downloads-concurrency", "1"],
+        env,
+        process_log_dir / "runstack.log",
+    )
     try:
         report: dict = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,8 +62,9 @@ class ManagedProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -96,20 +98,37 @@ class ManagedProcess:
             except ProcessLookupError:
                 pass
         else:
-            try:  # the main process may be gone with its pool children still alive
+            # The main process may be gone with its pool children still alive.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         self._log.close()
 
 
 class CeleryWorker(ManagedProcess):
-    def __init__(self, *, name: str, queues: str, pool: str, concurrency: int, env: dict[str, str],
-                 log_dir: Path) -> None:
+    def __init__(
+        self, *, name: str, queues: str, pool: str, concurrency: int, env: dict[str, str], log_dir: Path
+    ) -> None:
         self.hostname = f"{name}@{os.uname().nodename}"
-        argv = [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queues, "-P", pool,
-                "-c", str(concurrency), "-n", self.hostname, "--loglevel", "INFO", "--without-mingle",
-                "--without-gossip"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dashboard",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            self.hostname,
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         super().__init__(argv, env, log_dir / f"{name}.log")
 
     def presence_key(self) -> str:
@@ -127,17 +146,36 @@ class CeleryWorker(ManagedProcess):
         return self
 
 
-def start_worker(*, name: str, queues: str, log_dir: Path, pool: str = "prefork", concurrency: int = 1,
-                 env: dict[str, str] | None = None) -> CeleryWorker:
-    return CeleryWorker(name=name, queues=queues, pool=pool, concurrency=concurrency, env=env or child_env(),
-                        log_dir=log_dir).wait_ready()
+def start_worker(
+    *,
+    name: str,
+    queues: str,
+    log_dir: Path,
+    pool: str = "prefork",
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+) -> CeleryWorker:
+    return CeleryWorker(
+        name=name, queues=queues, pool=pool, concurrency=concurrency, env=env or child_env(), log_dir=log_dir
+    ).wait_ready()
 
 
 class AsgiServer(ManagedProcess):
     def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
-        argv = [sys.executable, "-m", "uvicorn", "dashboard.asgi:application", "--host", "127.0.0.1",
-                "--port", str(self.port), "--lifespan", "off", "--no-access-log"]
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "dashboard.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--lifespan",
+            "off",
+            "--no-access-log",
+        ]
         super().__init__(argv, env, log_dir / f"web-{self.port}.log")
 
     @property

@@ -25,8 +25,11 @@ class Command(BaseCommand):
         env = dict(os.environ)
         # Children must find the same secrets and data this process found (generated into var/ on first run).
         env.setdefault("VAR_DIR", str(settings.VAR_DIR))
-        stack = Stack(plan(host=host, port=port, downloads_concurrency=downloads_concurrency), env=env,
-                      var_dir=settings.VAR_DIR)
+        stack = Stack(
+            plan(host=host, port=port, downloads_concurrency=downloads_concurrency),
+            env=env,
+            var_dir=settings.VAR_DIR,
+        )
         stack.ensure_redis()
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -36,7 +39,9 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
         stack.start()
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.stdout.write(self.style.SUCCESS(f"\n  MLX Control Room is starting: open http://{shown_host}:{port}/\n"))
+        self.stdout.write(
+            self.style.SUCCESS(f"\n  MLX Control Room is starting: open http://{shown_host}:{port}/\n")
+        )
         code = stack.wait()
         self.stdout.write("stopping…")
         stack.stop()

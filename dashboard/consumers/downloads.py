@@ -1,0 +1,100 @@
+"""Live download progress for the Downloads and Overview pages: `ws/downloads/`.
+
+Authenticate, send a snapshot read from the database, then forward `download.progress` / `download.state`
+events for jobs the user may see. The page renders from the database first; this is only an update stream.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db.models import Q
+from django.utils import timezone
+
+from models_app.models import DownloadJob
+from models_app.realtime import STAFF_DOWNLOADS_GROUP, user_downloads_group
+
+# Jobs that finished this recently are in the snapshot too, so a page that was offline while a job ended
+# still learns how it ended.
+RECENT = dt.timedelta(minutes=10)
+SNAPSHOT_LIMIT = 200
+
+
+def job_payload(job: DownloadJob) -> dict[str, Any]:
+    """A job as one object carrying both the progress and the state fields of the realtime payloads."""
+    return {
+        "job_id": job.id,
+        "repo_id": job.repository.repo_id,
+        "revision": job.revision,
+        "state": job.state,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "files_done": job.files_done,
+        "files_total": job.files_total,
+        "current_file": job.current_file,
+        "speed_bps": job.speed_bps,
+        "eta_seconds": job.eta_seconds,
+        "percent": round(job.percent, 1),
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "snapshot_id": job.snapshot_id,
+        "commit_sha": job.commit_sha,
+    }
+
+
+class DownloadsConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()
+            return
+        self.user = user
+        # Staff get every job through the staff group; joining their own group as well would deliver their
+        # own jobs twice.
+        self.group = STAFF_DOWNLOADS_GROUP if user.is_staff else user_downloads_group(user.id)
+        # Join before reading the snapshot: an update that lands in between is queued, not lost.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        jobs = await self._snapshot()
+        self.visible: set[int] = {job["job_id"] for job in jobs}
+        await self.send_json({"type": "downloads.snapshot", "jobs": jobs})
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Read-only stream: actions are POSTed forms, so anything sent here is ignored."""
+
+    async def download_progress(self, event: dict[str, Any]) -> None:
+        if await self._may_see(event.get("job_id")):
+            await self.send_json(event)
+
+    async def download_state(self, event: dict[str, Any]) -> None:
+        if await self._may_see(event.get("job_id")):
+            await self.send_json(event)
+
+    async def _may_see(self, job_id: Any) -> bool:
+        """Cheap: a set lookup, and one query the first time a job id shows up (a job started after connect)."""
+        if self.user.is_staff or job_id in self.visible:
+            return True
+        if not isinstance(job_id, int):
+            return False
+        if await DownloadJob.objects.visible_to(self.user).filter(id=job_id).aexists():
+            self.visible.add(job_id)
+            return True
+        return False
+
+    @database_sync_to_async
+    def _snapshot(self) -> list[dict[str, Any]]:
+        since = timezone.now() - RECENT
+        jobs = (
+            DownloadJob.objects.visible_to(self.user)
+            .filter(Q(state__in=DownloadJob.ACTIVE_STATES) | Q(finished_at__gte=since))
+            .select_related("repository")
+            .order_by("-created_at")[:SNAPSHOT_LIMIT]
+        )
+        return [job_payload(job) for job in jobs]
