@@ -12,11 +12,21 @@ _BASE = Path(__file__).resolve().parent.parent
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 _TEST_VAR = Path(os.environ.get("TEST_VAR_DIR", str(_BASE / "var" / "test")))
 
-os.environ.setdefault("DEV_SECRETS", "1")
-os.environ.setdefault("VAR_DIR", str(_TEST_VAR / _WORKER))
-os.environ.setdefault("REDIS_PREFIX", f"mlxcr-test-{_WORKER}")
-os.environ.setdefault("HF_HUB_CACHE", str(_TEST_VAR / _WORKER / "hf-cache"))
-os.environ.setdefault("DOWNLOAD_DISK_RESERVE", "1MB")
+_PER_WORKER = {
+    "DEV_SECRETS": "1",
+    "VAR_DIR": str(_TEST_VAR / _WORKER),
+    "REDIS_PREFIX": f"mlxcr-test-{_WORKER}",
+    "HF_HUB_CACHE": str(_TEST_VAR / _WORKER / "hf-cache"),
+    "DOWNLOAD_DISK_RESERVE": "1MB",
+}
+if os.environ.get("MLXCR_TEST_WORKER") == _WORKER:
+    # A subprocess a test started (worker, server): keep what the test chose for it.
+    for _name, _value in _PER_WORKER.items():
+        os.environ.setdefault(_name, _value)
+else:
+    # The pytest controller or an xdist worker: values inherited from the controller are not ours.
+    os.environ.update(_PER_WORKER)
+    os.environ["MLXCR_TEST_WORKER"] = _WORKER
 
 if "TEST_REDIS_URL" not in os.environ:
     # The first process of a test run starts one redis-server; xdist workers and subprocesses inherit its URL.
