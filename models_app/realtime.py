@@ -70,6 +70,11 @@ class ChatStarted(TypedDict):
     request_id: str
     seq: int
     notice: NotRequired[str]  # e.g. "The 3 oldest turns were dropped to fit the context window."
+    prompt_tokens: NotRequired[int]
+    cached_tokens: NotRequired[int]  # of prompt_tokens, served from the prompt cache
+    max_tokens: NotRequired[int]
+    model: NotRequired[str]  # repo id
+    worker: NotRequired[str]  # Celery hostname of the inference worker that took the request
 
 
 class ChatDone(TypedDict):
@@ -84,9 +89,12 @@ class ChatDone(TypedDict):
 class ChatError(TypedDict):
     type: Literal["chat.error"]
     request_id: str
-    seq: int
+    seq: int  # -1 when made by the web side (no_worker, worker_died), not by the worker
+    # model_load_failed | context_too_long | invalid_request | cancelled | internal (worker);
+    # no_worker | worker_died (web side)
     code: str
     message: str
+    worker: NotRequired[str]
 
 
 def group_send(group: str, payload: dict[str, Any]) -> None:

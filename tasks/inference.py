@@ -1,1 +1,62 @@
-"""Celery tasks for the inference queue."""
+"""Celery tasks for the inference queue (one worker per host, `-P solo`: the loaded models live in the
+worker's own process, so generations run one at a time next to them).
+
+Thin: each task calls one function of models_app.services.inference, which imports MLX lazily."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_init
+
+log = logging.getLogger(__name__)
+
+
+# At most once: a redelivered generation would stream a second answer, from seq 0, into the same channel.
+@shared_task(name="inference.generate", acks_late=False, ignore_result=True)
+def generate(request: dict[str, Any]) -> None:
+    from models_app.services import inference
+
+    inference.generate(request)
+
+
+@shared_task(name="inference.load", acks_late=False, ignore_result=True)
+def load(snapshot_id: int, keep_alive: Any = None) -> None:
+    from models_app.services import inference
+    from models_app.services.engine.registry import ModelLoadError
+
+    try:
+        inference.load_model(snapshot_id, keep_alive=keep_alive)
+    except ModelLoadError as exc:
+        log.warning("load of snapshot %s failed: %s", snapshot_id, exc)
+
+
+@shared_task(name="inference.unload", acks_late=False, ignore_result=True)
+def unload(snapshot_id: int) -> None:
+    from models_app.services import inference
+
+    inference.unload_model(snapshot_id)
+
+
+@shared_task(name="inference.expire_idle", acks_late=False, ignore_result=True)
+def expire_idle() -> None:
+    from models_app.services import inference
+
+    inference.expire_idle()
+
+
+@worker_init.connect
+def _setup_inference_worker(sender: Any, **_kwargs: Any) -> None:
+    """On a worker that consumes `inference`: import MLX now (not on the first request) and publish the
+    backend and the loaded models with the worker's heartbeat (the health and model pages read them)."""
+    queues = set(sender.app.amqp.queues.consume_from)
+    if "inference" not in queues:
+        return
+    from models_app.services import inference, workers
+    from models_app.services.engine import state
+
+    state.state().hostname = sender.hostname
+    workers.add_extra_provider(inference.worker_status)
+    log.info("inference worker %s ready: %s", sender.hostname, inference.worker_status()["mlx"])

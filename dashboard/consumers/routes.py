@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from django.urls import path
 
+from dashboard.consumers.chat import ChatConsumer
 from dashboard.consumers.downloads import DownloadsConsumer
 
 websocket_urlpatterns: list = [
     path("ws/downloads/", DownloadsConsumer.as_asgi()),
+    path("ws/chat/", ChatConsumer.as_asgi()),
 ]

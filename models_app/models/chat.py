@@ -50,6 +50,11 @@ class Message(models.Model):
     ttft_ms = models.FloatField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
     finish_reason = models.CharField(max_length=20, blank=True)
+    # The generation that wrote (or is writing) this answer: Stop after a page reload finds it by this id.
+    request_id = models.UUIDField(null=True, blank=True, db_index=True)
+    snapshot = models.ForeignKey(
+        "Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,0 +1,149 @@
+"""The chat page's socket: `ws/chat/`.
+
+Client → server: {"type": "chat.send", "conversation_id"?, "content", "snapshot_id"?, "options"?,
+"system_prompt"?}, {"type": "chat.stop", "request_id"}, {"type": "chat.regenerate", "conversation_id"}.
+Server → client: chat.accepted (ids of the saved messages), then the worker's chat.started / chat.progress /
+chat.delta / chat.done / chat.error, forwarded as they come; the worker sends them straight to this
+consumer's channel. Errors of the client's own making come back as chat.error without a seq.
+
+Thin: the work is in models_app.services.chat; this checks the user, forwards, and watches for a worker
+that never answers (chat.error no_worker / worker_died within INFERENCE_PICKUP_TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from models_app.services import chat, inference
+
+UNAUTHENTICATED = 4401
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        self.watches: dict[str, inference.ReplyWatch] = {}
+        self.watchdog: asyncio.Task | None = None
+        user = self.scope.get("user")
+        # Accept, then close with a code the page understands (a refused handshake carries no code).
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.close(code=UNAUTHENTICATED)
+            return
+        self.user = user
+
+    async def disconnect(self, code: int) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        # Nobody will read the rest of these answers: stop them (the worker saves what it has).
+        for request_id in list(self.watches):
+            await sync_to_async(chat.cancel_quietly, thread_sensitive=False)(request_id)
+        self.watches.clear()
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not hasattr(self, "user"):
+            return
+        kind = content.get("type") if isinstance(content, dict) else None
+        handler = {
+            "chat.send": self._send_message,
+            "chat.regenerate": self._regenerate,
+            "chat.stop": self._stop,
+        }.get(kind)
+        if handler is None:
+            await self._error("invalid_request", "Unknown message type.")
+            return
+        try:
+            await handler(content)
+        except chat.ChatError as exc:
+            await self._error(exc.code, exc.message, request_id=content.get("request_id"))
+
+    async def _send_message(self, content: dict[str, Any]) -> None:
+        started = await database_sync_to_async(chat.post_message)(
+            user=self.user,
+            conversation_id=content.get("conversation_id"),
+            content=content.get("content"),
+            reply_channel=self.channel_name,
+            snapshot_id=content.get("snapshot_id"),
+            options=content.get("options"),
+            system_prompt=content.get("system_prompt"),
+        )
+        await self._accepted(started)
+
+    async def _regenerate(self, content: dict[str, Any]) -> None:
+        started = await database_sync_to_async(chat.regenerate)(
+            user=self.user,
+            conversation_id=content.get("conversation_id"),
+            reply_channel=self.channel_name,
+            options=content.get("options"),
+        )
+        await self._accepted(started)
+
+    async def _stop(self, content: dict[str, Any]) -> None:
+        if not await database_sync_to_async(chat.stop)(user=self.user, request_id=content.get("request_id")):
+            raise chat.ChatError("not_found", "There is no answer being generated to stop.")
+
+    async def _accepted(self, started: chat.Started) -> None:
+        # Replies queue on our channel until this handler returns, so the watch exists before they arrive.
+        self.watches[started.request_id] = inference.ReplyWatch(
+            started.request_id, pickup_timeout=settings.INFERENCE_PICKUP_TIMEOUT
+        )
+        if self.watchdog is None or self.watchdog.done():
+            self.watchdog = asyncio.create_task(self._watch())
+        await self.send_json(started.payload())
+
+    # --- Replies from the inference worker ---------------------------------------------------------------------
+
+    async def chat_started(self, event: dict[str, Any]) -> None:
+        await self._forward(event)
+
+    async def chat_progress(self, event: dict[str, Any]) -> None:
+        await self._forward(event)
+
+    async def chat_delta(self, event: dict[str, Any]) -> None:
+        await self._forward(event)
+
+    async def chat_done(self, event: dict[str, Any]) -> None:
+        await self._forward(event)
+
+    async def chat_error(self, event: dict[str, Any]) -> None:
+        await self._forward(event)
+
+    async def _forward(self, event: dict[str, Any]) -> None:
+        watch = self.watches.get(event.get("request_id", ""))
+        if watch is None:
+            return  # not a request of this socket (or one already given up on)
+        watch.seen(event)
+        if event.get("type") in ("chat.done", "chat.error"):
+            del self.watches[event["request_id"]]
+        await self.send_json({k: v for k, v in event.items() if k != "worker"})
+
+    async def _watch(self) -> None:
+        """Give up on requests nobody picked up, or whose worker died, instead of leaving the page waiting."""
+        interval = max(0.1, settings.INFERENCE_PICKUP_TIMEOUT / 4)
+        while self.watches:
+            await asyncio.sleep(interval)
+            for request_id, watch in list(self.watches.items()):
+                if not watch.due():
+                    continue
+                error = await sync_to_async(watch.check, thread_sensitive=False)()
+                if error is None or self.watches.get(request_id) is not watch:
+                    continue
+                del self.watches[request_id]
+                await database_sync_to_async(chat.fail_answer)(
+                    request_id=request_id, code=error["code"], message=error["message"]
+                )
+                # Should a worker take it after all, it must not answer into a page that gave up.
+                with contextlib.suppress(Exception):
+                    await sync_to_async(inference.cancel_generation, thread_sensitive=False)(request_id)
+                await self.send_json(error)
+
+    async def _error(self, code: str, message: str, *, request_id: Any = None) -> None:
+        await self.send_json(
+            {"type": "chat.error", "request_id": request_id, "seq": -1, "code": code, "message": message}
+        )

@@ -1,0 +1,395 @@
+"""Conversations and messages: what the chat page and its websocket consumer do, with the permission checks.
+
+A user only ever sees their own conversations (anything else is "not found", never "forbidden": ids are not
+confirmed to strangers), and only chats with ready snapshots they may see (Snapshot.objects.visible_to).
+Posting a message saves it with an empty assistant message (status pending) and enqueues the generation;
+the inference worker writes the answer into that message when it ends. The database is the truth: a page
+that reconnects re-reads it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from models_app.models import Conversation, Message, Snapshot, Usage
+from models_app.services import inference, workers
+from models_app.services import redis as app_redis
+
+log = logging.getLogger(__name__)
+
+MAX_CONTENT = 100_000  # characters in one message
+MAX_SYSTEM_PROMPT = 20_000
+MAX_TITLE = 200
+DEFAULT_TITLE = "New chat"
+IN_FLIGHT = (Message.Status.PENDING, Message.Status.STREAMING)
+
+
+class ChatError(Exception):
+    """Something the user did that cannot go on; `code` and the message go into an error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def not_found() -> ChatError:
+    return ChatError("not_found", "This conversation does not exist.")
+
+
+@dataclass(frozen=True)
+class Started:
+    request_id: str
+    conversation_id: int
+    user_message_id: int | None
+    assistant_message_id: int
+    snapshot_id: int
+    title: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "type": "chat.accepted",
+            "request_id": self.request_id,
+            "conversation_id": self.conversation_id,
+            "user_message_id": self.user_message_id,
+            "assistant_message_id": self.assistant_message_id,
+            "snapshot_id": self.snapshot_id,
+            "title": self.title,
+        }
+
+
+# --- Reading ---------------------------------------------------------------------------------------------------
+
+
+def usable_snapshots(user) -> QuerySet[Snapshot]:  # type: ignore[no-untyped-def]
+    """Ready snapshots the user may chat with, newest first within a repo."""
+    return Snapshot.objects.ready().visible_to(user).select_related("repository")
+
+
+def resolve_snapshot(user, ref: Any) -> Snapshot | None:  # type: ignore[no-untyped-def]
+    """A snapshot id or a repo id (its newest ready snapshot), among those the user may use."""
+    if ref in (None, ""):
+        return None
+    snapshots = usable_snapshots(user)
+    text = str(ref).strip()
+    if text.isdigit():
+        return snapshots.filter(id=int(text)).first()
+    return snapshots.filter(repository__repo_id=text).order_by("-created_at").first()
+
+
+def conversations_for(user) -> QuerySet[Conversation]:  # type: ignore[no-untyped-def]
+    return Conversation.objects.filter(user=user).order_by("-updated_at")
+
+
+def get_conversation(user, conversation_id: Any) -> Conversation:  # type: ignore[no-untyped-def]
+    try:
+        return Conversation.objects.select_related("snapshot__repository").get(
+            id=int(conversation_id), user=user
+        )
+    except (Conversation.DoesNotExist, TypeError, ValueError):
+        raise not_found() from None
+
+
+# --- Conversations -----------------------------------------------------------------------------------------
+
+
+def create_conversation(
+    *, user, snapshot_id: Any = None, title: str = "", system_prompt: str = "", options: dict | None = None
+) -> Conversation:  # type: ignore[no-untyped-def]
+    snapshot = resolve_snapshot(user, snapshot_id)
+    return Conversation.objects.create(
+        user=user,
+        title=_clean_title(title) or DEFAULT_TITLE,
+        snapshot=snapshot,
+        system_prompt=_clean_system_prompt(system_prompt),
+        settings=_settings(options),
+    )
+
+
+def rename_conversation(*, user, conversation_id: Any, title: str) -> Conversation:  # type: ignore[no-untyped-def]
+    conversation = get_conversation(user, conversation_id)
+    title = _clean_title(title)
+    if not title:
+        raise ChatError("invalid_request", "A title cannot be empty.")
+    conversation.title = title
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+def delete_conversation(*, user, conversation_id: Any) -> None:  # type: ignore[no-untyped-def]
+    conversation = get_conversation(user, conversation_id)
+    # Stop what is still generating for it: nobody will read those answers.
+    for request_id in conversation.messages.filter(
+        status__in=IN_FLIGHT, request_id__isnull=False
+    ).values_list("request_id", flat=True):
+        cancel_quietly(str(request_id))
+    conversation.delete()
+
+
+# --- Messages ----------------------------------------------------------------------------------------------
+
+
+def post_message(
+    *,
+    user,  # type: ignore[no-untyped-def]
+    conversation_id: Any,
+    content: Any,
+    reply_channel: str,
+    snapshot_id: Any = None,
+    options: Any = None,
+    system_prompt: Any = None,
+) -> Started:
+    """Save the user's message and an empty answer, and start generating it. With no conversation_id, a new
+    conversation is created. Raises ChatError (nothing is saved then)."""
+    if not isinstance(content, str) or not content.strip():
+        raise ChatError("invalid_request", "Type a message first.")
+    if len(content) > MAX_CONTENT:
+        raise ChatError("invalid_request", f"A message is limited to {MAX_CONTENT:,} characters.")
+    clean_options = _options(options)
+    conversation = get_conversation(user, conversation_id) if conversation_id not in (None, "") else None
+    snapshot = _pick_snapshot(user, snapshot_id, conversation)
+    _ensure_worker()
+    with transaction.atomic():
+        if conversation is None:
+            conversation = Conversation(user=user, title=DEFAULT_TITLE)
+        conversation.snapshot = snapshot
+        if system_prompt is not None:
+            conversation.system_prompt = _clean_system_prompt(system_prompt)
+        if options is not None:
+            conversation.settings = _settings(clean_options)
+        if conversation.title == DEFAULT_TITLE:
+            conversation.title = _title_from(content) or DEFAULT_TITLE
+        conversation.save()
+        if conversation.messages.filter(role=Message.Role.ASSISTANT, status__in=IN_FLIGHT).exists():
+            raise ChatError("busy", "Wait for the current answer to finish, or stop it.")
+        user_message = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, content=content
+        )
+        answer = _new_answer(conversation, snapshot)
+    request_options = clean_options if options is not None else _stored_options(conversation)
+    return _start(
+        user, conversation, answer, snapshot, request_options, reply_channel, user_message_id=user_message.id
+    )
+
+
+def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any = None) -> Started:  # type: ignore[no-untyped-def]
+    """Replace the last answer with a new one."""
+    conversation = get_conversation(user, conversation_id)
+    clean_options = _options(options) if options is not None else _stored_options(conversation)
+    snapshot = _pick_snapshot(user, None, conversation)
+    _ensure_worker()
+    with transaction.atomic():
+        messages = list(conversation.messages.order_by("id"))
+        if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in messages):
+            raise ChatError("busy", "Wait for the current answer to finish, or stop it.")
+        while messages and messages[-1].role == Message.Role.ASSISTANT:
+            messages.pop().delete()
+        if not messages:
+            raise ChatError("invalid_request", "There is no message to answer yet.")
+        answer = _new_answer(conversation, snapshot)
+        conversation.save(update_fields=["updated_at"])
+    return _start(user, conversation, answer, snapshot, clean_options, reply_channel, user_message_id=None)
+
+
+def stop(*, user, request_id: Any) -> bool:  # type: ignore[no-untyped-def]
+    """Stop a generation of one of the user's own answers. Returns whether there was one to stop."""
+    try:
+        request_uuid = uuid.UUID(str(request_id))
+    except ValueError:
+        return False
+    owned = Message.objects.filter(request_id=request_uuid, conversation__user=user, status__in=IN_FLIGHT)
+    if not owned.exists():
+        return False
+    cancel_quietly(str(request_uuid))
+    return True
+
+
+def fail_answer(*, request_id: str, code: str, message: str) -> None:
+    """The web side gave up on a request (no worker, worker died): the answer says so, unless the worker
+    finished it after all."""
+    Message.objects.filter(request_id=request_id, status__in=IN_FLIGHT).update(
+        status=Message.Status.ERROR, error=message, finish_reason=code
+    )
+
+
+def reconcile_pending(conversation: Conversation) -> None:
+    """Answers left pending by a page that went away while their worker died (or never took them) would
+    stay "generating" forever: the web side that watched them is gone. Settle them when the page is read.
+    Costs Redis calls only when the conversation has an answer in flight."""
+    pending = list(conversation.messages.filter(status__in=IN_FLIGHT, request_id__isnull=False))
+    if not pending:
+        return
+    try:
+        live = {w.hostname for w in workers.workers_for_queue(inference.QUEUE)}
+        picked = app_redis.client().mget([inference.picked_key(str(m.request_id)) for m in pending])
+    except redis.RedisError:
+        return
+    now = timezone.now()
+    grace = dt.timedelta(seconds=max(30.0, 2 * settings.INFERENCE_PICKUP_TIMEOUT))
+    for message, worker in zip(pending, picked, strict=True):
+        age = now - message.created_at
+        if worker and worker not in live:
+            code, text = inference.WORKER_DIED, "The inference worker stopped while writing this answer."
+        elif not worker and not live and age > grace:
+            code, text = inference.NO_WORKER, "No inference worker picked up this request."
+        elif not worker and age > dt.timedelta(seconds=inference.QUEUE_EXPIRY + 60):
+            code, text = inference.NO_WORKER, "The request expired before a worker took it."
+        else:
+            continue
+        fail_answer(request_id=str(message.request_id), code=code, message=text)
+
+
+def history(conversation: Conversation) -> list[Message]:
+    return list(conversation.messages.order_by("id"))
+
+
+def message_figures(message: Message) -> dict[str, Any]:
+    return {
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "ttft_ms": message.ttft_ms,
+        "tokens_per_second": message.tokens_per_second,
+        "finish_reason": message.finish_reason,
+    }
+
+
+# --- Internals ---------------------------------------------------------------------------------------------
+
+
+def _start(
+    user,  # type: ignore[no-untyped-def]
+    conversation: Conversation,
+    answer: Message,
+    snapshot: Snapshot,
+    options: dict[str, Any],
+    reply_channel: str,
+    *,
+    user_message_id: int | None,
+) -> Started:
+    request = {
+        "request_id": str(answer.request_id),
+        "reply_channel": reply_channel,
+        "snapshot_id": snapshot.id,
+        "messages": _request_messages(conversation, before=answer.id),
+        "options": options,
+        "user_id": user.id,
+        "api_key_id": None,
+        "source": Usage.Source.BROWSER,
+        "assistant_message_id": answer.id,
+    }
+    try:
+        inference.start_generation(request)
+    except inference.InferenceUnavailable as exc:
+        fail_answer(request_id=str(answer.request_id), code=exc.code, message=str(exc))
+        raise ChatError(exc.code, str(exc)) from exc
+    return Started(
+        request_id=str(answer.request_id),
+        conversation_id=conversation.id,
+        user_message_id=user_message_id,
+        assistant_message_id=answer.id,
+        snapshot_id=snapshot.id,
+        title=conversation.title,
+    )
+
+
+def _new_answer(conversation: Conversation, snapshot: Snapshot) -> Message:
+    return Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.PENDING,
+        request_id=uuid.uuid4(),
+        snapshot=snapshot,
+    )
+
+
+def _request_messages(conversation: Conversation, *, before: int) -> list[dict[str, str]]:
+    """The conversation as the model sees it: the system prompt, then every user message and every answer
+    that has text (a failed answer is left out). Consecutive messages of one role are merged, since many
+    chat templates insist that roles alternate."""
+    result: list[dict[str, str]] = []
+    if conversation.system_prompt.strip():
+        result.append({"role": "system", "content": conversation.system_prompt})
+    rows = conversation.messages.filter(id__lt=before).order_by("id").values_list("role", "content", "status")
+    for role, content, status in rows:
+        if role == Message.Role.ASSISTANT and (
+            status in IN_FLIGHT or status == Message.Status.ERROR or not content
+        ):
+            continue
+        if result and result[-1]["role"] == role and role != "system":
+            result[-1] = {"role": role, "content": f"{result[-1]['content']}\n\n{content}"}
+        else:
+            result.append({"role": role, "content": content})
+    return result
+
+
+def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) -> Snapshot:  # type: ignore[no-untyped-def]
+    ref = (
+        snapshot_id if snapshot_id not in (None, "") else (conversation.snapshot_id if conversation else None)
+    )
+    snapshot = resolve_snapshot(user, ref)
+    if snapshot is None:
+        raise ChatError("model_unavailable", "Pick a model that is downloaded and ready.")
+    return snapshot
+
+
+def _ensure_worker() -> None:
+    try:
+        inference.ensure_worker()
+    except inference.InferenceUnavailable as exc:
+        raise ChatError(exc.code, str(exc)) from exc
+
+
+def _options(options: Any) -> dict[str, Any]:
+    try:
+        return inference.normalize_options(options)
+    except inference.InvalidOptions as exc:
+        raise ChatError("invalid_request", str(exc)) from exc
+
+
+def _stored_options(conversation: Conversation) -> dict[str, Any]:
+    try:
+        return inference.normalize_options(conversation.settings or {})
+    except inference.InvalidOptions:
+        return {}
+
+
+def _settings(options: dict[str, Any] | None) -> dict[str, Any]:
+    # Tools are an API matter; the page's settings are sampling only.
+    return {k: v for k, v in (options or {}).items() if k != "tools"}
+
+
+def _clean_title(text: Any) -> str:
+    return re.sub(r"\s+", " ", str(text or "")).strip()[:MAX_TITLE]
+
+
+def _title_from(content: str) -> str:
+    """A new conversation is named after the start of its first message."""
+    title = _clean_title(content)
+    return title if len(title) <= 60 else title[:59].rstrip() + "…"
+
+
+def _clean_system_prompt(text: Any) -> str:
+    text = str(text or "")
+    if len(text) > MAX_SYSTEM_PROMPT:
+        raise ChatError(
+            "invalid_request", f"The system prompt is limited to {MAX_SYSTEM_PROMPT:,} characters."
+        )
+    return text
+
+
+def cancel_quietly(request_id: str) -> None:
+    try:
+        inference.cancel_generation(request_id)
+    except Exception as exc:  # Redis away: the generation runs to its end; nothing else breaks
+        log.warning("could not cancel %s: %s", request_id, exc)

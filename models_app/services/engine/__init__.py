@@ -1,0 +1,13 @@
+"""The inference engine: everything that runs inside the inference worker and imports MLX.
+
+Web processes never import this package (they stay light and can be many); they use the helpers in
+`models_app.services.inference`, which import from here lazily, only inside the worker.
+
+- `registry`: loaded models (LRU, keep-alive, memory budget).
+- `prompt_cache`: KV caches of recent prompts, reused by longest common token prefix.
+- `prompt`: chat template, context window, dropping the oldest turns.
+- `stops`: stop strings (mlx-lm has none).
+- `sender`: ordered, batched channel-layer sends and the cancel flag, off the generation thread.
+- `state`: the process's registry and prompt cache; load, unload, expire, the heartbeat status.
+- `generation`: `generate(request)`, the loop that ties them together.
+"""

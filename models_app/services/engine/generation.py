@@ -1,0 +1,408 @@
+"""`generate(request)`: one request, from the snapshot row to the last reply and the usage row.
+
+The contract of `request` and of the replies is in models_app.services.inference. The token loop does no
+database write and no Redis round trip: replies are batched every CHAT_BATCH_INTERVAL and handed to the
+sender thread, the cancel flag is an Event the sender thread sets, and the database is written once at the
+end (before chat.done, so a page that reloads on chat.done reads the final text).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx_lm
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+from models_app.models import Message, Snapshot, Usage
+from models_app.services import inference
+from models_app.services import redis as app_redis
+from models_app.services.engine.prompt import (
+    PromptError,
+    answer_reserve,
+    build_chat_prompt,
+    build_text_prompt,
+)
+from models_app.services.engine.registry import LoadedModel, ModelLoadError
+from models_app.services.engine.sender import ReplyStream, cancel_key
+from models_app.services.engine.state import EngineState, spec_for, state
+from models_app.services.engine.stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+# Prompt tokens per forward pass while prefilling. Smaller than mlx-lm's 2048 so a long prompt reports
+# progress and notices Stop every few seconds even on a CPU; the cost is a few percent of prefill speed.
+PREFILL_STEP = 512
+PROGRESS_INTERVAL = 0.25
+
+
+class GenerationError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Cancelled(Exception):
+    pass
+
+
+# --- The request ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    request_id: str
+    reply_channel: str
+    snapshot_id: int
+    messages: list[dict[str, Any]] | None
+    prompt: str | None
+    options: dict[str, Any]
+    user_id: int | None
+    api_key_id: int | None
+    source: str
+    assistant_message_id: int | None
+    enqueued_at: float | None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Request:
+        messages, prompt = raw.get("messages"), raw.get("prompt")
+        if (messages is None) == (prompt is None):
+            raise GenerationError("invalid_request", "Give either messages or prompt.")
+        if messages is not None and (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+        ):
+            raise GenerationError("invalid_request", "messages must be a non-empty list of {role, content}.")
+        if prompt is not None and not isinstance(prompt, str):
+            raise GenerationError("invalid_request", "prompt must be a string.")
+        try:
+            options = inference.normalize_options(raw.get("options"))
+        except inference.InvalidOptions as exc:
+            raise GenerationError("invalid_request", str(exc)) from exc
+        return cls(
+            request_id=str(raw["request_id"]),
+            reply_channel=str(raw["reply_channel"]),
+            snapshot_id=int(raw["snapshot_id"]),
+            messages=messages,
+            prompt=prompt,
+            options=options,
+            user_id=raw.get("user_id"),
+            api_key_id=raw.get("api_key_id"),
+            source=raw.get("source") or Usage.Source.API,
+            assistant_message_id=raw.get("assistant_message_id"),
+            enqueued_at=raw.get("enqueued_at"),
+        )
+
+
+@dataclass
+class Outcome:
+    text: str = ""
+    finish_reason: str = "length"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    tokens_per_second: float | None = None
+    prompt_tps: float | None = None
+    peak_memory_bytes: int = 0
+    load_ms: float = 0.0
+    queue_ms: float | None = None
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": self.ttft_ms,
+            "tokens_per_second": self.tokens_per_second,
+            "prompt_tps": self.prompt_tps,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "finish_reason": self.finish_reason,
+            "load_ms": self.load_ms,
+            "queue_ms": self.queue_ms,
+        }
+
+
+# --- Entry point ---------------------------------------------------------------------------------------------
+
+
+def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None:
+    """Run one request (see models_app.services.inference). Returns the usage dict, or None on error.
+    Never raises: every failure becomes a chat.error to the requester and an error on the message."""
+    engine = state()
+    try:
+        request = Request.parse(raw)
+    except (GenerationError, KeyError, TypeError, ValueError) as exc:
+        log.warning("rejected a malformed generation request: %s", exc)
+        if raw.get("reply_channel") and raw.get("request_id"):
+            stream = ReplyStream(
+                channel=raw["reply_channel"],
+                request_id=str(raw["request_id"]),
+                layer=layer,
+                poll_cancel=False,
+            )
+            stream.emit("chat.error", code="invalid_request", message=str(exc), worker=engine.hostname)
+            stream.close()
+        return None
+
+    engine.busy_since = time.time()
+    stream = ReplyStream(channel=request.reply_channel, request_id=request.request_id, layer=layer)
+    outcome = Outcome()
+    try:
+        _mark_picked(request, engine.hostname)
+        result = _run(engine, request, stream, outcome)
+        return result.usage()
+    except (GenerationError, ModelLoadError, PromptError) as exc:
+        _fail(request, stream, engine, exc.code, str(exc), outcome)
+    except Cancelled:
+        _fail(request, stream, engine, "cancelled", "The request was cancelled before it started.", outcome)
+    except Exception:
+        log.exception("generation %s failed", request.request_id)
+        _fail(
+            request,
+            stream,
+            engine,
+            "internal",
+            "The generation failed unexpectedly; the worker log says why.",
+            outcome,
+        )
+    finally:
+        stream.close()
+        engine.busy_since = None
+    return None
+
+
+def _mark_picked(request: Request, hostname: str) -> None:
+    client = app_redis.client()
+    pipe = client.pipeline()
+    pipe.set(inference.picked_key(request.request_id), hostname, ex=inference.CANCEL_TTL)
+    pipe.exists(cancel_key(request.request_id))
+    _, cancelled = pipe.execute()
+    if cancelled:  # stopped while it waited in the queue
+        raise Cancelled
+
+
+def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Outcome) -> Outcome:
+    if request.enqueued_at:
+        outcome.queue_ms = round(max(0.0, time.time() - request.enqueued_at) * 1000, 1)
+    options = request.options
+    spec = spec_for(request.snapshot_id)
+    keep_alive = options.get("keep_alive", ...)
+    if keep_alive is not ... and keep_alive < 0:
+        keep_alive = None
+    load_started = time.perf_counter()
+    with engine.registry.use(spec, keep_alive=keep_alive) as loaded:
+        outcome.load_ms = round((time.perf_counter() - load_started) * 1000, 1)
+        if stream.should_stop:
+            raise Cancelled
+        prompt = _build_prompt(loaded, request)
+        outcome.prompt_tokens = len(prompt.tokens)
+        remaining = loaded.context_length - len(prompt.tokens)
+        max_tokens = min(options.get("max_tokens") or remaining, remaining)
+        cache, cached = engine.prompt_cache.fetch(spec.snapshot_id, prompt.tokens)
+        if cache is None:
+            cache = make_prompt_cache(loaded.model)
+        outcome.cached_tokens = cached
+        started: dict[str, Any] = {
+            "prompt_tokens": outcome.prompt_tokens,
+            "cached_tokens": cached,
+            "max_tokens": max_tokens,
+            "model": spec.repo_id,
+            "worker": engine.hostname,
+        }
+        if prompt.notice:
+            started["notice"] = prompt.notice
+        stream.emit("chat.started", **started)
+        generated = _stream_tokens(loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens)
+        if generated is not None:
+            engine.prompt_cache.insert(
+                spec.snapshot_id, prompt.tokens + generated, cache, prompt_length=len(prompt.tokens)
+            )
+    _save(request, outcome)
+    stream.emit("chat.done", text=outcome.text, finish_reason=outcome.finish_reason, usage=outcome.usage())
+    return outcome
+
+
+def _build_prompt(loaded: LoadedModel, request: Request) -> Any:
+    reserve = answer_reserve(loaded.context_length, request.options.get("max_tokens"))
+    if request.messages is not None:
+        return build_chat_prompt(
+            loaded.tokenizer,
+            request.messages,
+            context_length=loaded.context_length,
+            reserve=reserve,
+            tools=request.options.get("tools"),
+        )
+    return build_text_prompt(
+        loaded.tokenizer, request.prompt or "", context_length=loaded.context_length, reserve=reserve
+    )
+
+
+def _stream_tokens(
+    loaded: LoadedModel,
+    request: Request,
+    stream: ReplyStream,
+    outcome: Outcome,
+    prompt_tokens: list[int],
+    cached: int,
+    cache: list[Any],
+    max_tokens: int,
+) -> list[int] | None:
+    """The token loop. Returns the generated token ids when the KV cache is consistent (worth keeping)."""
+    options = request.options
+    if options.get("seed") is not None:
+        mx.random.seed(options["seed"])
+    sampler = make_sampler(
+        temp=options.get("temperature", inference.DEFAULT_TEMPERATURE),
+        top_p=options.get("top_p", 0.0),
+        min_p=options.get("min_p", 0.0),
+        top_k=options.get("top_k", 0),
+    )
+    processors = make_logits_processors(
+        repetition_penalty=options.get("repetition_penalty"),
+        repetition_context_size=options.get("repetition_context_size", 20),
+        presence_penalty=options.get("presence_penalty"),
+        frequency_penalty=options.get("frequency_penalty"),
+    )
+    stops = StopMatcher(options.get("stop", []))
+    interval = settings.CHAT_BATCH_INTERVAL
+    total = len(prompt_tokens)
+    last_progress = 0.0
+
+    def on_progress(processed: int, _total: int) -> None:
+        nonlocal last_progress
+        if stream.should_stop:
+            raise Cancelled
+        now = time.perf_counter()
+        # Only a prompt that takes several forward passes is worth a progress bar.
+        if _total > PREFILL_STEP and 0 < processed < _total and now - last_progress >= PROGRESS_INTERVAL:
+            last_progress = now
+            stream.emit("chat.progress", processed=cached + processed, total=total)
+
+    parts: list[str] = []
+    pending: list[str] = []
+    generated: list[int] = []
+    last_flush = 0.0
+    first_at = last_at = None
+    finish = "length"
+    mx.reset_peak_memory()
+    started = time.perf_counter()
+    token_stream = mlx_lm.stream_generate(
+        loaded.model,
+        loaded.tokenizer,
+        prompt_tokens[cached:],
+        max_tokens=max_tokens,
+        sampler=sampler,
+        logits_processors=processors or None,
+        prompt_cache=cache,
+        prefill_step_size=PREFILL_STEP,
+        prompt_progress_callback=on_progress,
+    )
+    consistent = True
+    try:
+        for response in token_stream:
+            last_at = time.perf_counter()
+            if first_at is None:
+                first_at = last_at
+                outcome.prompt_tps = round(response.prompt_tps, 1)
+            generated.append(response.token)
+            text = stops.feed(response.text)
+            if text:
+                parts.append(text)
+                pending.append(text)
+            if stops.stopped:
+                finish = "stop"
+                break
+            if response.finish_reason:
+                finish = response.finish_reason
+                break
+            if stream.should_stop:
+                finish = "cancelled"
+                break
+            # The first text goes out at once (time to first token: last_flush is 0), the rest in batches.
+            if pending and last_at - last_flush >= interval:
+                stream.emit("chat.delta", text="".join(pending), tokens=len(generated))
+                pending.clear()
+                last_flush = last_at
+    except Cancelled:
+        finish = "cancelled"
+        consistent = False  # stopped in the middle of a prefill chunk: the cache holds a partial prompt
+    finally:
+        token_stream.close()
+    tail = stops.flush()
+    if tail:
+        parts.append(tail)
+        pending.append(tail)
+    if pending:
+        stream.emit("chat.delta", text="".join(pending), tokens=len(generated))
+
+    outcome.text = "".join(parts)
+    outcome.finish_reason = finish
+    outcome.completion_tokens = len(generated)
+    if first_at is not None:
+        outcome.ttft_ms = round((first_at - started) * 1000, 1)
+        if len(generated) > 1 and last_at and last_at > first_at:
+            outcome.tokens_per_second = round((len(generated) - 1) / (last_at - first_at), 1)
+    outcome.peak_memory_bytes = mx.get_peak_memory()
+    return generated if consistent else None
+
+
+# --- Results ------------------------------------------------------------------------------------------------
+
+
+def _save(request: Request, outcome: Outcome) -> None:
+    """One transaction at the end: the usage row, the snapshot's last use, the chat message."""
+    status = Message.Status.STOPPED if outcome.finish_reason == "cancelled" else Message.Status.COMPLETE
+    with transaction.atomic():
+        Usage.objects.create(
+            request_id=request.request_id,
+            user_id=request.user_id,
+            api_key_id=request.api_key_id,
+            snapshot_id=request.snapshot_id,
+            source=request.source,
+            prompt_tokens=outcome.prompt_tokens,
+            cached_tokens=outcome.cached_tokens,
+            completion_tokens=outcome.completion_tokens,
+            ttft_ms=outcome.ttft_ms,
+            tokens_per_second=outcome.tokens_per_second,
+            peak_memory_bytes=outcome.peak_memory_bytes,
+            finish_reason=outcome.finish_reason,
+        )
+        Snapshot.objects.filter(id=request.snapshot_id).update(last_used_at=timezone.now())
+        if request.assistant_message_id:
+            Message.objects.filter(id=request.assistant_message_id).update(
+                content=outcome.text,
+                status=status,
+                error="",
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                ttft_ms=outcome.ttft_ms,
+                tokens_per_second=outcome.tokens_per_second,
+                finish_reason=outcome.finish_reason,
+                snapshot_id=request.snapshot_id,
+            )
+
+
+def _fail(
+    request: Request, stream: ReplyStream, engine: EngineState, code: str, message: str, outcome: Outcome
+) -> None:
+    if request.assistant_message_id:
+        try:
+            status = Message.Status.STOPPED if code == "cancelled" else Message.Status.ERROR
+            Message.objects.filter(id=request.assistant_message_id).update(
+                status=status,
+                error="" if code == "cancelled" else message,
+                finish_reason=code,
+                content=outcome.text,
+            )
+        except Exception:  # the database is down too: the reply below still tells the user
+            log.exception("could not save the error of %s", request.request_id)
+    stream.emit("chat.error", code=code, message=message, worker=engine.hostname)

@@ -1,0 +1,119 @@
+"""From a request to prompt tokens: the chat template, and the context window.
+
+When a conversation outgrows the model's context window, the oldest turns go first (the system prompt
+stays) and the user is told; when even the last user message does not fit, the request fails with
+`context_too_long` rather than silently cutting the user's own words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class PromptError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Prompt:
+    tokens: list[int]
+    dropped_messages: int = 0
+
+    @property
+    def notice(self) -> str:
+        if not self.dropped_messages:
+            return ""
+        n = self.dropped_messages
+        return (
+            f"The {n} oldest message{'s were' if n > 1 else ' was'} left out so the conversation fits the "
+            "model's context window."
+        )
+
+
+def answer_reserve(context_length: int, max_tokens: int | None) -> int:
+    """Room kept for the answer when deciding what fits: what was asked for, but never more than a quarter of
+    the window, so a long max_tokens does not evict a whole conversation."""
+    wanted = max_tokens if max_tokens else 256
+    return max(1, min(wanted, context_length // 4))
+
+
+def encode_chat(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[int]:
+    if getattr(tokenizer, "has_chat_template", False):
+        try:
+            tokens = tokenizer.apply_chat_template(
+                list(messages), tools=tools or None, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raises on what a template refuses (e.g. roles that do not alternate)
+            raise PromptError(
+                "invalid_request", f"The model's chat template refused the messages: {exc}"
+            ) from exc
+        return list(tokens)
+    # A base model without a template: plain text, one message per paragraph.
+    text = "\n\n".join(str(m.get("content") or "") for m in messages)
+    return list(tokenizer.encode(text))
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    # As mlx-lm's stream_generate does: add BOS unless the text already starts with it.
+    bos = getattr(tokenizer, "bos_token", None)
+    return list(tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+
+
+def _too_long(n_tokens: int, context_length: int, reserve: int) -> PromptError:
+    return PromptError(
+        "context_too_long",
+        f"The message is too long for this model: the prompt needs {n_tokens} tokens, and the model's context "
+        f"window is {context_length} tokens, {reserve} of them kept for the answer. Shorten the message or "
+        "start a new conversation.",
+    )
+
+
+def build_chat_prompt(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    *,
+    context_length: int,
+    reserve: int,
+    tools: list[dict[str, Any]] | None = None,
+) -> Prompt:
+    limit = context_length - reserve
+    tokens = encode_chat(tokenizer, messages, tools)
+    if len(tokens) <= limit:
+        return Prompt(tokens)
+    leading = 0
+    while leading < len(messages) and messages[leading].get("role") == "system":
+        leading += 1
+    system, turns = list(messages[:leading]), list(messages[leading:])
+    # Cut only where a user turn begins, so an answer never appears without its question.
+    starts = [i for i, m in enumerate(turns) if m.get("role") == "user"] or [len(turns) - 1]
+    starts = [s for s in starts if s > 0] or starts
+
+    def attempt(cut: int) -> list[int]:
+        return encode_chat(tokenizer, system + turns[cut:], tools)
+
+    # Fewer dropped turns means a longer prompt: binary search the first cut that fits.
+    lo, hi, best = 0, len(starts) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = attempt(starts[mid])
+        if len(candidate) <= limit:
+            best, hi = (starts[mid], candidate), mid - 1
+        else:
+            lo = mid + 1
+    if best is None:
+        raise _too_long(len(attempt(starts[-1])), context_length, reserve)
+    cut, tokens = best
+    return Prompt(tokens, dropped_messages=cut)
+
+
+def build_text_prompt(tokenizer: Any, text: str, *, context_length: int, reserve: int) -> Prompt:
+    tokens = encode_text(tokenizer, text)
+    if len(tokens) > context_length - reserve:
+        raise _too_long(len(tokens), context_length, reserve)
+    return Prompt(tokens)

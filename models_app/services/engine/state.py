@@ -1,0 +1,109 @@
+"""The inference worker's process state: one model registry and one prompt cache, built from settings on
+first use, and what the worker does with them outside a generation (Load/Unload buttons, the keep-alive
+beat, the status its heartbeat publishes)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+import mlx_lm
+from django.conf import settings
+
+from models_app.models import Snapshot
+from models_app.services import inference
+from models_app.services.engine.prompt_cache import PromptCache
+from models_app.services.engine.registry import ModelLoadError, ModelRegistry, ModelSpec, memory_budget
+
+
+@dataclass
+class EngineState:
+    registry: ModelRegistry
+    prompt_cache: PromptCache
+    hostname: str = field(default_factory=socket.gethostname)
+    busy_since: float | None = None
+
+
+_state: EngineState | None = None
+_state_lock = threading.Lock()
+
+
+def state() -> EngineState:
+    global _state
+    with _state_lock:
+        if _state is None:
+            registry = ModelRegistry(
+                max_models=settings.INFERENCE_MAX_MODELS,
+                memory_budget=memory_budget(settings.INFERENCE_MEMORY_BUDGET),
+                keep_alive=float(settings.INFERENCE_KEEP_ALIVE)
+                if settings.INFERENCE_KEEP_ALIVE >= 0
+                else None,
+                cast_float32=settings.INFERENCE_CAST_FLOAT32,
+            )
+            prompt_cache = PromptCache(
+                max_entries=settings.PROMPT_CACHE_ENTRIES, max_bytes=settings.PROMPT_CACHE_BYTES
+            )
+            registry.on_unload(prompt_cache.drop_snapshot)
+            _state = EngineState(registry=registry, prompt_cache=prompt_cache)
+        return _state
+
+
+def reset_state() -> None:
+    """Forget every loaded model and cache (tests; settings changed)."""
+    global _state
+    with _state_lock:
+        old, _state = _state, None
+    if old is not None:
+        old.prompt_cache.clear()
+        old.registry.clear()
+
+
+def spec_for(snapshot_id: int) -> ModelSpec:
+    """The snapshot row, checked: only a ready snapshot on this node is ever loaded, from its stored path."""
+    snapshot = Snapshot.objects.select_related("repository").filter(id=snapshot_id).first()
+    if snapshot is None:
+        raise ModelLoadError("This model is no longer registered.")
+    name = snapshot.repository.repo_id
+    if snapshot.status != Snapshot.Status.READY:
+        raise ModelLoadError(f"{name} is not ready ({snapshot.get_status_display().lower()}).")
+    if snapshot.node != settings.NODE_NAME:
+        raise ModelLoadError(f"{name} is on node {snapshot.node}, not on this one ({settings.NODE_NAME}).")
+    return ModelSpec(snapshot_id=snapshot.id, repo_id=name, path=snapshot.path)
+
+
+def load_model(snapshot_id: int, *, keep_alive: Any = None) -> dict[str, Any]:
+    """Load a model now (the Load button); returns its status entry. Raises ModelLoadError."""
+    ttl = ... if keep_alive in (None, "") else inference.parse_keep_alive(keep_alive)
+    entry = state().registry.get(spec_for(snapshot_id), keep_alive=ttl)
+    return entry.status(time.time())
+
+
+def unload_model(snapshot_id: int) -> bool:
+    return state().registry.unload(snapshot_id)
+
+
+def expire_idle() -> list[int]:
+    return state().registry.expire_idle()
+
+
+def worker_status() -> dict[str, Any]:
+    """Read by the presence thread every few seconds: Python state only, no MLX call (the main thread may be
+    in the middle of a generation)."""
+    engine = state()
+    return {
+        "mlx": {
+            "device": str(mx.default_device()),
+            "version": mx.__version__,
+            "mlx_lm_version": mlx_lm.__version__,
+            "memory_limit": engine.registry.memory_budget,
+            "memory_used": engine.registry.memory_used(),
+            "float32_cast": engine.registry.cast_float32,
+        },
+        "loaded_models": engine.registry.status(),
+        "prompt_cache": {"entries": len(engine.prompt_cache), "bytes": engine.prompt_cache.nbytes},
+        "busy_since": engine.busy_since,
+    }

@@ -1,0 +1,378 @@
+"""Inference: the one path from a chat page or an API call to tokens streamed back.
+
+Web processes call `start_generation(request)` and read replies from a channel; the inference worker (Celery
+queue `inference`, solo pool, one per host) runs `generate(request)`, which lives in
+`models_app.services.engine` and is the only code that imports MLX. This module is safe to import anywhere.
+
+The generation request (a JSON-able dict, the Celery task's only argument; it never holds a secret)
+--------------------------------------------------------------------------------------------------
+    request_id            str, required. A fresh uuid4 string: the Usage row's request_id, the cancel key.
+    reply_channel         str, required. Channel-layer name the replies go to: a consumer's channel_name,
+                          or `await channel_layer.new_channel()` in an async view.
+    snapshot_id           int, required. A Snapshot the caller checked the user may use (visible_to).
+                          Only its resolved local path is ever given to mlx-lm.
+    messages              list of {"role": "system"|"user"|"assistant"|"tool", "content": str, ...}
+                          (rendered with the model's chat template), or
+    prompt                str: a raw completion prompt, no template. Exactly one of messages/prompt.
+    options               dict, optional, see `normalize_options`: temperature, top_p, top_k, min_p,
+                          repetition_penalty, repetition_context_size, presence_penalty, frequency_penalty,
+                          seed, max_tokens (default: the rest of the context window), stop (str or list),
+                          tools (list, passed to the chat template), keep_alive (seconds; 0 unloads right
+                          after, negative keeps the model until evicted; default INFERENCE_KEEP_ALIVE).
+    user_id               int | None. Who asked (Usage.user).
+    api_key_id            int | None. The API key used, if any (Usage.api_key).
+    source                "browser" | "api" (Usage.source).
+    assistant_message_id  int | None. Chat page only: the worker saves the final text, status and figures
+                          into this Message.
+    enqueued_at           float, set by start_generation (epoch seconds), for the queue time in usage.
+
+Replies (models_app.realtime), sent with `channel_layer.send(reply_channel, ...)`, `seq` from 0, no gaps:
+    chat.started  {notice?, prompt_tokens, cached_tokens, max_tokens, model, worker}  once, first
+    chat.progress {processed, total}            while a long prompt is processed (optional)
+    chat.delta    {text, tokens}                batched every CHAT_BATCH_INTERVAL
+    chat.done     {text, finish_reason, usage}  finish_reason: stop | length | cancelled
+    chat.error    {code, message}               instead of chat.done; codes: model_load_failed,
+                                                context_too_long, invalid_request, cancelled, internal
+    A request fails before chat.started (model_load_failed, context_too_long, cancelled while queued), or
+    after it with chat.error internal; otherwise it ends with exactly one chat.done.
+    usage: prompt_tokens, cached_tokens, completion_tokens, ttft_ms, tokens_per_second, peak_memory_bytes,
+    finish_reason, load_ms, queue_ms, prompt_tps.
+
+The web side never waits forever: `stream_replies` (and the chat consumer, with the same `ReplyWatch`) turns
+"nobody picked the request up" and "the worker that had it died" into chat.error `no_worker` / `worker_died`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis
+from asgiref.sync import sync_to_async
+
+from models_app.services import redis as app_redis
+from models_app.services import workers
+
+log = logging.getLogger(__name__)
+
+QUEUE = "inference"
+# A request nobody picked up within this long is dropped by Celery: its page gave up long ago.
+QUEUE_EXPIRY = 900
+CANCEL_TTL = 3600
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 200
+
+# Error codes the web side adds to the worker's.
+NO_WORKER = "no_worker"
+WORKER_DIED = "worker_died"
+
+DEFAULT_TEMPERATURE = 0.7
+
+# name: (type, minimum, maximum)
+_NUMBERS: dict[str, tuple[type, float, float]] = {
+    "temperature": (float, 0.0, 5.0),
+    "top_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, 100_000),
+    "min_p": (float, 0.0, 1.0),
+    "repetition_penalty": (float, 0.0, 10.0),
+    "repetition_context_size": (int, 1, 100_000),
+    "presence_penalty": (float, -2.0, 2.0),
+    "frequency_penalty": (float, -2.0, 2.0),
+    "seed": (int, 0, 2**32 - 1),
+    "max_tokens": (int, 1, 10_000_000),
+}
+
+
+class InferenceUnavailable(Exception):
+    """No live inference worker (or Redis is down): tell the user now instead of queueing into the void."""
+
+    code = NO_WORKER
+
+
+class InvalidOptions(ValueError):
+    code = "invalid_request"
+
+
+# --- Options ---------------------------------------------------------------------------------------------------
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Ollama's keep_alive: seconds, or a duration string ("5m", "1h"); 0 unloads right after the request;
+    negative keeps the model loaded until evicted (None). Raises InvalidOptions."""
+    from dashboard.env import parse_duration
+
+    if isinstance(value, bool):
+        raise InvalidOptions("keep_alive must be a number of seconds or a duration like 5m")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise InvalidOptions("keep_alive must be finite")
+        return None if value < 0 else float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            return None
+        try:
+            return float(parse_duration(text))
+        except ValueError as exc:
+            raise InvalidOptions(f"keep_alive: {exc}") from exc
+    raise InvalidOptions("keep_alive must be a number of seconds or a duration like 5m")
+
+
+def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate sampling and generation options; unknown keys and None values are dropped. Raises
+    InvalidOptions with a message a user can act on."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise InvalidOptions("options must be an object")
+    clean: dict[str, Any] = {}
+    for name, (kind, low, high) in _NUMBERS.items():
+        value = options.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool):
+            raise InvalidOptions(f"{name} must be a number")
+        try:
+            number = kind(float(value)) if kind is int else float(value)
+        except (TypeError, ValueError):
+            raise InvalidOptions(f"{name} must be a number") from None
+        if kind is int and float(value) != number:
+            raise InvalidOptions(f"{name} must be a whole number")
+        if not (low <= number <= high) or (isinstance(number, float) and not math.isfinite(number)):
+            raise InvalidOptions(f"{name} must be between {low:g} and {high:g}")
+        clean[name] = number
+    stop = options.get("stop")
+    if stop not in (None, "", []):
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise InvalidOptions("stop must be a string or a list of strings")
+        stops = [s for s in stops if s]
+        if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stops):
+            raise InvalidOptions(f"at most {MAX_STOP_STRINGS} stop strings of {MAX_STOP_LENGTH} characters")
+        if stops:
+            clean["stop"] = stops
+    tools = options.get("tools")
+    if tools:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise InvalidOptions("tools must be a list of objects")
+        clean["tools"] = tools
+    if options.get("keep_alive") not in (None, ""):
+        keep_alive = parse_keep_alive(options["keep_alive"])
+        clean["keep_alive"] = -1 if keep_alive is None else keep_alive
+    return clean
+
+
+# --- Web side: enqueue, cancel, read replies ------------------------------------------------------------------
+
+
+def start_generation(request: dict[str, Any], *, queue: str = QUEUE) -> None:
+    """Enqueue a generation on the inference queue. Raises InferenceUnavailable when no live worker
+    consumes the queue (checked in Redis in about a millisecond) or when the broker is down."""
+    _send("inference.generate", [{**request, "enqueued_at": time.time()}], queue=queue)
+
+
+def request_load(snapshot_id: int, *, keep_alive: Any = None) -> None:
+    """The Load button: warm a model on the inference worker (the caller checked the user may use it)."""
+    _send("inference.load", [snapshot_id, keep_alive])
+
+
+def request_unload(snapshot_id: int) -> None:
+    """The Unload button."""
+    _send("inference.unload", [snapshot_id])
+
+
+def ensure_worker(queue: str = QUEUE) -> None:
+    """Raise InferenceUnavailable unless a live worker consumes queue: callers check before writing rows, so
+    a user whose request cannot run keeps their text instead of a dead message in the history."""
+    try:
+        live = workers.workers_for_queue(queue)
+    except redis.RedisError as exc:
+        raise InferenceUnavailable(f"Redis is not answering ({exc}); no generation can start.") from exc
+    if not live:
+        raise InferenceUnavailable(
+            "No inference worker is running, so nothing can answer. Start one (`make run` does) and try again."
+        )
+
+
+def _send(task: str, args: list[Any], *, queue: str = QUEUE) -> None:
+    from dashboard.celery import app
+
+    ensure_worker(queue)
+    try:
+        app.send_task(task, args=args, queue=queue, expires=QUEUE_EXPIRY)
+    except Exception as exc:  # the broker refused: say so now, the request would never run
+        raise InferenceUnavailable(f"The task queue is not answering: {exc}") from exc
+
+
+def cancel_generation(request_id: str) -> None:
+    """Ask the worker to stop this request: it checks the flag every ~50 ms (or at pickup, when queued)."""
+    app_redis.client().set(app_redis.key("cancel", request_id), "1", ex=CANCEL_TTL)
+
+
+def picked_key(request_id: str) -> str:
+    """Set by the worker when it takes a request, to its Celery hostname: the watch then follows that worker."""
+    return app_redis.key("inference", "picked", request_id)
+
+
+def error_payload(request_id: str, code: str, message: str, seq: int = -1) -> dict[str, Any]:
+    """A chat.error made on the web side (seq -1: it is not part of the worker's sequence)."""
+    return {"type": "chat.error", "request_id": request_id, "seq": seq, "code": code, "message": message}
+
+
+class ReplyWatch:
+    """Decides, after a silence, whether to keep waiting for a request's replies.
+
+    Not picked up yet: wait while some inference worker is alive and busy (the request is queued behind
+    another); fail with no_worker when none is alive, or when live workers stay idle for two checks in a row.
+    Picked up: wait while the worker that took it is alive (a long prompt or a model load can be silent);
+    fail with worker_died when its presence expires.
+    """
+
+    def __init__(self, request_id: str, *, pickup_timeout: float, queue: str = QUEUE) -> None:
+        self.request_id = request_id
+        self.pickup_timeout = pickup_timeout
+        self.queue = queue
+        self.worker: str | None = None
+        self.last_seen = self.last_check = time.monotonic()
+        self._idle_checks = 0
+
+    def seen(self, payload: dict[str, Any]) -> None:
+        self.last_seen = time.monotonic()
+        if payload.get("worker"):
+            self.worker = payload["worker"]
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_seen
+
+    def due(self) -> bool:
+        """Silent for pickup_timeout, and not checked within the last pickup_timeout."""
+        now = time.monotonic()
+        return now - self.last_seen >= self.pickup_timeout and now - self.last_check >= self.pickup_timeout
+
+    def check(self) -> dict[str, Any] | None:
+        """An error payload when the request is lost, else None (keep waiting). Blocking (Redis): call it
+        through sync_to_async from async code."""
+        self.last_check = time.monotonic()
+        try:
+            if self.worker is None:
+                self.worker = app_redis.client().get(picked_key(self.request_id))
+            live = workers.workers_for_queue(self.queue)
+        except redis.RedisError as exc:
+            return error_payload(self.request_id, NO_WORKER, f"Redis is not answering: {exc}")
+        names = {w.hostname for w in live}
+        if self.worker is not None:
+            if self.worker in names:
+                return None
+            return error_payload(
+                self.request_id,
+                WORKER_DIED,
+                "The inference worker stopped while handling this request; the answer is incomplete. "
+                "Try again once it is back.",
+            )
+        if not live:
+            return error_payload(
+                self.request_id,
+                NO_WORKER,
+                "No inference worker picked up the request: none is running. Start one (`make run` does).",
+            )
+        if any(w.extra.get("busy_since") for w in live):
+            self._idle_checks = 0
+            return None  # queued behind another generation
+        self._idle_checks += 1
+        if self._idle_checks >= 2:
+            return error_payload(
+                self.request_id,
+                NO_WORKER,
+                "No inference worker picked up the request, although one is running. Check the worker log.",
+            )
+        return None
+
+
+async def stream_replies(
+    channel_layer: Any,
+    channel: str,
+    request_id: str,
+    pickup_timeout: float,
+    *,
+    keepalive: float | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the replies to request_id arriving on channel, until chat.done or chat.error (inclusive).
+
+    After pickup_timeout seconds without any message, ask the ReplyWatch: it either keeps waiting or yields
+    a chat.error (no_worker / worker_died) and ends, so a page never waits forever. With keepalive, a
+    {"type": "chat.keepalive"} is yielded after that many silent seconds (for SSE comments during a long
+    prompt); it carries no seq and is not a realtime payload.
+    """
+    watch = ReplyWatch(request_id, pickup_timeout=pickup_timeout)
+    check = sync_to_async(watch.check, thread_sensitive=False)
+    step = min(pickup_timeout, keepalive) if keepalive else pickup_timeout
+    while True:
+        try:
+            message = await asyncio.wait_for(channel_layer.receive(channel), timeout=step)
+        except TimeoutError:
+            if keepalive and watch.silent_for() >= keepalive:
+                yield {"type": "chat.keepalive", "request_id": request_id}
+            if watch.due():
+                error = await check()
+                if error is not None:
+                    yield error
+                    return
+            continue
+        if message.get("request_id") != request_id:
+            continue  # a late reply to an earlier request on a reused channel
+        watch.seen(message)
+        yield message
+        if message.get("type") in ("chat.done", "chat.error"):
+            return
+
+
+# --- Worker side: thin, lazy entry points (MLX is imported only here, inside the worker) ---------------------
+
+
+def generate(request: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one generation (inference worker only). Returns the usage dict, or None when it failed."""
+    from models_app.services.engine import generation
+
+    return generation.generate(request)
+
+
+def load_model(snapshot_id: int, *, keep_alive: Any = None) -> dict[str, Any]:
+    from models_app.services.engine import state
+
+    return state.load_model(snapshot_id, keep_alive=keep_alive)
+
+
+def unload_model(snapshot_id: int) -> bool:
+    from models_app.services.engine import state
+
+    return state.unload_model(snapshot_id)
+
+
+def expire_idle() -> list[int]:
+    from models_app.services.engine import state
+
+    return state.expire_idle()
+
+
+def worker_status() -> dict[str, Any]:
+    """What the inference worker publishes with its heartbeat: {"mlx": {...}, "loaded_models": [...]}."""
+    from models_app.services.engine import state
+
+    return state.worker_status()
+
+
+def loaded_models() -> dict[int, dict[str, Any]]:
+    """Models loaded on live inference workers, by snapshot id, as their heartbeats report them (web side)."""
+    result: dict[int, dict[str, Any]] = {}
+    try:
+        live = workers.workers_for_queue(QUEUE)
+    except redis.RedisError:
+        return result
+    for worker in live:
+        for model in worker.extra.get("loaded_models", []):
+            result[model["snapshot_id"]] = {**model, "worker": worker.hostname}
+    return result

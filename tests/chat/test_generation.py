@@ -1,0 +1,383 @@
+"""generate(request) in-process with the real mlx-lm and the tiny model: the replies, stop strings, the
+context window, the prompt cache, cancellation, and what is written to the database."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from models_app.models import Message, Usage
+from models_app.services import inference
+from models_app.services.engine.prompt import build_chat_prompt
+from models_app.services.engine.stops import StopMatcher
+from tests.chat.conftest import (
+    RecordingLayer,
+    assert_well_formed,
+    chat_request,
+    deltas_text,
+    make_snapshot,
+    run_generate,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def words(n: int, start: int = 0) -> str:
+    vocabulary = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "while",
+        "a",
+        "robot",
+        "reads",
+        "a",
+        "tiny",
+        "book",
+    ]
+    return " ".join(vocabulary[(start + i) % len(vocabulary)] for i in range(n))
+
+
+def test_it_streams_ordered_deltas_then_done(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    request = chat_request(tiny_snapshot.id, options={"temperature": 0, "max_tokens": 12})
+    usage, messages = run_generate(engine, request)
+    assert_well_formed(messages)
+    started, done = messages[0], messages[-1]
+    assert started["type"] == "chat.started" and started["model"] == "test/tiny-chat"
+    assert started["prompt_tokens"] == usage["prompt_tokens"] > 0
+    assert done["type"] == "chat.done"
+    assert done["text"] == deltas_text(messages) != ""
+    assert done["finish_reason"] == "length"
+    assert usage["completion_tokens"] == 12
+    assert usage["ttft_ms"] > 0 and usage["tokens_per_second"] > 0 and usage["peak_memory_bytes"] > 0
+    assert [m["tokens"] for m in messages if m["type"] == "chat.delta"][-1] == 12
+
+
+def test_every_completion_writes_a_usage_row_and_the_answer(engine, tiny_snapshot, alice) -> None:  # type: ignore[no-untyped-def]
+    from models_app.models import Conversation
+
+    conversation = Conversation.objects.create(user=alice)
+    answer = Message.objects.create(conversation=conversation, role="assistant", status="pending")
+    request = chat_request(
+        tiny_snapshot.id, user_id=alice.id, source="browser", assistant_message_id=answer.id
+    )
+    usage, messages = run_generate(engine, request)
+    row = Usage.objects.get(request_id=request["request_id"])
+    assert (row.user, row.snapshot_id, row.source) == (alice, tiny_snapshot.id, "browser")
+    assert (row.prompt_tokens, row.completion_tokens, row.finish_reason) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        "length",
+    )
+    assert row.ttft_ms and row.tokens_per_second and row.peak_memory_bytes
+    answer.refresh_from_db()
+    assert answer.status == "complete" and answer.content == deltas_text(messages)
+    assert answer.completion_tokens == usage["completion_tokens"] and answer.ttft_ms == usage["ttft_ms"]
+    tiny_snapshot.refresh_from_db()
+    assert tiny_snapshot.last_used_at is not None
+
+
+def test_max_tokens_defaults_to_the_rest_of_the_context(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    usage, messages = run_generate(engine, chat_request(tiny_snapshot.id, options={"temperature": 0}))
+    started = messages[0]
+    assert started["max_tokens"] == 512 - started["prompt_tokens"]
+    # The tiny model never emits EOS, so it fills the window.
+    assert usage["completion_tokens"] == started["max_tokens"]
+    assert usage["finish_reason"] == "length"
+
+
+def test_a_seed_makes_sampling_reproducible(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    options = {
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "top_k": 50,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "seed": 7,
+        "max_tokens": 20,
+    }
+    texts = [
+        run_generate(engine, chat_request(tiny_snapshot.id, options=options))[1][-1]["text"] for _ in "ab"
+    ]
+    assert texts[0] == texts[1]
+    other = run_generate(engine, chat_request(tiny_snapshot.id, options={**options, "seed": 8}))[1][-1][
+        "text"
+    ]
+    assert other != texts[0]
+
+
+def test_it_stops_at_eos(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.tinymodel import tiny_model_dir
+
+    snapshot = make_snapshot(tiny_model_dir(tmp_path, eos_bias=True), repo_id="test/tiny-eos")
+    usage, messages = run_generate(engine, chat_request(snapshot.id, options={"max_tokens": 50}))
+    assert messages[-1]["finish_reason"] == "stop"
+    assert usage["completion_tokens"] < 50
+    assert "<|im_end|>" not in messages[-1]["text"]
+
+
+# --- Stop strings ------------------------------------------------------------------------------------------
+
+
+def test_stop_matcher_withholds_what_could_start_a_stop_string() -> None:
+    matcher = StopMatcher(["<END>", "###"])
+    assert matcher.feed("Hello <") == "Hello "
+    assert matcher.feed("E") == ""
+    assert matcher.feed("X") == "<EX"  # not a stop string after all
+    assert matcher.feed("ok #") == "ok "
+    assert matcher.feed("#") == ""
+    assert matcher.feed("# and more") == ""
+    assert matcher.stopped
+    assert matcher.flush() == ""
+
+
+def test_stop_matcher_releases_a_partial_match_at_the_end() -> None:
+    matcher = StopMatcher(["STOP"])
+    assert matcher.feed("go ST") == "go "
+    assert matcher.flush() == "ST"
+
+
+def test_stop_matcher_takes_the_earliest_stop_string() -> None:
+    matcher = StopMatcher(["bc", "a"])
+    assert matcher.feed("xxbca") == "xx"
+
+
+def test_stop_strings_never_reach_the_reader(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    options = {"temperature": 0, "max_tokens": 40}
+    full = run_generate(engine, chat_request(tiny_snapshot.id, options=options))[1][-1]["text"]
+    stop = full[15:19]
+    expected = full[: full.index(stop)]
+    usage, messages = run_generate(
+        engine, chat_request(tiny_snapshot.id, options={**options, "stop": [stop]})
+    )
+    assert_well_formed(messages)
+    assert messages[-1]["finish_reason"] == "stop"
+    assert messages[-1]["text"] == deltas_text(messages) == expected
+    assert stop not in deltas_text(messages)
+    assert usage["completion_tokens"] < 40
+
+
+# --- The context window ----------------------------------------------------------------------------------
+
+
+def conversation(turns: int, words_per_message: int) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    for i in range(turns):
+        messages.append({"role": "user", "content": f"question {i}: {words(words_per_message, i)}"})
+        messages.append({"role": "assistant", "content": f"answer {i}: {words(words_per_message, i + 3)}"})
+    messages.append({"role": "user", "content": "last question: what now?"})
+    return messages
+
+
+def test_context_trimming_drops_the_oldest_turns_and_says_so(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    messages = conversation(turns=6, words_per_message=40)
+    request = chat_request(tiny_snapshot.id, messages, options={"temperature": 0, "max_tokens": 16})
+    usage, replies = run_generate(engine, request)
+    started = replies[0]
+    assert started["type"] == "chat.started"
+    assert "oldest messages were left out" in started["notice"]
+    assert started["prompt_tokens"] <= 512 - 16
+    assert replies[-1]["type"] == "chat.done" and usage["completion_tokens"] == 16
+
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    prompt = build_chat_prompt(tokenizer, messages, context_length=512, reserve=16)
+    text = tokenizer.decode(prompt.tokens)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.")  # the system prompt stays
+    assert "last question: what now?" in text
+    assert "question 0:" not in text  # the oldest turn went first
+    # Whole turns only: the first message after the system prompt is a question.
+    assert text.split("<|im_start|>")[2].startswith("user\n")
+    assert prompt.dropped_messages % 2 == 0 and started["notice"].startswith(
+        f"The {prompt.dropped_messages} "
+    )
+
+
+def test_a_message_that_cannot_fit_is_context_too_long(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    messages = [{"role": "user", "content": words(600)}]
+    usage, replies = run_generate(engine, chat_request(tiny_snapshot.id, messages))
+    assert usage is None
+    assert [m["type"] for m in replies] == ["chat.error"]
+    assert replies[0]["code"] == "context_too_long" and replies[0]["seq"] == 0
+    assert "context window is 512 tokens" in replies[0]["message"]
+
+
+def test_a_raw_prompt_is_completed_without_the_chat_template(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    request = chat_request(tiny_snapshot.id, messages=None, prompt="Once upon a time")
+    del request["messages"]
+    usage, replies = run_generate(engine, request)
+    assert replies[-1]["type"] == "chat.done"
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    assert usage["prompt_tokens"] == len(tokenizer.encode("Once upon a time"))  # no <|im_start|>user wrapping
+
+
+# --- The prompt cache -----------------------------------------------------------------------------------
+
+
+def test_turn_five_processes_only_its_new_tokens(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    """Each follow-up reuses the KV cache of the turn before: only the new tokens (the previous answer as
+    the template re-encodes it, and the new question) go through the model."""
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    messages = [{"role": "system", "content": "Be brief."}]
+    previous: dict | None = None
+    for turn in range(5):
+        messages.append({"role": "user", "content": f"turn {turn}: {words(12, turn)}"})
+        usage, replies = run_generate(
+            engine,
+            chat_request(tiny_snapshot.id, list(messages), options={"temperature": 0, "max_tokens": 10}),
+        )
+        if previous is None:
+            assert usage["cached_tokens"] == 0
+        else:
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            before = previous["prompt"] + previous["generated"]
+            common = next(
+                (i for i, (a, b) in enumerate(zip(before, prompt, strict=False)) if a != b),
+                min(len(before), len(prompt)),
+            )
+            assert usage["cached_tokens"] == common  # the longest common prefix, exactly
+            assert usage["cached_tokens"] >= len(previous["prompt"])  # at least the whole previous prompt
+            new_tokens = len(prompt) - len(previous["prompt"])
+            assert usage["prompt_tokens"] - usage["cached_tokens"] <= new_tokens
+        text = replies[-1]["text"]
+        previous = {
+            "prompt": tokenizer.apply_chat_template(messages, add_generation_prompt=True),
+            "generated": tokenizer.encode(text, add_special_tokens=False),
+        }
+        messages.append({"role": "assistant", "content": text})
+    assert turn == 4 and usage["cached_tokens"] > 4 * 12
+
+
+def test_a_regenerated_answer_reuses_the_prompt(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    request = chat_request(tiny_snapshot.id, options={"temperature": 0, "max_tokens": 10})
+    first, _ = run_generate(engine, request)
+    again, _ = run_generate(engine, {**request, "request_id": "00000000-0000-4000-8000-000000000001"})
+    assert first["cached_tokens"] == 0
+    assert again["cached_tokens"] == again["prompt_tokens"] - 1  # one token must go through the model
+
+
+def test_another_conversation_does_not_steal_the_cache(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    system = {"role": "system", "content": f"Shared instructions: {words(60)}"}
+    a = [system, {"role": "user", "content": "first conversation"}]
+    b = [system, {"role": "user", "content": "second conversation, different"}]
+    options = {"temperature": 0, "max_tokens": 5}
+    run_generate(engine, chat_request(tiny_snapshot.id, a, options=options))
+    shared, _ = run_generate(engine, chat_request(tiny_snapshot.id, b, options=options))
+    assert shared["cached_tokens"] > 60  # the shared system prompt
+    again, _ = run_generate(engine, chat_request(tiny_snapshot.id, a, options=options))
+    assert again["cached_tokens"] == again["prompt_tokens"] - 1  # a's own cache is still whole
+
+
+# --- Failures and cancellation ----------------------------------------------------------------------------
+
+
+def test_a_model_that_fails_to_load(engine, broken_model_path, alice) -> None:  # type: ignore[no-untyped-def]
+    from models_app.models import Conversation
+
+    snapshot = make_snapshot(broken_model_path, repo_id="test/broken")
+    answer = Message.objects.create(
+        conversation=Conversation.objects.create(user=alice), role="assistant", status="pending"
+    )
+    usage, replies = run_generate(engine, chat_request(snapshot.id, assistant_message_id=answer.id))
+    assert usage is None
+    assert [(m["type"], m["code"], m["seq"]) for m in replies] == [("chat.error", "model_load_failed", 0)]
+    assert "test/broken could not be loaded" in replies[0]["message"]
+    answer.refresh_from_db()
+    assert answer.status == "error" and "could not be loaded" in answer.error
+    assert not Usage.objects.exists()
+
+
+def test_a_snapshot_that_is_not_ready_is_not_loaded(engine, tiny_model_path) -> None:  # type: ignore[no-untyped-def]
+    snapshot = make_snapshot(tiny_model_path, status="downloading")
+    _, replies = run_generate(engine, chat_request(snapshot.id))
+    assert replies[0]["code"] == "model_load_failed" and "not ready" in replies[0]["message"]
+
+
+def test_a_request_cancelled_while_queued_never_starts(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    request = chat_request(tiny_snapshot.id)
+    inference.cancel_generation(request["request_id"])
+    usage, replies = run_generate(engine, request)
+    assert usage is None
+    assert [(m["type"], m["code"]) for m in replies] == [("chat.error", "cancelled")]
+
+
+# The generation runs in another thread, with its own database connection: the rows must be committed.
+@pytest.mark.django_db(transaction=True)
+def test_cancel_stops_the_token_loop(engine, slow_model_path) -> None:  # type: ignore[no-untyped-def]
+    snapshot = make_snapshot(slow_model_path, repo_id="test/slow")
+    request = chat_request(snapshot.id, options={"temperature": 0, "max_tokens": 5000})
+    layer = RecordingLayer()
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(usage=engine.generate(request, layer=layer)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not any(m["type"] == "chat.delta" for m in layer.messages()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    inference.cancel_generation(request["request_id"])
+    thread.join(60)
+    replies = layer.messages()
+    assert_well_formed(replies)
+    done = replies[-1]
+    assert done["type"] == "chat.done" and done["finish_reason"] == "cancelled"
+    assert done["usage"]["completion_tokens"] < 5000
+    assert done["text"] == deltas_text(replies)
+
+
+def test_options_are_validated() -> None:
+    assert inference.normalize_options({"temperature": "0.5", "top_k": 40, "stop": "END", "seed": None}) == {
+        "temperature": 0.5,
+        "top_k": 40,
+        "stop": ["END"],
+    }
+    assert inference.normalize_options({"keep_alive": "5m"})["keep_alive"] == 300
+    assert inference.normalize_options({"keep_alive": -1})["keep_alive"] == -1
+    for bad in (
+        {"temperature": -1},
+        {"top_k": 1.5},
+        {"max_tokens": 0},
+        {"stop": [1]},
+        {"temperature": True},
+        {"keep_alive": "soon"},
+        {"top_p": "nan"},
+    ):
+        with pytest.raises(inference.InvalidOptions):
+            inference.normalize_options(bad)
+
+
+def test_keep_alive_zero_unloads_the_model_after_the_request(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    run_generate(engine, chat_request(tiny_snapshot.id, options={"max_tokens": 4, "keep_alive": 0}))
+    assert tiny_snapshot.id not in engine.state().registry
+    run_generate(engine, chat_request(tiny_snapshot.id, options={"max_tokens": 4, "keep_alive": "10m"}))
+    [status] = engine.state().registry.status()
+    assert status["expires_at"] == pytest.approx(time.time() + 600, abs=5)
+
+
+def test_the_worker_status_reports_backend_and_loaded_models(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    run_generate(engine, chat_request(tiny_snapshot.id))
+    status = engine.worker_status()
+    assert status["mlx"]["device"].startswith("Device(") and status["mlx"]["version"]
+    assert status["mlx"]["memory_limit"] > 0
+    [model] = status["loaded_models"]
+    assert model["snapshot_id"] == tiny_snapshot.id and model["repo_id"] == "test/tiny-chat"
+    assert model["memory_bytes"] > 0 and model["idle_seconds"] >= 0 and model["expires_at"] > time.time()
+    assert status["busy_since"] is None
+
+
+def test_a_long_prompt_reports_its_progress(engine, long_context_model_path) -> None:  # type: ignore[no-untyped-def]
+    snapshot = make_snapshot(long_context_model_path, repo_id="test/long-context")
+    messages = [{"role": "user", "content": words(800)}]  # about 2,000 tokens: four prefill steps
+    usage, replies = run_generate(engine, chat_request(snapshot.id, messages, options={"max_tokens": 4}))
+    assert_well_formed(replies)
+    kinds = [m["type"] for m in replies]
+    assert kinds[0] == "chat.started" and "chat.progress" in kinds
+    assert kinds.index("chat.progress") < kinds.index("chat.delta")
+    progress = [m for m in replies if m["type"] == "chat.progress"]
+    assert all(0 < m["processed"] < m["total"] == usage["prompt_tokens"] for m in progress)
+    assert [m["processed"] for m in progress] == sorted(m["processed"] for m in progress)
