@@ -1,0 +1,45 @@
+"""`manage.py models [--json]`: what this installation holds, one line per snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from models_app.management.commands._cli import dumps, human_ago, human_size, table
+from models_app.services.cache import list_models
+
+
+class Command(BaseCommand):
+    help = "List downloaded and registered models (every snapshot, newest first per repo)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--json", action="store_true", help="Machine-readable output.")
+        parser.add_argument("--node", help="Only this node's snapshots.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        models = list_models(node=options["node"])
+        if options["json"]:
+            self.stdout.write(dumps([m.as_json() for m in models]))
+            return
+        if not models:
+            self.stdout.write(
+                "No models yet. Pull one: manage.py pull mlx-community/SmolLM2-135M-Instruct-8bit"
+            )
+            return
+        rows = [
+            (
+                m.repo_id,
+                m.ref or "-",
+                m.commit_sha[:8],
+                m.status,
+                human_size(m.size_bytes),
+                human_ago(m.last_used_at),
+                "yes" if m.update_available else "",
+                m.path,
+            )
+            for m in models
+        ]
+        self.stdout.write(
+            table(("REPO", "REF", "SHA", "STATUS", "SIZE", "LAST USED", "UPDATE", "PATH"), rows)
+        )

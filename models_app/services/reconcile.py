@@ -1,0 +1,179 @@
+"""Bring the index in line with the cache: import what other tools downloaded, flag what vanished, remove
+partial files nobody is writing any more.
+
+Runs at worker start and periodically (tasks/maintenance.py). Re-running it is a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from huggingface_hub.utils._cache_manager import CachedRepoInfo, CachedRevisionInfo
+
+from models_app.models import DownloadJob, Repository, Snapshot
+from models_app.services.cache import snapshot_path
+from models_app.services.cache_layout import (
+    CacheError,
+    cached_file_records,
+    context_length,
+    file_record,
+    hub_snapshot_path,
+    read_config,
+    scan,
+)
+from models_app.services.cleanup import clean_cache
+from models_app.services.local_models import mlx_problem
+
+
+@dataclass
+class ReconcileReport:
+    imported: list[str] = field(default_factory=list)  # "repo@sha"
+    marked_missing: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # missing before, files back now
+    unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)  # cached repos not imported, with the reason
+    roots: dict[str, str] = field(default_factory=dict)  # root name -> "scanned" | "absent"
+    warnings: list[str] = field(default_factory=list)  # scan_cache_dir's CorruptedCacheException messages
+    partials_removed: list[str] = field(default_factory=list)  # orphaned *.incomplete files deleted
+
+    @property
+    def imported_repo_ids(self) -> list[str]:
+        return sorted({label.rsplit("@", 1)[0] for label in self.imported})
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _files_present(snapshot: Snapshot) -> bool:
+    try:
+        root = snapshot_path(snapshot)
+    except CacheError:
+        return False  # its cache root or local root is no longer configured
+    if not root.is_dir():
+        return False
+    records = [file_record(entry) for entry in snapshot.files]
+    # is_file() follows the symlink, so a snapshot entry whose blob was deleted counts as missing.
+    return all((root / r.path).is_file() for r in records if r.path)
+
+
+def _preferred_ref(refs: frozenset[str]) -> str:
+    if "main" in refs:
+        return "main"
+    return sorted(refs)[0] if refs else ""
+
+
+def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, report: ReconcileReport) -> None:
+    label = f"{repo.repo_id}@{rev.commit_hash}"
+    problem = mlx_problem(Path(rev.snapshot_path))
+    if problem:
+        report.skipped.append(f"{label}: not an MLX model mlx-lm can load ({problem})")
+        return
+    config = read_config(Path(rev.snapshot_path))
+    records = cached_file_records(Path(rev.snapshot_path))
+    # Asked again just before writing: a pull that started during the scan owns what it is writing.
+    if (
+        DownloadJob.objects.active()
+        .filter(node=settings.NODE_NAME, repository__repo_id=repo.repo_id)
+        .exists()
+    ):
+        report.skipped.append(f"{label}: a download is running")
+        return
+    fields = {
+        "ref": _preferred_ref(rev.refs),
+        "path": str(
+            hub_snapshot_path(cache_root=root_name, repo_id=repo.repo_id, commit_sha=rev.commit_hash)
+        ),
+        "size_bytes": rev.size_on_disk,
+        "files": [r.as_json() for r in records],
+        "status": Snapshot.Status.READY,
+        "model_type": str(config.get("model_type", "")),
+        "context_length": context_length(config),
+        "downloaded_at": datetime.fromtimestamp(rev.last_modified, tz=UTC),
+        "verified_at": None,
+    }
+    key = {"commit_sha": rev.commit_hash, "node": settings.NODE_NAME, "cache_root": root_name}
+    try:
+        with transaction.atomic():
+            # Another tool's download says nothing about who may see it: until the update check reads the
+            # repo's visibility on the Hub, an imported repo is private (visible to staff only).
+            repository, _ = Repository.objects.get_or_create(
+                repo_id=repo.repo_id, defaults={"kind": Repository.Kind.HUB, "private": True}
+            )
+            if repository.kind != Repository.Kind.HUB:
+                report.skipped.append(f"{label}: the name is taken by a local model")
+                return
+            # Deleted here once, downloaded again by another tool since: the old row comes back.
+            revived = Snapshot.objects.filter(
+                repository=repository, status=Snapshot.Status.DELETED, **key
+            ).update(**fields, updated_at=timezone.now())
+            if not revived:
+                Snapshot.objects.create(repository=repository, **key, **fields)
+    except IntegrityError:
+        return  # a download created the row meanwhile: it owns it
+    report.imported.append(label)
+
+
+def reconcile_cache() -> ReconcileReport:
+    report = ReconcileReport()
+    node = settings.NODE_NAME
+    rows = list(Snapshot.objects.select_related("repository").filter(node=node))
+    known = {
+        (s.repository.repo_id, s.commit_sha, s.cache_root)
+        for s in rows
+        if s.status != Snapshot.Status.DELETED
+    }
+    # A repo being downloaded has half-written snapshots: the job will create its own row.
+    downloading = set(
+        DownloadJob.objects.active().filter(node=node).values_list("repository__repo_id", flat=True)
+    )
+
+    for root_name, root in settings.CACHE_ROOTS.items():
+        info = scan(Path(root))
+        if info is None:
+            report.roots[root_name] = "absent"
+            continue
+        report.roots[root_name] = "scanned"
+        report.warnings.extend(str(w) for w in info.warnings)
+        for repo in sorted(info.repos, key=lambda r: r.repo_id):
+            if repo.repo_type != "model":
+                continue
+            for rev in sorted(repo.revisions, key=lambda r: r.commit_hash):
+                if (repo.repo_id, rev.commit_hash, root_name) in known:
+                    continue
+                if repo.repo_id in downloading:
+                    report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: a download is running")
+                    continue
+                _import(root_name, repo, rev, report)
+
+    # Partial files no live download owns (a crashed worker's, an interrupted `hf download`'s): the cleanup's
+    # own rule, with every retention policy off.
+    orphans = clean_cache(keep_revisions=None, dry_run=False)
+    report.partials_removed = [item.path for item in orphans.deleted]
+
+    now = timezone.now()
+    for snapshot in rows:
+        label = f"{snapshot.repository.repo_id}@{snapshot.commit_sha}"
+        if snapshot.status in (Snapshot.Status.READY, Snapshot.Status.INVALID):
+            if _files_present(snapshot):
+                report.unchanged += 1
+                continue
+            new_status, bucket = Snapshot.Status.MISSING, report.marked_missing
+        elif snapshot.status == Snapshot.Status.MISSING:
+            if not _files_present(snapshot):
+                report.unchanged += 1
+                continue
+            new_status, bucket = Snapshot.Status.READY, report.restored
+        else:
+            continue  # downloading (its job decides) or deleted (history)
+        # Conditional on the status we read: a download finishing meanwhile must win.
+        if Snapshot.objects.filter(id=snapshot.id, status=snapshot.status).update(
+            status=new_status, updated_at=now
+        ):
+            bucket.append(label)
+    return report
