@@ -1,0 +1,266 @@
+"""Forms of the dashboard pages. They validate input and put every error next to its field; the work is done
+by the services the views call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.urls import reverse
+
+from models_app.models import HubCredential, Snapshot
+from models_app.services import errors
+from models_app.services.errors import DownloadError
+from models_app.services.validation import parse_hub_url, validate_revision
+
+GB = 10**9
+DAY = 86400
+MAX_PATTERNS = 20
+
+
+@dataclass(frozen=True)
+class Action:
+    """What to do about an error, shown under it: a sentence and, when there is one, a link."""
+
+    text: str
+    url: str = ""
+    link: str = ""
+
+
+# Which field a download error belongs next to. Codes not listed are shown above the form.
+ERROR_FIELDS = {
+    errors.INVALID_REPO_ID: "repo",
+    errors.NOT_FOUND: "repo",
+    errors.GATED: "repo",
+    errors.AUTH_REQUIRED: "credential",
+    errors.INVALID_REVISION: "revision",
+    errors.REVISION_NOT_FOUND: "revision",
+    errors.INVALID_REQUEST: "allow_patterns",
+}
+
+
+def error_action(err: DownloadError, repo_id: str = "") -> Action:
+    if err.code == errors.AUTH_REQUIRED:
+        return Action(err.action, reverse("settings") + "#credentials", "Add a Hub token in Settings")
+    if err.code == errors.GATED and repo_id:
+        return Action(err.action, f"{settings.HF_ENDPOINT}/{repo_id}", "Accept the licence on the Hub")
+    if err.code == errors.DISK_FULL:
+        return Action(err.action, reverse("cache"), "Open the cache page")
+    return Action(err.action)
+
+
+class PagesForm(forms.Form):
+    """Errors may carry an Action (set by add_download_error), rendered by templates/dashboard/_field.html."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.actions: dict[str | None, Action] = {}
+        for field in self.fields.values():
+            # The shared field template reads the action off the field it renders.
+            field.action = None  # type: ignore[attr-defined]
+
+    def add_download_error(self, err: DownloadError, repo_id: str = "") -> None:
+        name = ERROR_FIELDS.get(err.code)
+        if name not in self.fields:
+            name = None
+        self.add_error(name, err.message)
+        action = error_action(err, repo_id)
+        self.actions[name] = action
+        if name is not None:
+            self.fields[name].action = action  # type: ignore[attr-defined]
+
+    @property
+    def non_field_action(self) -> Action | None:
+        return self.actions.get(None)
+
+
+class PullForm(PagesForm):
+    repo = forms.CharField(
+        label="Repository",
+        max_length=2048,
+        help_text="org/name, or paste the model's Hub URL (a …/tree/<revision> URL sets the revision).",
+        widget=forms.TextInput(
+            attrs={
+                "placeholder": "mlx-community/SmolLM2-135M-Instruct-8bit",
+                "autocomplete": "off",
+                "spellcheck": "false",
+                "autocapitalize": "off",
+            }
+        ),
+    )
+    revision = forms.CharField(
+        max_length=200,
+        required=False,
+        initial="main",
+        help_text="Branch, tag or commit SHA.",
+        widget=forms.TextInput(attrs={"spellcheck": "false", "autocapitalize": "off"}),
+    )
+    credential = forms.ModelChoiceField(
+        label="Hub token",
+        queryset=HubCredential.objects.none(),
+        required=False,
+        empty_label="None (public models)",
+        help_text="Needed for private and gated models. Tokens are added in Settings.",
+    )
+    allow_patterns = forms.CharField(
+        label="Only these files",
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(
+            attrs={"rows": 2, "placeholder": "*.safetensors\n*.json", "spellcheck": "false"}
+        ),
+        help_text="Optional glob patterns, one per line. Empty: every file.",
+    )
+    force = forms.BooleanField(label="Download again even if the files are cached", required=False)
+
+    def __init__(self, *args: Any, user, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        # Only the user's own tokens: a credential id from another user is "not a valid choice".
+        self.fields["credential"].queryset = HubCredential.objects.filter(owner=user).order_by("name")
+
+    def clean_allow_patterns(self) -> list[str] | None:
+        text = self.cleaned_data.get("allow_patterns") or ""
+        patterns = [p.strip() for p in text.replace(",", "\n").splitlines() if p.strip()]
+        if len(patterns) > MAX_PATTERNS:
+            raise forms.ValidationError(f"At most {MAX_PATTERNS} patterns.")
+        for pattern in patterns:
+            if len(pattern) > 200 or not pattern.isprintable() or pattern.startswith("/") or ".." in pattern:
+                raise forms.ValidationError(f"{pattern[:40]!r} is not a file pattern like *.safetensors.")
+        return patterns or None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        repo_text = data.get("repo")
+        if repo_text is None:
+            return data
+        try:
+            repo_id, url_revision = parse_hub_url(repo_text)
+        except DownloadError as err:
+            self.add_download_error(err)
+            return data
+        data["repo_id"] = repo_id
+        revision = (data.get("revision") or "").strip()
+        # A revision in the pasted URL wins over the untouched default.
+        if not revision or (revision == "main" and url_revision != "main"):
+            revision = url_revision
+        try:
+            data["revision"] = validate_revision(revision)
+        except DownloadError as err:
+            self.add_download_error(err, repo_id)
+        return data
+
+
+class ModelFilterForm(forms.Form):
+    SORTS = {
+        "name": ("repository__repo_id", "-created_at"),
+        "size": ("-size_bytes", "repository__repo_id"),
+        "used": ("-last_used_at", "repository__repo_id"),
+        "downloaded": ("-downloaded_at", "-created_at"),
+    }
+    q = forms.CharField(label="Search", required=False, max_length=200)
+    status = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "Any status"),
+            *[c for c in Snapshot.Status.choices if c[0] != Snapshot.Status.DELETED],
+        ],
+    )
+    sort = forms.ChoiceField(
+        required=False,
+        choices=[("name", "Name"), ("size", "Size"), ("used", "Last used"), ("downloaded", "Downloaded")],
+    )
+    updates = forms.BooleanField(label="Updates only", required=False)
+
+    def order_by(self) -> tuple[str, ...]:
+        sort = self.cleaned_data.get("sort") if self.is_valid() else ""
+        return self.SORTS.get(sort or "name", self.SORTS["name"])
+
+
+class CleanupForm(PagesForm):
+    keep_revisions = forms.IntegerField(
+        label="Revisions to keep per model",
+        min_value=1,
+        max_value=100,
+        required=False,
+        help_text="Older revisions of the same model are removed. Empty: keep them all.",
+    )
+    max_age_days = forms.DecimalField(
+        label="Remove models unused for (days)",
+        min_value=Decimal("0.01"),
+        max_digits=7,
+        decimal_places=2,
+        required=False,
+        help_text="Empty: no age limit.",
+    )
+    max_size_gb = forms.DecimalField(
+        label="Size budget per cache (GB)",
+        min_value=Decimal("0.001"),
+        max_digits=9,
+        decimal_places=3,
+        required=False,
+        help_text="Least recently used models go first until the cache fits. Empty: no budget.",
+    )
+    confirm = forms.BooleanField(label="Yes, delete these files", required=False)
+
+    @classmethod
+    def initial_from_settings(cls) -> dict[str, Any]:
+        return {
+            "keep_revisions": settings.CACHE_CLEANUP_KEEP_REVISIONS,
+            "max_age_days": round(Decimal(settings.CACHE_CLEANUP_MAX_AGE) / DAY, 2)
+            if settings.CACHE_CLEANUP_MAX_AGE
+            else None,
+            "max_size_gb": round(Decimal(settings.CACHE_CLEANUP_MAX_SIZE) / GB, 3)
+            if settings.CACHE_CLEANUP_MAX_SIZE
+            else None,
+        }
+
+    def policy(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "keep_revisions": data.get("keep_revisions"),
+            "max_age": float(data["max_age_days"]) * DAY if data.get("max_age_days") else None,
+            "max_size": int(data["max_size_gb"] * GB) if data.get("max_size_gb") else None,
+        }
+
+
+class CredentialForm(PagesForm):
+    name = forms.CharField(max_length=100, help_text="A name for you, e.g. “personal” or “work org”.")
+    token = forms.CharField(
+        label="Hugging Face token",
+        max_length=500,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text="A read token from huggingface.co/settings/tokens. Stored encrypted; shown only as hf_****abcd.",
+    )
+
+    def __init__(self, *args: Any, owner, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+        # Its own ids: the settings page also holds the API key form, which has a `name` field too.
+        kwargs.setdefault("auto_id", "credential_%s")
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if HubCredential.objects.filter(owner=self.owner, name=name).exists():
+            raise forms.ValidationError("You already have a token with this name.")
+        return name
+
+
+class ApiKeyForm(PagesForm):
+    name = forms.CharField(max_length=100, help_text="The tool or machine that will use it, e.g. “laptop”.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "key_%s")
+        super().__init__(*args, **kwargs)
+
+
+class GenerationDefaultsForm(PagesForm):
+    temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.7)
+    top_p = forms.FloatField(label="Top p", min_value=0.0, max_value=1.0, initial=0.95)
+    max_tokens = forms.IntegerField(label="Max new tokens", min_value=1, max_value=32768, initial=512)
+    system_prompt = forms.CharField(
+        label="System prompt", required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 3})
+    )

@@ -1,0 +1,51 @@
+"""Pull: a form, a preview of what the pull would do (plan service), then Start (hub service)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from dashboard.forms import PullForm
+from models_app.services import hub
+from models_app.services.cache_layout import CacheError
+from models_app.services.errors import DownloadError
+from models_app.services.plan import plan_pull
+
+
+@login_required
+def pull(request: HttpRequest) -> HttpResponse:
+    """GET: the form (prefilled from ?repo=&revision=). POST action=preview: the plan. POST action=start:
+    create the job and go watch it on the Downloads page."""
+    user = request.user
+    plan = None
+    if request.method != "POST":
+        initial = {k: request.GET[k] for k in ("repo", "revision") if request.GET.get(k)}
+        return render(request, "dashboard/pull.html", {"form": PullForm(user=user, initial=initial)})
+
+    form = PullForm(request.POST, user=user)
+    if form.is_valid():
+        data = form.cleaned_data
+        repo_id, revision = data["repo_id"], data["revision"]
+        try:
+            if request.POST.get("action") == "start":
+                job = hub.download_model(
+                    repo_id,
+                    revision,
+                    credential=data["credential"],
+                    force=data["force"],
+                    allow_patterns=data["allow_patterns"],
+                    user=user,
+                )
+                messages.success(request, f"Pulling {repo_id}@{revision}.")
+                return redirect(f"/downloads/?job={job.id}#job-{job.id}")
+            plan = plan_pull(
+                repo_id, revision, credential=data["credential"], allow_patterns=data["allow_patterns"]
+            )
+        except DownloadError as err:
+            form.add_download_error(err, repo_id)
+        except CacheError as err:
+            form.add_error(None, f"{err.message} {err.action}".strip())
+    status = 400 if form.errors else 200
+    return render(request, "dashboard/pull.html", {"form": form, "plan": plan}, status=status)

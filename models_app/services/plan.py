@@ -1,0 +1,243 @@
+"""What a pull would do, before doing it: the Pull page's preview.
+
+Metadata only, in the web process: one model-info call (files with sizes) and one tiny config.json download
+into a temporary directory, never into the HF cache (a half-made snapshot there would be picked up by
+reconcile). Failures are the same DownloadError codes the download itself would raise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.utils import filter_repo_objects
+
+from models_app.models import HubCredential
+from models_app.services import errors, hub_checks
+from models_app.services.cache_layout import cache_root_path, context_length, repo_path
+from models_app.services.errors import DownloadError
+from models_app.services.health import disk_usage
+
+# The context the memory verdict assumes when the model allows more: chats rarely fill 128k tokens, and
+# counting the full window would call every modern model "too big".
+PLAN_CONTEXT_TOKENS = 8192
+KV_BYTES_PER_VALUE = 2  # fp16/bf16 keys and values
+WEIGHT_SUFFIXES = (".safetensors",)
+# Share of the machine's memory used for models when INFERENCE_MEMORY_BUDGET is unset (as the worker does).
+DEFAULT_BUDGET_SHARE = 0.6
+# Beyond this share of physical memory the machine swaps or the load fails.
+RED_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    path: str
+    size: int
+    cached: bool
+
+
+@dataclass
+class MemoryVerdict:
+    level: str  # green | amber | red
+    reason: str
+    weights_bytes: int
+    kv_cache_bytes: int
+    context_tokens: int | None
+    needed_bytes: int
+    budget_bytes: int
+    total_bytes: int
+
+
+@dataclass
+class PullPlan:
+    repo_id: str
+    revision: str
+    commit_sha: str
+    cache_root: str
+    private: bool
+    gated: bool
+    files: list[PlanFile]
+    total_bytes: int
+    cached_bytes: int
+    disk_free_bytes: int
+    is_mlx: bool
+    mlx_reason: str
+    model_type: str
+    memory: MemoryVerdict
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def to_download_bytes(self) -> int:
+        return self.total_bytes - self.cached_bytes
+
+    @property
+    def free_after_bytes(self) -> int:
+        return self.disk_free_bytes - self.to_download_bytes
+
+    @property
+    def disk_ok(self) -> bool:
+        return self.free_after_bytes >= settings.DOWNLOAD_DISK_RESERVE
+
+    @property
+    def can_start(self) -> bool:
+        return self.is_mlx and self.disk_ok
+
+
+def physical_memory() -> int:
+    """Bytes of RAM (unified memory on Apple silicon), without psutil."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def memory_budget(total: int) -> int:
+    return settings.INFERENCE_MEMORY_BUDGET or int(total * DEFAULT_BUDGET_SHARE)
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    # Multimodal configs keep the language model's shape under text_config.
+    nested = config.get("text_config")
+    return {**config, **nested} if isinstance(nested, dict) else config
+
+
+def kv_cache_bytes(config: dict[str, Any], context: int) -> int:
+    """Keys and values for `context` tokens: 2 * layers * kv_heads * head_dim * context * 2 bytes."""
+    cfg = _text_config(config)
+    try:
+        layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0)
+        heads = int(cfg.get("num_attention_heads") or cfg.get("n_head") or 0)
+        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        head_dim = int(cfg.get("head_dim") or (int(cfg.get("hidden_size") or 0) // heads if heads else 0))
+    except (TypeError, ValueError):
+        return 0
+    return 2 * layers * kv_heads * head_dim * context * KV_BYTES_PER_VALUE
+
+
+def memory_verdict(config: dict[str, Any], weights_bytes: int, *, total: int | None = None) -> MemoryVerdict:
+    total = physical_memory() if total is None else total
+    budget = memory_budget(total)
+    model_context = context_length(config)
+    context = min(model_context or PLAN_CONTEXT_TOKENS, PLAN_CONTEXT_TOKENS)
+    kv = kv_cache_bytes(config, context)
+    needed = weights_bytes + kv
+    if not total:
+        level, reason = "amber", "This machine's memory size is unknown."
+    elif needed <= budget:
+        level, reason = "green", "Fits in the inference memory budget."
+    elif needed <= total * RED_SHARE:
+        level, reason = (
+            "amber",
+            "Fits in memory, but over the inference budget: other models will be unloaded.",
+        )
+    else:
+        level, reason = "red", "Needs more memory than this machine has: loading it would fail or swap."
+    return MemoryVerdict(level, reason, weights_bytes, kv, context, needed, budget, total)
+
+
+def mlx_check(config: dict[str, Any] | None, paths: list[str]) -> tuple[bool, str]:
+    """Whether mlx-lm can load this repo, with the very checks the download runs (hub_checks)."""
+    problem = hub_checks.mlx_file_problem(paths)
+    if problem is None:
+        problem = (
+            hub_checks.mlx_config_problem(config) if config is not None else "its config.json is unreadable"
+        )
+    if problem is not None:
+        return False, f"Not loadable by mlx-lm: {problem}."
+    model_type = str(config.get("model_type")) if config else ""
+    if config and ("quantization" in config or "quantization_config" in config):
+        return True, f"MLX model ({model_type}, quantized)."
+    return True, f"Loadable by mlx-lm ({model_type})."
+
+
+def _token(credential: HubCredential | None) -> str | None:
+    if credential is None:
+        return None
+    from models_app.services import credentials
+
+    return credentials.credential_token(credential)
+
+
+def _blob_cached(repo_dir: Path, sibling: Any) -> bool:
+    lfs = sibling.lfs
+    etag = (lfs.sha256 if lfs is not None else None) or sibling.blob_id
+    return bool(etag) and (repo_dir / "blobs" / etag).is_file()
+
+
+def _read_config(repo_id: str, commit_sha: str, token: str | None) -> dict[str, Any] | None:
+    with tempfile.TemporaryDirectory(prefix="mlxcr-plan-") as tmp:
+        path = hf_hub_download(
+            repo_id,
+            "config.json",
+            revision=commit_sha,
+            local_dir=tmp,
+            endpoint=settings.HF_ENDPOINT,
+            token=token or False,
+        )
+        try:
+            config = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+    return config if isinstance(config, dict) else None
+
+
+def plan_pull(
+    repo_id: str,
+    revision: str = "main",
+    *,
+    credential: HubCredential | None = None,
+    cache: str | None = None,
+    allow_patterns: list[str] | None = None,
+) -> PullPlan:
+    """What pulling repo_id@revision would download, whether it fits on disk and in memory, and whether
+    mlx-lm can load it. Raises DownloadError (auth_required, gated, not_found, revision_not_found, network...)."""
+    cache = cache or "default"
+    root = cache_root_path(cache)
+    token = _token(credential)
+    try:
+        info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
+            repo_id, revision=revision, files_metadata=True, token=token or False
+        )
+        siblings = list(
+            filter_repo_objects(info.siblings or [], allow_patterns=allow_patterns, key=lambda s: s.rfilename)
+        )
+        paths = [s.rfilename for s in siblings]
+        config = _read_config(repo_id, info.sha, token) if "config.json" in paths else None
+    except DownloadError:
+        raise
+    except Exception as exc:  # every Hub failure becomes a code the page explains
+        raise errors.classify(exc, repo_id, has_token=token is not None) from exc
+
+    repo_dir = repo_path(root, repo_id)
+    files = [PlanFile(s.rfilename, s.size or 0, _blob_cached(repo_dir, s)) for s in siblings]
+    total = sum(f.size for f in files)
+    cached = sum(f.size for f in files if f.cached)
+    is_mlx, reason = mlx_check(config, paths)
+    weights = sum(f.size for f in files if f.path.endswith(WEIGHT_SUFFIXES))
+    plan = PullPlan(
+        repo_id=repo_id,
+        revision=revision,
+        commit_sha=info.sha or "",
+        cache_root=cache,
+        private=bool(info.private),
+        gated=bool(info.gated),
+        files=files,
+        total_bytes=total,
+        cached_bytes=cached,
+        disk_free_bytes=disk_usage(root)["free"],
+        is_mlx=is_mlx,
+        mlx_reason=reason,
+        model_type=str((config or {}).get("model_type") or ""),
+        memory=memory_verdict(config or {}, weights),
+    )
+    if not plan.disk_ok:
+        plan.warnings.append("Not enough free disk space: free some (delete unused models) first.")
+    if allow_patterns and not files:
+        plan.warnings.append("No file matches these patterns.")
+    return plan

@@ -1,0 +1,139 @@
+"""Fixtures for the page tests: rows in bulk (repos, snapshots, jobs, usage), so a test can check that a page
+costs the same number of queries with 10 rows as with 300."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import types
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from models_app.models import ApiKey, DownloadJob, Repository, Snapshot, Usage
+
+
+def sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def make_snapshot(
+    repo_id: str,
+    *,
+    owner: Any = None,
+    private: bool = False,
+    gated: bool = False,
+    status: str = Snapshot.Status.READY,
+    size: int = 10**6,
+    **fields: Any,
+) -> Snapshot:
+    repo, _ = Repository.objects.get_or_create(
+        repo_id=repo_id, defaults={"owner": owner, "private": private, "gated": gated}
+    )
+    return Snapshot.objects.create(
+        repository=repo,
+        commit_sha=fields.pop("commit_sha", sha(repo_id + str(uuid.uuid4()))),
+        ref=fields.pop("ref", "main"),
+        node=settings.NODE_NAME,
+        size_bytes=size,
+        status=status,
+        model_type="llama",
+        files=[
+            {"path": "config.json", "size": 100, "blob_id": sha("c")},
+            {"path": "model.safetensors", "size": size - 100, "sha256": "ab" * 32},
+        ],
+        downloaded_at=timezone.now(),
+        **fields,
+    )
+
+
+def make_job(
+    snapshot: Snapshot, *, user: Any, state: str = DownloadJob.State.SUCCEEDED, **fields: Any
+) -> DownloadJob:
+    return DownloadJob.objects.create(
+        repository=snapshot.repository,
+        revision=fields.pop("revision", f"rev-{uuid.uuid4().hex[:8]}"),
+        node=settings.NODE_NAME,
+        requested_by=user,
+        state=state,
+        snapshot=snapshot if state == DownloadJob.State.SUCCEEDED else None,
+        bytes_total=fields.pop("bytes_total", snapshot.size_bytes),
+        finished_at=None if state in DownloadJob.ACTIVE_STATES else timezone.now(),
+        **fields,
+    )
+
+
+@pytest.fixture
+def populate(db) -> Callable[..., None]:  # type: ignore[no-untyped-def]
+    """populate(n, user=...): n models (half private to `user`), n finished jobs, n usage rows over two
+    weeks, from both sources, through the user's API key too."""
+
+    def populate(n: int, *, user: Any, tag: str = "") -> None:
+        key, _ = ApiKey.issue(user=user, name=f"bulk-{tag}{n}-{uuid.uuid4().hex[:6]}")
+        now = timezone.now()
+        for i in range(n):
+            repo_id = f"bulk{tag}/model-{n}-{i}-{uuid.uuid4().hex[:6]}"
+            snap = make_snapshot(
+                repo_id, owner=user, private=i % 2 == 0, last_used_at=now - timedelta(hours=i)
+            )
+            if i % 3 == 0:
+                Repository.objects.filter(id=snap.repository_id).update(update_available=True)
+            make_job(
+                snap,
+                user=user,
+                state=DownloadJob.State.FAILED if i % 4 == 0 else DownloadJob.State.SUCCEEDED,
+                error_code="network" if i % 4 == 0 else "",
+                error_message="boom" if i % 4 == 0 else "",
+            )
+            usage = Usage.objects.create(
+                user=None if i % 2 else user,
+                api_key=key if i % 2 else None,
+                snapshot=snap,
+                source=Usage.Source.API if i % 2 else Usage.Source.BROWSER,
+                prompt_tokens=10 + i,
+                completion_tokens=20 + i,
+                ttft_ms=50.0 + i,
+                tokens_per_second=30.0 + i % 7,
+            )
+            Usage.objects.filter(id=usage.id).update(created_at=now - timedelta(days=i % 14, minutes=i))
+        # A few active downloads too.
+        for i in range(min(n, 5)):
+            snap = make_snapshot(
+                f"bulk{tag}/active-{n}-{i}-{uuid.uuid4().hex[:6]}",
+                owner=user,
+                status=Snapshot.Status.DOWNLOADING,
+            )
+            make_job(snap, user=user, state=DownloadJob.State.RUNNING, bytes_done=100, heartbeat_at=now)
+
+    return populate
+
+
+def count_queries(client: Any, url: str) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200, response.content[:500]
+    return len(ctx.captured_queries)
+
+
+def websocket_communicator_class() -> type:
+    """channels.testing.WebsocketCommunicator. channels.testing's __init__ also imports daphne, for its
+    live-server test case only; daphne (with Twisted) is not a dependency here, so when it is missing an
+    empty stand-in lets the communicator import."""
+    try:
+        from channels.testing import WebsocketCommunicator
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("daphne"):
+            raise
+        stub = types.ModuleType("daphne.testing")
+        stub.DaphneProcess = None  # type: ignore[attr-defined]
+        sys.modules.setdefault("daphne", types.ModuleType("daphne"))
+        sys.modules.setdefault("daphne.testing", stub)
+        from channels.testing import WebsocketCommunicator
+    return WebsocketCommunicator
