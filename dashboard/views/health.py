@@ -19,8 +19,3 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @login_required
 def health_page(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/health.html", {"health": system_health()})
-
-
-@login_required
-def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboard/health.html", {"health": system_health()})
