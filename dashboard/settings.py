@@ -272,6 +272,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # huggingface_hub 2.4's HTTP client logs every request at INFO
         "httpcore": {"level": "WARNING"},
     },
 }

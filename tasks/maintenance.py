@@ -1,1 +1,87 @@
 """Celery tasks for the maintenance queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+# --- downloads ------------------------------------------------------------------------------------------------
+
+
+@shared_task(name="maintenance.reap_jobs")
+def reap_jobs() -> list[int]:
+    """Requeue or fail download jobs whose worker stopped beating; remove orphaned partial files."""
+    from models_app.services.jobs import reap_stalled_jobs
+
+    return reap_stalled_jobs()
+
+
+# --- Cache maintenance: thin adapters over models_app.services.{reconcile,updates,cleanup} ---------------------
+
+
+@shared_task(name="maintenance.reconcile_cache")
+def reconcile_cache() -> dict[str, Any]:
+    from models_app.services.reconcile import reconcile_cache as reconcile
+
+    report = reconcile()
+    if report.imported or report.marked_missing or report.restored or report.partials_removed:
+        log.info(
+            "reconcile: imported %s, marked missing %s, restored %s, partial files removed %s, unchanged %d",
+            report.imported, report.marked_missing, report.restored, report.partials_removed, report.unchanged,
+        )  # fmt: skip
+    if report.imported_repo_ids:
+        # Imported repos start private until the Hub says otherwise: ask it now rather than in six hours.
+        check_updates.delay(repo_ids=report.imported_repo_ids)
+    return report.as_json()
+
+
+@shared_task(name="maintenance.check_updates")
+def check_updates(repo_ids: list[str] | None = None) -> dict[str, Any]:
+    from models_app.services.updates import check_updates as check
+
+    results = check(repo_ids=repo_ids)
+    return {
+        "checked": len(results),
+        "updates": [r.repo_id for r in results if r.update_available],
+        "errors": {r.repo_id: r.error_code for r in results if r.error_code},
+    }
+
+
+@shared_task(name="maintenance.clean_cache")
+def clean_cache() -> dict[str, Any] | None:
+    """The retention policy from settings; nothing at all unless an age or a size limit is configured."""
+    from models_app.services.cleanup import clean_cache as clean
+
+    if not settings.CACHE_CLEANUP_MAX_AGE and not settings.CACHE_CLEANUP_MAX_SIZE:
+        return None
+    plan = clean(
+        max_age=settings.CACHE_CLEANUP_MAX_AGE,
+        max_size=settings.CACHE_CLEANUP_MAX_SIZE,
+        keep_revisions=settings.CACHE_CLEANUP_KEEP_REVISIONS,
+        dry_run=False,
+    )
+    if plan.deleted or plan.skipped:
+        log.info(
+            "cache cleanup: freed %d bytes (%d items), skipped %s",
+            plan.bytes_freed, len(plan.deleted), plan.skipped,
+        )  # fmt: skip
+    return {"freed": plan.bytes_freed, "deleted": len(plan.deleted), "skipped": plan.skipped}
+
+
+@worker_ready.connect
+def reconcile_on_worker_start(sender: Any, **_kwargs: Any) -> None:
+    """A worker that maintains the cache starts by indexing it: models pulled by other tools while it was
+    down appear, and rows whose files went away are flagged."""
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()}
+    if "maintenance" not in queues:
+        return
+    # With several machines, the reconcile must run where the cache is: on this node's own queue if the
+    # worker has one.
+    node_queue = f"node.{settings.NODE_NAME}"
+    reconcile_cache.apply_async(queue=node_queue if node_queue in queues else "maintenance")

@@ -59,6 +59,9 @@ class DownloadJob(models.Model):
     error_message = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     celery_task_id = models.CharField(max_length=64, blank=True)
+    # When the current task message was sent: the reaper re-sends a queued job's task only after a long
+    # silence (a Redis restart without persistence loses queued messages; duplicates are harmless no-ops).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(
         max_length=200, blank=True, help_text="Celery hostname of the worker running it"
     )

@@ -1,0 +1,177 @@
+"""Download errors: one exception with a code the UI and API show, a message, and what the user should do.
+
+`classify` maps whatever huggingface_hub, httpx or the OS raised to one of these. Messages never carry a
+token: every message goes through `redaction.redact`, and the texts we build never quote request headers."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from models_app.redaction import redact
+
+AUTH_REQUIRED = "auth_required"
+GATED = "gated"
+NOT_FOUND = "not_found"
+REVISION_NOT_FOUND = "revision_not_found"
+DISK_FULL = "disk_full"
+NOT_MLX = "not_mlx"
+INTEGRITY = "integrity"
+NETWORK = "network"
+CANCELLED = "cancelled"
+INVALID_REPO_ID = "invalid_repo_id"
+INVALID_REVISION = "invalid_revision"
+INVALID_REQUEST = "invalid_request"  # a bad cache root name or allow pattern: the caller's mistake
+INTERNAL = "internal"  # a bug of ours: never retried, the traceback is in the worker log
+
+
+@dataclass(frozen=True)
+class _Code:
+    retryable: bool
+    action: str  # may use {endpoint} and {repo_id}
+
+
+CODES: dict[str, _Code] = {
+    AUTH_REQUIRED: _Code(False, "Add a Hugging Face token that can read {repo_id} and pull again."),
+    GATED: _Code(
+        False,
+        "Accept the licence at {endpoint}/{repo_id} with the Hub account of your token, then pull again.",
+    ),
+    NOT_FOUND: _Code(False, "Check the repository id (org/name) on {endpoint}."),
+    REVISION_NOT_FOUND: _Code(False, "Check the branch, tag or commit on {endpoint}/{repo_id}."),
+    DISK_FULL: _Code(False, "Free some space (delete unused models) or pull into another cache root."),
+    NOT_MLX: _Code(False, "Pick an MLX conversion of this model (for example from mlx-community)."),
+    INTEGRITY: _Code(
+        False, "Pull again; if it fails again, the files on the Hub do not match their metadata."
+    ),
+    NETWORK: _Code(True, "Check the connection to {endpoint} and retry."),
+    CANCELLED: _Code(False, "Pull again to restart the download."),
+    INVALID_REPO_ID: _Code(False, "Use a Hub repository id like mlx-community/SmolLM2-135M-Instruct-8bit."),
+    INVALID_REVISION: _Code(False, "Use a branch or tag name, or a 40-character commit SHA."),
+    INVALID_REQUEST: _Code(False, "Fix the request and try again."),
+    INTERNAL: _Code(False, "Retry; if it happens again, report it with the worker log."),
+}
+
+
+class DownloadError(Exception):
+    """A download failure the user can act on. `retryable` says whether the worker retries it by itself."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        action: str | None = None,
+        retryable: bool | None = None,
+        repo_id: str = "",
+    ) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown download error code {code!r}")
+        spec = CODES[code]
+        self.code = code
+        self.message = redact(message)
+        self.action = redact(action if action is not None else action_for(code, repo_id))
+        self.retryable = spec.retryable if retryable is None else retryable
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"DownloadError({self.code!r}, {self.message!r})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "action": self.action,
+            "retryable": self.retryable,
+        }
+
+
+def action_for(code: str, repo_id: str = "") -> str:
+    """What the user should do about an error code (the job row stores code and message only)."""
+    spec = CODES.get(code)
+    if spec is None:
+        return ""
+    return spec.action.format(endpoint=settings.HF_ENDPOINT, repo_id=repo_id or "…")
+
+
+def action_for_job(job) -> str:  # type: ignore[no-untyped-def]
+    return action_for(job.error_code, job.repository.repo_id) if job.error_code else ""
+
+
+class DownloadCancelled(DownloadError):
+    def __init__(self, message: str = "The download was cancelled.") -> None:
+        super().__init__(CANCELLED, message)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first (huggingface_hub wraps network errors two deep)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _short(exc: BaseException) -> str:
+    """One redacted line about a library exception, for the end of our own message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return redact(f"{type(exc).__name__}: {text}"[:240])
+
+
+def classify(exc: BaseException, repo_id: str, *, has_token: bool = False) -> DownloadError:
+    """The DownloadError for anything a download raised. Order matters: GatedRepoError is a subclass of
+    RepositoryNotFoundError, which is a subclass of HfHubHTTPError, which is an OSError."""
+    import httpx2
+    from huggingface_hub import errors as hf
+
+    endpoint = settings.HF_ENDPOINT
+    chain = _chain(exc)
+
+    def err(code: str, message: str) -> DownloadError:
+        return DownloadError(code, message, repo_id=repo_id)
+
+    for e in chain:
+        if isinstance(e, DownloadError):
+            return e
+    for e in chain:
+        if isinstance(e, hf.GatedRepoError):
+            return err(GATED, f"{repo_id} is gated: its licence must be accepted on the Hub before download.")
+        if isinstance(e, hf.RepositoryNotFoundError):
+            if _status(e) == 401 and not has_token:
+                return err(AUTH_REQUIRED, f"{repo_id} was not found or is private: a Hub token is needed.")
+            if has_token:
+                return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}, or the token cannot read it.")
+            return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}.")
+        if isinstance(e, hf.RevisionNotFoundError):
+            return err(REVISION_NOT_FOUND, f"This revision of {repo_id} was not found on {endpoint}.")
+        if isinstance(e, hf.RemoteEntryNotFoundError):
+            return err(NOT_FOUND, f"A file of {repo_id} was not found on {endpoint}.")
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err(DISK_FULL, "The disk holding the cache is full.")
+        if isinstance(e, hf.HfHubHTTPError):
+            status = _status(e)
+            if status in (401, 403):
+                what = "refused the token" if has_token else "requires a token"
+                return err(AUTH_REQUIRED, f"{endpoint} {what} for {repo_id} (HTTP {status}).")
+            if status == 404:
+                return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}.")
+            return err(NETWORK, f"{endpoint} answered HTTP {status} for {repo_id}.")
+        if isinstance(e, httpx2.TimeoutException):
+            return err(NETWORK, f"{endpoint} stopped answering ({_short(e)}).")
+        if isinstance(e, httpx2.TransportError):
+            return err(NETWORK, f"Lost the connection to {endpoint} ({_short(e)}).")
+    for e in chain:
+        # huggingface_hub turns unreachable servers and short bodies into these; try again later.
+        if isinstance(e, hf.LocalEntryNotFoundError | hf.FileMetadataError | ConnectionError | TimeoutError):
+            return err(NETWORK, f"Could not download {repo_id} from {endpoint} ({_short(e)}).")
+        if isinstance(e, OSError) and "Consistency check failed" in str(e):
+            return err(NETWORK, f"A file of {repo_id} arrived truncated from {endpoint}.")
+    return err(INTERNAL, f"Unexpected error while downloading {repo_id} ({_short(exc)}).")

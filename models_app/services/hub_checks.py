@@ -1,0 +1,278 @@
+"""The checks around a download: what files it needs, whether they fit on disk, whether mlx-lm can load the
+repo, and whether what landed in the cache is what the Hub described (LFS files by sha256, the others by
+size and git blob sha1)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models_app.services.errors import DISK_FULL, INTEGRITY, NOT_MLX, DownloadError
+from models_app.services.validation import safe_relpath
+
+HASH_CHUNK = 8 * 1024 * 1024
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tiktoken.model",
+    "vocab.json",
+    "tokenizer_config.json",
+)
+_MODEL_TYPE_RE = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def repo_dir_path(root: Path, repo_id: str) -> Path:
+    """models--org--name under a cache root (HUB_PROTOCOL.md §6)."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return root / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file as the Hub describes it."""
+
+    path: str
+    size: int
+    blob_id: str  # git object id (of the LFS pointer, for LFS files)
+    sha256: str = ""  # LFS content hash
+
+    @property
+    def etag(self) -> str:
+        """The blob's file name in the cache (HUB_PROTOCOL.md §3)."""
+        return self.sha256 or self.blob_id
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "size": self.size, "blob_id": self.blob_id}
+        if self.sha256:
+            data["sha256"] = self.sha256
+        return data
+
+
+def plan_files(siblings: Iterable[Any]) -> list[FileSpec]:
+    """FileSpecs from model_info(files_metadata=True).siblings. Paths are checked: they become file names."""
+    files = []
+    for sibling in siblings:
+        lfs = getattr(sibling, "lfs", None)
+        sha256 = (getattr(lfs, "sha256", None) or "") if lfs is not None else ""
+        size = getattr(lfs, "size", None) if lfs is not None else None
+        size = size if size is not None else sibling.size
+        files.append(FileSpec(safe_relpath(sibling.rfilename), int(size or 0), sibling.blob_id or "", sha256))
+    return files
+
+
+def human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the cache root may not exist yet
+    return shutil.disk_usage(probe).free
+
+
+def check_disk(root: Path, *, needed: int, reserve: int) -> None:
+    """Refuse before writing a byte when the download would eat into the reserve."""
+    if needed <= 0:
+        return
+    free = free_bytes(root)
+    if free < needed + reserve:
+        raise DownloadError(
+            DISK_FULL,
+            f"Not enough free disk space in {root}: the download needs {human(needed)} plus a reserve of "
+            f"{human(reserve)} (DOWNLOAD_DISK_RESERVE), but only {human(free)} is free.",
+        )
+
+
+def mlx_file_problem(paths: list[str]) -> str | None:
+    """What is missing from the file list for mlx-lm to load the repo, or None."""
+    names = {p.rsplit("/", 1)[-1] for p in paths if "/" not in p}
+    if "config.json" not in names:
+        return "it has no config.json"
+    if not any(p.endswith(".safetensors") for p in paths):
+        if any(p.endswith((".gguf", ".bin", ".pt", ".pth", ".ckpt")) for p in paths):
+            return "its weights are not in safetensors format (GGUF or PyTorch files only)"
+        return "it has no *.safetensors weights"
+    if not names.intersection(TOKENIZER_FILES):
+        return "it has no tokenizer files"
+    return None
+
+
+def mlx_config_problem(config: Any) -> str | None:
+    """Whether mlx-lm has an architecture for config.json's model_type (as mlx_lm.utils._get_classes
+    resolves it), or what is wrong."""
+    if not isinstance(config, dict):
+        return "its config.json is not a JSON object"
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        return "its config.json has no model_type"
+    from mlx_lm import utils as mlx_utils
+
+    module = model_type
+    architectures = config.get("architectures") or ()
+    if isinstance(architectures, str):
+        architectures = (architectures,)
+    remap_arch = getattr(mlx_utils, "MODEL_ARCHITECTURE_REMAPPING", {})
+    for architecture in architectures if isinstance(architectures, list | tuple) else ():
+        if (model_type, architecture) in remap_arch:
+            module = remap_arch[(model_type, architecture)]
+            break
+    else:
+        module = mlx_utils.MODEL_REMAPPING.get(model_type, model_type)
+    if not _MODEL_TYPE_RE.fullmatch(module):
+        return f"mlx-lm does not support the model type {model_type[:64]!r}"
+    try:
+        arch = importlib.import_module(f"mlx_lm.models.{module}")
+    except ImportError:
+        return f"mlx-lm does not support the model type {model_type!r}"
+    if not (hasattr(arch, "Model") and hasattr(arch, "ModelArgs")):
+        return f"mlx-lm does not support the model type {model_type!r}"
+    return None
+
+
+def not_mlx(repo_id: str, why: str) -> DownloadError:
+    return DownloadError(
+        NOT_MLX, f"{repo_id} is not an MLX model that mlx-lm can load: {why}.", repo_id=repo_id
+    )
+
+
+# --- Verification -----------------------------------------------------------------------------------------
+
+
+def file_hashes(path: Path, size: int, check: Callable[[], None] = lambda: None) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file, in one read. `check` runs between chunks (cancel)."""
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            sha256.update(chunk)
+            sha1.update(chunk)
+            check()
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _problem(
+    snapshot_dir: Path, spec: FileSpec, skip: Callable[[FileSpec, Path], bool], check: Callable[[], None]
+) -> str | None:
+    link = snapshot_dir / spec.path
+    if not link.is_file():
+        return "missing"
+    blob = link.resolve()
+    size = blob.stat().st_size
+    if size != spec.size:
+        return f"size {size} instead of {spec.size}"
+    if skip(spec, blob):
+        return None
+    sha256, sha1 = file_hashes(blob, size, check)
+    if spec.sha256:
+        return None if sha256 == spec.sha256 else "sha256 differs from the Hub's"
+    if spec.blob_id:
+        return None if sha1 == spec.blob_id else "git blob sha1 differs from the Hub's"
+    return None
+
+
+def verify_files(
+    repo_dir: Path,
+    commit_sha: str,
+    files: list[FileSpec],
+    *,
+    skip: Callable[[FileSpec, Path], bool] = lambda spec, blob: False,
+    check: Callable[[], None] = lambda: None,
+) -> dict[str, str]:
+    """Check every file of a downloaded snapshot; returns {path: problem}. A bad file's blob and snapshot
+    symlink are deleted, so the next pull fetches it again instead of trusting the cache."""
+    snapshot_dir = repo_dir / "snapshots" / commit_sha
+    blobs_dir = (repo_dir / "blobs").resolve()
+    workers = min(4, os.cpu_count() or 1, max(1, len(files)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # hashlib releases the GIL
+        results = list(pool.map(lambda spec: (spec, _problem(snapshot_dir, spec, skip, check)), files))
+    problems: dict[str, str] = {}
+    for spec, problem in results:
+        if problem is None:
+            continue
+        problems[spec.path] = problem
+        link = snapshot_dir / spec.path
+        blob = link.resolve() if link.exists() else None
+        if blob is not None and blob.parent == blobs_dir:
+            blob.unlink(missing_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink(missing_ok=True)
+    return problems
+
+
+def verified_before(repository_id: int, *, node: str, cache_root: str) -> Callable[[FileSpec, Path], bool]:
+    """Hashing a multi-GB blob again on every no-op pull is waste: skip a blob that a ready snapshot of this
+    repo listed with the same id and that has not been written since that snapshot was verified."""
+    from models_app.models import Snapshot
+
+    verified: dict[str, float] = {}
+    ready = Snapshot.objects.filter(
+        repository_id=repository_id,
+        node=node,
+        cache_root=cache_root,
+        status=Snapshot.Status.READY,
+        verified_at__isnull=False,
+    ).values_list("files", "verified_at")
+    for files, verified_at in ready:
+        for entry in files or []:
+            etag = (entry.get("sha256") or entry.get("blob_id")) if isinstance(entry, dict) else None
+            if etag:
+                verified[etag] = max(verified.get(etag, 0.0), verified_at.timestamp())
+
+    def skip(spec: FileSpec, blob: Path) -> bool:
+        stamp = verified.get(spec.etag)
+        return stamp is not None and blob.name == spec.etag and blob.stat().st_mtime < stamp
+
+    return skip
+
+
+def verify_snapshot(snapshot: Any) -> dict[str, str]:
+    """Hash every file of a hub snapshot against its stored file list; mark it ready or invalid (bad blobs
+    are deleted). Returns {path: problem}. The admin uses this when the cache service has no verifier."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    root = Path(settings.CACHE_ROOTS[snapshot.cache_root])
+    files = [
+        FileSpec(e["path"], int(e.get("size") or 0), e.get("blob_id", ""), e.get("sha256", ""))
+        for e in snapshot.files
+    ]
+    problems = verify_files(repo_dir_path(root, snapshot.repository.repo_id), snapshot.commit_sha, files)
+    snapshot.status = "invalid" if problems else "ready"
+    snapshot.verified_at = timezone.now()
+    snapshot.save(update_fields=["status", "verified_at", "updated_at"])
+    return problems
+
+
+def integrity_error(repo_id: str, problems: dict[str, str]) -> DownloadError:
+    listed = "; ".join(f"{path}: {why}" for path, why in sorted(problems.items())[:5])
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return DownloadError(
+        INTEGRITY,
+        f"{len(problems)} file(s) of {repo_id} did not match the Hub's checksums and were deleted: {listed}{more}.",
+        repo_id=repo_id,
+    )
+
+
+def write_ref(repo_dir: Path, revision: str, commit_sha: str) -> None:
+    """refs/<revision> -> sha, atomically (a reader never sees an empty ref). The revision was validated:
+    it cannot climb out of refs/."""
+    if revision == commit_sha:
+        return
+    ref = repo_dir / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
+    tmp.write_text(commit_sha)
+    os.replace(tmp, ref)

@@ -1,0 +1,387 @@
+"""Watching a running download: progress from huggingface_hub's progress bars, a heartbeat, cancel, stalls.
+
+- `JobMonitor` holds one job's counters. A background thread publishes progress (at most ~5 messages a
+  second), writes the row (at most once a second: bytes, speed, current file, heartbeat_at, even when no
+  byte flows), and watches the cancel flag (Redis key, and the database flag through the heartbeat).
+- `progress_bar_class(monitor)` is the `tqdm_class` given to snapshot_download. It renders nothing; it
+  feeds the monitor and raises once the job must stop (HUB_PROTOCOL.md §7: aggregate "Downloading bytes",
+  count files from "Fetching N files").
+- `install_http_guard()` puts a thin wrapper around huggingface_hub's HTTP transport: every request and
+  every block of a response body checks the monitor. A progress bar only ticks once per chunk, so this is
+  what makes a cancel take effect within a fraction of a second, and what stops huggingface_hub's own
+  retries (5 per file, 1 s apart) from stretching a stalled server far beyond DOWNLOAD_STALL_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import httpx2
+from django.conf import settings
+from django.db import close_old_connections, connection
+from tqdm import tqdm
+
+from models_app.realtime import DownloadProgress, publish_download
+from models_app.services import jobs
+from models_app.services.errors import NETWORK, DownloadCancelled, DownloadError
+
+log = logging.getLogger(__name__)
+
+# Body chunk huggingface_hub writes and reports per progress update. Its default (10 MiB) makes progress
+# jumpy on slow links; 256 KiB measured no slower against the local hub (httpx joins fewer buffers).
+CHUNK_SIZE = 256 * 1024
+TICK = 0.2  # watcher period: cancel polling and realtime messages (<= 5/s)
+DB_WRITE_INTERVAL = 1.0  # <= 1 row write per second
+EMA_ALPHA = 0.3
+
+
+class JobLost(Exception):
+    """The job is no longer ours (the reaper requeued it to another worker): stop without touching it."""
+
+
+class JobMonitor:
+    def __init__(
+        self, *, job_id: int, task_id: str, repo_id: str, revision: str, owner_id: int | None
+    ) -> None:
+        self.job_id = job_id
+        self.task_id = task_id
+        self.repo_id = repo_id
+        self.revision = revision
+        self.owner_id = owner_id
+        self._lock = threading.Lock()
+        self.bytes_done = 0
+        self.bytes_total = 0
+        self.files_done = 0
+        self.files_total = 0
+        self.current_file = ""
+        self._inflight: list[str] = []
+        self.speed = 0.0
+        self.downloading = False
+        self.last_activity = time.monotonic()
+        self.stall_timeout = float(settings.DOWNLOAD_STALL_TIMEOUT)
+        self.deadline = time.monotonic() + float(settings.DOWNLOAD_TIME_LIMIT)
+        self._abort: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- called from download threads (cheap: no I/O)
+
+    def check(self) -> None:
+        if self._abort is not None:
+            raise self._abort
+
+    def abort(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._abort is None:
+                self._abort = exc
+
+    @property
+    def aborted(self) -> BaseException | None:
+        return self._abort
+
+    def clear_abort(self) -> None:
+        """Forget a retryable abort (a stall) before the next attempt; a cancel or a lost job stays."""
+        with self._lock:
+            if isinstance(self._abort, DownloadError) and self._abort.retryable:
+                self._abort = None
+            self.downloading = False
+
+    def on_bytes(self, n: float) -> None:
+        with self._lock:
+            self.bytes_done = max(0, self.bytes_done + int(n))
+        self.check()
+
+    def on_files(self, n: float) -> None:
+        with self._lock:
+            self.files_done += int(n)
+        self.check()
+
+    def on_request(self) -> None:
+        """Before each HTTP request. A new request after DOWNLOAD_STALL_TIMEOUT without a byte is
+        huggingface_hub retrying a stalled transfer: that is our network failure, not another retry."""
+        self.check()
+        now = time.monotonic()
+        if self.downloading and now - self.last_activity > self.stall_timeout:
+            self.abort(
+                DownloadError(
+                    NETWORK,
+                    f"The Hub stopped sending data for more than {self.stall_timeout:.0f} s "
+                    f"(DOWNLOAD_STALL_TIMEOUT) while downloading {self.repo_id}.",
+                    repo_id=self.repo_id,
+                )
+            )
+            self.check()
+
+    def file_started(self, path: str, method: str) -> str:
+        """The repo file a body GET fetches ("" for anything else); shown as the current file while it is
+        the oldest transfer still running."""
+        if method != "GET" or "/resolve/" not in path:
+            return ""
+        # /{repo}/resolve/{rev}/{path}: the rev is one segment (refs/pr/N is URL-encoded).
+        rest = path.split("/resolve/", 1)[1].split("/", 1)
+        name = unquote(rest[1])[:500] if len(rest) == 2 else ""
+        if name:
+            with self._lock:
+                self._inflight.append(name)
+                self.current_file = self._inflight[0]
+        return name
+
+    def file_ended(self, name: str) -> None:
+        with self._lock:
+            if name in self._inflight:
+                self._inflight.remove(name)
+            if self._inflight:
+                self.current_file = self._inflight[0]
+
+    def on_activity(self) -> None:
+        """Response headers or a block of body arrived."""
+        self.last_activity = time.monotonic()
+        self.check()
+
+    def begin_download(self, *, bytes_total: int, files_total: int) -> None:
+        with self._lock:
+            self.bytes_total, self.files_total = bytes_total, files_total
+            self.bytes_done = self.files_done = 0
+            self.downloading = True
+            self.last_activity = time.monotonic()
+
+    def end_download(self) -> None:
+        self.downloading = False
+
+    # -- the watcher thread
+
+    def start(self) -> JobMonitor:
+        self._thread = threading.Thread(target=self._run, name=f"download-{self.job_id}", daemon=True)
+        self._thread.start()
+        _register(self)
+        return self
+
+    def stop(self) -> None:
+        """Idempotent. Also ends the HTTP guard's view of this job."""
+        _unregister(self)
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait between attempts, waking up for a cancel."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.check()
+            time.sleep(min(TICK, max(0.0, end - time.monotonic())))
+        self.check()
+
+    def _run(self) -> None:
+        last_write = last_bytes_at = time.monotonic()
+        last_bytes = 0
+        published: tuple[int, int, str] | None = None
+        try:
+            while not self._stop.wait(TICK):
+                now = time.monotonic()
+                self._poll_cancel()
+                if now > self.deadline:
+                    self.abort(
+                        DownloadError(
+                            NETWORK,
+                            f"The download took longer than DOWNLOAD_TIME_LIMIT ({settings.DOWNLOAD_TIME_LIMIT:.0f} s).",
+                            retryable=False,
+                            repo_id=self.repo_id,
+                        )
+                    )
+                if now - last_bytes_at >= 0.5:
+                    rate = (self.bytes_done - last_bytes) / (now - last_bytes_at)
+                    self.speed = max(
+                        0.0, rate if self.speed == 0 else EMA_ALPHA * rate + (1 - EMA_ALPHA) * self.speed
+                    )
+                    last_bytes, last_bytes_at = self.bytes_done, now
+                state = (self.bytes_done, self.files_done, self.current_file)
+                if self.downloading and state != published:
+                    self._publish()
+                    published = state
+                if now - last_write >= DB_WRITE_INTERVAL:
+                    last_write = now
+                    self._write()
+        except Exception:  # the watcher must never die silently with the download running blind
+            log.exception("download monitor for job %s failed", self.job_id)
+        finally:
+            connection.close()
+
+    def _poll_cancel(self) -> None:
+        try:
+            if (message := jobs.cancel_requested(self.job_id)) is not None and self._abort is None:
+                log.info("download job %s: cancel requested; stopping", self.job_id)
+                self.abort(DownloadCancelled(message))
+        except Exception as exc:  # Redis away: the database flag (checked by _write) still works
+            log.debug("cancel flag check failed: %s", exc)
+
+    def _write(self) -> None:
+        close_old_connections()
+        fields: dict[str, Any] = {"current_file": self.current_file, "speed_bps": round(self.speed, 1)}
+        if self.downloading:
+            fields.update(
+                bytes_done=min(self.bytes_done, self.bytes_total) if self.bytes_total else self.bytes_done,
+                files_done=self.files_done,
+            )
+        if jobs.heartbeat(self.job_id, task_id=self.task_id, **fields):
+            return
+        job = (
+            jobs.DownloadJob.objects.filter(id=self.job_id)
+            .only("state", "celery_task_id", "error_message")
+            .first()
+        )
+        if job is not None and job.state == jobs.State.RUNNING and job.celery_task_id == self.task_id:
+            self.abort(DownloadCancelled(job.error_message or "Cancelled."))  # the flag, read from the row
+        else:
+            self.abort(JobLost(f"job {self.job_id} was taken over"))
+
+    def eta(self) -> float | None:
+        if self.speed <= 0 or not self.bytes_total:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / self.speed)
+
+    def _publish(self) -> None:
+        done = min(self.bytes_done, self.bytes_total) if self.bytes_total else self.bytes_done
+        payload: DownloadProgress = {
+            "type": "download.progress",
+            "job_id": self.job_id,
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "state": "running",
+            "bytes_done": done,
+            "bytes_total": self.bytes_total,
+            "files_done": self.files_done,
+            "files_total": self.files_total,
+            "current_file": self.current_file,
+            "speed_bps": round(self.speed, 1),
+            "eta_seconds": self.eta(),
+            "percent": round(100.0 * done / self.bytes_total, 1) if self.bytes_total else 0.0,
+        }
+        publish_download(payload, owner_id=self.owner_id)
+
+
+# --- tqdm_class -------------------------------------------------------------------------------------------
+
+
+class _JobProgressBar(tqdm):  # type: ignore[misc]
+    job_monitor: JobMonitor  # not `monitor`: tqdm's own class attribute (its refresh thread)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        desc = str(kwargs.get("desc") or "")
+        self._kind = (
+            "bytes" if desc.startswith("Downloading") else "files" if desc.startswith("Fetching") else ""
+        )
+        kwargs["disable"] = True  # a worker has no terminal: render nothing, count in update()
+        super().__init__(*args, **kwargs)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        n = n or 0
+        self.n += n  # huggingface_hub reads .n to size its transfer bar
+        if self._kind == "bytes":
+            self.job_monitor.on_bytes(n)
+        elif self._kind == "files":
+            self.job_monitor.on_files(n)
+        else:
+            self.job_monitor.check()
+        return None
+
+
+def progress_bar_class(monitor: JobMonitor) -> type[tqdm]:
+    return type("JobProgressBar", (_JobProgressBar,), {"job_monitor": monitor})
+
+
+# --- The HTTP guard ---------------------------------------------------------------------------------------
+
+_active: list[JobMonitor] = []
+_active_lock = threading.Lock()
+_installed: float | None = None  # the stall timeout the installed client was built with
+
+
+def _register(monitor: JobMonitor) -> None:
+    with _active_lock:
+        _active.append(monitor)
+
+
+def _unregister(monitor: JobMonitor) -> None:
+    with _active_lock:
+        if monitor in _active:
+            _active.remove(monitor)
+
+
+def _monitor_for(path: str) -> JobMonitor | None:
+    """The job a request belongs to: the one whose repo is in the URL path, else the only running one (an
+    LFS body may come from a CDN URL that does not name the repo; a prefork worker runs one job at a time)."""
+    with _active_lock:
+        monitors = list(_active)
+    for monitor in monitors:
+        if f"/{monitor.repo_id}/" in path:
+            return monitor
+    return monitors[0] if len(monitors) == 1 else None
+
+
+class _GuardedStream(httpx2.SyncByteStream):
+    def __init__(self, stream: Any, monitor: JobMonitor, name: str) -> None:
+        self._stream = stream
+        self._monitor = monitor
+        self._name = name
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self._stream:
+            self._monitor.on_activity()
+            yield part
+
+    def close(self) -> None:
+        if self._name:
+            self._monitor.file_ended(self._name)
+        self._stream.close()
+
+
+def install_http_guard() -> None:
+    """Once per process: route huggingface_hub's HTTP client through the guard, with the stall timeout as
+    the client's default timeout (the tree listing call passes none) and as huggingface_hub's read
+    timeouts (read at call time from `constants`, HUB_PROTOCOL.md §5)."""
+    global _installed
+    from huggingface_hub import constants
+
+    stall = float(settings.DOWNLOAD_STALL_TIMEOUT)
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = stall  # type: ignore[assignment]
+    constants.HF_HUB_ETAG_TIMEOUT = stall  # type: ignore[assignment]
+    constants.DOWNLOAD_CHUNK_SIZE = CHUNK_SIZE
+    if _installed == stall:
+        return
+    from huggingface_hub.utils import _http as hf_http
+
+    class GuardedTransport(httpx2.HTTPTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            monitor = _monitor_for(request.url.path)
+            if monitor is None:
+                return super().handle_request(request)
+            monitor.on_request()
+            name = monitor.file_started(request.url.path, request.method)
+            try:
+                response = super().handle_request(request)
+            except BaseException:
+                monitor.file_ended(name)
+                raise
+            response.stream = _GuardedStream(response.stream, monitor, name)  # type: ignore[assignment]
+            try:
+                monitor.on_activity()
+            except BaseException:
+                response.close()
+                raise
+            return response
+
+    def factory() -> httpx2.Client:
+        return httpx2.Client(
+            transport=GuardedTransport(),
+            event_hooks={"request": [hf_http.hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=httpx2.Timeout(stall, connect=min(stall, 10.0)),
+        )
+
+    hf_http.set_client_factory(factory)  # closes the current client; the next call builds ours
+    _installed = stall

@@ -1,0 +1,390 @@
+"""Download job state transitions and the reaper.
+
+Every transition is one conditional UPDATE (the row's current state, and for a running job the Celery task
+that owns it, are part of the WHERE clause), so two workers, a worker and the reaper, or a worker and a
+cancel can never both win: the loser sees 0 rows and backs off. A DownloadState message is published after
+each transition that happened."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from models_app.models import DownloadJob
+from models_app.realtime import DownloadState, publish_download
+from models_app.services import redis as app_redis
+from models_app.services.errors import CANCELLED, NETWORK, DownloadError
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "downloads.download"
+# Module-level so a test can point one job at a dedicated worker's queue.
+QUEUE = "downloads"
+# A queued job's message is sent again after this long without a worker taking it (see enqueued_at).
+QUEUED_RESEND_AFTER = timedelta(minutes=30)
+# An *.incomplete file younger than this may belong to a download that is just starting: leave it.
+ORPHAN_MIN_AGE = 60.0
+CANCEL_KEY_TTL = 24 * 3600
+WRONG_NODE_DELAY = 5.0
+
+State = DownloadJob.State
+
+
+# --- Messages ---------------------------------------------------------------------------------------------
+
+
+def publish_state(job: DownloadJob) -> None:
+    """Publish the job's state once the transaction that changed it commits."""
+    payload: DownloadState = {
+        "type": "download.state",
+        "job_id": job.id,
+        "repo_id": job.repository.repo_id,
+        "revision": job.revision,
+        "state": job.state,
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "snapshot_id": job.snapshot_id,
+        "commit_sha": job.commit_sha,
+    }
+    owner_id = job.requested_by_id
+    transaction.on_commit(lambda: publish_download(payload, owner_id=owner_id))
+
+
+def _reload(job_id: int) -> DownloadJob | None:
+    return DownloadJob.objects.select_related("repository").filter(id=job_id).first()
+
+
+def _changed(job_id: int) -> DownloadJob | None:
+    job = _reload(job_id)
+    if job is not None:
+        publish_state(job)
+    return job
+
+
+# --- Enqueueing -------------------------------------------------------------------------------------------
+
+
+def enqueue(job_id: int, *, countdown: float | None = None) -> None:
+    """Send the task for a queued job: its id only. The task id is recorded first, so the row always names
+    the newest message; an older duplicate that arrives later finds the job taken and does nothing."""
+    from dashboard.celery import app
+
+    task_id = str(uuid.uuid4())
+    DownloadJob.objects.filter(id=job_id, state=State.QUEUED).update(
+        celery_task_id=task_id, enqueued_at=timezone.now()
+    )
+    app.send_task(TASK_NAME, args=[job_id], task_id=task_id, queue=QUEUE, countdown=countdown)
+
+
+def enqueue_or_fail(job_id: int) -> None:
+    """Enqueue after commit; a broker that refuses the message fails the job instead of leaving it queued
+    forever."""
+    try:
+        enqueue(job_id)
+    except Exception as exc:  # kombu/redis errors vary by transport
+        log.error("could not enqueue download job %s: %s", job_id, exc)
+        fail_queued(
+            job_id,
+            DownloadError(
+                NETWORK,
+                f"Could not queue the download: the task broker is unreachable ({type(exc).__name__}).",
+            ),
+        )
+
+
+# --- Worker side: claim, heartbeat, finish ----------------------------------------------------------------
+
+
+def stale_cutoff(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) - timedelta(seconds=settings.DOWNLOAD_HEARTBEAT_TIMEOUT)
+
+
+def claim(job_id: int, *, task_id: str, worker_name: str) -> DownloadJob | None:
+    """queued -> running (attempts + 1) for this task, or take over a running job whose worker stopped
+    beating (a redelivery after a crash). None when the job is not ours to run: finished, cancelled, or
+    held by a live worker."""
+    now = timezone.now()
+    if DownloadJob.objects.filter(id=job_id, state=State.QUEUED).exclude(node=settings.NODE_NAME).exists():
+        # The files must land in that node's cache. Until each node has a queue of its own, put the message
+        # back for another worker rather than download to the wrong machine.
+        log.warning("download job %s is for another node; sending it back to the queue", job_id)
+        enqueue(job_id, countdown=WRONG_NODE_DELAY)
+        return None
+    claimable = Q(state=State.QUEUED) | Q(
+        state=State.RUNNING, heartbeat_at__lt=stale_cutoff(now), attempts__lt=settings.DOWNLOAD_MAX_ATTEMPTS
+    )
+    mine = DownloadJob.objects.filter(claimable, id=job_id, node=settings.NODE_NAME, cancel_requested=False)
+    won = mine.update(
+        state=State.RUNNING,
+        attempts=F("attempts") + 1,
+        celery_task_id=task_id,
+        worker=worker_name[:200],
+        heartbeat_at=now,
+        started_at=now,
+        finished_at=None,
+        speed_bps=0,
+        current_file="",
+    )
+    if won:
+        return _changed(job_id)
+    job = _reload(job_id)
+    if job is None:
+        log.info("download job %s is gone; nothing to do", job_id)
+    elif job.state == State.QUEUED and job.cancel_requested:
+        cancel_queued(job_id, message="Cancelled before it started.")
+    else:
+        log.info(
+            "download job %s is %s (worker %r); task %s does nothing", job_id, job.state, job.worker, task_id
+        )
+    return None
+
+
+def _owned(job_id: int, task_id: str):  # type: ignore[no-untyped-def]
+    return DownloadJob.objects.filter(id=job_id, state=State.RUNNING, celery_task_id=task_id)
+
+
+def heartbeat(job_id: int, *, task_id: str, **fields: object) -> bool:
+    """Stamp heartbeat_at (and progress fields). False when the job is no longer ours to run, or a cancel
+    was requested: the caller then stops."""
+    return bool(
+        _owned(job_id, task_id).filter(cancel_requested=False).update(heartbeat_at=timezone.now(), **fields)
+    )
+
+
+def update_running(job_id: int, *, task_id: str, **fields: object) -> bool:
+    return bool(_owned(job_id, task_id).update(**fields))
+
+
+def note_retry(job_id: int, *, task_id: str, error: DownloadError, delay: float) -> bool:
+    """Count another attempt of a running job after a retryable error; the job stays running."""
+    won = _owned(job_id, task_id).update(
+        attempts=F("attempts") + 1,
+        error_code="",
+        error_message=f"{error.message} Retrying in {delay:.0f} s.",
+        heartbeat_at=timezone.now(),
+    )
+    if won:
+        _changed(job_id)
+    return bool(won)
+
+
+def succeed(job_id: int, *, task_id: str, snapshot_id: int) -> bool:
+    now = timezone.now()
+    won = _owned(job_id, task_id).update(
+        state=State.SUCCEEDED,
+        snapshot_id=snapshot_id,
+        bytes_done=F("bytes_total"),
+        files_done=F("files_total"),
+        speed_bps=0,
+        current_file="",
+        error_code="",
+        error_message="",
+        finished_at=now,
+        heartbeat_at=now,
+    )
+    if won:
+        _changed(job_id)
+    return bool(won)
+
+
+def fail(job_id: int, *, task_id: str, error: DownloadError) -> bool:
+    now = timezone.now()
+    state = State.CANCELLED if error.code == CANCELLED else State.FAILED
+    won = _owned(job_id, task_id).update(
+        state=state,
+        error_code=error.code,
+        error_message=error.message,
+        speed_bps=0,
+        current_file="",
+        finished_at=now,
+        heartbeat_at=now,
+    )
+    if won:
+        _clear_cancel_key(job_id)
+        _changed(job_id)
+    return bool(won)
+
+
+def fail_queued(job_id: int, error: DownloadError) -> bool:
+    won = DownloadJob.objects.filter(id=job_id, state=State.QUEUED).update(
+        state=State.FAILED, error_code=error.code, error_message=error.message, finished_at=timezone.now()
+    )
+    if won:
+        _changed(job_id)
+    return bool(won)
+
+
+# --- Cancel ----------------------------------------------------------------------------------------------
+
+
+def cancel_key(job_id: int) -> str:
+    return app_redis.key("cancel", "job", job_id)
+
+
+def _clear_cancel_key(job_id: int) -> None:
+    with contextlib.suppress(Exception):  # the flag expires by itself
+        app_redis.client().delete(cancel_key(job_id))
+
+
+def cancel_queued(job_id: int, *, message: str) -> bool:
+    won = DownloadJob.objects.filter(id=job_id, state=State.QUEUED).update(
+        state=State.CANCELLED,
+        cancel_requested=True,
+        error_code=CANCELLED,
+        error_message=message,
+        finished_at=timezone.now(),
+    )
+    if won:
+        _clear_cancel_key(job_id)
+        _changed(job_id)
+    return bool(won)
+
+
+def request_cancel(job_id: int, *, message: str) -> None:
+    """Flag a job for cancellation. A queued job is cancelled at once; a running one is stopped by its
+    worker (the flag is read every fraction of a second); a running job whose worker is dead is cancelled
+    here."""
+    DownloadJob.objects.filter(id=job_id, state__in=DownloadJob.ACTIVE_STATES).update(
+        cancel_requested=True, error_message=message
+    )
+    try:
+        # The worker polls this key several times a second; the database flag is the durable copy.
+        app_redis.client().set(cancel_key(job_id), message, ex=CANCEL_KEY_TTL)
+    except Exception as exc:
+        log.warning(
+            "cancel flag for job %s not set in Redis (%s); the worker reads the database", job_id, exc
+        )
+    if cancel_queued(job_id, message=message):
+        return
+    won = DownloadJob.objects.filter(id=job_id, state=State.RUNNING, heartbeat_at__lt=stale_cutoff()).update(
+        state=State.CANCELLED, error_code=CANCELLED, error_message=message, finished_at=timezone.now()
+    )
+    if won:
+        _changed(job_id)
+
+
+def cancel_requested(job_id: int) -> str | None:
+    """The fast check a running download makes several times a second: the cancel message, or None."""
+    value = app_redis.client().get(cancel_key(job_id))
+    return None if value is None else str(value) or "Cancelled."
+
+
+# --- The reaper -------------------------------------------------------------------------------------------
+
+
+def reap_stalled_jobs(now: datetime | None = None) -> list[int]:
+    """Resolve jobs whose worker died: running jobs without a heartbeat for DOWNLOAD_HEARTBEAT_TIMEOUT are
+    requeued (attempts left) or failed; queued jobs nobody took for a long time get their message again;
+    then *.incomplete files that no running job owns are removed. Returns the ids of the jobs it changed."""
+    now = now or timezone.now()
+    changed: list[int] = []
+    timeout = settings.DOWNLOAD_HEARTBEAT_TIMEOUT
+    stale = DownloadJob.objects.filter(state=State.RUNNING, heartbeat_at__lt=stale_cutoff(now))
+    for job in stale.only("id", "attempts", "cancel_requested", "heartbeat_at", "worker"):
+        # The heartbeat value read is part of the condition: a worker that beats in between wins.
+        still = DownloadJob.objects.filter(id=job.id, state=State.RUNNING, heartbeat_at=job.heartbeat_at)
+        silent = f"Its worker {job.worker or '?'} stopped responding (no heartbeat for {timeout:.0f} s)."
+        if job.cancel_requested:
+            won = still.update(
+                state=State.CANCELLED, error_code=CANCELLED, error_message="Cancelled.", finished_at=now
+            )
+        elif job.attempts < settings.DOWNLOAD_MAX_ATTEMPTS:
+            won = still.update(
+                state=State.QUEUED,
+                worker="",
+                heartbeat_at=None,
+                speed_bps=0,
+                current_file="",
+                error_code="",
+                error_message=f"{silent} Retrying.",
+            )
+            if won:
+                enqueue_or_fail(job.id)
+        else:
+            won = still.update(
+                state=State.FAILED,
+                error_code=NETWORK,
+                error_message=f"{silent} Gave up after {job.attempts} attempts.",
+                finished_at=now,
+            )
+        if won:
+            log.warning("reaped download job %s (%s)", job.id, silent)
+            changed.append(job.id)
+            _changed(job.id)
+
+    forgotten = DownloadJob.objects.filter(state=State.QUEUED, cancel_requested=False).filter(
+        Q(enqueued_at__lt=now - QUEUED_RESEND_AFTER)
+        | Q(enqueued_at__isnull=True, created_at__lt=now - QUEUED_RESEND_AFTER)
+    )
+    for job_id in forgotten.values_list("id", flat=True):
+        log.warning(
+            "download job %s waited %s without a worker taking it: sending it again",
+            job_id,
+            QUEUED_RESEND_AFTER,
+        )
+        enqueue_or_fail(job_id)
+        changed.append(job_id)
+
+    remove_orphaned_incomplete(now=now)
+    return changed
+
+
+def _repo_dir_name(repo_id: str) -> str:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def busy_repo_dirs(*, exclude_job: int | None = None, now: datetime | None = None) -> set[str]:
+    """Cache folder names of repos that a live running job on this node is writing to."""
+    running = DownloadJob.objects.filter(
+        state=State.RUNNING, node=settings.NODE_NAME, heartbeat_at__gte=stale_cutoff(now)
+    )
+    if exclude_job is not None:
+        running = running.exclude(id=exclude_job)
+    return {_repo_dir_name(r) for r in running.values_list("repository__repo_id", flat=True)}
+
+
+def remove_incomplete(
+    repo_dir: Path, *, min_age: float = 0.0, now: float | None = None, names: set[str] | None = None
+) -> list[Path]:
+    """Delete `blobs/*.incomplete` in one repo folder (only those whose blob name is in `names`, if given)."""
+    removed = []
+    now = time.time() if now is None else now
+    for path in (repo_dir / "blobs").glob("*.incomplete"):
+        if names is not None and path.name.split(".", 1)[0] not in names:
+            continue
+        try:
+            if now - path.stat().st_mtime < min_age:
+                continue
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def remove_orphaned_incomplete(*, now: datetime | None = None) -> list[Path]:
+    """`*.incomplete` files of this node's cache roots that no live running job owns (a killed worker's)."""
+    busy = busy_repo_dirs(now=now)
+    clock = (now or timezone.now()).timestamp()
+    removed: list[Path] = []
+    for root in settings.CACHE_ROOTS.values():
+        if not Path(root).is_dir():
+            continue
+        for entry in os.scandir(root):
+            if entry.name.startswith("models--") and entry.name not in busy and entry.is_dir():
+                removed += remove_incomplete(Path(entry.path), min_age=ORPHAN_MIN_AGE, now=clock)
+    for path in removed:
+        log.info("removed orphaned partial download %s", path)
+    return removed
