@@ -10,7 +10,8 @@ from pathlib import Path
 
 _BASE = Path(__file__).resolve().parent.parent
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-_TEST_VAR = Path(os.environ.get("TEST_VAR_DIR", str(_BASE / "var" / "test")))
+# Absolute: redis-server resolves its --logfile after changing into --dir.
+_TEST_VAR = Path(os.environ.get("TEST_VAR_DIR", str(_BASE / "var" / "test"))).resolve()
 
 _PER_WORKER = {
     "DEV_SECRETS": "1",
