@@ -256,7 +256,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Pull, manage and serve local MLX models.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI served from the sidecar package: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
 }
 

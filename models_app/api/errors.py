@@ -25,6 +25,7 @@ CODE_STATUS: dict[str, int] = {
     "invalid_repo_id": 400,
     "invalid_revision": 400,
     "invalid_credential": 400,
+    "invalid_request": 400,
     "auth_required": 401,
     "gated": 403,
     "forbidden": 403,
@@ -47,6 +48,7 @@ CODE_STATUS: dict[str, int] = {
     "cancelled": 409,
     "unavailable": 503,
     "inference_unavailable": 503,
+    "internal": 500,
 }
 
 

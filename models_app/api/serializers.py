@@ -1,0 +1,390 @@
+"""Request and response shapes of the REST API. Secrets are write-only fields or absent: a Hub token is
+accepted on create and never serialized; an API key's raw value appears only in ApiKeyCreatedSerializer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from models_app.models import ApiKey, DownloadJob, HubCredential, Snapshot
+from models_app.services import validation
+from models_app.services.errors import DownloadError
+
+
+class StrictCharField(serializers.CharField):
+    """A string and nothing else: DRF's CharField turns 0 or true into "0" and "True"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+# What validation.validate_repo_id accepts, as a pattern clients and fuzzers can read: two parts of word
+# characters, each '.' or '-' followed by one (no '..', '--', or a part starting or ending with them).
+REPO_ID_PATTERN = (
+    r"^[A-Za-z0-9_]([A-Za-z0-9_]|[.-][A-Za-z0-9_]){0,47}/[A-Za-z0-9_]([A-Za-z0-9_]|[.-][A-Za-z0-9_]){0,47}$"
+)
+# A branch, tag or commit: segments that do not start with '.' and contain no '..' (validation.validate_revision).
+REVISION_PATTERN = r"^[A-Za-z0-9_+=]([A-Za-z0-9_+=-]|[.][A-Za-z0-9_+=-]|/[A-Za-z0-9_+=]){0,99}$"
+# Printable ASCII without spaces, as credentials._clean_token requires.
+TOKEN_PATTERN = r"^[!-~]{1,500}$"
+GLOB_PATTERN = r"^[ -~]{1,200}$"
+# Something besides spaces, and no NUL (DRF refuses those): what a name field takes.
+NAME_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
+# --- Errors -----------------------------------------------------------------------------------------------------
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable: invalid_repo_id, not_found, gated...")
+    message = serializers.CharField(help_text="For humans.")
+    action = serializers.CharField(required=False, help_text="What to do about it, when there is something.")
+    details = serializers.JSONField(required=False, help_text="Per-field messages of a validation error.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+# --- Models (snapshots) ------------------------------------------------------------------------------------------
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    repo_id = serializers.CharField(source="repository.repo_id")
+    kind = serializers.CharField(source="repository.kind")
+    private = serializers.BooleanField(source="repository.private")
+    gated = serializers.BooleanField(source="repository.gated")
+    update_available = serializers.BooleanField(source="repository.update_available")
+    file_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Snapshot
+        fields = [
+            "id",
+            "repo_id",
+            "kind",
+            "commit_sha",
+            "ref",
+            "node",
+            "cache_root",
+            "status",
+            "size_bytes",
+            "file_count",
+            "model_type",
+            "context_length",
+            "private",
+            "gated",
+            "update_available",
+            "downloaded_at",
+            "verified_at",
+            "last_used_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_file_count(self, obj: Snapshot) -> int:
+        return len(obj.files or [])
+
+
+class SnapshotFileSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    size = serializers.IntegerField(required=False, allow_null=True)
+    sha256 = serializers.CharField(required=False, allow_null=True, allow_blank=True)
+
+
+class SnapshotDetailSerializer(SnapshotSerializer):
+    files = serializers.SerializerMethodField()
+
+    class Meta(SnapshotSerializer.Meta):
+        fields = [*SnapshotSerializer.Meta.fields, "files"]
+        read_only_fields = fields
+
+    @extend_schema_field(SnapshotFileSerializer(many=True))
+    def get_files(self, obj: Snapshot) -> list[dict[str, Any]]:
+        # Only what a client needs: blob ids and local paths are the server's business.
+        return [
+            {"path": f.get("path", ""), "size": f.get("size"), "sha256": f.get("sha256")}
+            for f in (obj.files or [])
+            if isinstance(f, dict)
+        ]
+
+
+class DeleteItemSerializer(serializers.Serializer):
+    snapshot_id = serializers.IntegerField()
+    commit_sha = serializers.CharField()
+    ref = serializers.CharField(allow_blank=True)
+    cache_root = serializers.CharField()
+    bytes = serializers.IntegerField(help_text="Bytes this snapshot frees (blobs shared with kept ones stay)")
+
+
+class DeletePlanSerializer(serializers.Serializer):
+    repo_id = serializers.CharField()
+    dry_run = serializers.BooleanField()
+    files_kept = serializers.BooleanField(help_text="Local models are only unregistered; their files stay")
+    bytes_freed = serializers.IntegerField()
+    items = DeleteItemSerializer(many=True)
+
+
+class VerifyResultSerializer(serializers.Serializer):
+    snapshot_id = serializers.IntegerField()
+    ok = serializers.BooleanField()
+    status = serializers.CharField(help_text="The snapshot's status after verification")
+    files_checked = serializers.IntegerField()
+    bytes_hashed = serializers.IntegerField()
+    missing = serializers.ListField(child=serializers.CharField(), help_text="Files that are gone")
+    mismatched = serializers.DictField(child=serializers.CharField(), help_text="path -> what differs")
+    verified_at = serializers.DateTimeField(allow_null=True)
+
+
+class LoadResultSerializer(serializers.Serializer):
+    snapshot_id = serializers.IntegerField()
+    repo_id = serializers.CharField()
+    queued = serializers.BooleanField(help_text="The request is on the inference worker's queue")
+    loaded = serializers.BooleanField(help_text="Whether it is loaded right now (before the request runs)")
+
+
+# --- Pulls (download jobs) ---------------------------------------------------------------------------------------
+
+
+class PullErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    action = serializers.CharField(allow_blank=True)
+
+
+class PullSerializer(serializers.ModelSerializer):
+    repo_id = serializers.CharField(source="repository.repo_id")
+    requested_by = serializers.CharField(source="requested_by.username", allow_null=True, default=None)
+    credential_id = serializers.IntegerField(allow_null=True)
+    snapshot_id = serializers.IntegerField(allow_null=True)
+    percent = serializers.FloatField()
+    eta_seconds = serializers.FloatField(allow_null=True)
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DownloadJob
+        fields = [
+            "id",
+            "repo_id",
+            "revision",
+            "node",
+            "cache_root",
+            "state",
+            "commit_sha",
+            "snapshot_id",
+            "credential_id",
+            "requested_by",
+            "force",
+            "allow_patterns",
+            "bytes_done",
+            "bytes_total",
+            "files_done",
+            "files_total",
+            "current_file",
+            "speed_bps",
+            "percent",
+            "eta_seconds",
+            "attempts",
+            "cancel_requested",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(PullErrorSerializer(allow_null=True))
+    def get_error(self, obj: DownloadJob) -> dict[str, str] | None:
+        if not obj.error_code:
+            return None
+        return {"code": obj.error_code, "message": obj.error_message, "action": _action_for(obj)}
+
+
+def _action_for(job: DownloadJob) -> str:
+    """The downloads service words each code's action; a DownloadError built from the row gives it back."""
+    try:
+        return DownloadError(job.error_code, job.error_message, repo_id=job.repository.repo_id).action
+    except ValueError:  # a code that service no longer knows
+        return ""
+
+
+@extend_schema_field({"type": "string", "pattern": REPO_ID_PATTERN, "maxLength": 193})
+class RepoIdField(StrictCharField):
+    """Checked by the downloads service's own rules, so a bad id is its `invalid_repo_id` error (with its
+    action), not a generic field error. The pattern documents the same rules for clients."""
+
+    def to_internal_value(self, data: Any) -> str:
+        return validation.validate_repo_id(super().to_internal_value(data))
+
+
+@extend_schema_field({"type": "string", "pattern": REVISION_PATTERN, "maxLength": 200, "default": "main"})
+class RevisionField(StrictCharField):
+    def to_internal_value(self, data: Any) -> str:
+        return validation.validate_revision(super().to_internal_value(data))
+
+
+class PullCreateSerializer(serializers.Serializer):
+    repo_id = RepoIdField(help_text="org/name on the Hub, e.g. mlx-community/SmolLM2-135M-Instruct-8bit")
+    revision = RevisionField(default="main", help_text="Branch, tag or commit sha")
+    credential_id = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="One of your Hub credentials",
+    )
+    cache = serializers.ChoiceField(choices=[], required=False, allow_blank=True, help_text="Cache root name")
+    force = serializers.BooleanField(default=False, help_text="Download again even if the snapshot is ready")
+    allow_patterns = serializers.ListField(
+        child=StrictCharField(
+            max_length=200, trim_whitespace=False, validators=[RegexValidator(GLOB_PATTERN)]
+        ),
+        required=False,
+        allow_null=True,
+        max_length=50,
+        help_text="Only files matching these glob patterns",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["cache"].choices = sorted(settings.CACHE_ROOTS)
+
+
+# --- Hub credentials ----------------------------------------------------------------------------------------------
+
+
+class CredentialSerializer(serializers.ModelSerializer):
+    name = StrictCharField(max_length=100, validators=[RegexValidator(NAME_PATTERN)])
+    token = StrictCharField(
+        write_only=True,
+        max_length=500,
+        validators=[RegexValidator(TOKEN_PATTERN, "That does not look like a Hugging Face token.")],
+        help_text="Write-only: never returned",
+    )
+    masked = serializers.CharField(read_only=True, help_text="hf_****last4")
+
+    class Meta:
+        model = HubCredential
+        fields = [
+            "id",
+            "name",
+            "token",
+            "masked",
+            "hub_username",
+            "last_verified_at",
+            "last_error",
+            "created_at",
+        ]
+        read_only_fields = ["id", "masked", "hub_username", "last_verified_at", "last_error", "created_at"]
+        # The (owner, name) uniqueness is checked by the service with the owner from the request.
+        validators: list = []
+
+
+class CredentialTestSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    hub_username = serializers.CharField(allow_blank=True)
+    message = serializers.CharField(allow_blank=True)
+    credential = CredentialSerializer()
+
+
+# --- Usage -----------------------------------------------------------------------------------------------------
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    days = serializers.IntegerField(default=14, min_value=1, max_value=366)
+    snapshot_id = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**63 - 1)
+
+
+class UsageGroupSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    ttft_ms = serializers.FloatField(allow_null=True)
+    tokens_per_second = serializers.FloatField(allow_null=True)
+
+
+class UsageBySourceSerializer(UsageGroupSerializer):
+    source = serializers.CharField()
+    label = serializers.CharField()
+
+
+class UsageByUserSerializer(UsageGroupSerializer):
+    username = serializers.CharField()
+
+
+class UsageDaySerializer(serializers.Serializer):
+    day = serializers.DateField()
+    requests = serializers.IntegerField()
+    ttft_ms = serializers.FloatField(allow_null=True)
+    tokens_per_second = serializers.FloatField(allow_null=True)
+    tokens_by_model = serializers.DictField(child=serializers.IntegerField())
+
+
+class UsageModelSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    tokens = serializers.IntegerField()
+
+
+class UsageTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+
+
+class UsageReportSerializer(serializers.Serializer):
+    days = serializers.IntegerField()
+    totals = UsageTotalsSerializer()
+    by_day = UsageDaySerializer(many=True)
+    by_model = UsageModelSerializer(many=True)
+    by_source = UsageBySourceSerializer(many=True)
+    by_user = UsageByUserSerializer(many=True, help_text="Staff only; empty for other users")
+
+
+# --- API keys --------------------------------------------------------------------------------------------------
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    name = StrictCharField(
+        max_length=100,
+        validators=[RegexValidator(NAME_PATTERN)],
+        help_text="What the key is for, e.g. the tool or machine using it",
+    )
+    display = serializers.CharField(
+        read_only=True, help_text="mlxcr_<prefix>_… (the secret part is never shown)"
+    )
+    active = serializers.BooleanField(source="is_active", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "prefix", "display", "active", "created_at", "last_used_at", "revoked_at"]
+        read_only_fields = ["id", "prefix", "display", "active", "created_at", "last_used_at", "revoked_at"]
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The raw key. Shown once: store it now.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = [*ApiKeySerializer.Meta.read_only_fields, "key"]
+
+
+# --- Health ----------------------------------------------------------------------------------------------------
+
+
+class HealthSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    node = serializers.CharField()
+    database = serializers.JSONField()
+    redis = serializers.JSONField()
+    queues = serializers.JSONField()
+    mlx = serializers.JSONField()
+    cache = serializers.JSONField()
+    versions = serializers.JSONField()

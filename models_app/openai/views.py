@@ -1,0 +1,363 @@
+"""The OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions.
+
+Async views on the same path as the chat page (DESIGN.md, "Inference and chat"): open a channel, enqueue the
+generation on the inference queue, turn the worker's chat.* messages into OpenAI objects. Nothing here loads
+a model. Auth is an API key only (`Authorization: Bearer mlxcr_...`), so the views are CSRF-exempt: no cookie
+is ever read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from models_app.api.auth import authenticate_key, bearer_token
+from models_app.models import ApiKey, Snapshot
+from models_app.openai import schemas
+from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser, markers_for_path
+from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
+from models_app.services import cache, inference
+
+log = logging.getLogger(__name__)
+
+# SSE comments while the prompt is processed, so proxies and clients do not time out (mlx_lm.server does too).
+KEEPALIVE_SECONDS = 5.0
+
+# chat.error codes from the worker (and the web side's watch) -> HTTP status and OpenAI error type.
+ERROR_STATUS: dict[str, tuple[int, str]] = {
+    "context_too_long": (400, "invalid_request_error"),
+    "invalid_request": (400, "invalid_request_error"),
+    "model_load_failed": (500, "server_error"),
+    "no_worker": (503, "server_error"),
+    "worker_died": (503, "server_error"),
+    "cancelled": (500, "server_error"),
+    "internal": (500, "server_error"),
+}
+ERROR_CODE_NAMES = {"context_too_long": "context_length_exceeded"}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> JsonResponse:
+    response = JsonResponse(error_object(message, type=type, code=code, param=param), status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+# --- Auth ------------------------------------------------------------------------------------------------------
+
+
+async def authenticate(request: HttpRequest) -> ApiKey | None:
+    """The request's active API key, or None. The key row is read on every call, so a revoked key fails at
+    once. The database work runs in Django's sync thread (the ORM is not async-safe)."""
+    raw = bearer_token(request.headers.get("Authorization", ""))
+    if raw is None:
+        return None
+    return await sync_to_async(authenticate_key)(raw)
+
+
+def endpoint(*methods: str) -> Callable:
+    """Method check and key auth for an async view; the view gets the key as its second argument."""
+
+    def wrap(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Awaitable[HttpResponse]]:
+        @csrf_exempt
+        async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = error_response(
+                    405, f"Use {' or '.join(methods)} for this endpoint.", code="method_not_allowed"
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            key = await authenticate(request)
+            if key is None:
+                return error_response(
+                    401,
+                    "Invalid, revoked or missing API key. Send `Authorization: Bearer mlxcr_...` with a key from "
+                    "Settings or `manage.py apikey create`.",
+                    code="invalid_api_key",
+                )
+            return await view(request, key, *args, **kwargs)
+
+        wrapped.__name__ = view.__name__
+        wrapped.__doc__ = view.__doc__
+        return wrapped
+
+    return wrap
+
+
+# --- Models ----------------------------------------------------------------------------------------------------
+
+
+def _model_object(info: cache.ModelInfo) -> dict[str, Any]:
+    created = info.downloaded_at.timestamp() if info.downloaded_at else 0
+    return {
+        "id": info.repo_id,
+        "object": "model",
+        "created": int(created),
+        "owned_by": info.repo_id.split("/", 1)[0] if "/" in info.repo_id else "local",
+    }
+
+
+def _ready_models(user: Any) -> list[dict[str, Any]]:
+    """One entry per repo with a ready snapshot on this node that the user may see (newest snapshot's date)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for info in cache.list_models(user=user, node=settings.NODE_NAME):
+        if info.status == Snapshot.Status.READY and info.repo_id not in seen:
+            seen[info.repo_id] = _model_object(info)
+    return list(seen.values())
+
+
+@endpoint("GET")
+async def models_list(request: HttpRequest, key: ApiKey) -> HttpResponse:
+    models = await sync_to_async(_ready_models)(key.user)
+    return JsonResponse({"object": "list", "data": models})
+
+
+@endpoint("GET")
+async def model_detail(request: HttpRequest, key: ApiKey, model_id: str) -> HttpResponse:
+    models = await sync_to_async(_ready_models)(key.user)
+    for model in models:
+        if model["id"] == model_id:
+            return JsonResponse(model)
+    return _model_not_found(model_id)
+
+
+def _model_not_found(model_id: str) -> JsonResponse:
+    return error_response(
+        404,
+        f"The model '{model_id[:200]}' does not exist or is not ready here. GET /v1/models lists the models you "
+        "can use; pull others from the dashboard first.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def _resolve(model_id: str, user: Any) -> tuple[Snapshot, Markers] | None:
+    """The ready snapshot a model id names (`org/name`, or `org/name@revision`), and its text markers, read
+    from the same stored path the worker loads (never a path from the request)."""
+    repo_id, _, revision = model_id.partition("@")
+    try:
+        snapshot = cache.find_ready_snapshot(repo_id, revision or None, user=user)
+    except cache.CacheError:
+        return None
+    return snapshot, markers_for_path(snapshot.path) if snapshot.path else NO_MARKERS
+
+
+# --- Completions ----------------------------------------------------------------------------------------------
+
+
+class Translator:
+    """chat.* messages in, OpenAI chunks (or one whole object) out."""
+
+    def __init__(self, parsed: schemas.CompletionRequest, markers: Markers) -> None:
+        self.parsed = parsed
+        self.completion = Completion(
+            model=parsed.model, chat=parsed.kind == "chat", include_usage=parsed.include_usage
+        )
+        tools = parsed.options.get("tools")
+        self.parser = StreamParser(markers if parsed.kind == "chat" else NO_MARKERS, tools=tools)
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason = "stop"
+
+    def feed(self, text: str) -> list[bytes]:
+        return self._collect(self.parser.feed(text))
+
+    def _collect(self, pieces: list) -> list[bytes]:  # type: ignore[type-arg]
+        for piece in pieces:
+            if piece.kind == "content":
+                self.content.append(piece.text)
+            elif piece.kind == "reasoning":
+                self.reasoning.append(piece.text)
+        return self.completion.piece_chunks(pieces)
+
+    def done(self, message: dict[str, Any]) -> list[bytes]:
+        chunks = self._collect(self.parser.finish())
+        self.usage = message.get("usage") or {}
+        reason = message.get("finish_reason") or "stop"
+        reason = "stop" if reason == "cancelled" else reason
+        if self.parser.tool_calls and reason == "stop":
+            reason = "tool_calls"
+        self.finish_reason = reason
+        return chunks
+
+    def whole(self) -> dict[str, Any]:
+        return self.completion.whole(
+            content="".join(self.content),
+            reasoning="".join(self.reasoning),
+            tool_calls=self.parser.tool_calls,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+        )
+
+
+def _worker_error(message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    code = str(message.get("code") or "internal")
+    status, kind = ERROR_STATUS.get(code, (500, "server_error"))
+    return status, error_object(
+        str(message.get("message") or "The generation failed."),
+        type=kind,
+        code=ERROR_CODE_NAMES.get(code, code),
+    )
+
+
+async def _cancel(request_id: str) -> None:
+    with contextlib.suppress(Exception):  # best effort: the worker also notices the closed channel's silence
+        await sync_to_async(inference.cancel_generation, thread_sensitive=False)(request_id)
+
+
+async def _first_reply(replies: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first real message (keep-alives before the response starts have nowhere to go)."""
+    async for message in replies:
+        if message.get("type") != "chat.keepalive":
+            return message
+    return None
+
+
+async def _stream(
+    translator: Translator, first: dict[str, Any], replies: AsyncIterator[dict[str, Any]], request_id: str
+) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        yield translator.completion.role_chunk() or KEEPALIVE
+        last_write = time.monotonic()
+        message: dict[str, Any] | None = first
+        while message is not None:
+            kind = message.get("type")
+            if kind == "chat.delta":
+                for chunk in translator.feed(message.get("text") or ""):
+                    yield chunk
+                    last_write = time.monotonic()
+            elif kind in ("chat.keepalive", "chat.progress"):
+                # Progress comes several times a second during a long prompt; a comment every few seconds is
+                # all a proxy needs to keep the connection.
+                if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
+                    yield KEEPALIVE
+                    last_write = time.monotonic()
+            elif kind == "chat.done":
+                for chunk in translator.done(message):
+                    yield chunk
+                for chunk in translator.completion.final_chunks(translator.finish_reason, translator.usage):
+                    yield chunk
+                finished = True
+                return
+            elif kind == "chat.error":
+                finished = True
+                _, body = _worker_error(message)
+                yield data(body)
+                return
+            message = await anext(replies, None)
+        finished = True  # the replies ended without done/error: stream_replies always yields one, defensive
+    except Exception:  # Redis went away mid-stream, or a bug: end the stream in a way clients understand
+        log.exception("streaming %s failed", request_id)
+        yield data(
+            error_object("The stream failed; the answer is incomplete.", type="server_error", code="internal")
+        )
+    finally:
+        if not finished:  # the client went away: stop generating for nobody
+            await _cancel(request_id)
+        await replies.aclose()  # type: ignore[attr-defined]
+
+
+async def _complete(
+    request: HttpRequest, key: ApiKey, parse: Callable[[dict[str, Any]], schemas.CompletionRequest]
+) -> HttpResponse:
+    try:
+        parsed = parse(schemas.parse_body(request.body))
+    except schemas.RequestError as exc:
+        return error_response(400, exc.message, code=exc.code, param=exc.param)
+    resolved = await sync_to_async(_resolve)(parsed.model, key.user)
+    if resolved is None:
+        return _model_not_found(parsed.model)
+    snapshot, markers = resolved
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    request_id = str(uuid.uuid4())
+    generation: dict[str, Any] = {
+        "request_id": request_id,
+        "reply_channel": channel,
+        "snapshot_id": snapshot.id,
+        "options": parsed.options,
+        "user_id": key.user_id,
+        "api_key_id": key.id,
+        "source": "api",
+    }
+    if parsed.kind == "chat":
+        generation["messages"] = parsed.messages
+    else:
+        generation["prompt"] = parsed.prompt
+    try:
+        await sync_to_async(inference.start_generation, thread_sensitive=False)(generation)
+    except inference.InferenceUnavailable as exc:
+        return error_response(503, str(exc), type="server_error", code="no_worker")
+
+    replies = inference.stream_replies(
+        layer, channel, request_id, settings.INFERENCE_PICKUP_TIMEOUT, keepalive=KEEPALIVE_SECONDS
+    )
+    translator = Translator(parsed, markers)
+    try:
+        # The status line waits for the worker's first word, so a request that cannot start (context too
+        # long, model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside.
+        first = await _first_reply(replies)
+        if first is None or first.get("type") == "chat.error":
+            await replies.aclose()  # type: ignore[attr-defined]
+            status, body = _worker_error(first or {"code": "internal"})
+            return JsonResponse(body, status=status)
+        if parsed.stream:
+            response = StreamingHttpResponse(
+                _stream(translator, first, replies, request_id), content_type="text/event-stream"
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            return response
+        message: dict[str, Any] | None = first
+        while message is not None:
+            kind = message.get("type")
+            if kind == "chat.delta":
+                translator.feed(message.get("text") or "")
+            elif kind == "chat.done":
+                translator.done(message)
+                return JsonResponse(translator.whole())
+            elif kind == "chat.error":
+                status, body = _worker_error(message)
+                return JsonResponse(body, status=status)
+            message = await anext(replies, None)
+        return error_response(
+            500, "The generation ended without an answer.", type="server_error", code="internal"
+        )
+    except asyncio.CancelledError:  # the client disconnected before the answer was complete
+        await _cancel(request_id)
+        raise
+
+
+@endpoint("POST")
+async def chat_completions(request: HttpRequest, key: ApiKey) -> HttpResponse:
+    return await _complete(request, key, schemas.parse_chat)
+
+
+@endpoint("POST")
+async def completions(request: HttpRequest, key: ApiKey) -> HttpResponse:
+    return await _complete(request, key, schemas.parse_completion)
+
+
+@csrf_exempt
+async def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return error_response(404, f"Unknown endpoint {request.method} {request.path[:200]}.", code="unknown_url")

@@ -1,0 +1,105 @@
+"""Fixtures for the API tests: keys, clients that send them, and a ready snapshot of the tiny model."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from models_app.models import ApiKey, Repository, Snapshot
+
+
+class KeyClient(Client):
+    """A test client that authenticates every request with an API key, as a script would."""
+
+    def __init__(self, raw_key: str, **defaults: Any) -> None:
+        super().__init__(HTTP_AUTHORIZATION=f"Bearer {raw_key}", **defaults)
+        self.raw_key = raw_key
+
+
+@pytest.fixture
+def alice_key(alice) -> str:  # type: ignore[no-untyped-def]
+    return ApiKey.issue(user=alice, name="alice-ci")[1]
+
+
+@pytest.fixture
+def bob_key(bob) -> str:  # type: ignore[no-untyped-def]
+    return ApiKey.issue(user=bob, name="bob-ci")[1]
+
+
+@pytest.fixture
+def staff_key(staff) -> str:  # type: ignore[no-untyped-def]
+    return ApiKey.issue(user=staff, name="root-ci")[1]
+
+
+@pytest.fixture
+def alice_api(alice_key: str) -> KeyClient:
+    return KeyClient(alice_key)
+
+
+@pytest.fixture
+def bob_api(bob_key: str) -> KeyClient:
+    return KeyClient(bob_key)
+
+
+@pytest.fixture
+def staff_api(staff_key: str) -> KeyClient:
+    return KeyClient(staff_key)
+
+
+@pytest.fixture
+def make_snapshot() -> Callable[..., Snapshot]:
+    """A snapshot row (no files unless `path` is given): enough for listing and visibility tests."""
+
+    def make(
+        repo_id: str | None = None,
+        *,
+        status: str = Snapshot.Status.READY,
+        private: bool = False,
+        owner: Any = None,
+        path: str = "",
+        commit_sha: str | None = None,
+        **fields: Any,
+    ) -> Snapshot:
+        repo, _ = Repository.objects.get_or_create(
+            repo_id=repo_id or f"test-api/model-{uuid.uuid4().hex[:8]}",
+            defaults={"private": private, "owner": owner},
+        )
+        return Snapshot.objects.create(
+            repository=repo,
+            commit_sha=commit_sha or uuid.uuid4().hex[:40].ljust(40, "0"),
+            ref="main",
+            node=settings.NODE_NAME,
+            path=path,
+            status=status,
+            **fields,
+        )
+
+    return make
+
+
+@pytest.fixture
+def tiny_snapshot(tiny_model_path: Path, make_snapshot: Callable[..., Snapshot]) -> Snapshot:
+    """The tiny model registered as a ready local model (the directory is in LOCAL_MODEL_ROOTS, so the cache
+    service resolves its path like any registered local model)."""
+    return make_snapshot(
+        "test/tiny-chat",
+        path=str(tiny_model_path),
+        commit_sha="a" * 40,
+        model_type="llama",
+        context_length=512,
+    )
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    """The API's error body, checked for shape."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert {"code", "message"} <= set(body["error"]), body
+    assert set(body["error"]) <= {"code", "message", "action", "details"}, body
+    return body["error"]

@@ -1,0 +1,177 @@
+"""/api/v1/pulls: pulling through the API with a real download worker from the local Hub, followed to the end
+over the SSE stream, as a script would."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from models_app.models import DownloadJob
+from tests.api.conftest import KeyClient, error_of
+
+pytestmark = pytest.mark.django_db
+
+
+def read_events(url: str, key: str, timeout: float = 60.0) -> list[tuple[str, dict[str, Any]]]:
+    """Every `event:`/`data:` pair of an SSE stream, until the server closes it."""
+    events = []
+    with httpx.stream(
+        "GET", url, headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}, timeout=timeout
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name or "message", json.loads(line[6:])))
+                name = None
+    return events
+
+
+@pytest.fixture
+def tiny_repo(hub, tiny_model_path: Path) -> str:  # type: ignore[no-untyped-def]
+    from tests.support.tinymodel import tiny_model_files
+
+    repo_id = f"test-api/tiny-{uuid.uuid4().hex[:8]}"
+    hub.create_repo(repo_id, dict(tiny_model_files(tiny_model_path)))
+    return repo_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_script_pulls_a_model_and_follows_it_to_the_end(
+    asgi_server, download_worker, hub, tiny_repo: str, alice_key: str, bob_key: str
+) -> None:  # type: ignore[no-untyped-def]
+    hub.faults.throttle(60_000, "model.safetensors")  # ~3 s, so there is progress to see and a job to join
+    api = httpx.Client(base_url=f"{asgi_server.url}/api/v1", headers={"Authorization": f"Bearer {alice_key}"})
+
+    created = api.post("/pulls", json={"repo_id": tiny_repo})
+    assert created.status_code == 201, created.json()
+    job = created.json()
+    assert job["repo_id"] == tiny_repo and job["state"] in ("queued", "running") and job["revision"] == "main"
+
+    # A second pull of the same repo joins the active job, whoever asks.
+    joined = httpx.post(
+        f"{asgi_server.url}/api/v1/pulls",
+        json={"repo_id": tiny_repo},
+        headers={"Authorization": f"Bearer {bob_key}"},
+    )
+    assert joined.status_code == 200 and joined.json()["id"] == job["id"]
+    assert joined.json()["requested_by"] is None  # bob learns the progress, not who asked
+
+    events = read_events(f"{asgi_server.url}/api/v1/pulls/{job['id']}/events", alice_key)
+
+    names = [name for name, _ in events]
+    assert names[0] == "state" and names[-1] == "state"
+    assert "progress" in names
+    final = events[-1][1]
+    assert final["state"] == "succeeded" and final["error"] is None
+    assert final["bytes_done"] == final["bytes_total"] > 0 and final["percent"] == 100.0
+    done = [data["bytes_done"] for name, data in events if name == "progress"]
+    assert done == sorted(done)
+
+    detail = api.get(f"/pulls/{job['id']}").json()
+    assert detail["state"] == "succeeded" and detail["snapshot_id"]
+    model = api.get(f"/models/{detail['snapshot_id']}").json()
+    assert model["repo_id"] == tiny_repo and model["status"] == "ready"
+    assert model["file_count"] == 7 and {f["path"] for f in model["files"]} >= {
+        "config.json",
+        "model.safetensors",
+    }
+    verified = api.post(f"/models/{detail['snapshot_id']}/verify").json()
+    assert verified["ok"] is True and verified["files_checked"] == 7
+
+    # A finished job's stream ends at once with its final state.
+    assert [
+        name for name, _ in read_events(f"{asgi_server.url}/api/v1/pulls/{job['id']}/events", alice_key)
+    ] == ["state"]
+
+
+def test_it_rejects_a_bad_repo_id_with_the_download_error_code(alice_api: KeyClient) -> None:
+    for repo_id in ("not a repo", "../../etc", "a/b/c", "x" * 300):
+        response = alice_api.post("/api/v1/pulls", {"repo_id": repo_id}, content_type="application/json")
+        assert response.status_code == 400, repo_id
+        error = error_of(response)
+        assert error["code"] == "invalid_repo_id" and error["action"], error
+    error = error_of(
+        alice_api.post("/api/v1/pulls", {"repo_id": "org/ok..no"}, content_type="application/json")
+    )
+    assert error["code"] == "invalid_repo_id" and error["action"]
+    bad_rev = alice_api.post(
+        "/api/v1/pulls", {"repo_id": "org/name", "revision": "../x"}, content_type="application/json"
+    )
+    assert error_of(bad_rev)["code"] == "invalid_revision"
+    assert DownloadJob.objects.count() == 0
+
+
+def test_it_refuses_someone_elses_credential_and_unknown_cache_roots(alice_api: KeyClient, bob) -> None:  # type: ignore[no-untyped-def]
+    from models_app.services.credentials import credential_create
+
+    bobs = credential_create(owner=bob, name="bob", token="hf_" + "b" * 30)
+    response = alice_api.post(
+        "/api/v1/pulls", {"repo_id": "org/name", "credential_id": bobs.id}, content_type="application/json"
+    )
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    response = alice_api.post(
+        "/api/v1/pulls", {"repo_id": "org/name", "cache": "nope"}, content_type="application/json"
+    )
+    assert response.status_code == 400 and "cache" in error_of(response)["details"]
+
+
+def test_jobs_are_visible_to_their_requester_and_staff_only(
+    alice_api: KeyClient, bob_api: KeyClient, staff_api: KeyClient, alice
+) -> None:  # type: ignore[no-untyped-def]
+    from models_app.models import Repository
+
+    repo = Repository.objects.create(repo_id="org/failed-model")
+    job = DownloadJob.objects.create(
+        repository=repo,
+        node="n",
+        requested_by=alice,
+        state="failed",
+        error_code="not_found",
+        error_message="gone",
+    )
+
+    assert [j["id"] for j in alice_api.get("/api/v1/pulls").json()["results"]] == [job.id]
+    assert bob_api.get("/api/v1/pulls").json()["results"] == []
+    assert bob_api.get(f"/api/v1/pulls/{job.id}").status_code == 404
+    assert bob_api.get(f"/api/v1/pulls/{job.id}/events").status_code == 404
+    assert bob_api.post(f"/api/v1/pulls/{job.id}/cancel").status_code == 404
+    assert staff_api.get(f"/api/v1/pulls/{job.id}").status_code == 200
+
+    detail = alice_api.get(f"/api/v1/pulls/{job.id}").json()
+    assert detail["error"]["code"] == "not_found" and detail["error"]["message"] == "gone"
+    assert "Check the repository id" in detail["error"]["action"]
+    assert alice_api.get("/api/v1/pulls?state=failed").json()["count"] == 1
+    assert alice_api.get("/api/v1/pulls?active=true").json()["count"] == 0
+    assert alice_api.get("/api/v1/pulls?state=nope").status_code == 400
+    # Cancelling a finished job changes nothing.
+    cancelled = alice_api.post(f"/api/v1/pulls/{job.id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "failed"
+
+
+def test_cancel_and_retry_a_queued_job(alice_api: KeyClient, alice, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from models_app.services import jobs
+
+    monkeypatch.setattr(jobs, "enqueue_or_fail", lambda job_id: None)  # no worker: the job stays queued
+    job = alice_api.post(
+        "/api/v1/pulls", {"repo_id": "org/queued-model"}, content_type="application/json"
+    ).json()
+    assert job["state"] == "queued"
+
+    cancelled = alice_api.post(f"/api/v1/pulls/{job['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled"
+
+    retried = alice_api.post(f"/api/v1/pulls/{job['id']}/retry")
+    assert (
+        retried.status_code == 201
+        and retried.json()["id"] != job["id"]
+        and retried.json()["state"] == "queued"
+    )
