@@ -338,6 +338,16 @@ def test_resolve_headers_and_range_requests(hub: LocalHub) -> None:
 # ----------------------------------------------------------------------------- faults
 
 
+@pytest.fixture
+def default_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub's own 10 MiB write chunks: the product's download guard shrinks them process-wide, and
+    another test in this process may have installed it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 10 * 1024 * 1024)
+
+
+@pytest.mark.usefixtures("default_chunk_size")
 def test_drop_before_10mib_makes_the_client_refetch_the_whole_file(hub: LocalHub, cache: Path) -> None:
     hub.create_repo(REPO, FILES)
     fault = hub.faults.drop_after(1000, pattern="*.safetensors")
@@ -351,6 +361,7 @@ def test_drop_before_10mib_makes_the_client_refetch_the_whole_file(hub: LocalHub
     assert fault.hits == 1
 
 
+@pytest.mark.usefixtures("default_chunk_size")
 def test_drop_after_10mib_resumes_with_a_range_request(hub: LocalHub, cache: Path) -> None:
     big = os.urandom(12 * 1024 * 1024)
     hub.create_repo(REPO, {"weights.npz": big})
