@@ -12,6 +12,9 @@ from pathlib import Path
 import dj_database_url
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dashboard.env import (
     env_bool,
@@ -182,11 +185,19 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Keys this installation writes in Redis start with this, so several installs (or test workers) can share one.
 REDIS_PREFIX = env_str("REDIS_PREFIX", "mlxcr")
 
+_CHANNEL_LAYER_RETRY = AsyncRetry(
+    ExponentialBackoff(cap=1.0, base=0.1), retries=3, supported_errors=(RedisConnectionError,)
+)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # Pooled connections go stale when Redis restarts; without a retry (redis-py's pools default to
+            # none) the first command on each one fails: a chat or an SSE stream answered 500 after a restart.
+            # Connection errors only: retrying a timed-out blocking read would hold a closing socket for longer.
+            # socket_timeout: channels_redis blocks on Redis for 5 s per receive, and redis-py 8's default 5 s
+            # socket timeout fired first, killing every websocket idle for 5 s (a long prompt, a quiet page).
+            "hosts": [{"address": REDIS_URL, "retry": _CHANNEL_LAYER_RETRY, "socket_timeout": 30}],
             "prefix": f"{REDIS_PREFIX}:asgi",
             # A chat stream is a few hundred batched messages; the default 100 is too tight for 20 at once.
             "capacity": 1000,

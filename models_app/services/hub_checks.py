@@ -152,15 +152,16 @@ def not_mlx(repo_id: str, why: str) -> DownloadError:
 # --- Verification -----------------------------------------------------------------------------------------
 
 
-def file_hashes(path: Path, size: int, check: Callable[[], None] = lambda: None) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file, in one read. `check` runs between chunks (cancel)."""
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+def file_hash(path: Path, size: int, *, git_sha1: bool, check: Callable[[], None] = lambda: None) -> str:
+    """sha256 of a file (how the Hub names LFS blobs), or its git blob sha1 (regular files). Only the one that
+    is checked: hashing both cost 1.6 s/GB against 1.0 s/GB for sha256 alone (measured by make bench).
+    `check` runs between chunks (cancel)."""
+    digest = hashlib.sha1(b"blob %d\0" % size) if git_sha1 else hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(HASH_CHUNK):
-            sha256.update(chunk)
-            sha1.update(chunk)
+            digest.update(chunk)
             check()
-    return sha256.hexdigest(), sha1.hexdigest()
+    return digest.hexdigest()
 
 
 def _problem(
@@ -175,11 +176,12 @@ def _problem(
         return f"size {size} instead of {spec.size}"
     if skip(spec, blob):
         return None
-    sha256, sha1 = file_hashes(blob, size, check)
     if spec.sha256:
-        return None if sha256 == spec.sha256 else "sha256 differs from the Hub's"
+        ok = file_hash(blob, size, git_sha1=False, check=check) == spec.sha256
+        return None if ok else "sha256 differs from the Hub's"
     if spec.blob_id:
-        return None if sha1 == spec.blob_id else "git blob sha1 differs from the Hub's"
+        ok = file_hash(blob, size, git_sha1=True, check=check) == spec.blob_id
+        return None if ok else "git blob sha1 differs from the Hub's"
     return None
 
 

@@ -23,7 +23,7 @@ from models_app.services.cache_layout import (
     read_tree,
 )
 from models_app.services.errors import DownloadError
-from models_app.services.hub_checks import file_hashes
+from models_app.services.hub_checks import file_hash
 from models_app.services.validation import safe_relpath
 
 
@@ -65,11 +65,10 @@ def _check(file: Path, record: FileRecord) -> tuple[str | None, int]:
         return f"size {size} != {record.size}", 0
     if not record.sha256 and not record.blob_id:
         return None, 0  # nothing more to check against
-    sha256, sha1 = file_hashes(file, size)
     if record.sha256:
-        if sha256 != record.sha256:
+        if file_hash(file, size, git_sha1=False) != record.sha256:
             return "sha256 differs", size
-    elif sha1 != record.blob_id:
+    elif file_hash(file, size, git_sha1=True) != record.blob_id:
         return "git blob sha1 differs", size
     return None, size
 
