@@ -146,29 +146,10 @@ def session_cookie(client, user) -> bytes:  # type: ignore[no-untyped-def]
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
 
 
-def _websocket_communicator_class():  # type: ignore[no-untyped-def]
-    """channels.testing's __init__ imports daphne for its live-server test case, which is not a dependency
-    here: stub that import so the communicator (which does not use daphne) can be imported."""
-    import sys
-    import types
-
-    if "daphne.testing" not in sys.modules:
-        try:
-            import daphne.testing  # noqa: F401
-        except ImportError:
-            stub = types.ModuleType("daphne.testing")
-            stub.DaphneProcess = object  # type: ignore[attr-defined]
-            sys.modules.setdefault("daphne", types.ModuleType("daphne"))
-            sys.modules["daphne.testing"] = stub
-    from channels.testing.websocket import WebsocketCommunicator
-
-    return WebsocketCommunicator
-
-
 def communicator(cookie: bytes | None):  # type: ignore[no-untyped-def]
-    from dashboard.asgi import application
+    from channels.testing import WebsocketCommunicator
 
-    WebsocketCommunicator = _websocket_communicator_class()
+    from dashboard.asgi import application
 
     headers = [ORIGIN] + ([(b"cookie", cookie)] if cookie else [])
     return WebsocketCommunicator(application, "/ws/chat/", headers=headers)

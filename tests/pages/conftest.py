@@ -4,8 +4,6 @@ costs the same number of queries with 10 rows as with 300."""
 from __future__ import annotations
 
 import hashlib
-import sys
-import types
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -120,20 +118,3 @@ def count_queries(client: Any, url: str) -> int:
         response = client.get(url)
     assert response.status_code == 200, response.content[:500]
     return len(ctx.captured_queries)
-
-
-def websocket_communicator_class() -> type:
-    """channels.testing.WebsocketCommunicator. channels.testing's __init__ also imports daphne, for its
-    live-server test case only; daphne (with Twisted) is not a dependency here, so when it is missing an
-    empty stand-in lets the communicator import."""
-    try:
-        from channels.testing import WebsocketCommunicator
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("daphne"):
-            raise
-        stub = types.ModuleType("daphne.testing")
-        stub.DaphneProcess = None  # type: ignore[attr-defined]
-        sys.modules.setdefault("daphne", types.ModuleType("daphne"))
-        sys.modules.setdefault("daphne.testing", stub)
-        from channels.testing import WebsocketCommunicator
-    return WebsocketCommunicator

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
 
 from dashboard.asgi import application
 from models_app.models import DownloadJob, Snapshot
 from models_app.realtime import STAFF_DOWNLOADS_GROUP, user_downloads_group
-from tests.pages.conftest import make_job, make_snapshot, websocket_communicator_class
+from tests.pages.conftest import make_job, make_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://localhost")
-WebsocketCommunicator = websocket_communicator_class()
 
 
 def progress(job: DownloadJob, done: int = 500) -> dict[str, Any]:
@@ -144,6 +144,24 @@ def test_staff_get_every_job_once(client, staff, bob) -> None:
         update = await comm.receive_json_from(timeout=5)
         assert update["job_id"] == theirs.id
         assert await comm.receive_nothing(timeout=0.3)  # not twice
+        await comm.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_an_idle_socket_stays_open_past_the_channel_layers_blocking_read(client, alice) -> None:
+    """channels_redis blocks on Redis 5 s per receive; a Redis socket timeout at or under that closed every
+    websocket idle for 5 s (a quiet downloads page, a long prompt before the first chat token)."""
+    comm = communicator(client, alice)
+    job = running_job(alice, "alice/quiet")
+
+    async def scenario() -> None:
+        assert (await comm.connect())[0]
+        await comm.receive_json_from(timeout=5)
+        assert await comm.receive_nothing(timeout=7, interval=0.5)
+        await get_channel_layer().group_send(user_downloads_group(alice.id), progress(job, done=700))
+        update = await comm.receive_json_from(timeout=5)
+        assert update["type"] == "download.progress" and update["bytes_done"] == 700
         await comm.disconnect()
 
     async_to_sync(scenario)()
