@@ -1,0 +1,248 @@
+"""`make bench`: the product against the raw libraries and the peer server, side by side, in one run.
+
+    python -m bench                       # everything (~10-15 min on 2 CPU cores)
+    python -m bench --only chat,openai    # some sections: downloads, chat, multiturn, openai, pages
+    python -m bench --model real          # chat on /work/shared/models/SmolLM2-135M-Instruct-mlx
+
+Prints a markdown table of figures and ratios, and writes var/bench/bench-<UTC time>.json and latest.json.
+Nothing here asserts a time: a missed target is a "no" in the table, never a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bench import chat, downloads, models, openai_api, pages, report
+from bench.report import Section
+from bench.stack import ROOT, MlxServer, Product
+
+OUT_DIR = ROOT / "var" / "bench"
+SECTIONS = ("downloads", "chat", "multiturn", "openai", "pages")
+REAL_MODEL = Path("/work/shared/models/SmolLM2-135M-Instruct-mlx")
+CHAT_REPO = "bench/chat-model"
+_started = time.monotonic()
+
+
+def say(message: str) -> None:
+    elapsed = time.monotonic() - _started
+    print(f"[bench {int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def timed(section: Section) -> Iterator[Section]:
+    say(f"{section.name}…")
+    started = time.monotonic()
+    try:
+        yield section
+    except Exception as exc:  # one broken side must not cost the other sections their figures
+        section.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        say(f"{section.name} failed:\n{traceback.format_exc()}")
+    section.seconds = time.monotonic() - started
+    say(f"{section.name} done in {section.seconds:.0f} s")
+
+
+def attempt(what: str, step: Callable[[], object]) -> str:
+    """Run a product set-up step; '' when it worked, else why (the product rows then say n/a)."""
+    try:
+        step()
+        return ""
+    except Exception as exc:
+        say(f"{what} failed:\n{traceback.format_exc()}")
+        return f"{what}: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--model",
+        default="generated",
+        help="chat model: 'generated' (random weights, SmolLM2-135M shape; default), a shape name "
+        f"({', '.join(models.SHAPES)}), 'real' ({REAL_MODEL}), or a model directory",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each download and short-prompt chat")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: short prompts and answers (figures not comparable)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep var/bench/run/ (HF cache, hub, logs)")
+    args = parser.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(args.only) - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def chat_model_dir(choice: str, models_root: Path) -> Path:
+    if choice == "generated":
+        return models.chat_model(models_root)
+    if choice in models.SHAPES:
+        return models.chat_model(models_root, models.SHAPES[choice])
+    if choice == "real":
+        if not REAL_MODEL.is_dir():
+            raise SystemExit(f"--model real: {REAL_MODEL} is not here; use the generated model")
+        return REAL_MODEL
+    path = Path(choice).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"--model: {path} has no config.json")
+    return path
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    info = report.machine()
+    say(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB, mlx {info['mlx']}")
+    run_dir = OUT_DIR / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    models_root = OUT_DIR / "models"
+    sections: list[Section] = []
+
+    say("building the benchmark models (cached in var/bench/models/)…")
+    chat_dir = (
+        chat_model_dir(args.model, models_root) if {"chat", "multiturn", "openai"} & set(args.only) else None
+    )
+    cases_dirs = []
+    if "downloads" in args.only:
+        cases_dirs = [
+            (
+                "one 988 MB safetensors file (Qwen2.5-0.5B bf16 shape)",
+                "bench/Qwen2.5-0.5B-bf16",
+                models.big_model(models_root),
+            ),
+            ("200 files of 50 kB", "bench/many-small-files", models.sharded_model(models_root)),
+        ]
+
+    hub = downloads.start_hub(run_dir / "hub")
+    product = Product(run_dir / "product", hub.url)
+    server: MlxServer | None = None
+    try:
+        say(f"local hub at {hub.url}; publishing…")
+        cases = [downloads.publish(hub, label, repo_id, path) for label, repo_id, path in cases_dirs]
+
+        needs_product = bool({"downloads", "chat", "multiturn", "openai"} & set(args.only))
+        if needs_product:
+            say("starting the product (private Redis, SQLite, HF cache; web + workers)…")
+        down = attempt("product set-up", product.prepare) if needs_product else "not needed"
+        if not down:
+            needs_inference = bool({"chat", "multiturn", "openai"} & set(args.only))
+            down = attempt(
+                "product start",
+                lambda: product.start(inference=needs_inference, downloads="downloads" in args.only),
+            )
+        snapshot_id = None
+        if not down and chat_dir is not None:
+            down = attempt("registering the chat model", lambda: product.register_model(CHAT_REPO, chat_dir))
+            if not down:
+                from models_app.models import Snapshot
+
+                snapshot_id = Snapshot.objects.get(repository__repo_id=CHAT_REPO, status="ready").id
+        live = product if not down else None
+
+        if "downloads" in args.only:
+            with timed(Section("Downloads")) as section:
+                sections.append(section)
+                downloads.run(
+                    section,
+                    product=live,
+                    unavailable=down,
+                    hub_url=hub.url,
+                    cases=cases,
+                    work=run_dir / "downloads",
+                    rounds=args.rounds,
+                )
+
+        raw = None
+        if chat_dir is not None:
+            say(f"loading {chat_dir} in this process (the raw mlx-lm side)…")
+            raw = chat.Raw(chat_dir)
+        if "chat" in args.only and raw is not None:
+            with timed(Section("Chat streaming")) as section:
+                sections.append(section)
+                chat.run_streaming(
+                    section,
+                    raw=raw,
+                    product=live,
+                    snapshot_id=snapshot_id,
+                    unavailable=down,
+                    prompts={"~30-token prompt": 30, "~100-token prompt": 100}
+                    if args.quick
+                    else {"~100-token prompt": 100, "~1,000-token prompt": 1000},
+                    new_tokens=16 if args.quick else chat.NEW_TOKENS,
+                    rounds=args.rounds,
+                )
+
+        if {"multiturn", "openai"} & set(args.only) and chat_dir is not None:
+            say("starting mlx_lm.server…")
+            try:
+                server = MlxServer(chat_dir, run_dir / "logs").start()
+            except Exception:
+                say(f"mlx_lm.server failed to start:\n{traceback.format_exc()}")
+                server = None
+        if "multiturn" in args.only and raw is not None:
+            with timed(Section("Multi-turn chat")) as section:
+                sections.append(section)
+                chat.run_multi_turn(
+                    section,
+                    tokenizer=raw.tokenizer,
+                    product=live,
+                    snapshot_id=snapshot_id,
+                    unavailable=down,
+                    server=server,
+                    server_model=str(chat_dir),
+                    turn_tokens=4 if args.quick else chat.TURN_TOKENS,
+                )
+        if "openai" in args.only and raw is not None:
+            with timed(Section("OpenAI-compatible API")) as section:
+                sections.append(section)
+                openai_api.run(
+                    section,
+                    tokenizer=raw.tokenizer,
+                    product=live,
+                    product_model=CHAT_REPO,
+                    unavailable=down,
+                    server=server,
+                    server_model=str(chat_dir),
+                    max_tokens=16 if args.quick else openai_api.MAX_TOKENS,
+                )
+    finally:
+        say("stopping the product, mlx_lm.server and the hub…")
+        if server is not None:
+            server.stop()
+        product.stop()
+        hub.stop()
+
+    if "pages" in args.only:
+        with timed(Section("Pages and API")) as section:
+            sections.append(section)
+            from tests.support.redis_server import RedisServer
+
+            redis = RedisServer(run_dir / "pages-redis").start()
+            try:
+                pages.run(section, work=run_dir / "pages", redis_url=redis.url)
+            finally:
+                redis.stop()
+
+    total = time.monotonic() - _started
+    table = report.markdown(sections, info, total_seconds=total)
+    path = report.save(OUT_DIR, sections, info, table, total)
+    if not args.keep:
+        # The logs stay for a look at what went wrong; the gigabytes go.
+        for name in ("hub", "product/hf-cache", "downloads", "pages"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+    print()
+    print(table)
+    print(f"\nSaved {path.relative_to(ROOT)} and var/bench/latest.json; logs in {run_dir.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,428 @@
+"""2. Chat streaming and 3. multi-turn time to first token.
+
+2. The same prompts, greedy, 256 new tokens, warm model: `mlx_lm.stream_generate` in this process vs a
+   websocket client on the product's `ws/chat/` (session cookie + Origin, as the page connects), whose
+   tokens went worker -> channel layer -> consumer -> socket in batches of ~25 ms.
+3. Five turns of one conversation (the same new-message length each turn): TTFT of turn 1 vs turn 5, for the
+   product (one conversation over one socket) and for mlx_lm.server (the history sent each turn, as OpenAI
+   clients do). With a prompt cache, turn 5 only has to process its new message.
+
+Times are taken where the client sees them: TTFT from sending the request to the first text, decode
+tokens/s = (tokens - 1) / (last text - first text), inter-token latency between arrivals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.report import Row, Section, median, percentile
+from bench.stack import MlxServer, Product
+
+NEW_TOKENS = 256
+TTFT_SLACK_MS = 50.0
+TURNS = 5
+# Answer length per turn in the multi-turn test. Short on purpose: a random-weight model's answer
+# re-tokenizes differently from the ids it generated, so no prompt cache can reuse it and every turn
+# re-processes the previous answer; 8 tokens keep that small beside the ~40-token message. (Without a cache,
+# turn 5 processes the whole history, ~5x turn 1.)
+TURN_TOKENS = 8
+TURN_TOLERANCE = 1.10  # TTFT of a few seconds on a busy 2-core machine moves by more than 50 ms
+TURN_MESSAGE_TOKENS = 40
+
+# Plain text the tiny tokenizer knows well; prompts are cut from it at a token count.
+_TEXT = (
+    "The quick brown fox jumps over the lazy dog. MLX is an array framework for machine learning on Apple "
+    "silicon. Hello there! How are you today? This is a tiny language model with random weights, made for "
+    "tests. A greeting is a good way to start a chat. What is the capital of France? Tell me a story about a "
+    "dragon who lived in a cave by the sea, and the village that feared him. "
+)
+
+
+@dataclass
+class Trace:
+    """What one client saw of one generation."""
+
+    started: float
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens in this message)
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    finish_reason: str = ""
+    usage_tokens: int | None = None  # the server's count, when a message may carry several tokens (SSE)
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else sum(n for _, n in self.arrivals)
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return (self.arrivals[0][0] - self.started) * 1000 if self.arrivals else None
+
+    @property
+    def decode_tps(self) -> float | None:
+        if len(self.arrivals) < 2:
+            return None
+        span = self.arrivals[-1][0] - self.arrivals[0][0]
+        # The first message's tokens arrived at t_first; every later token took decode time.
+        return (self.tokens - self.arrivals[0][1]) / span if span > 0 else None
+
+    @property
+    def end_to_end_tps(self) -> float | None:
+        if not self.arrivals:
+            return None
+        return self.tokens / (self.arrivals[-1][0] - self.started)
+
+    def gaps_ms(self) -> list[float]:
+        return [(b[0] - a[0]) * 1000 for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
+
+    def per_token_gaps_ms(self) -> list[float]:
+        gaps = []
+        for a, b in zip(self.arrivals, self.arrivals[1:], strict=False):
+            gaps += [(b[0] - a[0]) * 1000 / b[1]] * b[1] if b[1] else []
+        return gaps
+
+    def summary(self) -> dict[str, Any]:
+        gaps, per_token = self.gaps_ms(), self.per_token_gaps_ms()
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "tokens": self.tokens,
+            "messages": len(self.arrivals),
+            "ttft_ms": self.ttft_ms,
+            "decode_tps": self.decode_tps,
+            "end_to_end_tps": self.end_to_end_tps,
+            "gap_ms_p50": percentile(gaps, 50),
+            "gap_ms_p99": percentile(gaps, 99),
+            "per_token_ms_p50": percentile(per_token, 50),
+            "per_token_ms_p99": percentile(per_token, 99),
+            "tokens_per_message": self.tokens / len(self.arrivals) if self.arrivals else None,
+            "finish_reason": self.finish_reason,
+        }
+
+
+def prompt_text(tokenizer: Any, tokens: int, variant: int) -> str:
+    """About `tokens` tokens of text; each variant starts differently, so no prompt cache can reuse another
+    variant's prefix (the chat template's few leading tokens aside)."""
+    words = _TEXT.split()
+    rotated = " ".join(words[variant % len(words) :] + words[: variant % len(words)])
+    text = f"Request {variant}: "
+    while len(tokenizer.encode(text)) < tokens:
+        text += rotated + " "
+    ids = tokenizer.encode(text)[:tokens]
+    return tokenizer.decode(ids)
+
+
+# ----------------------------------------------------------------------------- raw: mlx-lm in process
+
+
+class Raw:
+    def __init__(self, model_dir: Path) -> None:
+        from mlx_lm import load
+
+        self.model, self.tokenizer = load(str(model_dir))
+
+    def generate(self, messages: list[dict[str, str]], max_tokens: int) -> Trace:
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        trace = Trace(time.perf_counter(), prompt_tokens=len(prompt))
+        for response in stream_generate(
+            self.model, self.tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=0.0)
+        ):
+            trace.arrivals.append((time.perf_counter(), 1))
+            trace.finish_reason = response.finish_reason or trace.finish_reason
+        return trace
+
+
+# ----------------------------------------------------------------------------- the product's websocket
+
+
+class ChatSocket:
+    """One logged-in socket on ws/chat/, as the chat page holds it."""
+
+    def __init__(self, product: Product) -> None:
+        self.product = product
+        self.ws: Any = None
+
+    async def __aenter__(self) -> ChatSocket:
+        from websockets.asyncio.client import connect
+
+        self.ws = await connect(
+            f"{self.product.ws_url}/ws/chat/",
+            origin=self.product.url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": f"sessionid={self.product.session_cookie}"},
+            max_size=None,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.ws.close()
+
+    async def send(
+        self, content: str, *, snapshot_id: int, max_tokens: int, conversation_id: int | None = None
+    ) -> tuple[Trace, int]:
+        """Post a message; return what streamed back and the conversation id."""
+        message: dict[str, Any] = {
+            "type": "chat.send",
+            "content": content,
+            "snapshot_id": snapshot_id,
+            "options": {"max_tokens": max_tokens, "temperature": 0.0},
+        }
+        if conversation_id is not None:
+            message["conversation_id"] = conversation_id
+        trace = Trace(time.perf_counter())
+        await self.ws.send(json.dumps(message))
+        seen = 0
+        while True:
+            event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout=600))
+            now = time.perf_counter()
+            kind = event.get("type")
+            if kind == "chat.accepted":
+                conversation_id = event["conversation_id"]
+            elif kind == "chat.started":
+                trace.prompt_tokens = event.get("prompt_tokens")
+                trace.cached_tokens = event.get("cached_tokens")
+            elif kind == "chat.delta":
+                # `tokens` is the running count: batching puts several tokens in one message.
+                count = int(event.get("tokens", seen + 1))
+                trace.arrivals.append((now, count - seen))
+                seen = count
+            elif kind == "chat.done":
+                trace.finish_reason = event.get("finish_reason", "")
+                return trace, int(conversation_id or 0)
+            elif kind == "chat.error":
+                raise RuntimeError(f"chat.error {event.get('code')}: {event.get('message')}")
+
+
+def product_chat(product: Product, snapshot_id: int, content: str, max_tokens: int) -> Trace:
+    async def go() -> Trace:
+        async with ChatSocket(product) as socket:
+            trace, _ = await socket.send(content, snapshot_id=snapshot_id, max_tokens=max_tokens)
+            return trace
+
+    return asyncio.run(go())
+
+
+def product_turns(product: Product, snapshot_id: int, messages: list[str], max_tokens: int) -> list[Trace]:
+    async def go() -> list[Trace]:
+        traces: list[Trace] = []
+        conversation: int | None = None
+        async with ChatSocket(product) as socket:
+            for content in messages:
+                trace, conversation = await socket.send(
+                    content, snapshot_id=snapshot_id, max_tokens=max_tokens, conversation_id=conversation
+                )
+                traces.append(trace)
+        return traces
+
+    return asyncio.run(go())
+
+
+# ----------------------------------------------------------------------------- mlx_lm.server multi-turn
+
+
+def server_turns(server: MlxServer, model: str, messages: list[str], max_tokens: int) -> list[Trace]:
+    from bench.openai_api import stream_completion
+
+    async def go() -> list[Trace]:
+        history: list[dict[str, str]] = []
+        traces = []
+        for content in messages:
+            history.append({"role": "user", "content": content})
+            trace, text = await stream_completion(
+                f"{server.url}/v1", "none", model, history, max_tokens=max_tokens
+            )
+            history.append({"role": "assistant", "content": text})
+            traces.append(trace)
+        return traces
+
+    return asyncio.run(go())
+
+
+# ----------------------------------------------------------------------------- the benchmarks
+
+
+def _stream_rows(section: Section, bench: str, raw: Trace, product: Trace) -> None:
+    r, p = raw.summary(), product.summary()
+    section.add(
+        Row(
+            bench,
+            "time to first token, ms",
+            p["ttft_ms"],
+            r["ttft_ms"],
+            "stream_generate",
+            target=f"≤ raw + {TTFT_SLACK_MS:.0f} ms",
+            unit="ms",
+            met=p["ttft_ms"] <= r["ttft_ms"] + TTFT_SLACK_MS,
+        )
+    )
+    section.add(
+        Row(
+            bench,
+            "decode tokens/s",
+            p["decode_tps"],
+            r["decode_tps"],
+            "stream_generate",
+            target="≥ 0.95",
+            met=p["decode_tps"] >= 0.95 * r["decode_tps"],
+            note=f"{p['tokens']} vs {r['tokens']} tokens",
+        )
+    )
+    section.add(
+        Row(
+            bench,
+            "end-to-end tokens/s (incl. TTFT)",
+            p["end_to_end_tps"],
+            r["end_to_end_tps"],
+            "stream_generate",
+        )
+    )
+    section.add(
+        Row(
+            bench,
+            "inter-token latency p50, ms (per token)",
+            p["per_token_ms_p50"],
+            r["per_token_ms_p50"],
+            "stream_generate",
+            unit="ms",
+        )
+    )
+    section.add(
+        Row(
+            bench,
+            "inter-token latency p99, ms (per token)",
+            p["per_token_ms_p99"],
+            r["per_token_ms_p99"],
+            "stream_generate",
+            unit="ms",
+        )
+    )
+    section.add(
+        Row(
+            bench,
+            "inter-message latency p50 / p99, ms (per socket message)",
+            p["gap_ms_p50"],
+            r["gap_ms_p50"],
+            "stream_generate p50",
+            unit="ms",
+            note=f"p99 {p['gap_ms_p99']:.0f} ms, {p['tokens_per_message']:.2f} tokens/message",
+        )
+    )
+
+
+def run_streaming(
+    section: Section,
+    *,
+    new_tokens: int = NEW_TOKENS,
+    raw: Raw,
+    product: Product | None,
+    snapshot_id: int | None,
+    unavailable: str,
+    prompts: dict[str, int],
+    rounds: int,
+) -> None:
+    messages_for = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    # Warm both: the model loaded, MLX's kernels compiled, the product's worker holding the model.
+    raw.generate(messages_for(prompt_text(raw.tokenizer, 20, 999)), 8)
+    live = product is not None and snapshot_id is not None
+    if live:
+        # Twice if need be: a first request that dies while the worker loads the model still gets it loaded.
+        for attempt in range(2):
+            try:
+                product_chat(product, snapshot_id, prompt_text(raw.tokenizer, 20, 998 - attempt), 8)  # type: ignore[arg-type]
+                break
+            except Exception as exc:  # the measured rows say what happens to them
+                section.raw.setdefault("warm_up_errors", []).append(f"{type(exc).__name__}: {exc}")
+    variant = 0
+    for label, tokens in prompts.items():
+        for round_ in range(rounds if tokens <= 200 else 1):
+            variant += 1
+            bench = f"Chat {label}, round {round_ + 1}"
+            text = prompt_text(raw.tokenizer, tokens, variant)
+            raw_trace = raw.generate(messages_for(text), new_tokens)
+            product_trace = None
+            key = f"{label} #{round_ + 1}"
+            section.raw[key] = {"raw": raw_trace.summary(), "product": None}
+            if not live:
+                section.unavailable(bench, unavailable)
+                continue
+            try:
+                product_trace = product_chat(product, snapshot_id, text, new_tokens)  # type: ignore[arg-type]
+            except Exception as exc:  # a broken socket costs this row, not the section
+                section.failed(bench, exc)
+                continue
+            section.raw[key]["product"] = product_trace.summary()
+            _stream_rows(section, bench, raw_trace, product_trace)
+
+
+def run_multi_turn(
+    section: Section,
+    *,
+    turn_tokens: int = TURN_TOKENS,
+    tokenizer: Any,
+    product: Product | None,
+    snapshot_id: int | None,
+    unavailable: str,
+    server: MlxServer | None,
+    server_model: str,
+) -> None:
+    messages = [prompt_text(tokenizer, TURN_MESSAGE_TOKENS, 100 + i) for i in range(TURNS)]
+    sides: dict[str, list[Trace] | None] = {"product (websocket)": None, "mlx_lm.server": None}
+    errors: dict[str, BaseException] = {}
+    runs: dict[str, Any] = {}
+    if product is not None and snapshot_id is not None:
+        runs["product (websocket)"] = lambda: product_turns(product, snapshot_id, messages, turn_tokens)
+    if server is not None:
+        runs["mlx_lm.server"] = lambda: server_turns(server, server_model, messages, turn_tokens)
+    for name, measure in runs.items():
+        try:
+            sides[name] = measure()
+        except Exception as exc:  # the other side still gets measured
+            errors[name] = exc
+    for name, traces in sides.items():
+        bench = f"Multi-turn TTFT, {name}"
+        if name in errors:
+            section.failed(bench, errors[name])
+            continue
+        if traces is None:
+            section.unavailable(
+                bench, unavailable if name.startswith("product") else "mlx_lm.server not started"
+            )
+            continue
+        section.raw[name] = [t.summary() for t in traces]
+        first, last = traces[0].ttft_ms, traces[-1].ttft_ms
+        section.add(
+            Row(
+                bench,
+                f"turn {TURNS} vs turn 1 TTFT, ms",
+                last,
+                first,
+                "turn 1",
+                unit="ms",
+                target=f"≤ {TURN_TOLERANCE:.2f}",
+                met=(last <= first * TURN_TOLERANCE) if first and last else None,
+                note=f"prompt {traces[-1].prompt_tokens} vs {traces[0].prompt_tokens} tokens"
+                + (f", {traces[-1].cached_tokens} cached" if traces[-1].cached_tokens is not None else ""),
+            )
+        )
+    product_traces, server_traces = sides["product (websocket)"], sides["mlx_lm.server"]
+    if product_traces and server_traces:
+        section.add(
+            Row(
+                f"Multi-turn TTFT, turn {TURNS}",
+                "product vs mlx_lm.server, ms",
+                product_traces[-1].ttft_ms,
+                server_traces[-1].ttft_ms,
+                "mlx_lm.server",
+                unit="ms",
+            )
+        )
+    section.raw["turn_ttft_median_ms"] = {
+        name: median([t.ttft_ms for t in traces if t.ttft_ms is not None]) if traces else None
+        for name, traces in sides.items()
+    }

@@ -1,0 +1,194 @@
+"""4. The OpenAI-compatible API: the product's `/v1/chat/completions` vs mlx_lm.server's, same model, greedy,
+streaming (SSE, read with the `openai` package as an application would), with 1 and then 4 clients at once.
+
+TTFT is from sending the request to the first chunk with text; decode tokens/s per client is
+(completion tokens - 1) / (last text chunk - first text chunk), with the token count from the final usage
+chunk (`stream_options.include_usage`), since one chunk may carry several tokens; aggregate tokens/s is every
+client's completion tokens over the wall time from the first request to the last chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.chat import Trace, prompt_text
+from bench.report import Row, Section, median
+from bench.stack import MlxServer, Product
+
+MAX_TOKENS = 128
+PROMPT_TOKENS = 100
+
+
+async def stream_completion(
+    base_url: str,
+    api_key: str,
+    model: str,
+    messages: list[dict[str, str]],
+    *,
+    max_tokens: int,
+    client: Any = None,
+) -> tuple[Trace, str]:
+    """One streamed chat completion: what the client saw, and the text."""
+    from openai import AsyncOpenAI
+
+    own = client is None
+    client = client or AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=900)
+    trace = Trace(time.perf_counter())
+    parts: list[str] = []
+    try:
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=messages,
+            stream=True,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream_options={"include_usage": True},
+        )
+        async for chunk in stream:
+            now = time.perf_counter()
+            if chunk.choices:
+                choice = chunk.choices[0]
+                if choice.delta and choice.delta.content:
+                    trace.arrivals.append((now, 1))
+                    parts.append(choice.delta.content)
+                if choice.finish_reason:
+                    trace.finish_reason = choice.finish_reason
+            if chunk.usage:
+                trace.prompt_tokens = chunk.usage.prompt_tokens
+                trace.usage_tokens = chunk.usage.completion_tokens
+                details = getattr(chunk.usage, "prompt_tokens_details", None)
+                trace.cached_tokens = getattr(details, "cached_tokens", None) if details else None
+    finally:
+        if own:
+            await client.close()
+    return trace, "".join(parts)
+
+
+async def _clients(
+    base_url: str, api_key: str, model: str, prompts: list[str], max_tokens: int
+) -> tuple[list[Trace], float]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=900)
+    try:
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                stream_completion(
+                    base_url,
+                    api_key,
+                    model,
+                    [{"role": "user", "content": p}],
+                    max_tokens=max_tokens,
+                    client=client,
+                )
+                for p in prompts
+            )
+        )
+        wall = time.perf_counter() - started
+    finally:
+        await client.close()
+    return [trace for trace, _ in results], wall
+
+
+def measure(base_url: str, api_key: str, model: str, prompts: list[str], max_tokens: int) -> dict[str, Any]:
+    traces, wall = asyncio.run(_clients(base_url, api_key, model, prompts, max_tokens))
+    summaries = [t.summary() for t in traces]
+    tokens = sum(t.tokens for t in traces)
+    return {
+        "clients": summaries,
+        "wall_seconds": wall,
+        "ttft_ms_median": median([s["ttft_ms"] for s in summaries if s["ttft_ms"] is not None]),
+        "ttft_ms_max": max((s["ttft_ms"] for s in summaries if s["ttft_ms"] is not None), default=None),
+        "per_client_tps_median": median([s["decode_tps"] for s in summaries if s["decode_tps"]]),
+        "aggregate_tps": tokens / wall if wall > 0 else None,
+        "tokens": tokens,
+    }
+
+
+def run(
+    section: Section,
+    *,
+    max_tokens: int = MAX_TOKENS,
+    tokenizer: Any,
+    product: Product | None,
+    product_model: str,
+    unavailable: str,
+    server: MlxServer | None,
+    server_model: str,
+) -> None:
+    sides: dict[str, tuple[str, str, str] | None] = {
+        "product": (f"{product.url}/v1", product.api_key, product_model) if product is not None else None,
+        "mlx_lm.server": (f"{server.url}/v1", "none", server_model) if server is not None else None,
+    }
+    # Warm-up: models loaded, kernels compiled, connections not yet pooled (each measure opens its own).
+    errors: dict[str, BaseException] = {}
+    for name, side in sides.items():
+        # Twice if need be: a first request that fails while the model loads still gets it loaded.
+        for attempt in range(2 if side is not None else 0):
+            try:
+                measure(*side, [prompt_text(tokenizer, 20, 500 - attempt)], 8)  # type: ignore[misc]
+                break
+            except Exception as exc:  # the measured rows say what happens to them
+                section.raw.setdefault("warm_up_errors", []).append(f"{name}: {type(exc).__name__}: {exc}")
+    variant = 600
+    for clients in (1, 4):
+        prompts = [prompt_text(tokenizer, PROMPT_TOKENS, variant + i) for i in range(clients)]
+        variant += clients
+        results: dict[str, dict[str, Any] | None] = {}
+        for name, side in sides.items():
+            # The same prompts to both: neither has seen them, so no prompt cache helps either.
+            results[name] = None
+            if side is not None and name not in errors:
+                try:
+                    results[name] = measure(*side, prompts, max_tokens)
+                except Exception as exc:
+                    errors[name] = exc
+        section.raw[f"{clients} client(s)"] = results
+        bench = f"OpenAI API, {clients} client{'s' if clients > 1 else ''}"
+        p, s = results["product"], results["mlx_lm.server"]
+        if p is None or s is None:
+            for name, missing in (("product", unavailable), ("mlx_lm.server", "mlx_lm.server not started")):
+                if name in errors:
+                    section.failed(f"{bench} ({name})", errors[name])
+                elif results[name] is None:
+                    section.unavailable(f"{bench} ({name})", missing)
+            continue
+        section.add(
+            Row(
+                bench,
+                "TTFT median, ms",
+                p["ttft_ms_median"],
+                s["ttft_ms_median"],
+                "mlx_lm.server",
+                unit="ms",
+                target="≤ 1.0",
+                met=p["ttft_ms_median"] <= s["ttft_ms_median"],
+                note=f"max {p['ttft_ms_max']:.0f} vs {s['ttft_ms_max']:.0f} ms",
+            )
+        )
+        section.add(
+            Row(
+                bench,
+                "per-client decode tokens/s (median)",
+                p["per_client_tps_median"],
+                s["per_client_tps_median"],
+                "mlx_lm.server",
+                target="≥ 1.0",
+                met=p["per_client_tps_median"] >= s["per_client_tps_median"],
+            )
+        )
+        section.add(
+            Row(
+                bench,
+                "aggregate tokens/s (all clients, wall clock)",
+                p["aggregate_tps"],
+                s["aggregate_tps"],
+                "mlx_lm.server",
+                target="≥ 1.0",
+                met=p["aggregate_tps"] >= s["aggregate_tps"],
+                note=f"{p['tokens']} vs {s['tokens']} tokens",
+            )
+        )

@@ -1,0 +1,285 @@
+"""The processes a benchmark runs against: the product (web + workers, as `make run` starts them, with a
+private Redis, SQLite database and HF cache) and the peer, `mlx_lm.server`.
+
+Every child gets its own process group and log file under the run directory, and is stopped by its pid only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 400
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+class Child:
+    """One subprocess, its output in a log file, stopped through its own process group."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def check(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited with code {self.process.returncode}:\n{self.tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        # The group, not just the pid: celery's pool children and uvicorn's reloader live there too.
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+
+
+# ----------------------------------------------------------------------------- the product
+
+
+@dataclass
+class Product:
+    """The product, isolated: its own Redis, VAR_DIR (SQLite), HF cache and key prefix."""
+
+    run_dir: Path
+    hub_url: str
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    children: list[Child] = field(default_factory=list)
+    api_key: str = ""
+    session_cookie: str = ""
+    username: str = "bench"
+    _redis: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def hf_cache(self) -> Path:
+        return self.run_dir / "hf-cache"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def prepare(self) -> None:
+        """Redis, environment, migrations, and Django set up in this process against the same database."""
+        from tests.support.redis_server import RedisServer
+
+        self._redis = RedisServer(self.run_dir / "redis").start()
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DEV_SECRETS": "1",
+            "DEBUG": "0",
+            "VAR_DIR": str(self.run_dir / "var"),
+            "HF_HUB_CACHE": str(self.hf_cache),
+            "HF_ENDPOINT": self.hub_url,
+            "REDIS_URL": self._redis.url,
+            "REDIS_PREFIX": "mlxcr-bench",
+            "DOWNLOAD_DISK_RESERVE": "100MB",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+        # Some settings read the environment at import: this process must see what the children see.
+        os.environ.update(self.env)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+        )
+        import django
+
+        django.setup()
+        self._create_user()
+
+    def _create_user(self) -> None:
+        from django.contrib.auth import get_user_model
+        from django.test import Client
+
+        from models_app.models import ApiKey
+
+        User = get_user_model()
+        user, _ = User.objects.get_or_create(
+            username=self.username, defaults={"is_staff": True, "is_superuser": True}
+        )
+        _, self.api_key = ApiKey.issue(user=user, name="bench")
+        client = Client()
+        client.force_login(user)  # a real row in the session table, which the server reads
+        self.session_cookie = client.cookies["sessionid"].value
+
+    def register_model(self, repo_id: str, model_dir: Path) -> str:
+        """Put `model_dir` into the HF cache as huggingface_hub lays it out and have the product import it
+        (its reconcile service: the path other tools' downloads take). Returns the commit sha used."""
+        commit = hashlib.sha1(f"{repo_id}\n{model_dir.stat().st_mtime_ns}".encode()).hexdigest()
+        repo_dir = self.hf_cache / f"models--{repo_id.replace('/', '--')}"
+        snapshot = repo_dir / "snapshots" / commit
+        (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        from bench.models import model_files
+
+        for rel, src in model_files(model_dir).items():
+            digest = hashlib.sha256(src.read_bytes()).hexdigest()
+            blob = repo_dir / "blobs" / digest
+            if not blob.exists():
+                try:
+                    os.link(src, blob)  # same filesystem: no copy
+                except OSError:
+                    shutil.copy(src, blob)
+            link = snapshot / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(blob, link.parent))
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(commit)
+        from models_app.services.reconcile import reconcile_cache
+
+        report = reconcile_cache()
+        from models_app.models import Snapshot
+
+        if not Snapshot.objects.filter(repository__repo_id=repo_id, status="ready").exists():
+            raise RuntimeError(f"the product did not import {repo_id}: {report.skipped}")
+        return commit
+
+    def start(self, *, inference: bool = True, downloads: bool = True) -> None:
+        """Web and workers with the argv `manage.py runstack` uses (beat left out: its periodic reconcile and
+        update checks would land at random points of the measurements)."""
+        from dashboard.stack import plan
+
+        wanted = {"web"} | ({"inference"} if inference else set()) | ({"downloads"} if downloads else set())
+        for service in plan(host="127.0.0.1", port=self.port):
+            if service.name in wanted:
+                self.children.append(
+                    Child(service.name, service.argv, env={**self.env, **service.env}, log_dir=self.log_dir)
+                )
+        wait_for(lambda: self._check() and http_ok(f"{self.url}/login/"), 60, "web server")
+        for queue in ("inference",) * inference + ("downloads",) * downloads:
+            wait_for(lambda q=queue: self._check() and self._worker_up(q), 90, f"{queue} worker", 0.25)
+
+    def _check(self) -> bool:
+        for child in self.children:
+            child.check()
+        return True
+
+    @staticmethod
+    def _worker_up(queue: str) -> bool:
+        from models_app.services.workers import workers_for_queue
+
+        return bool(workers_for_queue(queue))
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+# ----------------------------------------------------------------------------- the peer: mlx_lm.server
+
+
+@dataclass
+class MlxServer:
+    model_dir: Path
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    child: Child | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlxServer:
+        argv = [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "server",
+            "--model",
+            str(self.model_dir),
+            "--port",
+            str(self.port),
+        ]
+        argv += ["--log-level", "WARNING"]
+        self.child = Child(
+            "mlx_lm.server", argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_dir=self.log_dir
+        )
+
+        def ready() -> bool:
+            assert self.child is not None
+            self.child.check()
+            return http_ok(f"{self.url}/v1/models")
+
+        wait_for(ready, 120, "mlx_lm.server", 0.25)
+        return self
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
