@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -139,14 +138,9 @@ def test_pull_watch_chat_delete(
     card.get_by_role("link", name="Open model").click()
     page.wait_for_url(f"**/models/{snapshot.id}/")
     assert page.locator("[data-testid=status]").inner_text() == "Ready"
-    with page.expect_navigation() as navigation:
-        page.locator("[data-testid=chat]").click()
-    # CHAT STEP. The chat page belongs to the chat engineer: until it exists (404) the step is skipped with a
-    # warning; once it exists, a streamed answer must appear.
-    if navigation.value is not None and navigation.value.status == 404:
-        warnings.warn("CHAT STEP SKIPPED: /chat/ is not there yet (404)", stacklevel=1)
-    else:
-        assert chat_once(page).strip()
+    page.locator("[data-testid=chat]").click()
+    page.wait_for_url(re.compile(r"/chat/"))
+    assert chat_once(page).strip()
 
     page.goto(f"/models/{snapshot.id}/")
     # The inference worker reports what it holds with its heartbeat (every few seconds).
