@@ -48,7 +48,7 @@ class CompletionRequest:
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
         raise RequestError("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise RequestError("The body must be a JSON object.")

@@ -312,6 +312,11 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
         endpoint=settings.HF_ENDPOINT,
         etag_timeout=stall,
     )
+    # Checked before it is parsed: corrupted bytes are an integrity error (and their blob is deleted so the
+    # next pull fetches it again), not a repo that "is not MLX" for as long as the bad blob stays cached.
+    config_spec = [f for f in all_files if f.path == "config.json"]
+    if problems := hub_checks.verify_files(repo_dir, sha, config_spec, check=monitor.check):
+        raise hub_checks.integrity_error(repo_id, problems)
     try:
         config = json.loads(Path(config_path).read_text())
     except (OSError, ValueError):

@@ -308,13 +308,15 @@ class LocalHub:
         branch: str = "main",
         lfs_threshold: int = 1024,
         info: Mapping[str, Any] | None = None,
+        raw_paths: bool = False,
     ) -> str:
         """Create a repo whose `branch` holds `files`; returns that commit's sha.
 
         A branch other than main forks from an empty initial commit on main, as on the Hub.
         `info` adds or overrides fields of the model info JSON (e.g. pipeline_tag, downloads).
+        `raw_paths` keeps file names exactly as given ("/etc/x", "../x", "C:\\x"): a hostile listing.
         """
-        blobs = self._store_all(files)
+        blobs = self._store_all(files, strip=not raw_paths)
         with self._lock:
             if repo_id in self._repos:
                 raise ValueError(f"repo {repo_id} already exists")
@@ -425,9 +427,9 @@ class LocalHub:
             return FileEntry(path, blob, True, git_blob_sha1(pointer), len(pointer), "")
         return FileEntry(path, blob, False, blob.git_sha1, 0, "")
 
-    def _store_all(self, files: Mapping[str, bytes | Path]) -> dict[str, Blob]:
+    def _store_all(self, files: Mapping[str, bytes | Path], *, strip: bool = True) -> dict[str, Blob]:
         # Called outside the lock: hashing and copying 1 GB files takes seconds.
-        return {path.strip("/"): self._store(content) for path, content in files.items()}
+        return {(path.strip("/") if strip else path): self._store(content) for path, content in files.items()}
 
     def _store(self, content: bytes | Path) -> Blob:
         """Hash `content` and keep it under blobs/{sha256}; files are streamed, never loaded whole."""

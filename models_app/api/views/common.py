@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Model, QuerySet
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import generics
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from models_app.api.errors import ApiError
@@ -62,10 +63,21 @@ def get_visible(queryset: QuerySet, raw_id: Any, what: str) -> Model:
     return obj
 
 
+class SafeJSONParser(JSONParser):
+    """JSON nested deeper than Python's recursion limit (a few kB of `[[[[`) is the client's error, a 400: the
+    plain JSONParser lets the RecursionError through as a 500."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - the body is nested too deeply.") from None
+
+
 # Base of the API's views: bounded pagination; ids are parsed by `parse_id` (URLs capture any segment, so a
 # malformed id gets our 400, not Django's HTML 404). No docstring: the schema would show it on every operation.
 class ApiView(generics.GenericAPIView):
     # JSON bodies only: an automation API, and one request format to document and validate.
-    parser_classes = [JSONParser]
+    parser_classes = [SafeJSONParser]
     pagination_class = BoundedLimitOffsetPagination
     lookup_url_kwarg = "id"
