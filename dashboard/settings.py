@@ -197,7 +197,7 @@ CHANNEL_LAYERS = {
             # Connection errors only: retrying a timed-out blocking read would hold a closing socket for longer.
             # socket_timeout: channels_redis blocks on Redis for 5 s per receive, and redis-py 8's default 5 s
             # socket timeout fired first, killing every websocket idle for 5 s (a long prompt, a quiet page).
-            "hosts": [{"address": REDIS_URL, "retry": _CHANNEL_LAYER_RETRY, "socket_timeout": 30}],
+            "hosts": [{"address": REDIS_URL, "retry": _CHANNEL_LAYER_RETRY, "socket_timeout": 10}],
             "prefix": f"{REDIS_PREFIX}:asgi",
             # A chat stream is a few hundred batched messages; the default 100 is too tight for 20 at once.
             "capacity": 1000,

@@ -55,6 +55,9 @@ def plan(
                 "--no-access-log",
                 "--lifespan",
                 "off",
+                # A closing websocket's channel-layer read could otherwise hold shutdown for its socket timeout.
+                "--timeout-graceful-shutdown",
+                "3",
             ],
         ),
         Service(

@@ -32,6 +32,11 @@ TASK_NAME = "downloads.download"
 QUEUE = "downloads"
 # A queued job's message is sent again after this long without a worker taking it (see enqueued_at).
 QUEUED_RESEND_AFTER = timedelta(minutes=30)
+# Each sent task leaves a marker in Redis beside the message. A Redis that restarts without persistence (as the one
+# `make run` starts) loses both: a queued job older than this whose marker is gone is sent again at once instead
+# of after QUEUED_RESEND_AFTER. The grace covers a message being sent right now.
+LOST_MESSAGE_GRACE = timedelta(seconds=60)
+MESSAGE_MARKER_TTL = 7 * 24 * 3600
 # An *.incomplete file younger than this may belong to a download that is just starting: leave it.
 ORPHAN_MIN_AGE = 60.0
 CANCEL_KEY_TTL = 24 * 3600
@@ -84,6 +89,28 @@ def enqueue(job_id: int, *, countdown: float | None = None) -> None:
         celery_task_id=task_id, enqueued_at=timezone.now()
     )
     app.send_task(TASK_NAME, args=[job_id], task_id=task_id, queue=QUEUE, countdown=countdown)
+    with contextlib.suppress(Exception):  # a missing marker only means an earlier re-send, which is a no-op
+        app_redis.client().set(_message_marker(job_id), task_id, ex=MESSAGE_MARKER_TTL)
+
+
+def _message_marker(job_id: int) -> str:
+    return app_redis.key("download-msg", job_id)
+
+
+def _lost_messages(job_ids: list[int]) -> list[int]:
+    """Queued jobs whose task message Redis no longer has (its marker went with it). Empty when Redis cannot
+    be asked: the QUEUED_RESEND_AFTER rule still covers those jobs."""
+    if not job_ids:
+        return []
+    try:
+        with app_redis.client().pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(_message_marker(job_id))
+            present = pipe.execute()
+    except Exception as exc:  # redis errors vary; this is a best-effort shortcut
+        log.warning("could not check download task markers: %s", exc)
+        return []
+    return [job_id for job_id, found in zip(job_ids, present, strict=True) if not found]
 
 
 def enqueue_or_fail(job_id: int) -> None:
@@ -332,6 +359,13 @@ def reap_stalled_jobs(now: datetime | None = None) -> list[int]:
             job_id,
             QUEUED_RESEND_AFTER,
         )
+        enqueue_or_fail(job_id)
+        changed.append(job_id)
+    waiting = DownloadJob.objects.filter(
+        state=State.QUEUED, cancel_requested=False, enqueued_at__lt=now - LOST_MESSAGE_GRACE
+    ).exclude(id__in=changed)
+    for job_id in _lost_messages(list(waiting.values_list("id", flat=True))):
+        log.warning("download job %s lost its task message (Redis restarted?): sending it again", job_id)
         enqueue_or_fail(job_id)
         changed.append(job_id)
 

@@ -175,6 +175,8 @@ class AsgiServer(ManagedProcess):
             "--lifespan",
             "off",
             "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "3",
         ]
         super().__init__(argv, env, log_dir / f"web-{self.port}.log")
 
