@@ -48,14 +48,9 @@ class Case:
 
 def start_hub(storage: Path) -> Any:
     """The local hub, serving files in place (no copy of the 1 GB file).
-
-    Its handler writes the response headers and the body separately; with Nagle's algorithm on, a client that
-    keeps its connection alive (curl, huggingface_hub) then waits for the delayed ACK, ~40 ms per request
-    (measured: 200 small files in 9.1 s with curl instead of 0.11 s). The real Hub has no such stall, so
-    the benchmark's hub turns Nagle off (what tests.support.localhub should do too)."""
+    Nagle's algorithm is off on its handler (tests.support.localhub), as on the real Hub."""
     from tests.support import localhub
 
-    localhub._Handler.disable_nagle_algorithm = True
     return localhub.LocalHub(storage, copy_files=False).start()
 
 

@@ -505,6 +505,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 for keep-alive (the client pools connections); every answer sets Content-Length.
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, a keep-alive client waits ~40 ms per request
+    # for a delayed ACK (200 small files took 9.1 s instead of 0.11 s with curl), a stall the real Hub lacks.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
