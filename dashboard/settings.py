@@ -250,6 +250,8 @@ PROMPT_CACHE_ENTRIES = env_int("PROMPT_CACHE_ENTRIES", 16, minimum=1)
 CHAT_BATCH_INTERVAL = env_float("CHAT_BATCH_INTERVAL", 0.025)
 # How long the web side waits for an inference worker to pick up a request before telling the user.
 INFERENCE_PICKUP_TIMEOUT = env_float("INFERENCE_PICKUP_TIMEOUT", 10.0)
+# Generations one API key may have in flight on the OpenAI-compatible API; more get 429. 0: no limit.
+API_MAX_IN_FLIGHT_PER_KEY = env_int("API_MAX_IN_FLIGHT_PER_KEY", 8, minimum=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -26,7 +26,7 @@ from models_app.models import ApiKey, Snapshot
 from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser, markers_for_path
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
-from models_app.services import cache, inference
+from models_app.services import cache, inference, ratelimit
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,42 @@ async def _stream(
 
 
 async def _complete(
+    request: HttpRequest, key: ApiKey, parse: Callable[[dict[str, Any]], schemas.CompletionRequest]
+) -> HttpResponse:
+    slot = str(uuid.uuid4())
+    if not await sync_to_async(ratelimit.acquire, thread_sensitive=False)(key.id, slot):
+        response = error_response(
+            429,
+            f"This API key already has {settings.API_MAX_IN_FLIGHT_PER_KEY} requests in flight; "
+            "wait for one to finish.",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+        )
+        response["Retry-After"] = "1"
+        return response
+    release = sync_to_async(ratelimit.release, thread_sensitive=False)
+    try:
+        response = await _generate(request, key, parse)
+    except BaseException:
+        await release(key.id, slot)
+        raise
+    if isinstance(response, StreamingHttpResponse):
+        response.streaming_content = _released(response.streaming_content, release, key.id, slot)
+    else:
+        await release(key.id, slot)
+    return response
+
+
+async def _released(content: Any, release: Any, key_id: int, slot: str) -> AsyncIterator[bytes]:
+    """The stream, giving the key's slot back when it ends (finished, failed or the client went away)."""
+    try:
+        async for chunk in content:
+            yield chunk
+    finally:
+        await release(key_id, slot)
+
+
+async def _generate(
     request: HttpRequest, key: ApiKey, parse: Callable[[dict[str, Any]], schemas.CompletionRequest]
 ) -> HttpResponse:
     try:

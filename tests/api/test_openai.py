@@ -280,3 +280,56 @@ def test_unknown_routes_and_methods_answer_in_openai_shape(asgi_server, alice_ke
     assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]["message"]
     # The OpenAI API takes API keys only: a browser session is not enough, and no CSRF token is needed.
     assert httpx.get(f"{asgi_server.url}/v1/models").status_code == 401
+
+
+def test_a_key_over_its_in_flight_limit_gets_a_429_and_its_slot_back_after(  # type: ignore[no-untyped-def]
+    alice_key: str, tiny_snapshot, settings
+) -> None:
+    """Checked in-process with the real worker: a limit of one, taken by a request still in flight."""
+    import asyncio
+
+    from django.test import AsyncClient
+
+    from models_app.services import ratelimit
+    from models_app.services import redis as app_redis
+
+    settings.API_MAX_IN_FLIGHT_PER_KEY = 1
+    key = ApiKey.objects.get(key_hash=ApiKey.hash(alice_key))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    def post() -> object:
+        return asyncio.run(
+            AsyncClient().post(
+                "/v1/chat/completions",
+                body,
+                content_type="application/json",
+                headers={"Authorization": f"Bearer {alice_key}"},
+            )
+        )
+
+    assert ratelimit.acquire(key.id, "a-request-in-flight")
+    refused = post()
+    assert refused.status_code == 429
+    assert refused["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+
+    ratelimit.release(key.id, "a-request-in-flight")
+    answered = post()
+    assert answered.status_code == 200, answered.content
+    assert answered.json()["usage"]["completion_tokens"] == 4
+    assert app_redis.client().zcard(app_redis.key("inflight", "apikey", key.id)) == 0
+
+    async def stream() -> bytes:
+        response = await AsyncClient().post(
+            "/v1/chat/completions",
+            {**body, "stream": True},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {alice_key}"},
+        )
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    assert asyncio.run(stream()).endswith(b"data: [DONE]\n\n")
+    assert (
+        app_redis.client().zcard(app_redis.key("inflight", "apikey", key.id)) == 0
+    )  # a stream gives it back
