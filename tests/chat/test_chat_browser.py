@@ -72,6 +72,8 @@ def test_chat_in_a_browser(
         )
         expect(page.locator("#stop")).to_be_visible()
         page.wait_for_url("**/chat/*/")  # the new conversation's address
+        # ...and the sidebar lists it at once, without a reload.
+        expect(page.locator(".conv-list a[aria-current=page]")).to_have_text("Tell me a very long story")
         page.click("#stop")
         expect(answer).to_have_attribute("data-status", "stopped")
         expect(page.locator("#stop")).to_be_hidden()

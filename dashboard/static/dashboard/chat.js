@@ -290,6 +290,21 @@
     });
   }
 
+  // A conversation the first message just created joins the sidebar at the top, marked current.
+  function addToConversationList(id, title) {
+    const listEl = document.querySelector(".conv-list");
+    if (!listEl) return;
+    listEl.querySelectorAll("li.muted").forEach((el) => el.remove());
+    listEl.querySelectorAll("a[aria-current]").forEach((el) => el.removeAttribute("aria-current"));
+    const link = document.createElement("a");
+    link.href = root.dataset.chatUrl + id + "/";
+    link.textContent = title;  // text, never HTML
+    link.setAttribute("aria-current", "page");
+    const item = document.createElement("li");
+    item.appendChild(link);
+    listEl.prepend(item);
+  }
+
   function accepted(msg) {
     const kind = asked ? asked.kind : "send";
     const content = asked ? asked.content : "";
@@ -300,6 +315,7 @@
       history.replaceState(null, "", root.dataset.chatUrl + conversationId + "/");
       titleEl.textContent = msg.title;
       document.title = msg.title + " · Chat · MLX Control Room";
+      addToConversationList(conversationId, msg.title);
     }
     if (kind === "regenerate") {
       // The old answer was replaced on the server: drop it here too.
