@@ -28,7 +28,8 @@ run: $(VENV)/.installed
 	DEV_SECRETS=1 $(PY) manage.py runstack
 
 migrations-check: $(VENV)/.installed-dev
-	DEV_SECRETS=1 VAR_DIR=var/check $(PY) manage.py makemigrations --check --dry-run
+	@mkdir -p var/check
+	DEV_SECRETS=1 VAR_DIR=var/check DATABASE_URL=sqlite:///var/check/db.sqlite3 $(PY) manage.py makemigrations --check --dry-run
 
 # Headless Chromium for the browser tests (Debian package; Playwright drives it, nothing is downloaded).
 browser:
