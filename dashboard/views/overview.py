@@ -10,6 +10,7 @@ from django.db.models import Count, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from dashboard.views.downloads import TEMPLATE_JOB
 from dashboard.views.inference_status import loaded_models
 from models_app.models import DownloadJob, Repository, Snapshot
 from models_app.services.health import system_health
@@ -72,6 +73,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "disks": disk_pictures(health["cache"], model_bytes),
         "counts": counts,
         "active_jobs": active,
+        "template_job": TEMPLATE_JOB,
         "loaded": loaded_models(user),
         "updates": updates,
         "usage": report,
