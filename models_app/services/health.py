@@ -79,7 +79,8 @@ def system_health() -> dict[str, Any]:
                 for q in info.queues:
                     queues.setdefault(q, []).append(entry)
                 if "mlx" in info.extra:
-                    mlx_backends.append({"worker": info.hostname, **info.extra["mlx"]})
+                    loaded = info.extra.get("loaded_models", [])
+                    mlx_backends.append({"worker": info.hostname, **info.extra["mlx"], "loaded_models": loaded})
         except redis.RedisError as exc:
             redis_check = {**redis_check, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     caches = []

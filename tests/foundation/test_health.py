@@ -72,3 +72,35 @@ def test_healthz_says_redis_is_down_within_seconds(client, settings, tmp_path) -
     assert report["redis"]["ok"] is False
     assert "Connection" in report["redis"]["error"] or "Timeout" in report["redis"]["error"]
     assert report["database"]["ok"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_page_lists_loaded_models_with_an_unload_button(
+    client, staff, inference_worker, tiny_model_path, settings
+) -> None:  # type: ignore[no-untyped-def]
+    from models_app.models import Repository, Snapshot
+    from models_app.services import inference
+    from tests.support.processes import wait_for
+
+    repo = Repository.objects.create(repo_id="test/health-loaded")
+    snapshot = Snapshot.objects.create(
+        repository=repo,
+        commit_sha="b" * 40,
+        node=settings.NODE_NAME,
+        path=str(tiny_model_path),
+        status="ready",
+    )
+    client.force_login(staff)
+    inference.request_load(snapshot.id)
+    wait_for(
+        lambda: "test/health-loaded" in client.get(reverse("health")).content.decode(), 30, "never loaded"
+    )
+    body = client.get(reverse("health")).content.decode()
+    assert reverse("model_unload", args=[snapshot.id]) in body
+
+    inference.request_unload(snapshot.id)
+    wait_for(
+        lambda: "test/health-loaded" not in client.get(reverse("health")).content.decode(),
+        30,
+        "never unloaded",
+    )
