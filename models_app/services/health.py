@@ -80,7 +80,9 @@ def system_health() -> dict[str, Any]:
                     queues.setdefault(q, []).append(entry)
                 if "mlx" in info.extra:
                     loaded = info.extra.get("loaded_models", [])
-                    mlx_backends.append({"worker": info.hostname, **info.extra["mlx"], "loaded_models": loaded})
+                    mlx_backends.append(
+                        {"worker": info.hostname, **info.extra["mlx"], "loaded_models": loaded}
+                    )
         except redis.RedisError as exc:
             redis_check = {**redis_check, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     caches = []
