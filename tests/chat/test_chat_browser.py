@@ -4,50 +4,26 @@ still there (the database is the truth); regenerate it. Screenshot: docs/screens
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from models_app.models import Message, Usage
+from tests.browser.helpers import launch_browser
 from tests.chat.conftest import make_snapshot
 from tests.conftest import ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "screenshots" / "chat.png"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(scope="module")
-def chromium_path() -> Path:
-    if not CHROMIUM.exists():
-        message = "headless Chromium not found: apt-get install chromium (make browser)"
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
-
-
-def test_chat_in_a_browser(
-    chromium_path, alice, tiny_model_path, slow_model_path, asgi_server, inference_worker
-):  # type: ignore[no-untyped-def]
-    from playwright.sync_api import expect, sync_playwright
+def test_chat_in_a_browser(alice, tiny_model_path, slow_model_path, asgi_server, inference_worker):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
 
     # All database work happens outside Playwright's sync API, which runs an event loop on this thread.
     make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
     slow = make_snapshot(slow_model_path, repo_id="test/slow-storyteller")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(chromium_path),
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-gpu",
-            ],
-        )
+    with launch_browser() as browser:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.set_default_timeout(30_000)
         errors: list[str] = []
@@ -113,7 +89,6 @@ def test_chat_in_a_browser(
         page.set_viewport_size({"width": 390, "height": 800})
         expect(page.locator("#prompt")).to_be_visible()
         expect(page.locator("#send")).to_be_visible()
-        browser.close()
 
     assert errors == []
     answer_row = Message.objects.filter(role="assistant").get()
