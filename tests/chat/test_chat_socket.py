@@ -56,6 +56,7 @@ def test_anonymous_sockets_are_closed_with_4401(run_async) -> None:  # type: ign
         connected, _ = await comm.connect()
         assert connected
         assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+        await comm.disconnect()
 
     run_async(scenario())
 

@@ -53,8 +53,10 @@ def communicator(client: Any, user: Any | None) -> WebsocketCommunicator:
 
 def test_anonymous_is_refused(client) -> None:
     async def scenario() -> None:
-        connected, _ = await communicator(client, None).connect()
+        comm = communicator(client, None)
+        connected, _ = await comm.connect()
         assert not connected
+        await comm.disconnect()  # end the refused app here, not in the loop's teardown (it can hang there)
 
     async_to_sync(scenario)()
 
@@ -69,6 +71,9 @@ def test_a_foreign_origin_is_refused(client, alice) -> None:
         )
         connected, _ = await comm.connect()
         assert not connected
+        # The denier listens on the channel layer until told to stop: stop it here, not in the event loop's
+        # teardown, where cancelling its Redis read hung once in CI.
+        await comm.disconnect()
 
     async_to_sync(scenario)()
 
