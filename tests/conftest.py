@@ -126,3 +126,20 @@ def asgi_server(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-unty
     server = AsgiServer(env=stack_env, log_dir=process_log_dir).wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_postgres_sessions(django_db_setup, django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """PostgreSQL refuses to drop a test database while anything is connected to it, and the connections that
+    database_sync_to_async threads (consumers, async views) opened in this process outlive their tests. Set up
+    after the database, this is torn down just before pytest-django drops it: end those sessions first."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
