@@ -143,3 +143,16 @@ def _end_stray_postgres_sessions(django_db_setup, django_db_blocker) -> Iterator
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> Iterator[None]:
+    """Channels keeps one layer object per process, and channels_redis binds that object's receive lock to the
+    event loop that receives first. Every test runs its own loop (asyncio.run, the test client's async views),
+    so a receive that an earlier test's loop abandoned mid-flight leaves the next test's consumers a lock that
+    belongs to a dead loop ("bound to a different event loop"), and they hang. Each test gets a new layer."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
