@@ -310,24 +310,34 @@ async def stream_replies(
     watch = ReplyWatch(request_id, pickup_timeout=pickup_timeout)
     check = sync_to_async(watch.check, thread_sensitive=False)
     step = min(pickup_timeout, keepalive) if keepalive else pickup_timeout
-    while True:
-        try:
-            message = await asyncio.wait_for(channel_layer.receive(channel), timeout=step)
-        except TimeoutError:
-            if keepalive and watch.silent_for() >= keepalive:
-                yield {"type": "chat.keepalive", "request_id": request_id}
-            if watch.due():
-                error = await check()
-                if error is not None:
-                    yield error
-                    return
-            continue
-        if message.get("request_id") != request_id:
-            continue  # a late reply to an earlier request on a reused channel
-        watch.seen(message)
-        yield message
-        if message.get("type") in ("chat.done", "chat.error"):
-            return
+    # One receive stays pending across quiet periods instead of a wait_for() per step: cancelling a receive
+    # on every timeout races with a message arriving at that moment (Python 3.11's wait_for can drop a result
+    # that completes as it times out), and each cancellation is a path through channels_redis's receive lock.
+    receiving: asyncio.Future[dict[str, Any]] | None = None
+    try:
+        while True:
+            if receiving is None:
+                receiving = asyncio.ensure_future(channel_layer.receive(channel))
+            done, _ = await asyncio.wait({receiving}, timeout=step)
+            if not done:
+                if keepalive and watch.silent_for() >= keepalive:
+                    yield {"type": "chat.keepalive", "request_id": request_id}
+                if watch.due():
+                    error = await check()
+                    if error is not None:
+                        yield error
+                        return
+                continue
+            message, receiving = receiving.result(), None
+            if message.get("request_id") != request_id:
+                continue  # a late reply to an earlier request on a reused channel
+            watch.seen(message)
+            yield message
+            if message.get("type") in ("chat.done", "chat.error"):
+                return
+    finally:
+        if receiving is not None:
+            receiving.cancel()  # not awaited: a cancellation of our own caller must stay one
 
 
 # --- Worker side: thin, lazy entry points (MLX is imported only here, inside the worker) ---------------------

@@ -3,10 +3,11 @@ it ends at chat.done or chat.error, and never waits forever for a worker that is
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
-from channels.layers import InMemoryChannelLayer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from models_app.services import inference, workers
 from models_app.services import redis as app_redis
@@ -94,3 +95,40 @@ def test_a_worker_that_dies_after_pickup_is_reported(run_async, isolated_prefix)
     replies = run_async(scenario())
     assert [m["type"] for m in replies] == ["chat.started", "chat.error"]
     assert replies[-1]["code"] == "worker_died"
+
+
+def test_on_the_redis_layer_no_reply_is_lost_at_a_quiet_step_and_an_early_close_frees_the_layer(  # type: ignore[no-untyped-def]
+    run_async, isolated_prefix
+) -> None:
+    """The real channel layer, a keepalive step (10 ms) shorter than most gaps between replies, so replies keep
+    landing at step boundaries: every one arrives once, in order. A reader that stops early (a client gone)
+    leaves no receive behind holding the layer's receive lock."""
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+
+        async def worker() -> None:
+            for seq in range(40):
+                await asyncio.sleep(0.007 * (seq % 4))
+                await layer.send(channel, {"type": "chat.delta", "request_id": "r5", "seq": seq, "text": "x"})
+            await layer.send(channel, {"type": "chat.done", "request_id": "r5", "seq": 40})
+
+        sending = asyncio.ensure_future(worker())
+        replies = [m async for m in inference.stream_replies(layer, channel, "r5", 5.0, keepalive=0.01)]
+        await sending
+
+        other = await layer.new_channel()
+        await layer.send(other, {"type": "chat.started", "request_id": "r6", "seq": 0})
+        early = inference.stream_replies(layer, other, "r6", 5.0, keepalive=0.01)
+        first = await early.__anext__()
+        await early.aclose()  # while its next receive is pending
+        await asyncio.sleep(0.05)
+        return replies, first, layer.receive_count, layer.receive_lock
+
+    replies, first, receive_count, receive_lock = run_async(scenario())
+    seqs = [m["seq"] for m in replies if m["type"] != "chat.keepalive"]
+    assert seqs == list(range(41))
+    assert any(m["type"] == "chat.keepalive" for m in replies)  # the steps really were shorter than the gaps
+    assert first["type"] == "chat.started"
+    assert (receive_count, receive_lock) == (0, None)
