@@ -16,11 +16,15 @@ from models_app.services.errors import DownloadError
 
 
 class StrictCharField(serializers.CharField):
-    """A string and nothing else: DRF's CharField turns 0 or true into "0" and "True"."""
+    """A string and nothing else: DRF's CharField turns 0 or true into "0" and "True". Its length is checked
+    as sent, as the schema's maxLength says; DRF checks it after trimming, so 101 characters with a leading
+    space would pass a limit of 100 (schemathesis found that)."""
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
         return super().to_internal_value(data)
 
 

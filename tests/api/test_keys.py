@@ -39,6 +39,15 @@ def test_it_rejects_a_key_without_a_name(alice_api: KeyClient) -> None:
     assert error_of(response)["code"] == "invalid"
 
 
+def test_a_name_is_measured_as_sent_not_after_trimming(alice_api: KeyClient) -> None:
+    """The schema's maxLength is about the string in the request; DRF trims before it measures."""
+    too_long = alice_api.post("/api/v1/keys", {"name": " " + "k" * 100}, content_type="application/json")
+    assert too_long.status_code == 400
+    assert error_of(too_long)["details"]["name"] == ["Ensure this field has no more than 100 characters."]
+    padded = alice_api.post("/api/v1/keys", {"name": "  laptop  "}, content_type="application/json")
+    assert padded.status_code == 201 and padded.json()["name"] == "laptop"
+
+
 def test_a_revoked_key_is_refused_at_once(alice_api: KeyClient) -> None:
     me = alice_api.get("/api/v1/keys").json()["results"][0]
     assert alice_api.get("/api/v1/models").status_code == 200
