@@ -303,6 +303,9 @@ class CredentialTestSerializer(serializers.Serializer):
 class UsageQuerySerializer(serializers.Serializer):
     days = serializers.IntegerField(default=14, min_value=1, max_value=366)
     snapshot_id = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**63 - 1)
+    user = StrictCharField(
+        required=False, max_length=150, help_text="Staff: only this user's usage (a username)"
+    )
 
 
 class UsageGroupSerializer(serializers.Serializer):

@@ -65,6 +65,12 @@ def test_usage_is_the_users_own_and_everyones_for_staff(
     assert {u["username"]: u["tokens"] for u in everyone["by_user"]} == {"alice": 17, "bob": 200}
     assert error_of(alice_api.get("/api/v1/usage?days=0"))["code"] == "invalid"
 
+    only_bob = staff_api.get("/api/v1/usage?user=bob").json()
+    assert only_bob["totals"]["requests"] == 1 and [u["username"] for u in only_bob["by_user"]] == ["bob"]
+    assert alice_api.get("/api/v1/usage?user=alice").json()["totals"] == mine["totals"]
+    assert error_of(alice_api.get("/api/v1/usage?user=bob"))["code"] == "permission_denied"
+    assert error_of(staff_api.get("/api/v1/usage?user=nobody"))["code"] == "not_found"
+
 
 def test_health_needs_a_key_and_reports_each_component(client, alice_api: KeyClient) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/api/v1/health").status_code == 401

@@ -67,3 +67,57 @@ def test_staff_see_everyone_and_small_models_are_grouped(staff, alice) -> None:
     names = [s["name"] for s in report.tokens_by_model]
     assert len(names) == MAX_SERIES + 1 and names[-1] == OTHER
     assert report.by_user[0]["username"] == "alice"
+
+
+def test_staff_can_narrow_the_report_to_one_user_and_others_only_to_themselves(staff, alice, bob) -> None:  # type: ignore[no-untyped-def]
+    now = timezone.now()
+    snap = make_snapshot("org/shared", owner=alice)
+    key, _ = ApiKey.issue(user=bob, name="bob's script")
+    _usage(now, user=alice, snapshot=snap, source="browser", completion_tokens=7)
+    _usage(now, api_key=key, snapshot=snap, source="api", completion_tokens=40)  # bob's, through his key
+    _usage(now, user=bob, snapshot=snap, source="browser", completion_tokens=2)
+
+    only_bob = usage_report(user=staff, days=7, of_user=bob, now=now)
+    assert only_bob.totals["completion_tokens"] == 42
+    assert {s["source"] for s in only_bob.by_source} == {"api", "browser"}
+    assert usage_report(user=staff, days=7, of_user=alice, now=now).totals["completion_tokens"] == 7
+    # Not staff: naming someone else narrows your own usage to nothing, never widens it.
+    assert usage_report(user=alice, days=7, of_user=bob, now=now).totals["requests"] == 0
+
+
+def test_days_follow_local_midnight_and_a_clock_ahead_is_left_out(settings, alice) -> None:  # type: ignore[no-untyped-def]
+    """The day buckets are the current time zone's midnights (here UTC-5): 23:30 local on the 10th is the
+    10th, though it is already the 11th in UTC; a row stamped tomorrow is in no day."""
+    import datetime as dt
+    import zoneinfo
+
+    settings.TIME_ZONE = "America/Bogota"
+    tz = zoneinfo.ZoneInfo("America/Bogota")
+    now = dt.datetime(2026, 3, 12, 12, 0, tzinfo=tz)
+    snap = make_snapshot("org/tz", owner=alice)
+    _usage(
+        dt.datetime(2026, 3, 10, 23, 30, tzinfo=tz),
+        user=alice,
+        snapshot=snap,
+        source="browser",
+        completion_tokens=1,
+    )
+    _usage(
+        dt.datetime(2026, 3, 11, 0, 30, tzinfo=tz),
+        user=alice,
+        snapshot=snap,
+        source="browser",
+        completion_tokens=2,
+    )
+    _usage(
+        dt.datetime(2026, 3, 13, 9, 0, tzinfo=tz),
+        user=alice,
+        snapshot=snap,
+        source="browser",
+        completion_tokens=4,
+    )
+
+    report = usage_report(user=alice, days=3, now=now)
+    assert report.days == [dt.date(2026, 3, 10), dt.date(2026, 3, 11), dt.date(2026, 3, 12)]
+    assert report.tokens_by_model == [{"name": "org/tz", "values": [1, 2, 0]}]
+    assert report.requests == [1, 1, 0]

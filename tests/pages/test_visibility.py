@@ -99,4 +99,26 @@ def test_staff_see_usage_by_user(client, staff, bob, bobs_things) -> None:
     Usage.objects.create(user=bob, snapshot=bobs_things["private"], source="api", completion_tokens=4321)
     client.force_login(staff)
     html = client.get("/usage/").content.decode()
-    assert "By user" in html and ">bob<" in html
+    assert "By user" in html and ">bob</a>" in html and 'href="?days=14&amp;user=bob"' in html
+
+
+def test_staff_narrow_the_usage_page_to_one_user_and_nobody_else_can(  # type: ignore[no-untyped-def]
+    alice_client, staff, alice, bob, bobs_things
+) -> None:
+    from django.test import Client
+
+    from models_app.models import Usage
+
+    client = Client()  # alice_client is the test's `client`, logged in as alice
+
+    Usage.objects.create(user=bob, snapshot=bobs_things["private"], source="api", completion_tokens=4321)
+    Usage.objects.create(user=alice, snapshot=bobs_things["public"], source="browser", completion_tokens=55)
+    client.force_login(staff)
+    html = client.get("/usage/?days=30&user=bob").content.decode()
+    assert "bob's, last 30 days" in html and "4,321" in html and "bob/secret-model" in html
+    assert ">55<" not in html and ">alice<" not in html
+    assert 'href="?days=7&amp;user=bob"' in html  # the period links keep the filter
+    assert client.get("/usage/?user=nobody").status_code == 404
+    # For anyone else the parameter does nothing: still only their own usage.
+    mine = alice_client.get("/usage/?user=bob").content.decode()
+    assert "yours, last 14 days" in mine and "4,321" not in mine and "bob/secret-model" not in mine

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -22,7 +24,7 @@ class UsageView(ApiView):
         operation_id="usage",
         summary="Completions and tokens over the last days; yours, or everyone's for staff",
         parameters=[UsageQuerySerializer],
-        responses={200: UsageReportSerializer, **errors(400)},
+        responses={200: UsageReportSerializer, **errors(400, 403, 404)},
     )
     def get(self, request: Request) -> Response:
         query = UsageQuerySerializer(data=request.query_params.dict())  # "days=" is an error, not a default
@@ -31,8 +33,21 @@ class UsageView(ApiView):
             user=request.user,
             days=query.validated_data["days"],
             snapshot_id=query.validated_data.get("snapshot_id"),
+            of_user=_of_user(request, query.validated_data.get("user")),
         )
         return Response(_as_api(report, query.validated_data["days"]))
+
+
+def _of_user(request: Request, username: str | None):  # type: ignore[no-untyped-def]
+    """The user whose usage staff asked for. Anyone else may name only themselves."""
+    if username is None:
+        return None
+    if not request.user.is_staff and username != request.user.get_username():
+        raise PermissionDenied("Only staff can see another user's usage.")
+    try:
+        return get_user_model().objects.get(username=username)
+    except get_user_model().DoesNotExist:
+        raise NotFound(f"No user named {username!r}.") from None
 
 
 def _as_api(report: Any, days: int) -> dict[str, Any]:
