@@ -323,10 +323,24 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_PREFIX}:celery:"}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# What works on one machine's disk or memory runs on every machine (maintenance.on_every_node); the reaper and
+# the update check work on the shared database and the Hub, so once for the cluster.
 CELERY_BEAT_SCHEDULE = {
     "reap-stalled-downloads": {"task": "maintenance.reap_jobs", "schedule": 30.0},
-    "reconcile-cache": {"task": "maintenance.reconcile_cache", "schedule": 600.0},
+    "reconcile-cache": {
+        "task": "maintenance.on_every_node",
+        "args": ["maintenance.reconcile_cache"],
+        "schedule": 600.0,
+    },
     "check-updates": {"task": "maintenance.check_updates", "schedule": float(UPDATE_CHECK_INTERVAL)},
-    "clean-cache": {"task": "maintenance.clean_cache", "schedule": 3600.0},
-    "unload-idle-models": {"task": "inference.expire_idle", "schedule": 15.0},
+    "clean-cache": {
+        "task": "maintenance.on_every_node",
+        "args": ["maintenance.clean_cache"],
+        "schedule": 3600.0,
+    },
+    "unload-idle-models": {
+        "task": "maintenance.on_every_node",
+        "args": ["inference.expire_idle", "inference"],
+        "schedule": 15.0,
+    },
 }

@@ -37,8 +37,11 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
 
 
 def plan(
-    *, host: str, port: int, python: str = sys.executable, downloads_concurrency: int = 2
+    *, host: str, port: int, node: str, python: str = sys.executable, downloads_concurrency: int = 2
 ) -> list[Service]:
+    """Each worker reads the shared queues and this machine's own (`node.<node>`, `inference.<node>`), so
+    another machine running the same stack against the same Redis and database shares the work, and what
+    must run where the files are is routed there."""
     celery = [python, "-m", "celery", "-A", "dashboard"]
     return [
         Service(
@@ -66,7 +69,7 @@ def plan(
                 *celery,
                 "worker",
                 "-Q",
-                "downloads,maintenance",
+                f"downloads,maintenance,node.{node}",
                 "-c",
                 str(downloads_concurrency),
                 "-n",
@@ -78,7 +81,18 @@ def plan(
         # One inference process per host: models are big and MLX is not fork-safe, so no prefork pool.
         Service(
             "inference",
-            [*celery, "worker", "-Q", "inference", "-P", "solo", "-n", "inference@%h", "--loglevel", "INFO"],
+            [
+                *celery,
+                "worker",
+                "-Q",
+                f"inference,inference.{node}",
+                "-P",
+                "solo",
+                "-n",
+                "inference@%h",
+                "--loglevel",
+                "INFO",
+            ],
         ),
         Service("beat", [*celery, "beat", "--loglevel", "INFO"]),
     ]

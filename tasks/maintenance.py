@@ -11,6 +11,23 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
+# --- Several machines -----------------------------------------------------------------------------------------
+
+
+@shared_task(name="maintenance.on_every_node", ignore_result=True)
+def on_every_node(task_name: str, kind: str = "maintenance") -> list[str]:
+    """Beat runs once for the whole cluster, but a cache reconcile or cleanup works on one machine's disk and
+    an idle-model unload on one machine's memory: send the task to every machine's own queue of that kind
+    (the shared queue when no worker reads a node queue: one machine, workers started by hand)."""
+    from dashboard.celery import app
+    from models_app.services import workers
+
+    queues = workers.node_queues(kind) or [workers.SHARED_QUEUE[kind]]
+    for queue in queues:
+        app.send_task(task_name, queue=queue)
+    return queues
+
+
 # --- downloads ------------------------------------------------------------------------------------------------
 
 
@@ -83,5 +100,7 @@ def reconcile_on_worker_start(sender: Any, **_kwargs: Any) -> None:
         return
     # With several machines, the reconcile must run where the cache is: on this node's own queue if the
     # worker has one.
-    node_queue = f"node.{settings.NODE_NAME}"
-    reconcile_cache.apply_async(queue=node_queue if node_queue in queues else "maintenance")
+    from models_app.services.workers import node_queue
+
+    own = node_queue("maintenance", settings.NODE_NAME)
+    reconcile_cache.apply_async(queue=own if own in queues else "maintenance")

@@ -245,6 +245,12 @@ class PullCreateSerializer(serializers.Serializer):
     )
     cache = serializers.ChoiceField(choices=[], required=False, allow_blank=True, help_text="Cache root name")
     force = serializers.BooleanField(default=False, help_text="Download again even if the snapshot is ready")
+    node = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="The machine to download to, by its NODE_NAME (default: the server's own)",
+    )
     allow_patterns = serializers.ListField(
         child=StrictCharField(
             max_length=200, trim_whitespace=False, validators=[RegexValidator(GLOB_PATTERN)]

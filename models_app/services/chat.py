@@ -159,7 +159,7 @@ def post_message(
     clean_options = _options(options)
     conversation = get_conversation(user, conversation_id) if conversation_id not in (None, "") else None
     snapshot = _pick_snapshot(user, snapshot_id, conversation)
-    _ensure_worker()
+    _ensure_worker(snapshot)
     with transaction.atomic():
         if conversation is None:
             conversation = Conversation(user=user, title=DEFAULT_TITLE)
@@ -188,7 +188,7 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
     conversation = get_conversation(user, conversation_id)
     clean_options = _options(options) if options is not None else _stored_options(conversation)
     snapshot = _pick_snapshot(user, None, conversation)
-    _ensure_worker()
+    _ensure_worker(snapshot)
     with transaction.atomic():
         messages = list(conversation.messages.order_by("id"))
         if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in messages):
@@ -343,9 +343,9 @@ def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) ->
     return snapshot
 
 
-def _ensure_worker() -> None:
+def _ensure_worker(snapshot: Snapshot) -> None:
     try:
-        inference.ensure_worker()
+        inference.ensure_worker(inference.queue_for_snapshot(snapshot.id))
     except inference.InferenceUnavailable as exc:
         raise ChatError(exc.code, str(exc)) from exc
 

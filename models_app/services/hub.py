@@ -14,13 +14,14 @@ import random
 from pathlib import Path
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, jobs
+from models_app.services import hub_checks, jobs, workers
 from models_app.services.errors import (
     AUTH_REQUIRED,
     INTERNAL,
@@ -63,6 +64,24 @@ def _check_patterns(allow_patterns: list[str] | str | None) -> list[str] | None:
     return list(patterns)
 
 
+def _check_node(node: str | None) -> str:
+    """This machine, or another one whose download worker is running (it reads `node.<name>`)."""
+    if node in (None, "", settings.NODE_NAME):
+        return settings.NODE_NAME
+    try:
+        known = workers.node_queues("downloads")
+    except redis.RedisError:
+        known = []
+    if workers.node_queue("downloads", node) not in known:
+        names = ", ".join(q.removeprefix("node.") for q in known) or settings.NODE_NAME
+        raise DownloadError(
+            INVALID_REQUEST,
+            f"No download worker is running on node {node!r}.",
+            action=f"Start the workers on that machine, or pick one of: {names}.",
+        )
+    return node
+
+
 def download_model(
     repo_id: str,
     revision: str = "main",
@@ -72,9 +91,11 @@ def download_model(
     force: bool = False,
     allow_patterns: list[str] | None = None,
     user: Any = None,
+    node: str | None = None,
 ) -> DownloadJob:
-    """Queue a pull of repo_id@revision into the cache root named `cache`, or join the active job for the
-    same (repo, revision, node). Validates everything before any I/O; raises DownloadError."""
+    """Queue a pull of repo_id@revision into the cache root named `cache` of machine `node` (default: this
+    one), or join the active job for the same (repo, revision, node). Validates everything before any I/O;
+    raises DownloadError."""
     repo_id = validate_repo_id(repo_id)
     revision = validate_revision(revision)
     cache = cache or "default"
@@ -90,7 +111,7 @@ def download_model(
         raise DownloadError(
             INVALID_REQUEST, f"{repo_id} is a locally registered model, not a Hub repository."
         )
-    node = settings.NODE_NAME
+    node = _check_node(node)
     while True:
         active = DownloadJob.objects.active().filter(repository=repo, revision=revision, node=node).first()
         if active is not None:

@@ -53,6 +53,7 @@ from typing import Any
 
 import redis
 from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from models_app.services import redis as app_redis
 from models_app.services import workers
@@ -169,20 +170,31 @@ def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
 # --- Web side: enqueue, cancel, read replies ------------------------------------------------------------------
 
 
-def start_generation(request: dict[str, Any], *, queue: str = QUEUE) -> None:
-    """Enqueue a generation on the inference queue. Raises InferenceUnavailable when no live worker
-    consumes the queue (checked in Redis in about a millisecond) or when the broker is down."""
+def queue_for_snapshot(snapshot_id: int) -> str:
+    """The inference queue of the machine that holds the snapshot (the shared queue on a single machine
+    whose worker reads no node queue)."""
+    from models_app.models import Snapshot
+
+    node = Snapshot.objects.filter(id=snapshot_id).values_list("node", flat=True).first()
+    return workers.queue_for(workers.node_queue("inference", node or settings.NODE_NAME), QUEUE)
+
+
+def start_generation(request: dict[str, Any], *, queue: str | None = None) -> None:
+    """Enqueue a generation on the inference queue of the snapshot's machine. Raises InferenceUnavailable
+    when no live worker consumes the queue (checked in Redis in about a millisecond) or when the broker is
+    down."""
+    queue = queue or queue_for_snapshot(request["snapshot_id"])
     _send("inference.generate", [{**request, "enqueued_at": time.time()}], queue=queue)
 
 
 def request_load(snapshot_id: int, *, keep_alive: Any = None) -> None:
     """The Load button: warm a model on the inference worker (the caller checked the user may use it)."""
-    _send("inference.load", [snapshot_id, keep_alive])
+    _send("inference.load", [snapshot_id, keep_alive], queue=queue_for_snapshot(snapshot_id))
 
 
 def request_unload(snapshot_id: int) -> None:
     """The Unload button."""
-    _send("inference.unload", [snapshot_id])
+    _send("inference.unload", [snapshot_id], queue=queue_for_snapshot(snapshot_id))
 
 
 def ensure_worker(queue: str = QUEUE) -> None:

@@ -23,12 +23,14 @@ from django.utils import timezone
 from models_app.models import DownloadJob
 from models_app.realtime import DownloadState, publish_download
 from models_app.services import redis as app_redis
+from models_app.services import workers
 from models_app.services.errors import CANCELLED, NETWORK, DownloadError
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "downloads.download"
-# Module-level so a test can point one job at a dedicated worker's queue.
+# Shared by every machine (each also has its own, workers.node_queue). Module-level so a test can point one
+# job at a dedicated worker's queue.
 QUEUE = "downloads"
 # A queued job's message is sent again after this long without a worker taking it (see enqueued_at).
 QUEUED_RESEND_AFTER = timedelta(minutes=30)
@@ -88,7 +90,9 @@ def enqueue(job_id: int, *, countdown: float | None = None) -> None:
     DownloadJob.objects.filter(id=job_id, state=State.QUEUED).update(
         celery_task_id=task_id, enqueued_at=timezone.now()
     )
-    app.send_task(TASK_NAME, args=[job_id], task_id=task_id, queue=QUEUE, countdown=countdown)
+    node = DownloadJob.objects.filter(id=job_id).values_list("node", flat=True).first() or settings.NODE_NAME
+    queue = workers.queue_for(workers.node_queue("downloads", node), QUEUE)  # the files land on that machine
+    app.send_task(TASK_NAME, args=[job_id], task_id=task_id, queue=queue, countdown=countdown)
     with contextlib.suppress(Exception):  # a missing marker only means an earlier re-send, which is a no-op
         app_redis.client().set(_message_marker(job_id), task_id, ex=MESSAGE_MARKER_TTL)
 
@@ -142,8 +146,9 @@ def claim(job_id: int, *, task_id: str, worker_name: str) -> DownloadJob | None:
     held by a live worker."""
     now = timezone.now()
     if DownloadJob.objects.filter(id=job_id, state=State.QUEUED).exclude(node=settings.NODE_NAME).exists():
-        # The files must land in that node's cache. Until each node has a queue of its own, put the message
-        # back for another worker rather than download to the wrong machine.
+        # The files must land in that node's cache. Sent to the shared queue (that node's own queue had no
+        # live worker then, or a worker without node queues took it): put it back, routed again, rather than
+        # download to the wrong machine.
         log.warning("download job %s is for another node; sending it back to the queue", job_id)
         enqueue(job_id, countdown=WRONG_NODE_DELAY)
         return None

@@ -113,3 +113,34 @@ def live_workers() -> list[WorkerInfo]:
 
 def workers_for_queue(queue: str) -> list[WorkerInfo]:
     return [w for w in live_workers() if queue in w.queues]
+
+
+# --- Several machines -------------------------------------------------------------------------------------
+# Each machine's workers also read queues of their own: `node.<name>` (the downloads+maintenance worker:
+# downloads and the maintenance that works on that machine's cache) and `inference.<name>` (its inference
+# worker). A task that must run where the files are goes there; the shared queues stay for everything else,
+# and for workers started by hand without a node queue.
+
+SHARED_QUEUE = {"downloads": "downloads", "maintenance": "maintenance", "inference": "inference"}
+_NODE_PREFIX = {"downloads": "node.", "maintenance": "node.", "inference": "inference."}
+
+
+def node_queue(kind: str, node: str) -> str:
+    """The queue only `node`'s workers read, for "downloads", "maintenance" or "inference" tasks."""
+    return _NODE_PREFIX[kind] + node
+
+
+def queue_for(own: str, shared: str) -> str:
+    """A node's own queue when a live worker reads it, else the shared one (one machine whose workers were
+    started without node queues; or Redis not answering, which the send itself will then report)."""
+    try:
+        live = live_workers()
+    except redis.RedisError:
+        return shared
+    return own if any(own in worker.queues for worker in live) else shared
+
+
+def node_queues(kind: str) -> list[str]:
+    """The own queues of every machine with a live worker of that kind."""
+    prefix = _NODE_PREFIX[kind]
+    return sorted({q for worker in live_workers() for q in worker.queues if q.startswith(prefix)})

@@ -122,6 +122,15 @@ def test_it_refuses_someone_elses_credential_and_unknown_cache_roots(alice_api: 
         "/api/v1/pulls", {"repo_id": "org/name", "cache": "nope"}, content_type="application/json"
     )
     assert response.status_code == 400 and "cache" in error_of(response)["details"]
+    response = alice_api.post(
+        "/api/v1/pulls", {"repo_id": "org/name", "node": "nowhere"}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    error = error_of(response)
+    assert (
+        error["code"] == "invalid_request"
+        and "No download worker is running on node 'nowhere'" in error["message"]
+    )
 
 
 def test_jobs_are_visible_to_their_requester_and_staff_only(

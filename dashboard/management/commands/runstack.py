@@ -25,8 +25,9 @@ class Command(BaseCommand):
         env = dict(os.environ)
         # Children must find the same secrets and data this process found (generated into var/ on first run).
         env.setdefault("VAR_DIR", str(settings.VAR_DIR))
+        env.setdefault("NODE_NAME", settings.NODE_NAME)  # the node queues below are named after it
         stack = Stack(
-            plan(host=host, port=port, downloads_concurrency=downloads_concurrency),
+            plan(host=host, port=port, node=settings.NODE_NAME, downloads_concurrency=downloads_concurrency),
             env=env,
             var_dir=settings.VAR_DIR,
         )

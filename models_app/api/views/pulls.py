@@ -88,6 +88,7 @@ class PullListView(ApiView):
             force=data["force"],
             allow_patterns=data.get("allow_patterns") or None,
             user=request.user,
+            node=data.get("node") or None,
         )
         visible = visible_jobs(request.user).filter(pk=job.pk).first()
         body = PullSerializer(visible or job).data

@@ -39,6 +39,7 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="Pull on behalf of this user (owner of the job and credential).")
         parser.add_argument("--force", action="store_true", help="Download again even if cached.")
         parser.add_argument("--cache", help="Cache root name (default: default).")
+        parser.add_argument("--node", help="The machine to download to, by NODE_NAME (default: this one).")
         parser.add_argument("--no-wait", action="store_true", help="Queue the job and return.")
         parser.add_argument("--timeout", type=float, help="Give up waiting after this many seconds.")
 
@@ -56,6 +57,7 @@ class Command(BaseCommand):
                 cache=options["cache"],
                 force=options["force"],
                 user=user,
+                node=options["node"],
             )
         except DownloadError as exc:
             raise service_error(exc) from exc
