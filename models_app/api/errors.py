@@ -34,6 +34,7 @@ CODE_STATUS: dict[str, int] = {
     "model_not_found": 404,
     "revision_not_found": 404,
     "credential_not_found": 404,
+    "unknown_node": 404,  # like an unknown credential id: the thing named does not exist (now)
     "unknown_cache_root": 400,
     "ambiguous_revision": 400,
     "not_mlx": 422,

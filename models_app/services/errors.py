@@ -24,6 +24,7 @@ CANCELLED = "cancelled"
 INVALID_REPO_ID = "invalid_repo_id"
 INVALID_REVISION = "invalid_revision"
 INVALID_REQUEST = "invalid_request"  # a bad cache root name or allow pattern: the caller's mistake
+UNKNOWN_NODE = "unknown_node"  # a pull for a machine that runs no download worker
 INTERNAL = "internal"  # a bug of ours: never retried, the traceback is in the worker log
 
 
@@ -51,6 +52,7 @@ CODES: dict[str, _Code] = {
     INVALID_REPO_ID: _Code(False, "Use a Hub repository id like mlx-community/SmolLM2-135M-Instruct-8bit."),
     INVALID_REVISION: _Code(False, "Use a branch or tag name, or a 40-character commit SHA."),
     INVALID_REQUEST: _Code(False, "Fix the request and try again."),
+    UNKNOWN_NODE: _Code(False, "Start the workers on that machine (make run there), or pick another node."),
     INTERNAL: _Code(False, "Retry; if it happens again, report it with the worker log."),
 }
 

@@ -27,6 +27,7 @@ from models_app.services.errors import (
     INTERNAL,
     INVALID_REQUEST,
     NETWORK,
+    UNKNOWN_NODE,
     DownloadCancelled,
     DownloadError,
     classify,
@@ -75,9 +76,9 @@ def _check_node(node: str | None) -> str:
     if workers.node_queue("downloads", node) not in known:
         names = ", ".join(q.removeprefix("node.") for q in known) or settings.NODE_NAME
         raise DownloadError(
-            INVALID_REQUEST,
+            UNKNOWN_NODE,
             f"No download worker is running on node {node!r}.",
-            action=f"Start the workers on that machine, or pick one of: {names}.",
+            action=f"Start the workers on that machine (make run there), or pick one of: {names}.",
         )
     return node
 

@@ -125,10 +125,10 @@ def test_it_refuses_someone_elses_credential_and_unknown_cache_roots(alice_api: 
     response = alice_api.post(
         "/api/v1/pulls", {"repo_id": "org/name", "node": "nowhere"}, content_type="application/json"
     )
-    assert response.status_code == 400
+    assert response.status_code == 404
     error = error_of(response)
     assert (
-        error["code"] == "invalid_request"
+        error["code"] == "unknown_node"
         and "No download worker is running on node 'nowhere'" in error["message"]
     )
 

@@ -65,7 +65,7 @@ def test_a_pull_for_a_node_without_workers_is_refused_up_front(alice, node_b) ->
     name, _, _ = node_b
     with pytest.raises(DownloadError) as refused:
         hub_service.download_model("org/anything", user=alice, node="nowhere")
-    assert refused.value.code == "invalid_request"
+    assert refused.value.code == "unknown_node"
     assert "No download worker is running on node 'nowhere'" in str(refused.value)
     assert name in refused.value.action  # the nodes that can take it
 
