@@ -7,6 +7,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
@@ -15,439 +16,202 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name="ApiKey",
+            name='ApiKey',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.CharField(max_length=100)),
-                ("prefix", models.CharField(editable=False, max_length=16, unique=True)),
-                ("key_hash", models.CharField(editable=False, max_length=64, unique=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("last_used_at", models.DateTimeField(blank=True, null=True)),
-                ("revoked_at", models.DateTimeField(blank=True, null=True)),
-                (
-                    "user",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="api_keys",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=100)),
+                ('prefix', models.CharField(editable=False, max_length=16, unique=True)),
+                ('key_hash', models.CharField(editable=False, max_length=64, unique=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('last_used_at', models.DateTimeField(blank=True, null=True)),
+                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "ordering": ["-created_at"],
+                'ordering': ['-created_at'],
             },
         ),
         migrations.CreateModel(
-            name="Conversation",
+            name='Conversation',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("title", models.CharField(default="New chat", max_length=200)),
-                ("system_prompt", models.TextField(blank=True)),
-                ("settings", models.JSONField(blank=True, default=dict, help_text="Sampling options")),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("updated_at", models.DateTimeField(auto_now=True, db_index=True)),
-                (
-                    "user",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="conversations",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('title', models.CharField(default='New chat', max_length=200)),
+                ('system_prompt', models.TextField(blank=True)),
+                ('settings', models.JSONField(blank=True, default=dict, help_text='Sampling options')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('updated_at', models.DateTimeField(auto_now=True, db_index=True)),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "ordering": ["-updated_at"],
+                'ordering': ['-updated_at'],
             },
         ),
         migrations.CreateModel(
-            name="HubCredential",
+            name='HubCredential',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.CharField(max_length=100)),
-                ("token_ciphertext", models.TextField(editable=False)),
-                ("token_last4", models.CharField(editable=False, max_length=4)),
-                ("hub_username", models.CharField(blank=True, max_length=200)),
-                (
-                    "whoami",
-                    models.JSONField(blank=True, default=dict, help_text="whoami-v2 without any token field"),
-                ),
-                ("last_verified_at", models.DateTimeField(blank=True, null=True)),
-                ("last_error", models.CharField(blank=True, max_length=300)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "owner",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="hub_credentials",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=100)),
+                ('token_ciphertext', models.TextField(editable=False)),
+                ('token_last4', models.CharField(editable=False, max_length=4)),
+                ('hub_username', models.CharField(blank=True, max_length=200)),
+                ('whoami', models.JSONField(blank=True, default=dict, help_text='whoami-v2 without any token field')),
+                ('last_verified_at', models.DateTimeField(blank=True, null=True)),
+                ('last_error', models.CharField(blank=True, max_length=300)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='hub_credentials', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "ordering": ["owner", "name"],
+                'ordering': ['owner', 'name'],
             },
         ),
         migrations.CreateModel(
-            name="Message",
+            name='Message',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "role",
-                    models.CharField(
-                        choices=[("system", "System"), ("user", "User"), ("assistant", "Assistant")],
-                        max_length=10,
-                    ),
-                ),
-                ("content", models.TextField(blank=True)),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("pending", "Pending"),
-                            ("streaming", "Streaming"),
-                            ("complete", "Complete"),
-                            ("stopped", "Stopped"),
-                            ("error", "Error"),
-                        ],
-                        default="complete",
-                        max_length=10,
-                    ),
-                ),
-                ("error", models.TextField(blank=True)),
-                ("prompt_tokens", models.IntegerField(blank=True, null=True)),
-                ("completion_tokens", models.IntegerField(blank=True, null=True)),
-                ("ttft_ms", models.FloatField(blank=True, null=True)),
-                ("tokens_per_second", models.FloatField(blank=True, null=True)),
-                ("finish_reason", models.CharField(blank=True, max_length=20)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "conversation",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="messages",
-                        to="models_app.conversation",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('role', models.CharField(choices=[('system', 'System'), ('user', 'User'), ('assistant', 'Assistant')], max_length=10)),
+                ('content', models.TextField(blank=True)),
+                ('status', models.CharField(choices=[('pending', 'Pending'), ('streaming', 'Streaming'), ('complete', 'Complete'), ('stopped', 'Stopped'), ('error', 'Error')], default='complete', max_length=10)),
+                ('error', models.TextField(blank=True)),
+                ('prompt_tokens', models.IntegerField(blank=True, null=True)),
+                ('completion_tokens', models.IntegerField(blank=True, null=True)),
+                ('ttft_ms', models.FloatField(blank=True, null=True)),
+                ('tokens_per_second', models.FloatField(blank=True, null=True)),
+                ('finish_reason', models.CharField(blank=True, max_length=20)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('conversation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='models_app.conversation')),
             ],
             options={
-                "ordering": ["conversation", "id"],
+                'ordering': ['conversation', 'id'],
             },
         ),
         migrations.CreateModel(
-            name="Repository",
+            name='Repository',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "repo_id",
-                    models.CharField(
-                        help_text="org/name on the Hub, or a local model name", max_length=200, unique=True
-                    ),
-                ),
-                (
-                    "kind",
-                    models.CharField(
-                        choices=[("hub", "Hugging Face Hub"), ("local", "Local directory")],
-                        default="hub",
-                        max_length=8,
-                    ),
-                ),
-                ("private", models.BooleanField(default=False, help_text="As last seen on the Hub")),
-                ("gated", models.BooleanField(default=False, help_text="As last seen on the Hub")),
-                ("remote_sha", models.CharField(blank=True, max_length=40)),
-                ("remote_checked_at", models.DateTimeField(blank=True, null=True)),
-                ("update_available", models.BooleanField(default=False)),
-                ("update_summary", models.JSONField(blank=True, default=dict)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
-                (
-                    "owner",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="repositories",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('repo_id', models.CharField(help_text='org/name on the Hub, or a local model name', max_length=200, unique=True)),
+                ('kind', models.CharField(choices=[('hub', 'Hugging Face Hub'), ('local', 'Local directory')], default='hub', max_length=8)),
+                ('private', models.BooleanField(default=False, help_text='As last seen on the Hub')),
+                ('gated', models.BooleanField(default=False, help_text='As last seen on the Hub')),
+                ('remote_sha', models.CharField(blank=True, max_length=40)),
+                ('remote_checked_at', models.DateTimeField(blank=True, null=True)),
+                ('update_available', models.BooleanField(default=False)),
+                ('update_summary', models.JSONField(blank=True, default=dict)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
+                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='repositories', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "verbose_name_plural": "repositories",
-                "ordering": ["repo_id"],
+                'verbose_name_plural': 'repositories',
+                'ordering': ['repo_id'],
             },
         ),
         migrations.CreateModel(
-            name="Snapshot",
+            name='Snapshot',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("commit_sha", models.CharField(max_length=40)),
-                (
-                    "ref",
-                    models.CharField(
-                        blank=True, help_text="The revision it was pulled as (main, a tag...)", max_length=200
-                    ),
-                ),
-                ("node", models.CharField(max_length=200)),
-                ("cache_root", models.CharField(default="default", max_length=32)),
-                ("path", models.CharField(blank=True, max_length=1024)),
-                ("size_bytes", models.BigIntegerField(default=0)),
-                (
-                    "files",
-                    models.JSONField(blank=True, default=list, help_text="[{path, size, blob_id, sha256?}]"),
-                ),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("downloading", "Downloading"),
-                            ("ready", "Ready"),
-                            ("invalid", "Failed verification"),
-                            ("missing", "Files missing"),
-                            ("deleted", "Deleted"),
-                        ],
-                        db_index=True,
-                        default="downloading",
-                        max_length=12,
-                    ),
-                ),
-                ("model_type", models.CharField(blank=True, max_length=64)),
-                ("context_length", models.IntegerField(blank=True, null=True)),
-                ("downloaded_at", models.DateTimeField(blank=True, null=True)),
-                ("verified_at", models.DateTimeField(blank=True, null=True)),
-                ("last_used_at", models.DateTimeField(blank=True, db_index=True, null=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
-                (
-                    "repository",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="snapshots",
-                        to="models_app.repository",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('commit_sha', models.CharField(max_length=40)),
+                ('ref', models.CharField(blank=True, help_text='The revision it was pulled as (main, a tag...)', max_length=200)),
+                ('node', models.CharField(max_length=200)),
+                ('cache_root', models.CharField(default='default', max_length=32)),
+                ('path', models.CharField(blank=True, max_length=1024)),
+                ('size_bytes', models.BigIntegerField(default=0)),
+                ('files', models.JSONField(blank=True, default=list, help_text='[{path, size, blob_id, sha256?}]')),
+                ('status', models.CharField(choices=[('downloading', 'Downloading'), ('ready', 'Ready'), ('invalid', 'Failed verification'), ('missing', 'Files missing'), ('deleted', 'Deleted')], db_index=True, default='downloading', max_length=12)),
+                ('model_type', models.CharField(blank=True, max_length=64)),
+                ('context_length', models.IntegerField(blank=True, null=True)),
+                ('downloaded_at', models.DateTimeField(blank=True, null=True)),
+                ('verified_at', models.DateTimeField(blank=True, null=True)),
+                ('last_used_at', models.DateTimeField(blank=True, db_index=True, null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
+                ('repository', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='snapshots', to='models_app.repository')),
             ],
             options={
-                "ordering": ["repository__repo_id", "-created_at"],
+                'ordering': ['repository__repo_id', '-created_at'],
             },
         ),
         migrations.CreateModel(
-            name="DownloadJob",
+            name='DownloadJob',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("revision", models.CharField(default="main", max_length=200)),
-                ("node", models.CharField(max_length=200)),
-                ("cache_root", models.CharField(default="default", max_length=32)),
-                ("force", models.BooleanField(default=False)),
-                ("allow_patterns", models.JSONField(blank=True, null=True)),
-                (
-                    "state",
-                    models.CharField(
-                        choices=[
-                            ("queued", "Queued"),
-                            ("running", "Running"),
-                            ("succeeded", "Succeeded"),
-                            ("failed", "Failed"),
-                            ("cancelled", "Cancelled"),
-                        ],
-                        db_index=True,
-                        default="queued",
-                        max_length=10,
-                    ),
-                ),
-                ("commit_sha", models.CharField(blank=True, max_length=40)),
-                ("bytes_done", models.BigIntegerField(default=0)),
-                ("bytes_total", models.BigIntegerField(default=0)),
-                ("files_done", models.IntegerField(default=0)),
-                ("files_total", models.IntegerField(default=0)),
-                ("current_file", models.CharField(blank=True, max_length=500)),
-                ("speed_bps", models.FloatField(default=0)),
-                ("attempts", models.IntegerField(default=0)),
-                ("error_code", models.CharField(blank=True, max_length=32)),
-                ("error_message", models.TextField(blank=True)),
-                ("cancel_requested", models.BooleanField(default=False)),
-                ("celery_task_id", models.CharField(blank=True, max_length=64)),
-                (
-                    "worker",
-                    models.CharField(
-                        blank=True, help_text="Celery hostname of the worker running it", max_length=200
-                    ),
-                ),
-                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
-                ("started_at", models.DateTimeField(blank=True, null=True)),
-                ("finished_at", models.DateTimeField(blank=True, null=True)),
-                (
-                    "requested_by",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="download_jobs",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "credential",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="jobs",
-                        to="models_app.hubcredential",
-                    ),
-                ),
-                (
-                    "repository",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="jobs",
-                        to="models_app.repository",
-                    ),
-                ),
-                (
-                    "snapshot",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="jobs",
-                        to="models_app.snapshot",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('revision', models.CharField(default='main', max_length=200)),
+                ('node', models.CharField(max_length=200)),
+                ('cache_root', models.CharField(default='default', max_length=32)),
+                ('force', models.BooleanField(default=False)),
+                ('allow_patterns', models.JSONField(blank=True, null=True)),
+                ('state', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], db_index=True, default='queued', max_length=10)),
+                ('commit_sha', models.CharField(blank=True, max_length=40)),
+                ('bytes_done', models.BigIntegerField(default=0)),
+                ('bytes_total', models.BigIntegerField(default=0)),
+                ('files_done', models.IntegerField(default=0)),
+                ('files_total', models.IntegerField(default=0)),
+                ('current_file', models.CharField(blank=True, max_length=500)),
+                ('speed_bps', models.FloatField(default=0)),
+                ('attempts', models.IntegerField(default=0)),
+                ('error_code', models.CharField(blank=True, max_length=32)),
+                ('error_message', models.TextField(blank=True)),
+                ('cancel_requested', models.BooleanField(default=False)),
+                ('celery_task_id', models.CharField(blank=True, max_length=64)),
+                ('worker', models.CharField(blank=True, help_text='Celery hostname of the worker running it', max_length=200)),
+                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
+                ('started_at', models.DateTimeField(blank=True, null=True)),
+                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='download_jobs', to=settings.AUTH_USER_MODEL)),
+                ('credential', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='jobs', to='models_app.hubcredential')),
+                ('repository', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to='models_app.repository')),
+                ('snapshot', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='jobs', to='models_app.snapshot')),
             ],
             options={
-                "ordering": ["-created_at"],
+                'ordering': ['-created_at'],
             },
         ),
         migrations.AddField(
-            model_name="conversation",
-            name="snapshot",
-            field=models.ForeignKey(
-                blank=True,
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="conversations",
-                to="models_app.snapshot",
-            ),
+            model_name='conversation',
+            name='snapshot',
+            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='conversations', to='models_app.snapshot'),
         ),
         migrations.CreateModel(
-            name="Usage",
+            name='Usage',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("request_id", models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
-                ("source", models.CharField(choices=[("browser", "Browser"), ("api", "API")], max_length=8)),
-                ("prompt_tokens", models.IntegerField(default=0)),
-                (
-                    "cached_tokens",
-                    models.IntegerField(default=0, help_text="Prompt tokens served from the prompt cache"),
-                ),
-                ("completion_tokens", models.IntegerField(default=0)),
-                ("ttft_ms", models.FloatField(blank=True, null=True)),
-                ("tokens_per_second", models.FloatField(blank=True, null=True)),
-                ("peak_memory_bytes", models.BigIntegerField(blank=True, null=True)),
-                ("finish_reason", models.CharField(blank=True, max_length=20)),
-                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
-                (
-                    "api_key",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="usage",
-                        to="models_app.apikey",
-                    ),
-                ),
-                (
-                    "snapshot",
-                    models.ForeignKey(
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="usage",
-                        to="models_app.snapshot",
-                    ),
-                ),
-                (
-                    "user",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="usage",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('request_id', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                ('source', models.CharField(choices=[('browser', 'Browser'), ('api', 'API')], max_length=8)),
+                ('prompt_tokens', models.IntegerField(default=0)),
+                ('cached_tokens', models.IntegerField(default=0, help_text='Prompt tokens served from the prompt cache')),
+                ('completion_tokens', models.IntegerField(default=0)),
+                ('ttft_ms', models.FloatField(blank=True, null=True)),
+                ('tokens_per_second', models.FloatField(blank=True, null=True)),
+                ('peak_memory_bytes', models.BigIntegerField(blank=True, null=True)),
+                ('finish_reason', models.CharField(blank=True, max_length=20)),
+                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
+                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='usage', to='models_app.apikey')),
+                ('snapshot', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='usage', to='models_app.snapshot')),
+                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='usage', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "verbose_name_plural": "usage",
-                "ordering": ["-created_at"],
+                'verbose_name_plural': 'usage',
+                'ordering': ['-created_at'],
             },
         ),
         migrations.AddConstraint(
-            model_name="hubcredential",
-            constraint=models.UniqueConstraint(
-                fields=("owner", "name"), name="unique_credential_name_per_owner"
-            ),
+            model_name='hubcredential',
+            constraint=models.UniqueConstraint(fields=('owner', 'name'), name='unique_credential_name_per_owner'),
         ),
         migrations.AddConstraint(
-            model_name="snapshot",
-            constraint=models.UniqueConstraint(
-                fields=("repository", "commit_sha", "node", "cache_root"),
-                name="one_snapshot_per_commit_node_root",
-            ),
+            model_name='snapshot',
+            constraint=models.UniqueConstraint(fields=('repository', 'commit_sha', 'node', 'cache_root'), name='one_snapshot_per_commit_node_root'),
         ),
         migrations.AddConstraint(
-            model_name="downloadjob",
-            constraint=models.UniqueConstraint(
-                condition=models.Q(("state__in", ["queued", "running"])),
-                fields=("repository", "revision", "node"),
-                name="one_active_job_per_repo_revision_node",
-            ),
+            model_name='downloadjob',
+            constraint=models.UniqueConstraint(condition=models.Q(('state__in', ['queued', 'running'])), fields=('repository', 'revision', 'node'), name='one_active_job_per_repo_revision_node'),
         ),
         migrations.AddIndex(
-            model_name="usage",
-            index=models.Index(fields=["snapshot", "created_at"], name="models_app__snapsho_c0b3ef_idx"),
+            model_name='usage',
+            index=models.Index(fields=['snapshot', 'created_at'], name='models_app__snapsho_c0b3ef_idx'),
         ),
         migrations.AddIndex(
-            model_name="usage",
-            index=models.Index(fields=["user", "created_at"], name="models_app__user_id_0fff7a_idx"),
+            model_name='usage',
+            index=models.Index(fields=['user', 'created_at'], name='models_app__user_id_0fff7a_idx'),
         ),
     ]

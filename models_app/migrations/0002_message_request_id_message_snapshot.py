@@ -5,25 +5,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("models_app", "0001_initial"),
+        ('models_app', '0001_initial'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="message",
-            name="request_id",
+            model_name='message',
+            name='request_id',
             field=models.UUIDField(blank=True, db_index=True, null=True),
         ),
         migrations.AddField(
-            model_name="message",
-            name="snapshot",
-            field=models.ForeignKey(
-                blank=True,
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="messages",
-                to="models_app.snapshot",
-            ),
+            model_name='message',
+            name='snapshot',
+            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='messages', to='models_app.snapshot'),
         ),
     ]

@@ -4,14 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("models_app", "0002_message_request_id_message_snapshot"),
+        ('models_app', '0002_message_request_id_message_snapshot'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="downloadjob",
-            name="enqueued_at",
+            model_name='downloadjob',
+            name='enqueued_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]
