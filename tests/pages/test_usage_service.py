@@ -95,27 +95,12 @@ def test_days_follow_local_midnight_and_a_clock_ahead_is_left_out(settings, alic
     tz = zoneinfo.ZoneInfo("America/Bogota")
     now = dt.datetime(2026, 3, 12, 12, 0, tzinfo=tz)
     snap = make_snapshot("org/tz", owner=alice)
-    _usage(
-        dt.datetime(2026, 3, 10, 23, 30, tzinfo=tz),
-        user=alice,
-        snapshot=snap,
-        source="browser",
-        completion_tokens=1,
-    )
-    _usage(
-        dt.datetime(2026, 3, 11, 0, 30, tzinfo=tz),
-        user=alice,
-        snapshot=snap,
-        source="browser",
-        completion_tokens=2,
-    )
-    _usage(
-        dt.datetime(2026, 3, 13, 9, 0, tzinfo=tz),
-        user=alice,
-        snapshot=snap,
-        source="browser",
-        completion_tokens=4,
-    )
+    for when, tokens in (
+        (dt.datetime(2026, 3, 10, 23, 30, tzinfo=tz), 1),
+        (dt.datetime(2026, 3, 11, 0, 30, tzinfo=tz), 2),
+        (dt.datetime(2026, 3, 13, 9, 0, tzinfo=tz), 4),  # tomorrow
+    ):
+        _usage(when, user=alice, snapshot=snap, source="browser", completion_tokens=tokens)
 
     report = usage_report(user=alice, days=3, now=now)
     assert report.days == [dt.date(2026, 3, 10), dt.date(2026, 3, 11), dt.date(2026, 3, 12)]
