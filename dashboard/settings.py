@@ -342,5 +342,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "maintenance.on_every_node",
         "args": ["inference.expire_idle", "inference"],
         "schedule": 15.0,
+        # Sent out from an inference worker: the maintenance one may be busy with downloads for minutes.
+        "options": {"queue": "inference"},
     },
 }
