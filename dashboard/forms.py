@@ -12,7 +12,7 @@ from django.conf import settings
 from django.urls import reverse
 
 from models_app.models import HubCredential, Snapshot
-from models_app.services import errors
+from models_app.services import errors, workers
 from models_app.services.errors import DownloadError
 from models_app.services.validation import parse_hub_url, validate_revision
 
@@ -115,11 +115,27 @@ class PullForm(PagesForm):
         help_text="Optional glob patterns, one per line. Empty: every file.",
     )
     force = forms.BooleanField(label="Download again even if the files are cached", required=False)
+    node = forms.ChoiceField(
+        label="Machine",
+        required=False,
+        help_text="Where the model is stored and run. Only machines whose workers are running are listed.",
+    )
 
     def __init__(self, *args: Any, user, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         # Only the user's own tokens: a credential id from another user is "not a valid choice".
         self.fields["credential"].queryset = HubCredential.objects.filter(owner=user).order_by("name")
+        # This machine first, then every other one with a live download worker (the page shows the choice
+        # only when there is one to make).
+        others = [n for n in workers.node_names("downloads") if n != settings.NODE_NAME]
+        self.fields["node"].choices = [(settings.NODE_NAME, f"{settings.NODE_NAME} (this one)")] + [
+            (n, n) for n in others
+        ]
+        self.fields["node"].initial = settings.NODE_NAME
+
+    @property
+    def several_nodes(self) -> bool:
+        return len(self.fields["node"].choices) > 1
 
     def clean_allow_patterns(self) -> list[str] | None:
         text = self.cleaned_data.get("allow_patterns") or ""

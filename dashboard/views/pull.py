@@ -37,11 +37,16 @@ def pull(request: HttpRequest) -> HttpResponse:
                     force=data["force"],
                     allow_patterns=data["allow_patterns"],
                     user=user,
+                    node=data["node"] or None,
                 )
                 messages.success(request, f"Pulling {repo_id}@{revision}.")
                 return redirect(f"/downloads/?job={job.id}#job-{job.id}")
             plan = plan_pull(
-                repo_id, revision, credential=data["credential"], allow_patterns=data["allow_patterns"]
+                repo_id,
+                revision,
+                credential=data["credential"],
+                allow_patterns=data["allow_patterns"],
+                node=data["node"] or None,
             )
         except DownloadError as err:
             form.add_download_error(err, repo_id)

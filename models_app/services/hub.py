@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, close_old_connections, transaction
@@ -69,12 +68,9 @@ def _check_node(node: str | None) -> str:
     """This machine, or another one whose download worker is running (it reads `node.<name>`)."""
     if node in (None, "", settings.NODE_NAME):
         return settings.NODE_NAME
-    try:
-        known = workers.node_queues("downloads")
-    except redis.RedisError:
-        known = []
-    if workers.node_queue("downloads", node) not in known:
-        names = ", ".join(q.removeprefix("node.") for q in known) or settings.NODE_NAME
+    known = workers.node_names("downloads")
+    if node not in known:
+        names = ", ".join(known) or settings.NODE_NAME
         raise DownloadError(
             UNKNOWN_NODE,
             f"No download worker is running on node {node!r}.",

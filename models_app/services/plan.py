@@ -71,6 +71,9 @@ class PullPlan:
     model_type: str
     memory: MemoryVerdict
     warnings: list[str] = field(default_factory=list)
+    # Another machine's pull: its disk and cache are not visible from here; its worker checks the disk
+    # before writing a byte (disk_full), so the plan does not claim either way.
+    remote_node: str = ""
 
     @property
     def to_download_bytes(self) -> int:
@@ -82,7 +85,7 @@ class PullPlan:
 
     @property
     def disk_ok(self) -> bool:
-        return self.free_after_bytes >= settings.DOWNLOAD_DISK_RESERVE
+        return bool(self.remote_node) or self.free_after_bytes >= settings.DOWNLOAD_DISK_RESERVE
 
     @property
     def can_start(self) -> bool:
@@ -194,11 +197,14 @@ def plan_pull(
     credential: HubCredential | None = None,
     cache: str | None = None,
     allow_patterns: list[str] | None = None,
+    node: str | None = None,
 ) -> PullPlan:
     """What pulling repo_id@revision would download, whether it fits on disk and in memory, and whether
-    mlx-lm can load it. Raises DownloadError (auth_required, gated, not_found, revision_not_found, network...)."""
+    mlx-lm can load it. Raises DownloadError (auth_required, gated, not_found, revision_not_found, network...).
+    For another machine (`node`), what is cached there and its free disk are left to its worker."""
     cache = cache or "default"
     root = cache_root_path(cache)
+    remote_node = node if node not in (None, "", settings.NODE_NAME) else ""
     token = _token(credential)
     try:
         info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
@@ -215,7 +221,9 @@ def plan_pull(
         raise errors.classify(exc, repo_id, has_token=token is not None) from exc
 
     repo_dir = repo_path(root, repo_id)
-    files = [PlanFile(s.rfilename, s.size or 0, _blob_cached(repo_dir, s)) for s in siblings]
+    files = [
+        PlanFile(s.rfilename, s.size or 0, not remote_node and _blob_cached(repo_dir, s)) for s in siblings
+    ]
     total = sum(f.size for f in files)
     cached = sum(f.size for f in files if f.cached)
     is_mlx, reason = mlx_check(config, paths)
@@ -230,11 +238,12 @@ def plan_pull(
         files=files,
         total_bytes=total,
         cached_bytes=cached,
-        disk_free_bytes=disk_usage(root)["free"],
+        disk_free_bytes=0 if remote_node else disk_usage(root)["free"],
         is_mlx=is_mlx,
         mlx_reason=reason,
         model_type=str((config or {}).get("model_type") or ""),
         memory=memory_verdict(config or {}, weights),
+        remote_node=remote_node,
     )
     if not plan.disk_ok:
         plan.warnings.append("Not enough free disk space: free some (delete unused models) first.")

@@ -144,3 +144,12 @@ def node_queues(kind: str) -> list[str]:
     """The own queues of every machine with a live worker of that kind."""
     prefix = _NODE_PREFIX[kind]
     return sorted({q for worker in live_workers() for q in worker.queues if q.startswith(prefix)})
+
+
+def node_names(kind: str) -> list[str]:
+    """The machines with a live worker of that kind reading its own queue; [] when Redis is not answering."""
+    try:
+        queues = node_queues(kind)
+    except redis.RedisError:
+        return []
+    return [q.removeprefix(_NODE_PREFIX[kind]) for q in queues]

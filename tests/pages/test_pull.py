@@ -65,6 +65,38 @@ def test_start_creates_the_job_and_goes_to_downloads(alice_client, alice, tiny_r
     assert response["Location"] == f"/downloads/?job={job.id}#job-{job.id}"
 
 
+def test_with_a_second_machine_the_page_offers_it_and_its_plan_leaves_the_disk_to_it(  # type: ignore[no-untyped-def]
+    alice_client, settings, tiny_repo: str
+) -> None:
+    """One machine: no choice to make, no field. A second machine's download worker (its presence, in a Redis
+    prefix of this test's own) adds the field; its plan leaves disk and cache to that machine's worker."""
+    import time
+
+    from models_app.services import workers
+
+    settings.REDIS_PREFIX = f"mlxcr-test-pull-nodes-{time.monotonic_ns()}"
+    assert 'name="node"' not in alice_client.get("/pull/").content.decode()
+
+    workers.beat_once(
+        hostname="downloads@box-b", queues=["downloads", "maintenance", "node.box-b"], started_at=0
+    )
+    html = alice_client.get("/pull/").content.decode()
+    assert 'name="node"' in html and f"{settings.NODE_NAME} (this one)" in html and ">box-b<" in html
+
+    remote = preview(alice_client, repo=tiny_repo, node="box-b").content.decode()
+    assert "to download on box-b" in remote and "free after" not in remote
+    assert "disabled" not in remote.split('value="start"')[1].split(">")[0]  # its worker checks the disk
+    assert "free after" in preview(alice_client, repo=tiny_repo).content.decode()  # this machine: measured
+
+    response = alice_client.post(
+        "/pull/", {"repo": tiny_repo, "revision": "main", "node": "box-b", "action": "start"}
+    )
+    assert response.status_code == 302
+    assert DownloadJob.objects.get(repository__repo_id=tiny_repo).node == "box-b"
+    gone = preview(alice_client, repo=tiny_repo, node="box-c")  # not a live machine
+    assert gone.status_code == 400 and "Select a valid choice" in field_error(gone.content.decode(), "node")
+
+
 @pytest.mark.parametrize("bad", ["not a repo", "a/b/c", "../etc", "x" * 300])
 def test_it_rejects_bad_repo_id_next_to_the_field(alice_client, db, bad: str) -> None:
     response = preview(alice_client, repo=bad)
