@@ -40,6 +40,10 @@ TOKEN_PATTERN = r"^[!-~]{1,500}$"
 GLOB_PATTERN = r"^[ -~]{1,200}$"
 # Something besides spaces, and no NUL (DRF refuses those): what a name field takes.
 NAME_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+# What Django's username validator accepts: a usage filter naming anything else can name no user.
+USERNAME_PATTERN = r"^[\w.@+-]+$"
+# No NUL (DRF refuses those): a node is looked up among the live ones, any other text is unknown_node.
+NODE_PATTERN = r"^[^\x00]*$"
 
 
 # --- Errors -----------------------------------------------------------------------------------------------------
@@ -249,6 +253,7 @@ class PullCreateSerializer(serializers.Serializer):
         required=False,
         allow_blank=True,
         max_length=200,
+        validators=[RegexValidator(NODE_PATTERN)],
         help_text="The machine to download to, by its NODE_NAME (default: the server's own)",
     )
     allow_patterns = serializers.ListField(
@@ -310,7 +315,10 @@ class UsageQuerySerializer(serializers.Serializer):
     days = serializers.IntegerField(default=14, min_value=1, max_value=366)
     snapshot_id = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**63 - 1)
     user = StrictCharField(
-        required=False, max_length=150, help_text="Staff: only this user's usage (a username)"
+        required=False,
+        max_length=150,
+        validators=[RegexValidator(USERNAME_PATTERN)],
+        help_text="Staff: only this user's usage (a username)",
     )
 
 
