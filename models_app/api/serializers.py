@@ -38,8 +38,11 @@ REVISION_PATTERN = r"^[A-Za-z0-9_+=]([A-Za-z0-9_+=-]|[.][A-Za-z0-9_+=-]|/[A-Za-z
 # Printable ASCII without spaces, as credentials._clean_token requires.
 TOKEN_PATTERN = r"^[!-~]{1,500}$"
 GLOB_PATTERN = r"^[ -~]{1,200}$"
-# Something besides spaces, and no NUL (DRF refuses those): what a name field takes.
-NAME_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+# Something besides spaces, and no NUL (DRF refuses those): what a name field takes. The spaces are spelled
+# out, exactly what str.strip() removes (DRF trims with it): `\s` means fewer characters to an ECMA-style
+# reader of the schema (no U+0085, U+001C-U+001F), so a name of U+0085 alone looked valid and was blank here.
+_PY_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NAME_PATTERN = rf"^[^\x00]*[^{_PY_SPACE}\x00][^\x00]*$"
 # What Django's username validator accepts: a usage filter naming anything else can name no user.
 USERNAME_PATTERN = r"^[\w.@+-]+$"
 # No NUL (DRF refuses those): a node is looked up among the live ones, any other text is unknown_node.

@@ -48,6 +48,21 @@ def test_a_name_is_measured_as_sent_not_after_trimming(alice_api: KeyClient) -> 
     assert padded.status_code == 201 and padded.json()["name"] == "laptop"
 
 
+def test_the_schemas_name_pattern_refuses_exactly_what_trimming_leaves_blank(alice_api: KeyClient) -> None:
+    """The schema spells the spaces out: to an ECMA-style reader `\\s` misses U+0085 and U+001C-U+001F, which
+    DRF's trimming removes, so such a name looked valid to schemathesis and was blank here."""
+    import re
+
+    from models_app.api.serializers import NAME_PATTERN
+
+    spaces = [chr(i) for i in range(0x110000) if chr(i).isspace()]
+    assert not any(re.match(NAME_PATTERN, space * 2) for space in spaces)
+    assert re.match(NAME_PATTERN, "\x85laptop\u3000") and re.match(NAME_PATTERN, "\ufeff")
+    for blank in ("\x85", "\x1c\x1f", "\u3000"):
+        response = alice_api.post("/api/v1/keys", {"name": blank}, content_type="application/json")
+        assert response.status_code == 400, repr(blank)
+
+
 def test_a_revoked_key_is_refused_at_once(alice_api: KeyClient) -> None:
     me = alice_api.get("/api/v1/keys").json()["results"][0]
     assert alice_api.get("/api/v1/models").status_code == 200
