@@ -38,13 +38,16 @@ async def chat(url: str, origin: str, cookie: str, request: dict[str, Any], *, l
         accepted = json.loads(await asyncio.wait_for(ws.recv(), 30))
         assert accepted["type"] == "chat.accepted", accepted
         frames: list[dict[str, Any]] = []
+        first_delta_at = None
         while True:
             frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
             if frame.get("request_id") != accepted["request_id"]:
                 continue
             frames.append(frame)
+            if frame["type"] == "chat.delta" and first_delta_at is None:
+                first_delta_at = time.time()
             if frame["type"] in ("chat.done", "chat.error") or (leave and frame["type"] == "chat.delta"):
-                return {"accepted": accepted, "frames": frames, "ended_at": time.time()}
+                return {"accepted": accepted, "frames": frames, "first_delta_at": first_delta_at}
 
 
 @pytest.mark.usefixtures("download_worker", "inference_worker")
@@ -54,7 +57,7 @@ def test_twenty_streams_at_once_with_a_download_running(
     tiny = make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
     slow = make_snapshot(slow_model_path, repo_id="test/slow")
     repo_id, _ = publish("during-chat", extra={"padding.bin": os.urandom(2_000_000)})
-    hub.faults.throttle(1_000_000, pattern="padding.bin")
+    hub.faults.throttle(500_000, pattern="padding.bin")  # ~4 s of download
     log_start = len(inference_worker.log())
     cookies = {}
     for name in ("alice", "bob"):
@@ -78,10 +81,11 @@ def test_twenty_streams_at_once_with_a_download_running(
         return await asyncio.gather(*clients)
 
     results = asyncio.run(scenario())
-    # The chats really ran alongside the download: it was still going when the first answer was complete.
+    # The chats really ran alongside the download: it was still going when the first tokens streamed. (Not
+    # "when the first answer was complete": on a loaded machine that came 0.1 s after the download ended.)
     finished = wait_job(download)
     assert (finished.state, finished.error_code) == ("succeeded", ""), finished.error_message
-    assert finished.finished_at.timestamp() > min(r["ended_at"] for r in results)
+    assert finished.finished_at.timestamp() > min(r["first_delta_at"] for r in results if r["first_delta_at"])
 
     for result in results[:STAYING]:
         frames = result["frames"]
