@@ -2,7 +2,7 @@
 
     python -m bench                       # everything (~10-15 min on 2 CPU cores)
     python -m bench --only chat,openai    # some sections: downloads, chat, multiturn, openai, pages
-    python -m bench --model real          # chat on /work/shared/models/SmolLM2-135M-Instruct-mlx
+    python -m bench --model real          # chat on ../shared/models/SmolLM2-135M-Instruct-mlx (beside the repo)
 
 Prints a markdown table of figures and ratios, and writes var/bench/bench-<UTC time>.json and latest.json.
 Nothing here asserts a time: a missed target is a "no" in the table, never a failure.
@@ -25,7 +25,9 @@ from bench.stack import ROOT, MlxServer, Product
 
 OUT_DIR = ROOT / "var" / "bench"
 SECTIONS = ("downloads", "chat", "multiturn", "openai", "pages")
-REAL_MODEL = Path("/work/shared/models/SmolLM2-135M-Instruct-mlx")
+# The real model lies beside the repository in a development checkout (../shared/models); a user's clone has
+# none, and `--model DIR` takes any local MLX model instead.
+REAL_MODEL = ROOT.parent / "shared" / "models" / "SmolLM2-135M-Instruct-mlx"
 CHAT_REPO = "bench/chat-model"
 _started = time.monotonic()
 
@@ -88,7 +90,9 @@ def chat_model_dir(choice: str, models_root: Path) -> Path:
         return models.chat_model(models_root, models.SHAPES[choice])
     if choice == "real":
         if not REAL_MODEL.is_dir():
-            raise SystemExit(f"--model real: {REAL_MODEL} is not here; use the generated model")
+            raise SystemExit(
+                f"--model real: {REAL_MODEL} is not here; use the generated model or --model DIR (a local MLX model)"
+            )
         return REAL_MODEL
     path = Path(choice).expanduser().resolve()
     if not (path / "config.json").is_file():

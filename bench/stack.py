@@ -206,10 +206,12 @@ class Product:
     def start(self, *, inference: bool = True, downloads: bool = True) -> None:
         """Web and workers with the argv `manage.py runstack` uses (beat left out: its periodic reconcile and
         update checks would land at random points of the measurements)."""
+        from django.conf import settings
+
         from dashboard.stack import plan
 
         wanted = {"web"} | ({"inference"} if inference else set()) | ({"downloads"} if downloads else set())
-        for service in plan(host="127.0.0.1", port=self.port):
+        for service in plan(host="127.0.0.1", port=self.port, node=settings.NODE_NAME):
             if service.name in wanted:
                 self.children.append(
                     Child(service.name, service.argv, env={**self.env, **service.env}, log_dir=self.log_dir)
