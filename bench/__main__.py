@@ -3,6 +3,7 @@
     python -m bench                       # everything (~10-15 min on 2 CPU cores)
     python -m bench --only chat,openai    # some sections: downloads, chat, multiturn, openai, pages
     python -m bench --model real          # chat on ../shared/models/SmolLM2-135M-Instruct-mlx (beside the repo)
+    python -m bench --smoke               # CI: every section on tiny inputs; exit 1 if any product row broke
 
 Prints a markdown table of figures and ratios, and writes var/bench/bench-<UTC time>.json and latest.json.
 Nothing here asserts a time: a missed target is a "no" in the table, never a failure.
@@ -76,7 +77,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="a smoke run: short prompts and answers (figures not comparable)"
     )
     parser.add_argument("--keep", action="store_true", help="keep var/bench/run/ (HF cache, hub, logs)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI's check that the benchmark still runs: --quick, the tiny model, small downloads, one round; "
+        "exits 1 when any product row could not be measured (figures not comparable)",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick = True
+        args.rounds = 1
+        if args.model == "generated":
+            args.model = models.TINY.name
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(args.only) - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
@@ -115,7 +127,16 @@ def main(argv: list[str]) -> int:
         chat_model_dir(args.model, models_root) if {"chat", "multiturn", "openai"} & set(args.only) else None
     )
     cases_dirs = []
-    if "downloads" in args.only:
+    if "downloads" in args.only and args.smoke:
+        cases_dirs = [
+            (
+                "one small safetensors file (tiny shape, bf16)",
+                "bench/tiny-bf16",
+                models.big_model(models_root, models.TINY),
+            ),
+            ("20 files of 50 kB", "bench/some-small-files", models.sharded_model(models_root, files=20)),
+        ]
+    elif "downloads" in args.only:
         cases_dirs = [
             (
                 "one 988 MB safetensors file (Qwen2.5-0.5B bf16 shape)",
@@ -245,7 +266,19 @@ def main(argv: list[str]) -> int:
     print()
     print(table)
     print(f"\nSaved {path.relative_to(ROOT)} and var/bench/latest.json; logs in {run_dir.relative_to(ROOT)}/")
-    return 0
+    return smoke_verdict(sections) if args.smoke else 0
+
+
+def smoke_verdict(sections: list[Section]) -> int:
+    """1 when a section broke or a row could not be measured: the benchmark itself is broken."""
+    broken = [f"{s.name}: {s.error}" for s in sections if s.error]
+    broken += [f"{row.benchmark}: {row.unavailable}" for s in sections for row in s.rows if row.unavailable]
+    for line in broken:
+        say(f"smoke: not measured: {line}")
+    say(
+        f"smoke: {'FAILED' if broken else 'ok'} ({len(broken)} broken of {sum(len(s.rows) for s in sections)} rows)"
+    )
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

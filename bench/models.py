@@ -85,7 +85,23 @@ QWEN25_05B = Shape(
     rms_norm_eps=1e-6,
     max_position_embeddings=32768,
 )
-SHAPES = {s.name: s for s in (SMOLLM2_135M, QWEN25_05B)}
+# The fast model: small enough to make hundreds of tokens/s on a laptop CPU, where every per-request and
+# per-token cost of the product shows (a 10 tokens/s model hides them). Same tokenizer and steering.
+TINY = Shape(
+    name="tiny",
+    model_type="llama",
+    architecture="LlamaForCausalLM",
+    hidden_size=128,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=256,
+    vocab_size=1024,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=4096,
+)
+SHAPES = {s.name: s for s in (SMOLLM2_135M, QWEN25_05B, TINY)}
 
 
 def config_for(shape: Shape, tokenizer_ids: dict[str, int], *, torch_dtype: str) -> dict[str, Any]:
