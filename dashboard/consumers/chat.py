@@ -46,9 +46,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await sync_to_async(chat.cancel_quietly, thread_sensitive=False)(request_id)
         self.watches.clear()
 
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        # A frame that is not JSON text is the client's mistake: say so and keep the socket open (channels'
+        # own decoding raises, which drops the connection with a traceback in the log).
         if not hasattr(self, "user"):
             return
+        if text_data is None:
+            await self._error("invalid_request", "Frames must be JSON text, not binary.")
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+            await self._error("invalid_request", "The frame is not valid JSON.")
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
         handler = {
             "chat.send": self._send_message,

@@ -66,8 +66,10 @@ class DownloadsConsumer(AsyncJsonWebsocketConsumer):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """Read-only stream: actions are POSTed forms, so anything sent here is ignored."""
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        """Read-only stream: actions are POSTed forms, so anything sent here, JSON or not, is ignored."""
 
     async def download_progress(self, event: dict[str, Any]) -> None:
         if await self._may_see(event.get("job_id")):
