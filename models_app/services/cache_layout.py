@@ -151,10 +151,15 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def context_length(config: dict[str, Any]) -> int | None:
-    for key in ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length"):
-        value = config.get(key) or (config.get("text_config") or {}).get(key)
-        if isinstance(value, int) and value > 0:
-            return value
+    """The model's context window as its config.json states it, or None. The one reading used by the pull,
+    the cache import, the plan and the engine, so a model records the same limit whichever way it arrived.
+    Multimodal configs keep the language model's figures in `text_config`."""
+    nested = config.get("text_config")
+    for source in (config, nested if isinstance(nested, dict) else {}):
+        for key in ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length"):
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
     return None
 
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
 from models_app.services import hub_checks, jobs, workers
+from models_app.services.cache_layout import context_length
 from models_app.services.errors import (
     AUTH_REQUIRED,
     INTERNAL,
@@ -380,14 +381,6 @@ def _record_visibility(repo: Repository, *, private: bool, gated: bool, user_id:
         Repository.objects.filter(id=repo.id, owner__isnull=True).update(owner_id=user_id)
 
 
-def _context_length(config: dict[str, Any]) -> int | None:
-    for source in (config, config.get("text_config") or {}):
-        value = source.get("max_position_embeddings") if isinstance(source, dict) else None
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def _save_snapshot(job: DownloadJob, sha: str, files: list[FileSpec], config: dict[str, Any]) -> Snapshot:
     now = timezone.now()
     path = repo_dir_path(_cache_root(job), job.repository.repo_id) / "snapshots" / sha
@@ -398,7 +391,7 @@ def _save_snapshot(job: DownloadJob, sha: str, files: list[FileSpec], config: di
         "files": [f.as_json() for f in files],
         "status": Snapshot.Status.READY,
         "model_type": str(config.get("model_type") or "")[:64],
-        "context_length": _context_length(config),
+        "context_length": context_length(config),
         "downloaded_at": now,
         "verified_at": now,
     }

@@ -25,6 +25,8 @@ import mlx.core as mx
 import mlx_lm
 from mlx.utils import tree_flatten, tree_map
 
+from models_app.services.cache_layout import context_length
+
 log = logging.getLogger(__name__)
 
 # Used when a config names no context window at all (rare: every llama-style config has one).
@@ -94,11 +96,9 @@ def memory_budget(configured: int) -> int:
 
 
 def context_length_of(config: dict[str, Any], tokenizer: Any) -> int:
-    for source in (config, config.get("text_config") or {}):
-        for key in ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length"):
-            value = source.get(key)
-            if isinstance(value, int) and value > 0:
-                return value
+    """The config's window (the same reading the pull and the cache import record), else the tokenizer's."""
+    if (stated := context_length(config)) is not None:
+        return stated
     # Tokenizers without a limit report a huge sentinel (1e30): not a real window.
     value = getattr(tokenizer, "model_max_length", None)
     if isinstance(value, int) and 0 < value < 10**7:
