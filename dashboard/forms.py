@@ -14,6 +14,7 @@ from django.urls import reverse
 from models_app.models import HubCredential, Snapshot
 from models_app.services import errors, workers
 from models_app.services.errors import DownloadError
+from models_app.services.inference import DEFAULT_GENERATION
 from models_app.services.validation import parse_hub_url, validate_revision
 
 GB = 10**9
@@ -274,9 +275,25 @@ class ApiKeyForm(PagesForm):
 
 
 class GenerationDefaultsForm(PagesForm):
-    temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.7)
-    top_p = forms.FloatField(label="Top p", min_value=0.0, max_value=1.0, initial=0.95)
-    max_tokens = forms.IntegerField(label="Max new tokens", min_value=1, max_value=32768, initial=512)
+    """What a new chat starts with; blank top p and max tokens mean off and the rest of the context."""
+
+    temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=DEFAULT_GENERATION["temperature"])
+    top_p = forms.FloatField(
+        label="Top p",
+        min_value=0.0,
+        max_value=1.0,
+        required=False,
+        initial=DEFAULT_GENERATION["top_p"],
+        widget=forms.NumberInput(attrs={"placeholder": "off", "step": "0.01"}),
+    )
+    max_tokens = forms.IntegerField(
+        label="Max new tokens",
+        min_value=1,
+        max_value=10_000_000,
+        required=False,
+        initial=DEFAULT_GENERATION["max_tokens"],
+        widget=forms.NumberInput(attrs={"placeholder": "rest of the context"}),
+    )
     system_prompt = forms.CharField(
         label="System prompt", required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 3})
     )

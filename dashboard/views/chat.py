@@ -13,12 +13,13 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from models_app.models import Conversation, Message
-from models_app.services import chat
+from models_app.models import Conversation, Message, UserPreferences
+from models_app.services import chat, inference
 
 CONVERSATIONS_SHOWN = 100
-DEFAULT_SETTINGS = {
-    "temperature": 0.7,
+# Every option the page shows, blank (the engine's default applies to a blank field).
+BLANK_SETTINGS = {
+    "temperature": None,
     "top_p": None,
     "top_k": None,
     "min_p": None,
@@ -49,7 +50,15 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
         selected = next((s for s in snapshots if s.id == conversation.snapshot_id), None)
     if selected is None and snapshots:
         selected = snapshots[0]
-    settings = {**DEFAULT_SETTINGS, **(conversation.settings if conversation else {})}
+    if conversation is not None:
+        # What this conversation was sent with: a field left blank then stays blank.
+        settings = {**BLANK_SETTINGS, **conversation.settings}
+        system_prompt = conversation.system_prompt
+    else:
+        # A new chat starts from the user's saved defaults (Settings page), else the built-in ones.
+        defaults = UserPreferences.generation_defaults(request.user)
+        system_prompt = defaults.pop("system_prompt")
+        settings = {**BLANK_SETTINGS, **defaults}
     return render(
         request,
         "chat/chat.html",
@@ -60,6 +69,8 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
             "snapshots": snapshots,
             "selected": selected,
             "settings": settings,
+            "system_prompt": system_prompt,
+            "default_temperature": inference.DEFAULT_TEMPERATURE,
             "stop_text": "\n".join(settings.get("stop") or []),
             "model_missing": conversation is not None and conversation.snapshot_id is None,
         },

@@ -7,12 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-DEFAULT_GENERATION: dict[str, Any] = {
-    "temperature": 0.7,
-    "top_p": 0.95,
-    "max_tokens": 512,
-    "system_prompt": "",
-}
+from models_app.services.inference import DEFAULT_GENERATION
 
 
 class UserPreferences(models.Model):
@@ -32,7 +27,8 @@ class UserPreferences(models.Model):
 
     @classmethod
     def generation_defaults(cls, user) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-        """The user's defaults over the built-in ones (keys they never saved keep the built-in value)."""
+        """The user's defaults over the built-in ones (keys they never saved keep the built-in value).
+        A new chat starts from these."""
         saved = cls.objects.filter(user=user).values_list("generation", flat=True).first() or {}
         return {**DEFAULT_GENERATION, **{k: v for k, v in saved.items() if k in DEFAULT_GENERATION}}
 

@@ -71,7 +71,17 @@ MAX_STOP_LENGTH = 200
 NO_WORKER = "no_worker"
 WORKER_DIED = "worker_died"
 
-DEFAULT_TEMPERATURE = 0.7
+# What a request gets for an option it leaves out: the OpenAI API's documented defaults, and what a new chat
+# starts with until the user saves their own (Settings → Default generation settings). None means "off"
+# (top_p) or "the rest of the context window" (max_tokens). The one table: the form, the chat page and the
+# engine read it.
+DEFAULT_GENERATION: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": None,
+    "max_tokens": None,
+    "system_prompt": "",
+}
+DEFAULT_TEMPERATURE: float = DEFAULT_GENERATION["temperature"]
 
 # name: (type, minimum, maximum)
 _NUMBERS: dict[str, tuple[type, float, float]] = {

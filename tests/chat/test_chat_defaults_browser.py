@@ -1,0 +1,56 @@
+"""Saved "Default generation settings" seed every new chat: saved on the Settings page in real Chromium, shown
+by a new chat's fields, and sent with its first message (the conversation records them). The chat page used
+to start from its own defaults whatever the user saved."""
+
+from __future__ import annotations
+
+import pytest
+
+from models_app.models import Conversation
+from tests.browser.helpers import launch_browser
+from tests.chat.conftest import make_snapshot
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_saved_defaults_seed_a_new_chat(alice, tiny_model_path, asgi_server, inference_worker):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
+
+    with launch_browser() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(30_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        page.goto(f"{asgi_server.url}/login/?next=/settings/")
+        page.fill("#id_username", "alice")
+        page.fill("#id_password", "alice-password")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/settings/")
+        form = page.locator("#defaults form")
+        form.locator("[name=temperature]").fill("0.2")
+        form.locator("[name=top_p]").fill("0.5")
+        form.locator("[name=max_tokens]").fill("12")
+        form.locator("[name=system_prompt]").fill("Answer in one line.")
+        form.locator("button[type=submit]").click()
+        page.wait_for_load_state()
+
+        page.goto(f"{asgi_server.url}/chat/")
+        expect(page.locator("#opt-temperature")).to_have_value("0.2")
+        expect(page.locator("#opt-top_p")).to_have_value("0.5")
+        expect(page.locator("#opt-max_tokens")).to_have_value("12")
+        expect(page.locator("#system-prompt")).to_have_value("Answer in one line.")
+
+        page.fill("#prompt", "hello")
+        page.press("#prompt", "Enter")
+        page.wait_for_url("**/chat/*/")
+        expect(page.locator(".msg.assistant").last).to_have_attribute("data-status", "complete")
+        assert not errors, errors
+
+    conversation = Conversation.objects.get(user=alice)
+    assert conversation.system_prompt == "Answer in one line."
+    assert conversation.settings["temperature"] == 0.2
+    assert conversation.settings["top_p"] == 0.5
+    assert conversation.settings["max_tokens"] == 12
