@@ -121,11 +121,12 @@ def _options(body: dict[str, Any], *, tools: list[dict[str, Any]] | None = None)
     try:
         return inference.normalize_options(raw)
     except inference.InvalidOptions as exc:
-        message = str(exc)
-        param = message.split(" ", 1)[0]
+        param = exc.param
         if param == "max_tokens" and "max_completion_tokens" in body:
             param = "max_completion_tokens"
-        raise RequestError(message[0].upper() + message[1:] + ".", param if param in raw else None) from None
+        if param is None:
+            raise RequestError(str(exc)) from None
+        raise RequestError(f"'{param}' {exc.problem}.", param if param in raw else None) from None
 
 
 def _model(body: dict[str, Any]) -> str:

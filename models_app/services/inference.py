@@ -105,7 +105,37 @@ class InferenceUnavailable(Exception):
 
 
 class InvalidOptions(ValueError):
+    """An option the engine cannot take. `param` names it (the OpenAI API's error `param`); str() is a
+    sentence for a person ("Max tokens must be between 1 and 10,000,000.")."""
+
     code = "invalid_request"
+
+    def __init__(self, param: str | None, problem: str) -> None:
+        self.param = param
+        self.problem = problem
+        super().__init__(f"{_LABELS.get(param or '', param or 'Options')} {problem}.")
+
+
+# How the chat page names each option (its field labels).
+_LABELS = {
+    "temperature": "Temperature",
+    "top_p": "Top p",
+    "top_k": "Top k",
+    "min_p": "Min p",
+    "repetition_penalty": "Repetition penalty",
+    "repetition_context_size": "Repetition context size",
+    "presence_penalty": "Presence penalty",
+    "frequency_penalty": "Frequency penalty",
+    "seed": "Seed",
+    "max_tokens": "Max tokens",
+    "stop": "Stop strings",
+    "tools": "Tools",
+    "keep_alive": "Keep alive",
+}
+
+
+def _figure(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
 # --- Options ---------------------------------------------------------------------------------------------------
@@ -117,10 +147,10 @@ def parse_keep_alive(value: Any) -> float | None:
     from dashboard.env import parse_duration
 
     if isinstance(value, bool):
-        raise InvalidOptions("keep_alive must be a number of seconds or a duration like 5m")
+        raise InvalidOptions("keep_alive", "must be a number of seconds or a duration like 5m")
     if isinstance(value, int | float):
         if not math.isfinite(value):
-            raise InvalidOptions("keep_alive must be finite")
+            raise InvalidOptions("keep_alive", "must be finite")
         return None if value < 0 else float(value)
     if isinstance(value, str):
         text = value.strip()
@@ -129,8 +159,8 @@ def parse_keep_alive(value: Any) -> float | None:
         try:
             return float(parse_duration(text))
         except ValueError as exc:
-            raise InvalidOptions(f"keep_alive: {exc}") from exc
-    raise InvalidOptions("keep_alive must be a number of seconds or a duration like 5m")
+            raise InvalidOptions("keep_alive", f"is not a duration ({exc})") from exc
+    raise InvalidOptions("keep_alive", "must be a number of seconds or a duration like 5m")
 
 
 def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -139,37 +169,40 @@ def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, dict):
-        raise InvalidOptions("options must be an object")
+        raise InvalidOptions(None, "must be an object")
     clean: dict[str, Any] = {}
     for name, (kind, low, high) in _NUMBERS.items():
         value = options.get(name)
         if value is None or value == "":
             continue
         if isinstance(value, bool):
-            raise InvalidOptions(f"{name} must be a number")
+            raise InvalidOptions(name, "must be a number")
         try:
             number = kind(float(value)) if kind is int else float(value)
         except (TypeError, ValueError):
-            raise InvalidOptions(f"{name} must be a number") from None
+            raise InvalidOptions(name, "must be a number") from None
         if kind is int and float(value) != number:
-            raise InvalidOptions(f"{name} must be a whole number")
+            raise InvalidOptions(name, "must be a whole number")
         if not (low <= number <= high) or (isinstance(number, float) and not math.isfinite(number)):
-            raise InvalidOptions(f"{name} must be between {low:g} and {high:g}")
+            raise InvalidOptions(name, f"must be between {_figure(low)} and {_figure(high)}")
         clean[name] = number
     stop = options.get("stop")
     if stop not in (None, "", []):
         stops = [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise InvalidOptions("stop must be a string or a list of strings")
+            raise InvalidOptions("stop", "must be a string or a list of strings")
         stops = [s for s in stops if s]
         if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stops):
-            raise InvalidOptions(f"at most {MAX_STOP_STRINGS} stop strings of {MAX_STOP_LENGTH} characters")
+            raise InvalidOptions(
+                "stop",
+                f"must be at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters each",
+            )
         if stops:
             clean["stop"] = stops
     tools = options.get("tools")
     if tools:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise InvalidOptions("tools must be a list of objects")
+            raise InvalidOptions("tools", "must be a list of objects")
         clean["tools"] = tools
     if options.get("keep_alive") not in (None, ""):
         keep_alive = parse_keep_alive(options["keep_alive"])

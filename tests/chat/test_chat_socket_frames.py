@@ -63,3 +63,33 @@ def test_the_downloads_socket_ignores_unreadable_frames(client, alice) -> None: 
         await comm.disconnect()
 
     async_to_sync(scenario)()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_tokens": 0}, "Max tokens must be between 1 and 10,000,000."),
+        ({"top_p": 2}, "Top p must be between 0 and 1."),
+        ({"temperature": "hot"}, "Temperature must be a number."),
+        ({"stop": 5}, "Stop strings must be a string or a list of strings."),
+    ],
+)
+def test_option_errors_read_as_sentences(
+    client, alice, tiny_snapshot, inference_worker, run_async, options, message
+) -> None:  # type: ignore[no-untyped-def]
+    """The chat page shows the message as it comes: "Max_tokens must be between 1 and 1e+07" read badly."""
+    cookie = session_cookie(client, alice)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        comm = communicator(cookie)
+        assert (await comm.connect())[0]
+        await comm.send_json_to(
+            {"type": "chat.send", "content": "hi", "snapshot_id": tiny_snapshot.id, "options": options}
+        )
+        reply = await comm.receive_json_from(timeout=15)
+        await comm.disconnect()
+        return reply
+
+    reply = run_async(scenario())
+    assert reply["type"] == "chat.error" and reply["code"] == "invalid_request"
+    assert reply["message"] == message
