@@ -100,6 +100,7 @@ def _message_json(message: Message) -> dict[str, Any]:
         "error": message.error,
         "request_id": str(message.request_id) if message.request_id else None,
         "figures": chat.message_figures(message),
+        "model": message.snapshot.repository.repo_id if message.snapshot else None,
     }
 
 

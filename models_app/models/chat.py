@@ -46,6 +46,9 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     # Per-answer figures shown under the message (copied from the usage row).
     prompt_tokens = models.IntegerField(null=True, blank=True)
+    cached_tokens = models.IntegerField(
+        null=True, blank=True, help_text="Prompt tokens served from the prompt cache"
+    )
     completion_tokens = models.IntegerField(null=True, blank=True)
     ttft_ms = models.FloatField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)

@@ -251,12 +251,14 @@ def reconcile_pending(conversation: Conversation) -> None:
 
 
 def history(conversation: Conversation) -> list[Message]:
-    return list(conversation.messages.order_by("id"))
+    # Each answer names the model that wrote it: one join, whatever the length of the history.
+    return list(conversation.messages.select_related("snapshot__repository").order_by("id"))
 
 
 def message_figures(message: Message) -> dict[str, Any]:
     return {
         "prompt_tokens": message.prompt_tokens,
+        "cached_tokens": message.cached_tokens,
         "completion_tokens": message.completion_tokens,
         "ttft_ms": message.ttft_ms,
         "tokens_per_second": message.tokens_per_second,

@@ -43,6 +43,7 @@ def test_saved_defaults_seed_a_new_chat(alice, tiny_model_path, asgi_server, inf
         expect(page.locator("#opt-max_tokens")).to_have_value("12")
         expect(page.locator("#system-prompt")).to_have_value("Answer in one line.")
 
+        page.wait_for_selector("#chat[data-connected]")
         page.fill("#prompt", "hello")
         page.press("#prompt", "Enter")
         page.wait_for_url("**/chat/*/")

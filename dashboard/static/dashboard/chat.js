@@ -1,86 +1,27 @@
 // The chat page: send over the ws/chat/ socket, render the streamed answer, Stop, Regenerate.
-// No framework, no CDN. Model output is untrusted: renderMarkdown escapes ALL HTML first and only then adds
-// the few tags it knows (code, pre, strong, em, ul/ol/li, p, br, and http(s) links).
+// No framework, no CDN. Model output is untrusted: it is rendered by markdown-it (vendored under
+// static/vendor/markdown-it) with raw HTML off, so any tag a model writes stays text; links are http(s) or
+// mailto only and open in a new tab without a referrer; images are off (an answer must not make the browser
+// fetch anything).
 (function () {
   "use strict";
 
   // --- Safe Markdown ---------------------------------------------------------------------------------------
 
-  const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
-  function escapeHtml(text) {
-    return String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
-  }
-
-  // `escaped` is already HTML-escaped: the patterns below can only wrap it in known tags.
-  function inline(escaped) {
-    return escaped
-      .split(/(`[^`\n]+`)/g)
-      .map((part) => {
-        if (part.length > 2 && part[0] === "`" && part[part.length - 1] === "`") {
-          return "<code>" + part.slice(1, -1) + "</code>";
-        }
-        return part
-          .replace(
-            /\[([^\]\n]+)\]\((https?:\/\/[^\s()<>]+)\)/g,
-            (m, label, url) => '<a href="' + url + '" rel="noopener noreferrer nofollow" target="_blank">' + label + "</a>"
-          )
-          .replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>")
-          .replace(/__([^_\n]+)__/g, "<strong>$1</strong>")
-          .replace(/(^|[^*\w])\*([^*\n]+)\*(?![*\w])/g, "$1<em>$2</em>")
-          .replace(/(^|[^_\w])_([^_\n]+)_(?![_\w])/g, "$1<em>$2</em>");
-      })
-      .join("");
-  }
+  const md = window.markdownit({ html: false, linkify: false, breaks: true, typographer: false });
+  md.disable(["image"]);
+  const SAFE_LINK = /^(https?:\/\/|mailto:)/i;
+  md.validateLink = (url) => SAFE_LINK.test(String(url).trim());
+  const renderToken = (tokens, idx, options, env, self) => self.renderToken(tokens, idx, options);
+  const linkOpen = md.renderer.rules.link_open || renderToken;
+  md.renderer.rules.link_open = (tokens, idx, options, env, self) => {
+    tokens[idx].attrSet("target", "_blank");
+    tokens[idx].attrSet("rel", "noopener noreferrer nofollow");
+    return linkOpen(tokens, idx, options, env, self);
+  };
 
   function renderMarkdown(source) {
-    const lines = String(source).replace(/\r\n?/g, "\n").split("\n");
-    const out = [];
-    let paragraph = [];
-    const flush = () => {
-      if (paragraph.length) out.push("<p>" + paragraph.map((l) => inline(escapeHtml(l))).join("<br>") + "</p>");
-      paragraph = [];
-    };
-    let i = 0;
-    while (i < lines.length) {
-      const line = lines[i];
-      const fence = line.match(/^\s*```\s*([\w+.#-]*)\s*$/);
-      if (fence) {
-        flush();
-        const code = [];
-        i += 1;
-        while (i < lines.length && !/^\s*```\s*$/.test(lines[i])) code.push(lines[i++]);
-        i += 1; // the closing fence (or the end, while the answer is still streaming)
-        const lang = fence[1] ? ' class="language-' + escapeHtml(fence[1]) + '"' : "";
-        out.push("<pre><code" + lang + ">" + escapeHtml(code.join("\n")) + "</code></pre>");
-        continue;
-      }
-      const list = line.match(/^\s*([-*+]|\d{1,9}[.)])\s+/);
-      if (list) {
-        flush();
-        const ordered = /\d/.test(list[1]);
-        const items = [];
-        const pattern = ordered ? /^\s*\d{1,9}[.)]\s+(.*)$/ : /^\s*[-*+]\s+(.*)$/;
-        let m;
-        while (i < lines.length && (m = lines[i].match(pattern))) {
-          items.push("<li>" + inline(escapeHtml(m[1])) + "</li>");
-          i += 1;
-        }
-        out.push((ordered ? "<ol>" : "<ul>") + items.join("") + (ordered ? "</ol>" : "</ul>"));
-        continue;
-      }
-      const heading = line.match(/^\s*#{1,6}\s+(.*)$/);
-      if (heading) {
-        flush();
-        out.push("<p><strong>" + inline(escapeHtml(heading[1])) + "</strong></p>");
-      } else if (!line.trim()) {
-        flush();
-      } else {
-        paragraph.push(line);
-      }
-      i += 1;
-    }
-    flush();
-    return out.join("");
+    return md.render(String(source));
   }
   window.renderMarkdown = renderMarkdown; // for tests and the console
 
@@ -98,6 +39,8 @@
   const titleEl = document.getElementById("chat-title");
   const modelSelect = document.getElementById("model");
   const systemPrompt = document.getElementById("system-prompt");
+  const settingsPanel = document.getElementById("chat-settings");
+  const settingsSummary = document.getElementById("settings-summary");
   let conversationId = root.dataset.conversationId || null;
 
   let socket = null;
@@ -170,11 +113,12 @@
     el.dataset.role = role;
     if (id) el.dataset.id = id;
     el.innerHTML =
-      '<div class="msg-head"><span class="msg-role"></span></div>' +
+      '<div class="msg-head"><span class="msg-role"></span><span class="msg-model" data-role="model"></span></div>' +
       '<div class="msg-body" data-role="body"></div>' +
       '<p class="msg-error error" data-role="error" hidden></p>' +
       '<p class="msg-figures muted small" data-role="figures"></p>';
     el.querySelector(".msg-role").textContent = role === "user" ? "You" : "Assistant";
+    if (role !== "assistant") part(el, "model").remove();
     render(el, text || "");
     const empty = document.getElementById("empty-note");
     if (empty) empty.remove();
@@ -195,10 +139,12 @@
     socket = new WebSocket(scheme + location.host + root.dataset.socketPath);
     socket.addEventListener("open", () => {
       retry = 500;
+      root.dataset.connected = "1"; // for tests and styles
       status("");
     });
     socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
     socket.addEventListener("close", (event) => {
+      delete root.dataset.connected;
       if (event.code === 4401) {
         status("Your session has ended: log in again to chat.", true);
         busy(true);
@@ -236,6 +182,7 @@
       case "chat.started":
         if (current && msg.request_id === current.requestId) {
           current.seq = msg.seq + 1;
+          if (msg.model) part(current.el, "model").textContent = msg.model;
           setStatus(current.el, "streaming");
           if (msg.notice) {
             const notice = document.createElement("p");
@@ -329,6 +276,9 @@
     }
     const el = messageElement("assistant", msg.assistant_message_id, "");
     el.dataset.requestId = msg.request_id;
+    part(el, "model").textContent = selectedModelName();
+    // The settings have been chosen: fold them to their one-line summary and give the answer the room.
+    if (settingsPanel) settingsPanel.open = false;
     setStatus(el, "pending");
     current = { requestId: msg.request_id, el: el, text: "", seq: 0 };
     regenerateButton.hidden = false;
@@ -363,6 +313,26 @@
   }
 
   // --- Actions ---------------------------------------------------------------------------------------------
+
+  function selectedModelName() {
+    const option = modelSelect && modelSelect.selectedOptions[0];
+    return option ? option.dataset.repo || option.textContent : "";
+  }
+
+  // "repo · temperature 0.2 · max tokens 12": what the folded settings panel says.
+  function summarizeSettings() {
+    if (!settingsSummary) return;
+    const bits = [];
+    if (modelSelect) bits.push(selectedModelName());
+    document.querySelectorAll("[data-option]").forEach((input) => {
+      const label = document.querySelector('label[for="' + input.id + '"]');
+      if (input.value.trim() !== "" && label) bits.push(label.textContent.toLowerCase() + " " + input.value.trim());
+    });
+    const stops = document.getElementById("opt-stop").value.split("\n").filter((s) => s.length).length;
+    if (stops) bits.push(stops + (stops === 1 ? " stop string" : " stop strings"));
+    if (systemPrompt && systemPrompt.value.trim()) bits.push("system prompt");
+    settingsSummary.textContent = bits.join(" · ");
+  }
 
   function options() {
     const result = {};
@@ -442,6 +412,7 @@
           if (current && el === current.el) return;
           render(el, m.content);
           part(el, "figures").textContent = figures(m.figures);
+          if (m.model && part(el, "model")) part(el, "model").textContent = m.model;
           if (m.role === "assistant") setStatus(el, m.status);
           if (m.error) showError(el, m.error);
           if (m.status === "pending" || m.status === "streaming") pending = { requestId: m.request_id };
@@ -469,6 +440,11 @@
     status("An answer is still being generated elsewhere; it appears here when it is done.");
     poller = setTimeout(resync, 2000);
   }
+  if (settingsPanel) {
+    settingsPanel.addEventListener("input", summarizeSettings);
+    settingsPanel.addEventListener("change", summarizeSettings);
+  }
+  summarizeSettings();
   busy(false);
   connect();
   keepScrolled(true);

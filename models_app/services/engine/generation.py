@@ -383,6 +383,7 @@ def _save(request: Request, outcome: Outcome) -> None:
                 status=status,
                 error="",
                 prompt_tokens=outcome.prompt_tokens,
+                cached_tokens=outcome.cached_tokens,
                 completion_tokens=outcome.completion_tokens,
                 ttft_ms=outcome.ttft_ms,
                 tokens_per_second=outcome.tokens_per_second,
