@@ -73,8 +73,8 @@ def test_the_model_picker_offers_ready_models_you_may_use(alice_client, alice, b
     assert "bob/private" not in body and "test/downloading" not in body
     for ref in (other.id, "test/other"):
         body = alice_client.get(reverse("chat"), {"model": ref}).content.decode()
-        assert f'<option value="{other.id}" selected>' in body
-        assert f'<option value="{mine.id}">' in body
+        assert f'<option value="{other.id}" data-repo="test/other" selected>' in body
+        assert f'<option value="{mine.id}" data-repo="test/public">' in body
 
 
 def test_with_no_model_ready_it_says_so(alice_client) -> None:  # type: ignore[no-untyped-def]

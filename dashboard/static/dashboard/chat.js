@@ -21,7 +21,7 @@
   };
 
   function renderMarkdown(source) {
-    return md.render(String(source));
+    return md.render(String(source)).trim(); // no text node after the last block
   }
   window.renderMarkdown = renderMarkdown; // for tests and the console
 
