@@ -24,6 +24,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from models_app.models import Message, Snapshot, Usage
 from models_app.services import inference
 from models_app.services import redis as app_redis
+from models_app.services.engine.prefill import mlx_forward, prefill, with_prompt_context
 from models_app.services.engine.prompt import (
     PromptError,
     answer_reserve,
@@ -37,9 +38,6 @@ from models_app.services.engine.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
-# Prompt tokens per forward pass while prefilling. Smaller than mlx-lm's 2048 so a long prompt reports
-# progress and notices Stop every few seconds even on a CPU; the cost is a few percent of prefill speed.
-PREFILL_STEP = 512
 PROGRESS_INTERVAL = 0.25
 
 
@@ -277,13 +275,13 @@ def _stream_tokens(
     total = len(prompt_tokens)
     last_progress = 0.0
 
-    def on_progress(processed: int, _total: int) -> None:
+    def after_chunk(processed: int, _total: int) -> None:
         nonlocal last_progress
         if stream.should_stop:
             raise Cancelled
         now = time.perf_counter()
-        # Only a prompt that takes several forward passes is worth a progress bar.
-        if _total > PREFILL_STEP and 0 < processed < _total and now - last_progress >= PROGRESS_INTERVAL:
+        # Only a prompt that takes a while is worth a progress bar.
+        if now - last_progress >= PROGRESS_INTERVAL and (last_progress or now - started >= PROGRESS_INTERVAL):
             last_progress = now
             stream.emit("chat.progress", processed=cached + processed, total=total)
 
@@ -295,24 +293,36 @@ def _stream_tokens(
     finish = "length"
     mx.reset_peak_memory()
     started = time.perf_counter()
-    token_stream = mlx_lm.stream_generate(
-        loaded.model,
-        loaded.tokenizer,
-        prompt_tokens[cached:],
-        max_tokens=max_tokens,
-        sampler=sampler,
-        logits_processors=processors or None,
-        prompt_cache=cache,
-        prefill_step_size=PREFILL_STEP,
-        prompt_progress_callback=on_progress,
-    )
+    uncached = prompt_tokens[cached:]
     consistent = True
+    try:
+        # The prompt goes in paced chunks (Stop is noticed between them within ~CHUNK_SECONDS), then
+        # mlx-lm generates from its last token.
+        prefilled = prefill(
+            mlx_forward(loaded.model, cache), uncached, loaded.prefill, after_chunk=after_chunk
+        )
+        token_stream = mlx_lm.stream_generate(
+            loaded.model,
+            loaded.tokenizer,
+            uncached[prefilled.tokens :],
+            max_tokens=max_tokens,
+            sampler=sampler,
+            logits_processors=with_prompt_context(processors, uncached[: prefilled.tokens]) or None,
+            prompt_cache=cache,
+        )
+    except Cancelled:
+        token_stream = iter(())
+        finish = "cancelled"
+        consistent = False  # stopped between prefill chunks: the cache holds part of the prompt
     try:
         for response in token_stream:
             last_at = time.perf_counter()
             if first_at is None:
                 first_at = last_at
-                outcome.prompt_tps = round(response.prompt_tps, 1)
+                outcome.prompt_tps = round(
+                    len(uncached) / max(last_at - started, 1e-6) if prefilled.tokens else response.prompt_tps,
+                    1,
+                )
             generated.append(response.token)
             text = stops.feed(response.text)
             if text:
@@ -332,11 +342,9 @@ def _stream_tokens(
                 stream.emit("chat.delta", text="".join(pending), tokens=len(generated))
                 pending.clear()
                 last_flush = last_at
-    except Cancelled:
-        finish = "cancelled"
-        consistent = False  # stopped in the middle of a prefill chunk: the cache holds a partial prompt
     finally:
-        token_stream.close()
+        if hasattr(token_stream, "close"):
+            token_stream.close()
     tail = stops.flush()
     if tail:
         parts.append(tail)

@@ -26,6 +26,7 @@ import mlx_lm
 from mlx.utils import tree_flatten, tree_map
 
 from models_app.services.cache_layout import context_length
+from models_app.services.engine.prefill import PrefillPace
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class LoadedModel:
     last_used: float = field(default_factory=time.time)
     keep_alive: float | None = None  # seconds after last use; None: until evicted
     busy: int = 0
+    prefill: PrefillPace = field(default_factory=PrefillPace)  # its measured prompt speed
 
     @property
     def snapshot_id(self) -> int:
