@@ -361,3 +361,26 @@ def test_reconcile_skips_and_reports_a_repo_whose_config_is_too_deep_or_too_big(
     assert ids["deep"] in skipped and "nested" in skipped
     assert ids["big"] in skipped and "HUB_METADATA_MAX_BYTES" in skipped
     assert not DownloadJob.objects.exists()
+
+
+def test_the_chat_markers_do_not_read_an_oversized_tokenizer_config(tmp_path, settings) -> None:
+    """The web process reads tokenizer_config.json for the OpenAI API's tool and reasoning markers: a
+    downloaded snapshot's file over the cap is not loaded (a plain-text reply, not a 1 GiB read)."""
+    from models_app.openai.parsing import markers_for_path
+
+    settings.HUB_METADATA_MAX_BYTES = 64 * 1024
+    template = '{%- if tools %}<tool_call>{"name": ...}</tool_call>{{ tool_call.name }}{%- endif %}'
+    added = [
+        {"id": 1, "content": "<think>"},
+        {"id": 2, "content": "</think>"},
+        {"id": 3, "content": "<tool_call>"},
+    ]
+    for name, padding in (("small", ""), ("big", "x" * 200_000)):
+        model_dir = tmp_path / name
+        model_dir.mkdir()
+        config = {"chat_template": template, "padding": padding}
+        (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+        (model_dir / "tokenizer.json").write_text(json.dumps({"added_tokens": added, "model": {"vocab": {}}}))
+
+    assert markers_for_path(tmp_path / "small").has_tool_calling
+    assert not markers_for_path(tmp_path / "big").has_tool_calling
