@@ -254,6 +254,9 @@ HUB_REDIRECT_HOSTS = env_list(
 )
 # Every Hub answer must have sent its status line and headers within this time, however slowly it trickles.
 HUB_HEADER_TIMEOUT = env_duration("HUB_HEADER_TIMEOUT", 30)
+# Every whole Hub answer but a download's file bodies (model info, tree listings, token and update checks, the
+# preview's config.json) must have arrived by then, however slowly it trickles.
+HUB_REQUEST_TIMEOUT = env_duration("HUB_REQUEST_TIMEOUT", 60)
 # The Pull page's preview (model info + config.json, in the web process) ends by then, whatever the Hub does.
 HUB_PREVIEW_TIMEOUT = env_duration("HUB_PREVIEW_TIMEOUT", 30)
 

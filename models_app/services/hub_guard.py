@@ -7,8 +7,10 @@ server for as long as each read returns a byte. Everything here is checked in th
 - values that become paths or stored ids: commit ids (40 lowercase hex), ETags (40 or 64 lowercase hex; Xet
   hashes are 64), the Xet CAS URL;
 - where a request may go: the endpoint's own origin, or an https host of HUB_REDIRECT_HOSTS on port 443;
-- how long it may take: HUB_HEADER_TIMEOUT for the status line and headers of every answer, a caller's total
-  deadline (the preview's HUB_PREVIEW_TIMEOUT), and a job's cancel, checked between socket reads;
+- how long it may take: HUB_HEADER_TIMEOUT for the status line and headers of every answer, HUB_REQUEST_TIMEOUT
+  for a whole answer (all but a download job's file bodies, which DOWNLOAD_STALL_TIMEOUT and
+  DOWNLOAD_TIME_LIMIT bound), a caller's total deadline (the preview's HUB_PREVIEW_TIMEOUT), and a job's
+  cancel, all checked between socket reads;
 - how big a metadata file the product parses may be (HUB_METADATA_MAX_BYTES), counted while it downloads, and
   how deeply its JSON may nest when it is read (from the Hub or from the cache).
 """
@@ -153,8 +155,8 @@ def refused_host(url: str, *, what: str = "redirect") -> DownloadError:
     host = urlsplit(url).hostname or "?"
     return DownloadError(
         INTEGRITY,
-        f"Refused: the Hub answered an invalid {what} (to {host[:100]}): only {urlsplit(settings.HF_ENDPOINT).hostname}"
-        " and the hosts of HUB_REDIRECT_HOSTS (https) are followed; nothing was downloaded.",
+        f"Refused: the Hub answered an invalid {what} (to {host[:100]}): only HF_ENDPOINT's own origin and "
+        "https on port 443 to the hosts of HUB_REDIRECT_HOSTS are followed; nothing was downloaded.",
         action="If this Hub legitimately sends downloads there, add the host to HUB_REDIRECT_HOSTS.",
     )
 
@@ -186,12 +188,15 @@ def deadline(seconds: float, setting: str) -> Iterator[None]:
 
 class Watch:
     """One request's limits, looked at between socket reads: its header deadline (until the headers are in),
-    the caller's total deadline and the job's cancel (`check` raises the job's abort)."""
+    its whole-answer deadline (every answer but a job's file body), the caller's total deadline and the job's
+    cancel (`check` raises the job's abort)."""
 
-    def __init__(self, *, check: Callable[[], None] | None = None) -> None:
+    def __init__(self, *, check: Callable[[], None] | None = None, whole_answer: bool = True) -> None:
         now = time.monotonic()
         self.header_timeout = float(settings.HUB_HEADER_TIMEOUT)
         self.header_deadline: float | None = now + self.header_timeout
+        self.request_timeout = float(settings.HUB_REQUEST_TIMEOUT)
+        self.request_deadline = now + self.request_timeout if whole_answer else None
         self.call = _call_deadline.get()
         self._check = check
 
@@ -199,8 +204,8 @@ class Watch:
         self.header_deadline = None
 
     def limit(self) -> float | None:
-        bounds = [b for b in (self.header_deadline, self.call.at if self.call else None) if b is not None]
-        return min(bounds) if bounds else None
+        bounds = [self.header_deadline, self.request_deadline, self.call.at if self.call else None]
+        return min((b for b in bounds if b is not None), default=None)
 
     def check(self) -> None:
         if self._check is not None:
@@ -217,6 +222,12 @@ class Watch:
                 NETWORK,
                 f"The Hub took longer than {self.header_timeout:.0f} s (HUB_HEADER_TIMEOUT) to send the "
                 "headers of an answer.",
+            )
+        if self.request_deadline is not None and now >= self.request_deadline:
+            raise DownloadError(
+                NETWORK,
+                f"An answer from the Hub took longer than {self.request_timeout:.0f} s (HUB_REQUEST_TIMEOUT) "
+                "to arrive.",
             )
 
 

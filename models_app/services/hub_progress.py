@@ -417,7 +417,13 @@ class GuardedTransport(httpx2.HTTPTransport):
         if monitor is not None:
             monitor.on_request()
             name = monitor.file_started(request.url.path, request.method)
-        watch = hub_guard.Watch(check=monitor.check if monitor is not None else None)
+        # A job's file bodies may take hours; every other answer (API JSON, a preview's config) is small.
+        file_body = (
+            monitor is not None and request.method == "GET" and not request.url.path.startswith("/api/")
+        )
+        watch = hub_guard.Watch(
+            check=monitor.check if monitor is not None else None, whole_answer=not file_body
+        )
         try:
             watch.check()  # a retry after the caller's deadline does not start
             with hub_guard.watching(watch):

@@ -281,6 +281,30 @@ def test_the_preview_has_its_own_deadline(hub, publish, settings) -> None:
     assert "HUB_PREVIEW_TIMEOUT" in info.value.message
 
 
+def test_a_trickled_answer_body_fails_the_preview_at_the_request_deadline(hub, publish, settings) -> None:
+    settings.HUB_REQUEST_TIMEOUT = 3
+    repo_id, _ = publish("trickleinfo")
+    # Headers at once, then the model info's ~2 kB body at a byte a second: no read ever times out.
+    hub.faults.trickle_body(1.0, path=f"/api/models/{repo_id}/*")
+
+    with pytest.raises(DownloadError) as info:
+        plan_pull(repo_id, "main")
+
+    assert info.value.code == "network"
+    assert "HUB_REQUEST_TIMEOUT" in info.value.message
+
+
+def test_a_trickled_answer_body_fails_the_job_at_the_request_deadline(hub, publish, dedicated_worker) -> None:
+    dedicated_worker(HUB_REQUEST_TIMEOUT="3", DOWNLOAD_MAX_ATTEMPTS="1")
+    repo_id, _ = publish("trickleinfojob")
+    hub.faults.trickle_body(1.0, path=f"/api/models/{repo_id}/*")
+
+    job = settle(hub_service.download_model(repo_id).id, timeout=90)
+
+    assert (job.state, job.error_code) == ("failed", "network"), job.error_message
+    assert "HUB_REQUEST_TIMEOUT" in job.error_message
+
+
 # --- Item 7: metadata size and depth ---------------------------------------------------------------------------
 
 

@@ -246,6 +246,10 @@ class FaultPlan:
         methods = frozenset({"GET", "HEAD"})
         return self._add(Fault("trickle_headers", pattern, times, methods, path, amount=seconds_per_byte))
 
+    def trickle_body(self, seconds_per_byte: float, *, path: str) -> Fault:
+        """Send an API answer's body (routes matching `path`) one byte every `seconds_per_byte`."""
+        return self._add(Fault("trickle_body", "*", None, frozenset({"GET"}), path, amount=seconds_per_byte))
+
     def lie_size(self, size: int, pattern: str = "*", times: int | None = None) -> Fault:
         """Claim `size` bytes for the file (model info, HEAD) but send the whole file on GET without a
         Content-Length (the connection closes after it): only counting the bytes finds the lie."""
@@ -625,8 +629,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         self._start(status, {"Content-Length": str(len(body)), **(headers or {})})
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if self.command == "HEAD":
+            return
+        if trickle := self._faults.get("trickle_body"):
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                if self.hub._stopping.wait(trickle.amount):
+                    self.close_connection = True
+                    return
+            return
+        self.wfile.write(body)
 
     def _json(self, data: Any, status: int = 200) -> None:
         self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json; charset=utf-8"})
