@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from django.conf import settings
 
@@ -79,8 +79,15 @@ def check_etag(value: object, *, repo_id: str = "") -> str:
     return value
 
 
-def check_response_headers(method: str, headers: Mapping[str, str]) -> None:
-    """The headers huggingface_hub turns into paths, checked on every answer before it reads them."""
+def check_response_headers(
+    method: str, headers: Mapping[str, str], *, status: int = 200, url: str = ""
+) -> None:
+    """The headers huggingface_hub turns into paths, checked on every answer before it reads them. A
+    redirect within the same origin is followed and its headers ignored (the Hub sends its /resolve HEADs on
+    to /api/resolve-cache/...): the hop it leads to is checked instead."""
+    location = headers.get("location")
+    if 300 <= status < 400 and location and _origin(urljoin(url, location)) == _origin(url):
+        return
     commit = headers.get("x-repo-commit")
     if commit is not None:
         check_commit(commit)

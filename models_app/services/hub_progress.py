@@ -435,7 +435,9 @@ class GuardedTransport(httpx2.HTTPTransport):
         watch.headers_received()
         metadata = hub_guard.metadata_name() if request.method == "GET" else None
         try:
-            hub_guard.check_response_headers(request.method, response.headers)
+            hub_guard.check_response_headers(
+                request.method, response.headers, status=response.status_code, url=str(request.url)
+            )
             if metadata is not None and response.status_code in (200, 206):
                 length = response.headers.get("content-length")
                 hub_guard.check_metadata_size(metadata, int(length) if length and length.isdigit() else None)

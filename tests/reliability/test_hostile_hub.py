@@ -408,3 +408,17 @@ def test_the_chat_markers_do_not_read_an_oversized_tokenizer_config(tmp_path, se
 
     assert markers_for_path(tmp_path / "small").has_tool_calling
     assert not markers_for_path(tmp_path / "big").has_tool_calling
+
+
+def test_a_same_origin_redirect_hop_is_followed_and_the_hop_it_leads_to_is_checked() -> None:
+    """The real Hub sends a /resolve HEAD on to /api/resolve-cache/... with headers huggingface_hub ignores;
+    an answer it does read (the last hop, or a redirect off the Hub's origin) is checked."""
+    from models_app.services.hub_guard import check_response_headers
+
+    url = "https://huggingface.co/org/name/resolve/main/config.json"
+    hop = {"location": "/api/resolve-cache/models/org/name/x/config.json", "etag": 'W/"1a-xyz"'}
+    check_response_headers("HEAD", hop, status=307, url=url)
+    with pytest.raises(DownloadError, match="invalid ETag"):
+        check_response_headers("HEAD", {**hop, "location": "https://cdn-lfs.hf.co/x"}, status=302, url=url)
+    with pytest.raises(DownloadError, match="invalid commit id"):
+        check_response_headers("HEAD", {"x-repo-commit": "../x", "etag": '"' + "a" * 40 + '"'}, url=url)
