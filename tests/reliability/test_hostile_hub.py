@@ -359,6 +359,18 @@ def test_the_worker_refuses_oversized_and_deep_configs(hub, publish) -> None:
     assert "nested" in deep_job.error_message
 
 
+@pytest.mark.usefixtures("download_worker")
+def test_the_worker_counts_the_bytes_of_a_config_that_lies_about_its_size(hub, publish) -> None:
+    repo_id, _ = publish("liejob", extra={"config.json": big_config(17 * 1024 * 1024)})
+    hub.faults.lie_size(1000, pattern="config.json")
+
+    job = wait_job(hub_service.download_model(repo_id), timeout=120)
+
+    assert (job.state, job.error_code) == ("failed", "not_mlx"), job.error_message
+    assert "HUB_METADATA_MAX_BYTES" in job.error_message
+    assert files_under(repo_dir(repo_id) / "blobs") == []  # the partial file is gone too
+
+
 def test_reconcile_skips_and_reports_a_repo_whose_config_is_too_deep_or_too_big(
     hub, tmp_path, settings
 ) -> None:
