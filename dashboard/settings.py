@@ -234,6 +234,32 @@ DOWNLOAD_STALL_TIMEOUT = env_duration("DOWNLOAD_STALL_TIMEOUT", 60)
 DOWNLOAD_HEARTBEAT_TIMEOUT = env_duration("DOWNLOAD_HEARTBEAT_TIMEOUT", 120)
 DOWNLOAD_TIME_LIMIT = env_duration("DOWNLOAD_TIME_LIMIT", 6 * 3600)
 
+# A Hub (mirror, proxy) is not trusted: see models_app/services/hub_guard.py.
+# Metadata files the product parses (config.json, tokenizer_config.json, *.index.json) are refused above this
+# size, before and while downloading: real ones are kB; a 1 GiB config once took the web process to 2.3 GB.
+HUB_METADATA_MAX_BYTES = env_size("HUB_METADATA_MAX_BYTES", 16 * 2**20)
+# Hosts the Hub may redirect downloads to (https, port 443), besides HF_ENDPOINT's own origin; "*" stands for
+# part of one DNS label. The defaults are where huggingface.co sends LFS and Xet files.
+HUB_REDIRECT_HOSTS = env_list(
+    "HUB_REDIRECT_HOSTS",
+    [
+        "cdn-lfs.hf.co",
+        "cdn-lfs-*.hf.co",
+        "cdn-lfs.huggingface.co",
+        "cdn-lfs-*.huggingface.co",
+        "cas-bridge.xethub.hf.co",
+        "cas-server.xethub.hf.co",
+        "transfer.xethub.hf.co",
+    ],
+)
+# Every Hub answer must have sent its status line and headers within this time, however slowly it trickles.
+HUB_HEADER_TIMEOUT = env_duration("HUB_HEADER_TIMEOUT", 30)
+# Every whole Hub answer but a download's file bodies (model info, tree listings, token and update checks, the
+# preview's config.json) must have arrived by then, however slowly it trickles.
+HUB_REQUEST_TIMEOUT = env_duration("HUB_REQUEST_TIMEOUT", 60)
+# The Pull page's preview (model info + config.json, in the web process) ends by then, whatever the Hub does.
+HUB_PREVIEW_TIMEOUT = env_duration("HUB_PREVIEW_TIMEOUT", 30)
+
 CACHE_CLEANUP_MAX_AGE = env_duration("CACHE_CLEANUP_MAX_AGE", 0) or None
 CACHE_CLEANUP_MAX_SIZE = env_size("CACHE_CLEANUP_MAX_SIZE", 0) or None
 CACHE_CLEANUP_KEEP_REVISIONS = env_int("CACHE_CLEANUP_KEEP_REVISIONS", 1, minimum=1)

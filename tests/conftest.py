@@ -146,6 +146,17 @@ def _end_stray_postgres_sessions(django_db_setup, django_db_blocker) -> Iterator
 
 
 @pytest.fixture(autouse=True)
+def _unguarded_hub_client() -> Iterator[None]:
+    """A product Hub call installs the HTTP guard process-wide (hub_progress.install_http_guard): it refuses
+    every origin but HF_ENDPOINT's. Tests that drive huggingface_hub against a Hub of their own get the
+    library's own client back after each test."""
+    yield
+    from models_app.services.hub_progress import uninstall_http_guard
+
+    uninstall_http_guard()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer() -> Iterator[None]:
     """Channels keeps one layer object per process, and channels_redis binds that object's receive lock to the
     event loop that receives first. Every test runs its own loop (asyncio.run, the test client's async views),

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models_app.services.hub_guard import MetadataError, read_metadata
+
 log = logging.getLogger(__name__)
 
 # mlx_lm.tokenizer_utils._infer_thinking: single-token pairs, checked in this order.
@@ -94,6 +96,15 @@ def _read_text(path: Path) -> str:
         return ""
 
 
+def _read_metadata(path: Path) -> Any:
+    """A small JSON file of the snapshot, bounded in size and depth (HUB_METADATA_MAX_BYTES): the files come
+    from the Hub, and this runs in the web process. {} when missing, unreadable or over the bounds."""
+    try:
+        return read_metadata(path)
+    except (OSError, ValueError, MetadataError):
+        return {}
+
+
 def _chat_template(model_dir: Path, config: dict[str, Any]) -> str:
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
@@ -103,10 +114,8 @@ def _chat_template(model_dir: Path, config: dict[str, Any]) -> str:
     jinja = _read_text(model_dir / "chat_template.jinja")
     if jinja:
         return jinja
-    try:
-        return str(json.loads(_read_text(model_dir / "chat_template.json") or "{}").get("chat_template", ""))
-    except (ValueError, AttributeError):
-        return ""
+    data = _read_metadata(model_dir / "chat_template.json")
+    return str(data.get("chat_template", "")) if isinstance(data, dict) else ""
 
 
 def _in_vocab(tokenizer_json: str, token: str) -> bool:
@@ -165,10 +174,7 @@ def infer_markers(*, template: str, tokenizer_json: str, config: dict[str, Any])
 @functools.lru_cache(maxsize=64)
 def _markers_cached(model_dir: str, stamp: float) -> Markers:
     root = Path(model_dir)
-    try:
-        config = json.loads(_read_text(root / "tokenizer_config.json") or "{}")
-    except ValueError:
-        config = {}
+    config = _read_metadata(root / "tokenizer_config.json")
     if not isinstance(config, dict):
         config = {}
     return infer_markers(

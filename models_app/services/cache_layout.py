@@ -143,9 +143,13 @@ def cached_file_records(snapshot_dir: Path) -> list[FileRecord]:
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
+    """config.json, or {} if missing, unreadable, too big or nested too deep (hub_guard.read_metadata);
+    reconcile reports those two before it gets here."""
+    from models_app.services.hub_guard import MetadataError, read_metadata
+
     try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        config = read_metadata(model_dir / "config.json", "config.json")
+    except (OSError, ValueError, MetadataError):
         return {}
     return config if isinstance(config, dict) else {}
 

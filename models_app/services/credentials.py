@@ -117,6 +117,9 @@ def credential_test(credential: HubCredential) -> dict[str, Any]:
         credential.last_error = str(exc)[:300]
         credential.save(update_fields=["last_error"])
         return {"ok": False, "username": "", "error": credential.last_error}
+    from models_app.services.hub_progress import install_http_guard
+
+    install_http_guard()
     try:
         info = HfApi(endpoint=settings.HF_ENDPOINT).whoami(token=token)
     except Exception as exc:  # any failure is shown to the owner, never raised into a page

@@ -8,7 +8,6 @@ one final state; the plaintext token lives only inside `run_download`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -20,10 +19,11 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, jobs, workers
+from models_app.services import hub_checks, hub_guard, jobs, workers
 from models_app.services.cache_layout import context_length
 from models_app.services.errors import (
     AUTH_REQUIRED,
+    INTEGRITY,
     INTERNAL,
     INVALID_REQUEST,
     NETWORK,
@@ -300,7 +300,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
         repo_id, revision=job.revision, files_metadata=True, token=token or False, timeout=stall
     )
-    sha = info.sha or ""
+    sha = hub_guard.check_commit(info.sha, repo_id=repo_id)  # it names folders and is stored: checked first
     monitor.check()
     _record_visibility(repo, private=bool(info.private), gated=bool(info.gated), user_id=job.requested_by_id)
     all_files = hub_checks.plan_files(info.siblings or [])
@@ -322,29 +322,37 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     )
 
     # config.json first (a few kB) so a repo mlx-lm cannot load is refused before the weights come down.
-    config_path = hf_hub_download(
-        repo_id,
-        "config.json",
-        revision=sha,
-        cache_dir=root,
-        token=token or False,
-        endpoint=settings.HF_ENDPOINT,
-        etag_timeout=stall,
-    )
+    config_spec = [f for f in all_files if f.path == "config.json"]
+    try:
+        hub_guard.check_metadata_size("config.json", config_spec[0].size if config_spec else None)
+        with hub_guard.metadata_download("config.json"):
+            config_path = hf_hub_download(
+                repo_id,
+                "config.json",
+                revision=sha,
+                cache_dir=root,
+                token=token or False,
+                endpoint=settings.HF_ENDPOINT,
+                etag_timeout=stall,
+            )
+    except hub_guard.MetadataError as exc:
+        raise hub_checks.not_mlx(repo_id, exc.reason) from None
+    _check_inside(repo_dir, [Path(config_path)], repo_id)
     # Checked before it is parsed: corrupted bytes are an integrity error (and their blob is deleted so the
     # next pull fetches it again), not a repo that "is not MLX" for as long as the bad blob stays cached.
-    config_spec = [f for f in all_files if f.path == "config.json"]
     if problems := hub_checks.verify_files(repo_dir, sha, config_spec, check=monitor.check):
         raise hub_checks.integrity_error(repo_id, problems)
     try:
-        config = json.loads(Path(config_path).read_text())
+        config = hub_guard.read_metadata(Path(config_path), "config.json")
+    except hub_guard.MetadataError as exc:
+        raise hub_checks.not_mlx(repo_id, exc.reason) from None
     except (OSError, ValueError):
         config = None
     if problem := hub_checks.mlx_config_problem(config):
         raise hub_checks.not_mlx(repo_id, problem)
 
     monitor.begin_download(bytes_total=needed, files_total=len(files))
-    snapshot_download(
+    snapshot_dir = snapshot_download(
         repo_id,
         revision=sha,
         cache_dir=root,
@@ -357,6 +365,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
         etag_timeout=stall,
     )
     monitor.end_download()
+    _check_inside(repo_dir, [Path(snapshot_dir)], repo_id)
     jobs.update_running(job.id, task_id=monitor.task_id, bytes_done=needed, files_done=len(files))
 
     skip = hub_checks.verified_before(job.repository_id, node=job.node, cache_root=job.cache_root)
@@ -370,6 +379,22 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     snapshot = _save_snapshot(job, sha, files, config)
     hub_checks.write_ref(repo_dir, job.revision, sha)
     return snapshot
+
+
+def _check_inside(repo_dir: Path, paths: list[Path], repo_id: str) -> None:
+    """Defence in depth: the transport refuses answers that would become paths outside the repo folder; if
+    one got through anyway, nothing pointing outside is kept or trusted."""
+    if outside := hub_guard.outside_paths(repo_dir, paths):
+        for entry in outside:
+            # Our links go; whatever they point at is not ours to delete.
+            if entry.is_symlink() and entry.absolute().is_relative_to(repo_dir.absolute()):
+                entry.unlink(missing_ok=True)
+        names = ", ".join(repr(e.name[:80]) for e in outside[:3])
+        raise DownloadError(
+            INTEGRITY,
+            f"Refused {repo_id}: the Hub's answers made huggingface_hub link outside the repo's folder ({names}).",
+            repo_id=repo_id,
+        )
 
 
 def _record_visibility(repo: Repository, *, private: bool, gated: bool, user_id: int | None) -> None:

@@ -65,7 +65,15 @@ def plan_files(siblings: Iterable[Any]) -> list[FileSpec]:
         sha256 = (getattr(lfs, "sha256", None) or "") if lfs is not None else ""
         size = getattr(lfs, "size", None) if lfs is not None else None
         size = size if size is not None else sibling.size
-        files.append(FileSpec(safe_relpath(sibling.rfilename), int(size or 0), sibling.blob_id or "", sha256))
+        blob_id = sibling.blob_id or ""
+        # Ids name blobs in the cache (FileSpec.etag): a malformed one must not become a path.
+        if blob_id and not re.fullmatch(r"[0-9a-f]{40}", blob_id):
+            raise DownloadError(INTEGRITY, f"Refused: the Hub answered an invalid file id {blob_id[:80]!r}.")
+        if sha256 and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise DownloadError(
+                INTEGRITY, f"Refused: the Hub answered an invalid LFS sha256 {sha256[:80]!r}."
+            )
+        files.append(FileSpec(safe_relpath(sibling.rfilename), int(size or 0), blob_id, sha256))
     return files
 
 

@@ -10,10 +10,13 @@
   every block of a response body checks the monitor. A progress bar only ticks once per chunk, so this is
   what makes a cancel take effect within a fraction of a second, and what stops huggingface_hub's own
   retries (5 per file, 1 s apart) from stretching a stalled server far beyond DOWNLOAD_STALL_TIMEOUT.
+  The same transport applies hub_guard's checks to every Hub call of the process (worker and web): answers
+  that would become paths, redirect targets, header and total deadlines, and the metadata size cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,13 +24,14 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
+import httpcore2
 import httpx2
 from django.conf import settings
 from django.db import close_old_connections, connection
 from tqdm import tqdm
 
 from models_app.realtime import DownloadProgress, publish_download
-from models_app.services import jobs
+from models_app.services import hub_guard, jobs
 from models_app.services.errors import NETWORK, DownloadCancelled, DownloadError
 
 log = logging.getLogger(__name__)
@@ -324,26 +328,169 @@ def _monitor_for(path: str) -> JobMonitor | None:
 
 
 class _GuardedStream(httpx2.SyncByteStream):
-    def __init__(self, stream: Any, monitor: JobMonitor, name: str) -> None:
+    """A response body: read under its request's Watch (deadline, cancel), counted against the metadata cap
+    when it is a metadata file, and reported to the job's monitor."""
+
+    def __init__(
+        self, stream: Any, monitor: JobMonitor | None, name: str, watch: hub_guard.Watch, metadata: str | None
+    ) -> None:
         self._stream = stream
         self._monitor = monitor
         self._name = name
+        self._watch = watch
+        self._metadata = metadata
 
     def __iter__(self) -> Iterator[bytes]:
-        for part in self._stream:
-            self._monitor.on_activity()
+        received = 0
+        limit = int(settings.HUB_METADATA_MAX_BYTES)
+        parts = iter(self._stream)
+        while True:
+            with hub_guard.watching(self._watch):
+                part = next(parts, None)
+            if part is None:
+                return
+            received += len(part)
+            if self._metadata is not None and received > limit:
+                raise hub_guard.too_big(self._metadata)
+            if self._monitor is not None:
+                self._monitor.on_activity()
             yield part
 
     def close(self) -> None:
-        if self._name:
+        if self._name and self._monitor is not None:
             self._monitor.file_ended(self._name)
         self._stream.close()
+
+
+class _WatchedNetworkStream(httpcore2.NetworkStream):
+    """A connection whose reads wake up between slices for the request's deadlines and cancel."""
+
+    def __init__(self, stream: httpcore2.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return hub_guard.watched_read(self._stream.read, max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> Any:
+        return _WatchedNetworkStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _WatchedBackend(httpcore2.SyncBackend):
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore2.NetworkStream:
+        return _WatchedNetworkStream(super().connect_tcp(*args, **kwargs))
+
+
+class GuardedTransport(httpx2.HTTPTransport):
+    """Every request huggingface_hub sends, worker and web alike: where it may go, how long its headers and
+    body may take, what its answer may say (hub_guard), and, for a job, cancel and progress (its monitor)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # httpcore2 takes no backend through httpx2's transport: swap the pool's, before any connection.
+        self._pool._network_backend = _WatchedBackend()  # type: ignore[attr-defined]
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        monitor = _monitor_for(request.url.path)
+        try:
+            return self._handle(request, monitor)
+        except DownloadError as exc:
+            if monitor is not None:
+                monitor.abort(exc)  # the job's other transfers stop at their next read, not at their end
+            raise
+
+    def _handle(self, request: httpx2.Request, monitor: JobMonitor | None) -> httpx2.Response:
+        url = str(request.url)
+        if not hub_guard.redirect_allowed(url):
+            raise hub_guard.refused_host(url)
+        name = ""
+        if monitor is not None:
+            monitor.on_request()
+            name = monitor.file_started(request.url.path, request.method)
+        # A job's file bodies may take hours; every other answer (API JSON, a preview's config) is small.
+        file_body = (
+            monitor is not None and request.method == "GET" and not request.url.path.startswith("/api/")
+        )
+        watch = hub_guard.Watch(
+            check=monitor.check if monitor is not None else None, whole_answer=not file_body
+        )
+        try:
+            watch.check()  # a retry after the caller's deadline does not start
+            with hub_guard.watching(watch):
+                response = super().handle_request(request)
+        except BaseException:
+            if monitor is not None:
+                monitor.file_ended(name)
+            raise
+        watch.headers_received()
+        metadata = hub_guard.metadata_name() if request.method == "GET" else None
+        try:
+            hub_guard.check_response_headers(
+                request.method, response.headers, status=response.status_code, url=str(request.url)
+            )
+            if metadata is not None and response.status_code in (200, 206):
+                length = response.headers.get("content-length")
+                hub_guard.check_metadata_size(metadata, int(length) if length and length.isdigit() else None)
+            if monitor is not None:
+                monitor.on_activity()
+        except BaseException:
+            response.close()
+            if monitor is not None:
+                monitor.file_ended(name)
+            raise
+        if (
+            request.method == "GET"
+            and response.status_code == 200
+            and hub_guard.TREE_PATH_RE.match(request.url.path)
+        ):
+            return _checked_tree_listing(request, response, monitor, watch)
+        response.stream = _GuardedStream(response.stream, monitor, name, watch, metadata)  # type: ignore[assignment]
+        return response
+
+
+def _checked_tree_listing(
+    request: httpx2.Request, response: httpx2.Response, monitor: JobMonitor | None, watch: hub_guard.Watch
+) -> httpx2.Response:
+    """Read a tree listing here (bounded like a metadata file), check what will name files, and hand
+    huggingface_hub the same bytes."""
+    try:
+        body = _GuardedStream(response.stream, monitor, "", watch, "tree listing")
+        with contextlib.closing(body):
+            raw = b"".join(body)
+        # The raw bytes may be compressed: a throwaway response decodes them as the client will.
+        decoded = httpx2.Response(200, headers=response.headers, content=raw).content
+        entries = hub_guard.parse_metadata(decoded, "tree listing")
+    except hub_guard.MetadataError as exc:
+        raise DownloadError(
+            NETWORK, f"Refused: {exc.reason.removeprefix('its ')}.", retryable=False
+        ) from None
+    except ValueError:
+        entries = None  # not JSON: huggingface_hub fails on it by itself
+    hub_guard.check_tree_listing(entries)
+    return httpx2.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=httpx2.ByteStream(raw),
+        extensions=response.extensions,
+        request=request,
+    )
 
 
 def install_http_guard() -> None:
     """Once per process: route huggingface_hub's HTTP client through the guard, with the stall timeout as
     the client's default timeout (the tree listing call passes none) and as huggingface_hub's read
-    timeouts (read at call time from `constants`, HUB_PROTOCOL.md §5)."""
+    timeouts (read at call time from `constants`, HUB_PROTOCOL.md §5). Every service that calls the Hub
+    (downloads, the preview, update checks, token checks) calls this first."""
     global _installed
     from huggingface_hub import constants
 
@@ -355,26 +502,6 @@ def install_http_guard() -> None:
         return
     from huggingface_hub.utils import _http as hf_http
 
-    class GuardedTransport(httpx2.HTTPTransport):
-        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-            monitor = _monitor_for(request.url.path)
-            if monitor is None:
-                return super().handle_request(request)
-            monitor.on_request()
-            name = monitor.file_started(request.url.path, request.method)
-            try:
-                response = super().handle_request(request)
-            except BaseException:
-                monitor.file_ended(name)
-                raise
-            response.stream = _GuardedStream(response.stream, monitor, name)  # type: ignore[assignment]
-            try:
-                monitor.on_activity()
-            except BaseException:
-                response.close()
-                raise
-            return response
-
     def factory() -> httpx2.Client:
         return httpx2.Client(
             transport=GuardedTransport(),
@@ -385,3 +512,14 @@ def install_http_guard() -> None:
 
     hf_http.set_client_factory(factory)  # closes the current client; the next call builds ours
     _installed = stall
+
+
+def uninstall_http_guard() -> None:
+    """Back to huggingface_hub's own client (tests that talk to a Hub other than HF_ENDPOINT directly)."""
+    global _installed
+    if _installed is None:
+        return
+    from huggingface_hub.utils import _http as hf_http
+
+    hf_http.set_client_factory(hf_http.default_client_factory)
+    _installed = None

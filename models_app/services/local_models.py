@@ -7,7 +7,6 @@ directory belongs to whoever made it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from django.utils import timezone
 from models_app.models import Repository, Snapshot
 from models_app.services import hub_checks
 from models_app.services.cache_layout import CacheError, FileRecord, context_length, read_config
+from models_app.services.hub_guard import MetadataError, read_metadata
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _HASH_CHUNK = 8 * 2**20
@@ -66,7 +66,9 @@ def mlx_problem(model_dir: Path) -> str | None:
     if problem:
         return problem
     try:
-        index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+        index = read_metadata(model_dir / "model.safetensors.index.json")
+    except MetadataError as exc:
+        return exc.reason
     except (OSError, ValueError):
         return None
     shards = set((index.get("weight_map") or {}).values()) if isinstance(index, dict) else set()

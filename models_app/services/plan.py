@@ -7,7 +7,6 @@ reconcile). Failures are the same DownloadError codes the download itself would 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,10 +18,11 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.utils import filter_repo_objects
 
 from models_app.models import HubCredential
-from models_app.services import errors, hub_checks
+from models_app.services import errors, hub_checks, hub_guard
 from models_app.services.cache_layout import cache_root_path, context_length, repo_path
 from models_app.services.errors import DownloadError
 from models_app.services.health import disk_usage
+from models_app.services.hub_progress import install_http_guard
 
 # The context the memory verdict assumes when the model allows more: chats rarely fill 128k tokens, and
 # counting the full window would call every modern model "too big".
@@ -144,11 +144,14 @@ def memory_verdict(config: dict[str, Any], weights_bytes: int, *, total: int | N
     return MemoryVerdict(level, reason, weights_bytes, kv, context, needed, budget, total)
 
 
-def mlx_check(config: dict[str, Any] | None, paths: list[str]) -> tuple[bool, str]:
-    """Whether mlx-lm can load this repo, with the very checks the download runs (hub_checks)."""
+def mlx_check(
+    config: dict[str, Any] | None, paths: list[str], *, config_problem: str | None = None
+) -> tuple[bool, str]:
+    """Whether mlx-lm can load this repo, with the very checks the download runs (hub_checks).
+    `config_problem`: why config.json was not read (too big, nested too deep)."""
     problem = hub_checks.mlx_file_problem(paths)
     if problem is None:
-        problem = (
+        problem = config_problem or (
             hub_checks.mlx_config_problem(config) if config is not None else "its config.json is unreadable"
         )
     if problem is not None:
@@ -170,11 +173,15 @@ def _token(credential: HubCredential | None) -> str | None:
 def _blob_cached(repo_dir: Path, sibling: Any) -> bool:
     lfs = sibling.lfs
     etag = (lfs.sha256 if lfs is not None else None) or sibling.blob_id
-    return bool(etag) and (repo_dir / "blobs" / etag).is_file()
+    # Only a well-formed id names a blob: anything else from the Hub must not become a path to probe.
+    return bool(etag) and bool(hub_guard.ETAG_RE.fullmatch(etag)) and (repo_dir / "blobs" / etag).is_file()
 
 
-def _read_config(repo_id: str, commit_sha: str, token: str | None) -> dict[str, Any] | None:
-    with tempfile.TemporaryDirectory(prefix="mlxcr-plan-") as tmp:
+def _read_config(repo_id: str, commit_sha: str, token: str | None, size: int | None) -> dict[str, Any] | None:
+    """config.json into a temporary directory. Raises hub_guard.MetadataError when too big (announced or
+    counted) or nested too deep."""
+    hub_guard.check_metadata_size("config.json", size)
+    with tempfile.TemporaryDirectory(prefix="mlxcr-plan-") as tmp, hub_guard.metadata_download("config.json"):
         path = hf_hub_download(
             repo_id,
             "config.json",
@@ -184,7 +191,7 @@ def _read_config(repo_id: str, commit_sha: str, token: str | None) -> dict[str, 
             token=token or False,
         )
         try:
-            config = json.loads(Path(path).read_text())
+            config = hub_guard.read_metadata(Path(path), "config.json")
         except (OSError, ValueError):
             return None
     return config if isinstance(config, dict) else None
@@ -206,15 +213,28 @@ def plan_pull(
     root = cache_root_path(cache)
     remote_node = node if node not in (None, "", settings.NODE_NAME) else ""
     token = _token(credential)
+    install_http_guard()
+    config: dict[str, Any] | None = None
+    config_problem: str | None = None
     try:
-        info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
-            repo_id, revision=revision, files_metadata=True, token=token or False
-        )
-        siblings = list(
-            filter_repo_objects(info.siblings or [], allow_patterns=allow_patterns, key=lambda s: s.rfilename)
-        )
-        paths = [s.rfilename for s in siblings]
-        config = _read_config(repo_id, info.sha, token) if "config.json" in paths else None
+        # The web process waits on the Hub for no longer than this, whatever the Hub trickles.
+        with hub_guard.deadline(float(settings.HUB_PREVIEW_TIMEOUT), "HUB_PREVIEW_TIMEOUT"):
+            info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
+                repo_id, revision=revision, files_metadata=True, token=token or False
+            )
+            sha = hub_guard.check_commit(info.sha, repo_id=repo_id)
+            siblings = list(
+                filter_repo_objects(
+                    info.siblings or [], allow_patterns=allow_patterns, key=lambda s: s.rfilename
+                )
+            )
+            paths = [s.rfilename for s in siblings]
+            config_size = next((s.size for s in siblings if s.rfilename == "config.json"), None)
+            if "config.json" in paths:
+                try:
+                    config = _read_config(repo_id, sha, token, config_size)
+                except hub_guard.MetadataError as exc:
+                    config_problem = exc.reason
     except DownloadError:
         raise
     except Exception as exc:  # every Hub failure becomes a code the page explains
@@ -226,12 +246,12 @@ def plan_pull(
     ]
     total = sum(f.size for f in files)
     cached = sum(f.size for f in files if f.cached)
-    is_mlx, reason = mlx_check(config, paths)
+    is_mlx, reason = mlx_check(config, paths, config_problem=config_problem)
     weights = sum(f.size for f in files if f.path.endswith(WEIGHT_SUFFIXES))
     plan = PullPlan(
         repo_id=repo_id,
         revision=revision,
-        commit_sha=info.sha or "",
+        commit_sha=sha,
         cache_root=cache,
         private=bool(info.private),
         gated=bool(info.gated),

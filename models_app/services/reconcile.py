@@ -6,6 +6,7 @@ Runs at worker start and periodically (tasks/maintenance.py). Re-running it is a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,10 @@ from models_app.services.cache_layout import (
     scan,
 )
 from models_app.services.cleanup import clean_cache
+from models_app.services.hub_guard import MetadataError, read_metadata
 from models_app.services.local_models import mlx_problem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,6 +74,15 @@ def _preferred_ref(refs: frozenset[str]) -> str:
 
 def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, report: ReconcileReport) -> None:
     label = f"{repo.repo_id}@{rev.commit_hash}"
+    config_file = Path(rev.snapshot_path) / "config.json"
+    try:
+        if config_file.is_file():
+            read_metadata(config_file, "config.json")
+    except MetadataError as exc:  # a config nested 100,000 deep crashed every run with RecursionError
+        report.skipped.append(f"{label}: not imported, {exc.reason}")
+        return
+    except (OSError, ValueError):
+        pass  # not JSON: mlx_problem says so below
     problem = mlx_problem(Path(rev.snapshot_path))
     if problem:
         report.skipped.append(f"{label}: not an MLX model mlx-lm can load ({problem})")
@@ -149,7 +162,15 @@ def reconcile_cache() -> ReconcileReport:
                 if repo.repo_id in downloading:
                     report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: a download is running")
                     continue
-                _import(root_name, repo, rev, report)
+                try:
+                    _import(root_name, repo, rev, report)
+                except (
+                    Exception
+                ) as exc:  # one bad repo is reported; the rest of the cache is still reconciled
+                    log.exception("reconcile: %s@%s could not be imported", repo.repo_id, rev.commit_hash)
+                    report.skipped.append(
+                        f"{repo.repo_id}@{rev.commit_hash}: could not be imported ({type(exc).__name__})"
+                    )
 
     # Partial files no live download owns (a crashed worker's, an interrupted `hf download`'s): the cleanup's
     # own rule, with every retention policy off.

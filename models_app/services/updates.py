@@ -4,7 +4,6 @@ temporary directory, never into the cache where reconcile would find a half-made
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tempfile
@@ -18,6 +17,7 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
+from models_app.services import hub_guard
 from models_app.services.cache import newest_first, snapshot_path
 from models_app.services.cache_layout import (
     CacheError,
@@ -27,6 +27,7 @@ from models_app.services.cache_layout import (
     file_record,
     repo_path,
 )
+from models_app.services.hub_guard import metadata_download, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,11 @@ def _tokenizer_config_change(
     from huggingface_hub import hf_hub_download
 
     try:
-        local = json.loads((local_dir / "tokenizer_config.json").read_text()) if local_dir else None
-        with tempfile.TemporaryDirectory(prefix="mlxcr-update-") as tmp:
+        local = read_metadata(local_dir / "tokenizer_config.json") if local_dir else None
+        with (
+            tempfile.TemporaryDirectory(prefix="mlxcr-update-") as tmp,
+            metadata_download("tokenizer_config.json"),
+        ):
             remote_file = hf_hub_download(
                 repo_id,
                 "tokenizer_config.json",
@@ -140,7 +144,7 @@ def _tokenizer_config_change(
                 endpoint=settings.HF_ENDPOINT,
                 token=token or False,
             )
-            remote = json.loads(Path(remote_file).read_text())
+            remote = read_metadata(Path(remote_file))
     except Exception as exc:  # cannot tell which part changed: say the tokenizer did
         log.info("update check %s: could not compare tokenizer_config.json: %s", repo_id, type(exc).__name__)
         return (TOKENIZER,)
@@ -217,7 +221,9 @@ def check_updates(*, repo_ids: Iterable[str] | None = None) -> list[UpdateInfo]:
     from huggingface_hub import HfApi
 
     from models_app.services import credentials, errors
+    from models_app.services.hub_progress import install_http_guard
 
+    install_http_guard()
     queryset = Repository.objects.filter(kind=Repository.Kind.HUB).prefetch_related(
         Prefetch(
             "snapshots",
@@ -243,6 +249,7 @@ def check_updates(*, repo_ids: Iterable[str] | None = None) -> list[UpdateInfo]:
         try:
             token = credentials.credential_token(credential) if credential else None
             remote = api.model_info(repo.repo_id, revision=ref, files_metadata=True, token=token or False)
+            hub_guard.check_commit(remote.sha, repo_id=repo.repo_id)  # stored, and compared to snapshot dirs
         except Exception as exc:  # one repo's failure must not stop the others
             error = errors.classify(exc, repo.repo_id, has_token=credential is not None)
             info.error_code, info.error = error.code, error.message

@@ -146,13 +146,16 @@ class RequestRecord(NamedTuple):
 class Fault:
     """One injected fault; `hits` counts the requests it has applied to."""
 
-    kind: str  # drop | stall | wrong_bytes | fail_500 | ignore_range | throttle
+    # drop | stall | wrong_bytes | fail_500 | ignore_range | throttle, and the hostile ones:
+    # bad_etag | bad_commit | redirect | trickle_headers | lie_size
+    kind: str
     pattern: str = "*"  # fnmatch on the repo file path of /resolve requests
     times: int | None = None  # None = every matching request
     methods: frozenset[str] = frozenset({"GET"})
     path: str | None = None  # fnmatch on the URL path; when set, `pattern` is ignored
     amount: float = 0.0  # bytes (drop), seconds (stall) or bytes per second (throttle)
     reset: bool = False  # drop with a TCP RST instead of a clean FIN
+    value: str = ""  # the hostile value: an ETag, a commit id, a redirect target
     hits: int = 0
 
     def matches(self, method: str, url_path: str, file_path: str | None) -> bool:
@@ -209,9 +212,71 @@ class FaultPlan:
         """Rate-limit the body."""
         return self._add(Fault("throttle", pattern, times, amount=bytes_per_second))
 
+    # -- a hostile Hub (a mirror, a proxy, a MITM on an http:// endpoint): answers that must not be trusted
+
+    def bad_etag(self, etag: str, pattern: str = "*", times: int | None = None) -> Fault:
+        """Answer /resolve (HEAD and GET) with this ETag (and X-Linked-Etag for LFS files), e.g. a path."""
+        return self._add(Fault("bad_etag", pattern, times, frozenset({"GET", "HEAD"}), value=etag))
+
+    def bad_commit(self, sha: str, repo_id: str, *, in_header: bool = False) -> Fault:
+        """Model info of `repo_id` says its commit is `sha`, and /resolve accepts `sha` as a revision (it
+        serves main). `in_header` also puts `sha` in every X-Repo-Commit header."""
+        methods = frozenset({"GET", "HEAD"})
+        return self._add(
+            Fault("bad_commit", "*", None, methods, path=f"*/{repo_id}/*", value=sha, reset=in_header)
+        )
+
+    def redirect(
+        self, location: str, pattern: str = "*", times: int | None = None, *, path: str | None = None
+    ) -> Fault:
+        """Answer 302 to `location` (with the file's metadata headers, as the Hub redirects LFS files to its
+        CDN). Applies to /resolve files matching `pattern`, or with `path` to any route."""
+        return self._add(Fault("redirect", pattern, times, frozenset({"GET", "HEAD"}), path, value=location))
+
+    def trickle_headers(
+        self,
+        seconds_per_byte: float,
+        pattern: str = "*",
+        times: int | None = None,
+        *,
+        path: str | None = None,
+    ) -> Fault:
+        """Send the status line and headers one byte every `seconds_per_byte` (cut short by stop()).
+        Applies to /resolve files matching `pattern`, or with `path` to any route."""
+        methods = frozenset({"GET", "HEAD"})
+        return self._add(Fault("trickle_headers", pattern, times, methods, path, amount=seconds_per_byte))
+
+    def trickle_body(self, seconds_per_byte: float, *, path: str) -> Fault:
+        """Send an API answer's body (routes matching `path`) one byte every `seconds_per_byte`."""
+        return self._add(Fault("trickle_body", "*", None, frozenset({"GET"}), path, amount=seconds_per_byte))
+
+    def lie_size(self, size: int, pattern: str = "*", times: int | None = None) -> Fault:
+        """Claim `size` bytes for the file (model info, HEAD) but send the whole file on GET without a
+        Content-Length (the connection closes after it): only counting the bytes finds the lie."""
+        return self._add(Fault("lie_size", pattern, times, frozenset({"GET", "HEAD"}), amount=size))
+
+    def bad_tree_lfs_oid(self, oid: str, pattern: str = "*") -> Fault:
+        """Tree listings give LFS files matching `pattern` this `lfs.oid` and a well-formed `xetHash`: with
+        hf_xet installed, huggingface_hub names the blob after `lfs.oid` without any HEAD."""
+        return self._add(Fault("bad_tree_lfs_oid", pattern, None, frozenset({"GET"}), value=oid))
+
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
+
+    def find(self, kind: str, method: str, url_path: str) -> Fault | None:
+        """The first path-based fault of `kind` for this request, without counting a hit."""
+        with self._lock:
+            return next(
+                (f for f in self._faults if f.kind == kind and f.matches(method, url_path, None)), None
+            )
+
+    def matching(self, kind: str, files: Iterable[str]) -> list[Fault]:
+        """Faults of `kind` whose pattern matches one of `files` (not counted as hits): for answers that
+        describe files without fetching them (model info)."""
+        with self._lock:
+            faults = [f for f in self._faults if f.kind == kind and f.path is None]
+        return [f for f in faults if any(fnmatch.fnmatchcase(name, f.pattern) for name in files)]
 
     def take(self, method: str, url_path: str, file_path: str | None) -> dict[str, Fault]:
         """Faults of each kind that apply to this request; each one taken counts a hit."""
@@ -542,15 +607,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.requests.append(
                 RequestRecord(self.command, self.path, Headers(self.headers.items()), status)
             )
+        if trickle := self._faults.get("trickle_headers"):
+            return self._trickle(status, headers, trickle.amount)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
 
+    def _trickle(self, status: int, headers: Mapping[str, str], seconds_per_byte: float) -> None:
+        """Status line and headers, one byte at a time: alive enough for any read timeout, never done."""
+        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
+        lines += [f"Server: {self.version_string()}", f"Date: {self.date_time_string()}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        for i in range(len(data)):
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+            if self.hub._stopping.wait(seconds_per_byte):
+                self.close_connection = True
+                return
+
     def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         self._start(status, {"Content-Length": str(len(body)), **(headers or {})})
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if self.command == "HEAD":
+            return
+        if trickle := self._faults.get("trickle_body"):
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                if self.hub._stopping.wait(trickle.amount):
+                    self.close_connection = True
+                    return
+            return
+        self.wfile.write(body)
 
     def _json(self, data: Any, status: int = 200) -> None:
         self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json; charset=utf-8"})
@@ -569,13 +658,17 @@ class _Handler(BaseHTTPRequestHandler):
         if length := int(self.headers.get("Content-Length") or 0):
             self.rfile.read(length)
         self._started = False
+        self._faults: dict[str, Fault] = {}
         url = urlsplit(self.path)
         self._query = parse_qs(url.query)
         self._user = self.hub._token(self.headers.get("Authorization"))
         try:
             if url.path.startswith("/api/"):
-                if fault := self.hub.faults.take(self.command, unquote(url.path), None).get("fail_500"):
+                self._faults = self.hub.faults.take(self.command, unquote(url.path), None)
+                if fault := self._faults.get("fail_500"):
                     raise _HubError(500, None, f"Internal Error (injected fault #{fault.hits})")
+                if fault := self._faults.get("redirect"):
+                    return self._send(302, b"", {"Location": fault.value})
                 self._api(url.path)
             else:
                 self._resolve(url.path)
@@ -742,6 +835,14 @@ class _Handler(BaseHTTPRequestHandler):
         if config := self._config(commit):
             info["config"] = config
         info.update(repo.extra_info)
+        if fault := self._faults.get("bad_commit"):
+            info["sha"] = fault.value
+        for fault in self.hub.faults.matching("lie_size", commit.files):
+            for sibling in siblings:
+                if fnmatch.fnmatchcase(sibling["rfilename"], fault.pattern) and "size" in sibling:
+                    sibling["size"] = int(fault.amount)
+                    if "lfs" in sibling:
+                        sibling["lfs"]["size"] = int(fault.amount)
         return info
 
     @staticmethod
@@ -752,7 +853,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         try:
             config = json.loads(entry.blob.path.read_bytes())
-        except (ValueError, OSError):
+        except (ValueError, OSError, RecursionError):  # a hostile config nested too deep: no summary
             return None
         if not isinstance(config, dict):
             return None
@@ -810,6 +911,9 @@ class _Handler(BaseHTTPRequestHandler):
                     "size": entry.blob.size,
                     "pointerSize": entry.pointer_size,
                 }
+                for fault in self.hub.faults.matching("bad_tree_lfs_oid", [entry.path]):
+                    item["lfs"]["oid"] = fault.value
+                    item["xetHash"] = hashlib.sha256(entry.blob.sha256.encode()).hexdigest()
             if expand:
                 last = repo.commits.get(entry.last_commit, commit)
                 item["lastCommit"] = {"id": last.sha, "title": last.title, "date": _iso(last.date)}
@@ -826,9 +930,14 @@ class _Handler(BaseHTTPRequestHandler):
         repo, rest = self._find_repo(segments)
         if not rest or rest[0] != "resolve" or len(rest) < 3:
             raise _HubError(404, None, "Not Found")
+        hostile = self.hub.faults.find("bad_commit", self.command, unquote(path))
         with self.hub._lock:
-            commit, file_path = self._split_rev(repo, rest[1:], need_path=True)
+            if hostile is not None and unquote(rest[1]) == hostile.value:
+                commit, file_path = repo.commits[repo.branches["main"]], unquote("/".join(rest[2:]))
+            else:
+                commit, file_path = self._split_rev(repo, rest[1:], need_path=True)
         faults = self.hub.faults.take(self.command, unquote(path), file_path)
+        self._faults = faults
         if fault := faults.get("fail_500"):
             raise _HubError(500, None, f"Internal Error (injected fault #{fault.hits})")
         with self.hub._lock:
@@ -841,15 +950,28 @@ class _Handler(BaseHTTPRequestHandler):
 
         size = entry.blob.size
         start, end = 0, size - 1
+        etag = faults["bad_etag"].value if "bad_etag" in faults else entry.etag
         headers = {
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
-            "ETag": f'"{entry.etag}"',
-            "X-Repo-Commit": commit.sha,
+            "ETag": f'"{etag}"',
+            "X-Repo-Commit": hostile.value if hostile is not None and hostile.reset else commit.sha,
         }
         if entry.lfs:
             # The Hub names LFS blobs by sha256 and advertises them with X-Linked-* headers.
-            headers.update({"X-Linked-Etag": f'"{entry.etag}"', "X-Linked-Size": str(size)})
+            headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(size)})
+        if fault := faults.get("redirect"):
+            return self._send(302, b"", {**headers, "Location": fault.value})
+        if lie := faults.get("lie_size"):
+            if self.command == "HEAD":
+                headers["X-Linked-Size"] = headers["Content-Length"] = str(int(lie.amount))
+                return self._start(200, headers)
+            # No length: the body ends when the connection closes.
+            self.close_connection = True
+            headers["Connection"] = "close"
+            self._start(200, headers)
+            self._send_body(entry.blob.path, 0, size, faults)
+            return
         status = 200
         range_header = self.headers.get("Range")
         if range_header and "ignore_range" not in faults:
