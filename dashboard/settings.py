@@ -26,10 +26,11 @@ from dashboard.env import (
     env_size,
     env_str,
 )
+from dashboard.private_files import private_dir, private_sqlite_file, read_private_text, write_private_text
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).expanduser()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# Private to the account running the product (0700; its files 0600): it holds the database and secrets.
+VAR_DIR = private_dir(Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).expanduser())
 
 # huggingface_hub reads its environment once, at import: fix it before anything imports it. The token is
 # always passed explicitly (token=...) from a stored credential, never picked up from ~/.cache or HF_TOKEN.
@@ -48,16 +49,16 @@ def _secret(name: str, generate: callable) -> str:  # type: ignore[valid-type]
     if value:
         return value
     stored = VAR_DIR / name.lower()
-    if stored.exists():
-        return stored.read_text().strip()
+    existing = read_private_text(stored)
+    if existing is not None:
+        return existing.strip()
     if not DEV_SECRETS:
         raise ImproperlyConfigured(
             f"{name} is not set. Set it in the environment (see .env.example), or run with DEBUG=1 or "
             f"DEV_SECRETS=1 to have one generated into {stored}."
         )
     value = generate()
-    stored.write_text(value)
-    stored.chmod(0o600)
+    write_private_text(stored, value)
     return value
 
 
@@ -141,6 +142,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not memory, so worker subprocesses started by the tests see the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        private_sqlite_file(Path(DATABASES["default"]["NAME"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
