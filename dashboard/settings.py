@@ -3,6 +3,7 @@ development and production except what the environment says."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import socket
@@ -89,6 +90,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -105,6 +107,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a refused login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -152,6 +156,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# --- Login throttling (django-axes, database handler: shared by every web process, no extra service).
+# Failed logins are counted per username and, separately, per client address; past the limit that account,
+# or that address, is refused (429, even with the right password) until LOGIN_LOCKOUT_TIME after the last
+# counted failure. Tries while locked out do not extend the lockout, so a stranger cannot keep an account
+# locked for longer than that by trying on. A success clears that username's and address's failures.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_LOCKOUT_TIME = dt.timedelta(seconds=env_duration("LOGIN_LOCKOUT_TIME", 15 * 60))
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = LOGIN_LOCKOUT_TIME
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "dashboard.views.login_throttle.locked_out"
+AXES_CLIENT_IP_CALLABLE = "dashboard.views.login_throttle.client_address"
+AXES_DISABLE_ACCESS_LOG = True  # failures are what matter; a row per successful login is not kept
+AXES_VERBOSE = False
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
