@@ -46,11 +46,13 @@ def log_out(base_url: str, jar: http.cookiejar.CookieJar) -> None:
 
 
 async def still_works(ws: ClientConnection, path: str) -> dict[str, Any]:
-    """An authenticated socket answers: the chat socket replies to an unknown message type with chat.error."""
+    """An authenticated socket answers: the chat socket replies to an unknown message type with chat.error; the
+    read-only downloads socket stays open (no close frame within a few seconds)."""
     if path == "/ws/chat/":
         await ws.send(json.dumps({"type": "nonsense"}))
         return json.loads(await asyncio.wait_for(ws.recv(), 30))
-    return {"type": "open"} if ws.close_code is None else {"type": "closed", "code": ws.close_code}
+    code = await closed_with(ws, 3)
+    return {"type": "open"} if code is None else {"type": "closed", "code": code}
 
 
 async def closed_with(ws: ClientConnection, timeout: float) -> int | None:
