@@ -3,6 +3,7 @@ development and production except what the environment says."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import socket
@@ -16,6 +17,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from dashboard.csp import DEFAULT_POLICY
 from dashboard.env import (
     env_bool,
     env_duration,
@@ -26,10 +28,11 @@ from dashboard.env import (
     env_size,
     env_str,
 )
+from dashboard.private_files import private_dir, private_sqlite_file, read_private_text, write_private_text
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).expanduser()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# Private to the account running the product (0700; its files 0600): it holds the database and secrets.
+VAR_DIR = private_dir(Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).expanduser())
 
 # huggingface_hub reads its environment once, at import: fix it before anything imports it. The token is
 # always passed explicitly (token=...) from a stored credential, never picked up from ~/.cache or HF_TOKEN.
@@ -48,16 +51,16 @@ def _secret(name: str, generate: callable) -> str:  # type: ignore[valid-type]
     if value:
         return value
     stored = VAR_DIR / name.lower()
-    if stored.exists():
-        return stored.read_text().strip()
+    existing = read_private_text(stored)
+    if existing is not None:
+        return existing.strip()
     if not DEV_SECRETS:
         raise ImproperlyConfigured(
             f"{name} is not set. Set it in the environment (see .env.example), or run with DEBUG=1 or "
             f"DEV_SECRETS=1 to have one generated into {stored}."
         )
     value = generate()
-    stored.write_text(value)
-    stored.chmod(0o600)
+    write_private_text(stored, value)
     return value
 
 
@@ -88,6 +91,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -97,6 +101,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "dashboard.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -104,6 +109,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a refused login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -141,6 +148,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not memory, so worker subprocesses started by the tests see the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        private_sqlite_file(Path(DATABASES["default"]["NAME"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -149,6 +158,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# --- Login throttling (django-axes, database handler: shared by every web process, no extra service).
+# Failed logins are counted per username and, separately, per client address; past the limit that account,
+# or that address, is refused (429, even with the right password) until LOGIN_LOCKOUT_TIME after the last
+# counted failure. Tries while locked out do not extend the lockout, so a stranger cannot keep an account
+# locked for longer than that by trying on. A success clears that username's and address's failures.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_LOCKOUT_TIME = dt.timedelta(seconds=env_duration("LOGIN_LOCKOUT_TIME", 15 * 60))
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = LOGIN_LOCKOUT_TIME
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "dashboard.views.login_throttle.locked_out"
+AXES_CLIENT_IP_CALLABLE = "dashboard.views.login_throttle.client_address"
+AXES_DISABLE_ACCESS_LOG = True  # failures are what matter; a row per successful login is not kept
+AXES_VERBOSE = False
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
@@ -177,6 +207,9 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Only the product's own scripts and styles run (dashboard/csp.py). Override to loosen it (say, for a proxy
+# that injects a script); empty turns the header off.
+CONTENT_SECURITY_POLICY = env_str("CONTENT_SECURITY_POLICY", DEFAULT_POLICY)
 X_FRAME_OPTIONS = "DENY"
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_size("MAX_REQUEST_BODY", 8 * 2**20)
 

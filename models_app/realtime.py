@@ -1,11 +1,13 @@
 """Every realtime payload, in one place. The database is the truth; these messages only carry updates.
 
-Groups: `downloads.user.<id>` (a user's own jobs) and `downloads.staff` (every job). Chat streams are not
+Groups: `downloads.user.<id>` (a user's own jobs), `downloads.staff` (every job) and `session.<hash>` (every
+socket of one login session, closed at logout). Chat streams are not
 grouped: the worker sends straight to the requesting consumer's channel (a group send drops silently when a
 channel is over capacity; a direct send raises, and we want to know)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -19,6 +21,15 @@ STAFF_DOWNLOADS_GROUP = "downloads.staff"
 
 def user_downloads_group(user_id: int) -> str:
     return f"downloads.user.{user_id}"
+
+
+def session_group(session_key: str) -> str:
+    """Hashed: a group name is stored in Redis, and a session key is a credential."""
+    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
+class SessionEnded(TypedDict):
+    type: Literal["session.ended"]
 
 
 class DownloadProgress(TypedDict):
@@ -112,3 +123,8 @@ def publish_download(payload: DownloadProgress | DownloadState, *, owner_id: int
     if owner_id is not None:
         group_send(user_downloads_group(owner_id), dict(payload))
     group_send(STAFF_DOWNLOADS_GROUP, dict(payload))
+
+
+def end_session(session_key: str) -> None:
+    """Close every socket of this login session (they answer with close code 4401)."""
+    group_send(session_group(session_key), dict(SessionEnded(type="session.ended")))

@@ -21,12 +21,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from dashboard.consumers.session import UNAUTHENTICATED, SessionBoundMixin
 from models_app.services import chat, inference
 
-UNAUTHENTICATED = 4401
 
-
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.watches: dict[str, inference.ReplyWatch] = {}
         self.watchdog: asyncio.Task | None = None
@@ -36,9 +35,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
-        self.user = user
+        if await self.join_session():  # closed at logout
+            self.user = user
 
     async def disconnect(self, code: int) -> None:
+        await self.leave_session()
         if self.watchdog is not None:
             self.watchdog.cancel()
         # Nobody will read the rest of these answers: stop them (the worker saves what it has).

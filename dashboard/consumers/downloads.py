@@ -14,6 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db.models import Q
 from django.utils import timezone
 
+from dashboard.consumers.session import SessionBoundMixin
 from models_app.models import DownloadJob
 from models_app.realtime import STAFF_DOWNLOADS_GROUP, user_downloads_group
 
@@ -45,7 +46,7 @@ def job_payload(job: DownloadJob) -> dict[str, Any]:
     }
 
 
-class DownloadsConsumer(AsyncJsonWebsocketConsumer):
+class DownloadsConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -58,11 +59,14 @@ class DownloadsConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the snapshot: an update that lands in between is queued, not lost.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        if not await self.join_session():  # closed at logout
+            return
         jobs = await self._snapshot()
         self.visible: set[int] = {job["job_id"] for job in jobs}
         await self.send_json({"type": "downloads.snapshot", "jobs": jobs})
 
     async def disconnect(self, code: int) -> None:
+        await self.leave_session()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

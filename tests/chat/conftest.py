@@ -19,6 +19,8 @@ from tests.conftest import ROOT
 
 MODELS = ROOT / "var" / "test" / "models"
 ORIGIN = (b"origin", b"http://localhost")
+# The Host a browser sends with it: the Origin check compares the two (dashboard/ws_origin.py).
+HOST = (b"host", b"localhost")
 
 
 def make_snapshot(path: Path | str, repo_id: str = "test/tiny-chat", **fields: Any):  # type: ignore[no-untyped-def]
@@ -151,7 +153,7 @@ def communicator(cookie: bytes | None):  # type: ignore[no-untyped-def]
 
     from dashboard.asgi import application
 
-    headers = [ORIGIN] + ([(b"cookie", cookie)] if cookie else [])
+    headers = [ORIGIN, HOST] + ([(b"cookie", cookie)] if cookie else [])
     return WebsocketCommunicator(application, "/ws/chat/", headers=headers)
 
 

@@ -18,6 +18,8 @@ from tests.pages.conftest import make_job, make_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://localhost")
+# The Host a browser sends with it: the Origin check compares the two (dashboard/ws_origin.py).
+HOST = (b"host", b"localhost")
 
 
 def progress(job: DownloadJob, done: int = 500) -> dict[str, Any]:
@@ -44,7 +46,7 @@ def running_job(user: Any, repo_id: str) -> DownloadJob:
 
 
 def communicator(client: Any, user: Any | None) -> WebsocketCommunicator:
-    headers = [ORIGIN]
+    headers = [ORIGIN, HOST]
     if user is not None:
         client.force_login(user)
         headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
@@ -67,7 +69,7 @@ def test_a_foreign_origin_is_refused(client, alice) -> None:
 
     async def scenario() -> None:
         comm = WebsocketCommunicator(
-            application, "/ws/downloads/", headers=[(b"origin", b"http://evil.test"), cookie]
+            application, "/ws/downloads/", headers=[(b"origin", b"http://evil.test"), HOST, cookie]
         )
         connected, _ = await comm.connect()
         assert not connected

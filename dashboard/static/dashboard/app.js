@@ -1,6 +1,13 @@
-// Small page helpers, no dependencies. [data-copy=<element id>]: copy that element's text.
+// Small page helpers, no dependencies, on every page.
+// [data-copy=<element id>]: copy that element's text.
+// [data-width=<percent>]: the element's width. Set here, not in a style attribute, because the
+// Content-Security-Policy refuses style attributes (styles set through the DOM are allowed).
 (function () {
   "use strict";
+  document.querySelectorAll("[data-width]").forEach((el) => {
+    const pct = Math.max(0, Math.min(100, parseFloat(el.dataset.width) || 0));
+    el.style.width = pct + "%";
+  });
   document.querySelectorAll("[data-copy]").forEach((button) => {
     button.addEventListener("click", async () => {
       const source = document.getElementById(button.dataset.copy);

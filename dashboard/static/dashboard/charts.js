@@ -91,7 +91,7 @@
       tip(c, seg.name);
       offset += len;
     });
-    if (box.dataset.center) el("text", { x: 21, y: 23, "text-anchor": "middle", style: "font-size:6px;font-weight:700;fill:currentColor" }, svg).textContent = box.dataset.center;
+    if (box.dataset.center) el("text", { x: 21, y: 23, "text-anchor": "middle", "font-size": 6, "font-weight": 700, fill: "currentColor" }, svg).textContent = box.dataset.center;
     return svg;
   }
 

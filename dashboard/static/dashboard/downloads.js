@@ -107,7 +107,11 @@
       if (data.type === "downloads.snapshot") data.jobs.forEach(apply);
       else if (data.type === "download.progress" || data.type === "download.state") apply(data);
     };
-    socket.onclose = () => {
+    socket.onclose = (event) => {
+      if (event.code === 4401) {  // this login session ended (logged out): reconnecting would not help
+        setStatus(false, "Logged out");
+        return;
+      }
       setStatus(false, "Reconnecting…");
       // Backoff with jitter, capped: a restarting server is not hammered by every open tab at once.
       setTimeout(connect, delay + Math.random() * 500);
