@@ -26,6 +26,7 @@ from models_app.services.errors import (
     INTERNAL,
     INVALID_REQUEST,
     NETWORK,
+    PULL_IN_PROGRESS,
     UNKNOWN_NODE,
     DownloadCancelled,
     DownloadError,
@@ -112,6 +113,11 @@ def download_model(
     while True:
         active = DownloadJob.objects.active().filter(repository=repo, revision=revision, node=node).first()
         if active is not None:
+            if not _may_join(active, user):
+                raise DownloadError(
+                    PULL_IN_PROGRESS,
+                    f"{repo_id}@{revision} is being downloaded for another user right now.",
+                )
             return active
         try:
             # The partial unique constraint decides between concurrent callers; the savepoint keeps an outer
@@ -134,6 +140,18 @@ def download_model(
     job_id = job.id
     transaction.on_commit(lambda: jobs.enqueue_or_fail(job_id))
     return job
+
+
+def _may_join(job: DownloadJob, user: Any) -> bool:
+    """Joining shows the job's commit, files and progress, and hands over its files. Allowed to staff (and
+    the system: no user), to the job's requester, to anyone for a job without a token (it fetches only what
+    anyone can), and to whoever may see the repo (public, or theirs). Not to another user while the owner of
+    a private or gated repo pulls it with a token."""
+    if user is None or user.is_staff or job.credential_id is None:
+        return True
+    if job.requested_by_id is not None and job.requested_by_id == user.pk:
+        return True
+    return Repository.objects.visible_to(user).filter(id=job.repository_id).exists()
 
 
 def cancel_job(job: DownloadJob, *, by: Any = None) -> DownloadJob:
