@@ -17,10 +17,11 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, jobs, workers
+from models_app.services import hub_checks, jobs, visibility, workers
 from models_app.services.errors import (
     AUTH_REQUIRED,
     INTERNAL,
@@ -104,7 +105,11 @@ def download_model(
     if credential is not None and user is not None and credential.owner_id != user.pk and not user.is_staff:
         raise PermissionDenied("That Hub credential belongs to someone else.")
 
-    repo, _ = Repository.objects.get_or_create(repo_id=repo_id)
+    # Private to whoever asks first (staff-only without a user) until the Hub shows it to an anonymous caller:
+    # the pull may fail, and files of this repo may still arrive by another tool (visibility.py).
+    repo, _ = Repository.objects.get_or_create(
+        repo_id=repo_id, defaults={"private": True, "owner": user if getattr(user, "pk", None) else None}
+    )
     if repo.kind != Repository.Kind.HUB:
         raise DownloadError(
             INVALID_REQUEST, f"{repo_id} is a locally registered model, not a Hub repository."
@@ -319,7 +324,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     )
     sha = info.sha or ""
     monitor.check()
-    _record_visibility(repo, private=bool(info.private), gated=bool(info.gated), user_id=job.requested_by_id)
+    _record_visibility(repo, info, token_used=bool(token), user_id=job.requested_by_id)
     all_files = hub_checks.plan_files(info.siblings or [])
     wanted = set(filter_repo_objects([f.path for f in all_files], allow_patterns=job.allow_patterns))
     files = [f for f in all_files if f.path in wanted]
@@ -389,13 +394,25 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     return snapshot
 
 
-def _record_visibility(repo: Repository, *, private: bool, gated: bool, user_id: int | None) -> None:
-    """As seen on the Hub. The first user to pull a private or gated repo owns its row: the cache is shared
-    and huggingface_hub serves cached files to anyone, so the app enforces who may see it."""
-    fields: dict[str, Any] = {"private": private, "gated": gated}
-    Repository.objects.filter(id=repo.id).update(**fields, updated_at=timezone.now())
-    if (private or gated) and user_id is not None:
-        Repository.objects.filter(id=repo.id, owner__isnull=True).update(owner_id=user_id)
+def _record_visibility(repo: Repository, info: Any, *, token_used: bool, user_id: int | None) -> None:
+    """As seen on the Hub (a "public" seen through a token is checked again without one). The first user to
+    pull a private or gated repo owns its row: the cache is shared and huggingface_hub serves cached files to
+    anyone, so the app enforces who may see it. A row that a failed pull left to its requester passes to the
+    user whose token now reads it, as long as no files of it are indexed yet."""
+    visibility.record(repo, private=info.private, gated=info.gated, token_used=token_used)
+    if user_id is None:
+        return
+    hidden = Repository.objects.filter(Q(private=True) | Q(gated=True), id=repo.id)
+    hidden.filter(owner__isnull=True).update(owner_id=user_id)
+    if token_used:
+        owners_pull = DownloadJob.objects.filter(
+            repository_id=OuterRef("id"),
+            requested_by_id=OuterRef("owner_id"),
+            state__in=[*DownloadJob.ACTIVE_STATES, State.SUCCEEDED],
+        )
+        hidden.exclude(owner_id=user_id).exclude(Exists(owners_pull)).exclude(snapshots__isnull=False).update(
+            owner_id=user_id
+        )
 
 
 def _context_length(config: dict[str, Any]) -> int | None:
