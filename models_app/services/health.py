@@ -22,6 +22,8 @@ from models_app.services import redis as app_redis
 from models_app.services import workers
 
 QUEUES = ("downloads", "maintenance", "inference")
+# What a loaded model's entry shows a user who may see the model (who loaded it is for staff).
+PUBLIC_MODEL_FIELDS = ("snapshot_id", "repo_id", "memory_bytes", "context_length", "idle_seconds", "busy")
 
 
 def _timed(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -183,7 +185,3 @@ def health_for(user: Any, report: dict[str, Any] | None = None) -> dict[str, Any
         ],
     }
     return summary
-
-
-# What a loaded model's entry shows a user who may see the model (who loaded it is for staff).
-PUBLIC_MODEL_FIELDS = ("snapshot_id", "repo_id", "memory_bytes", "context_length", "idle_seconds", "busy")
