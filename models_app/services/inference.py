@@ -211,13 +211,13 @@ class UnloadRefused(PermissionError):
 
 
 def request_unload(snapshot_id: int, *, user: Any = None) -> bool:
-    """The Unload button, for `user` (None: the system). False, and nothing sent, when it is not loaded;
-    UnloadRefused when the user may not unload it. The worker checks the loader again (the model may have
-    been unloaded and loaded by someone else meanwhile) and never unloads a model that is generating: a
-    running answer, anyone's, always finishes."""
-    if user is not None:
+    """The Unload button, for `user` (None: the system; staff may unload any model). For anyone else: False,
+    and nothing sent, when the model is not loaded; UnloadRefused when someone else loaded it. The worker
+    checks the loader again (the model may have been unloaded and loaded by someone else meanwhile) and never
+    unloads a model that is generating: a running answer, anyone's, always finishes."""
+    if user is not None and not user.is_staff:
         model = loaded_models().get(snapshot_id)
-        if model is None:
+        if model is None:  # not loaded, or not reported yet (heartbeats come every few seconds)
             return False
         if not may_unload(user, model):
             raise UnloadRefused
