@@ -23,21 +23,21 @@ def generate(request: dict[str, Any]) -> None:
 
 
 @shared_task(name="inference.load", acks_late=False, ignore_result=True)
-def load(snapshot_id: int, keep_alive: Any = None) -> None:
+def load(snapshot_id: int, keep_alive: Any = None, user_id: int | None = None) -> None:
     from models_app.services import inference
     from models_app.services.engine.registry import ModelLoadError
 
     try:
-        inference.load_model(snapshot_id, keep_alive=keep_alive)
+        inference.load_model(snapshot_id, keep_alive=keep_alive, user_id=user_id)
     except ModelLoadError as exc:
         log.warning("load of snapshot %s failed: %s", snapshot_id, exc)
 
 
 @shared_task(name="inference.unload", acks_late=False, ignore_result=True)
-def unload(snapshot_id: int) -> None:
+def unload(snapshot_id: int, by_user: int | None = None) -> None:
     from models_app.services import inference
 
-    inference.unload_model(snapshot_id)
+    inference.unload_model(snapshot_id, by_user=by_user)
 
 
 @shared_task(name="inference.expire_idle", acks_late=False, ignore_result=True)

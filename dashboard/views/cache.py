@@ -41,7 +41,11 @@ def usage_by_repo(user) -> tuple[list[dict], int]:  # type: ignore[no-untyped-de
 def cache_page(request: HttpRequest) -> HttpResponse:
     user = request.user
     repos, total = usage_by_repo(user)
-    roots = [{"name": n, "path": str(p), "disk": disk_usage(p)} for n, p in settings.CACHE_ROOTS.items()]
+    # A server path maps the machine: staff only, as on the health page.
+    roots = [
+        {"name": n, "path": str(p) if user.is_staff else "", "disk": disk_usage(p)}
+        for n, p in settings.CACHE_ROOTS.items()
+    ]
     context = {"repos": repos, "total": total, "roots": roots, "repo_count": len(repos)}
     if not user.is_staff:
         # Read-only for everyone else: the cache is shared, so deleting from it is a staff decision.

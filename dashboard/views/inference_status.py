@@ -10,12 +10,17 @@ from models_app.services import inference
 
 
 def loaded_models(user) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """[{snapshot_id, repo_id, memory_bytes, idle_seconds, busy, worker, snapshot}] the user may see."""
+    """[{snapshot_id, repo_id, memory_bytes, idle_seconds, busy, worker, snapshot, can_unload}] the user may
+    see."""
     reported = inference.loaded_models()
     if not reported:
         return []
     visible = Snapshot.objects.visible_to(user).select_related("repository").in_bulk(list(reported))
-    return [{**m, "snapshot": visible[sid]} for sid, m in reported.items() if sid in visible]
+    return [
+        {**m, "snapshot": visible[sid], "can_unload": inference.may_unload(user, m)}
+        for sid, m in reported.items()
+        if sid in visible
+    ]
 
 
 def loaded_ids() -> set[int]:

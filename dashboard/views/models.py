@@ -170,7 +170,7 @@ def model_load(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Only a ready model can be loaded.")
         return redirect("model_detail", pk=pk)
     try:
-        inference.request_load(snapshot.id)
+        inference.request_load(snapshot.id, user=request.user)
     except inference.InferenceUnavailable as err:
         messages.error(request, str(err))
     else:
@@ -185,9 +185,12 @@ def model_load(request: HttpRequest, pk: int) -> HttpResponse:
 def model_unload(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _get_snapshot(request, pk)
     try:
-        inference.request_unload(snapshot.id)
-    except inference.InferenceUnavailable as err:
+        sent = inference.request_unload(snapshot.id, user=request.user)
+    except (inference.InferenceUnavailable, inference.UnloadRefused) as err:
         messages.error(request, str(err))
     else:
-        messages.success(request, f"Unloading {snapshot.repository.repo_id}.")
+        if sent:
+            messages.success(request, f"Unloading {snapshot.repository.repo_id}.")
+        else:
+            messages.info(request, f"{snapshot.repository.repo_id} is not loaded.")
     return redirect("model_detail", pk=pk)

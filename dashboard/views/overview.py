@@ -13,7 +13,7 @@ from django.shortcuts import render
 from dashboard.views.downloads import TEMPLATE_JOB
 from dashboard.views.inference_status import loaded_models
 from models_app.models import DownloadJob, Repository, Snapshot
-from models_app.services.health import system_health
+from models_app.services.health import health_for
 from models_app.services.usage import usage_report
 
 ACTIVE_LIMIT = 8
@@ -47,7 +47,7 @@ def disk_pictures(caches: list[dict[str, Any]], model_bytes: dict[str, int]) -> 
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     user = request.user
-    health = system_health()
+    health = health_for(user)
     # Disk is shared: the bytes every model on this node takes, whoever pulled it.
     on_node = Snapshot.objects.filter(node=settings.NODE_NAME).exclude(status=Snapshot.Status.DELETED)
     model_bytes = dict(

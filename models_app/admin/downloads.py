@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from models_app.admin.ownership import OwnRowsUnlessSuperuser
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
 from models_app.services import credentials, hub, hub_checks
 from models_app.services.errors import DownloadError
@@ -274,8 +275,9 @@ class HubCredentialForm(forms.ModelForm):
 
 
 @admin.register(HubCredential)
-class HubCredentialAdmin(admin.ModelAdmin):
+class HubCredentialAdmin(OwnRowsUnlessSuperuser):
     form = HubCredentialForm
+    owner_field = "owner"
     list_display = ["name", "owner", "masked", "hub_username", "last_verified_at", "last_error", "created_at"]
     list_filter = [("last_verified_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "owner__username", "hub_username"]
@@ -300,6 +302,7 @@ class HubCredentialAdmin(admin.ModelAdmin):
     def save_model(
         self, request: HttpRequest, obj: HubCredential, form: forms.ModelForm, change: bool
     ) -> None:
+        self.check_owner(request, obj, form)
         token = form.cleaned_data.get("token")  # validated by the form
         if not change:
             created = credentials.credential_create(owner=obj.owner, name=obj.name, token=token)

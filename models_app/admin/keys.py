@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template import engines
 from django.urls import reverse
 
+from models_app.admin.ownership import OwnRowsUnlessSuperuser
 from models_app.models import ApiKey
 from models_app.services import apikeys
 
@@ -31,7 +32,7 @@ _KEY_CREATED = """{% extends "admin/base_site.html" %}
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(OwnRowsUnlessSuperuser):
     list_display = ["name", "user", "key_display", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "user__username"]
@@ -58,6 +59,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return self.readonly_fields if obj is None else ["user", *self.readonly_fields]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
+        self.check_owner(request, obj, form)
         if change:
             super().save_model(request, obj, form, change)
             return

@@ -42,6 +42,7 @@ CODE_STATUS: dict[str, int] = {
     "conflict": 409,
     "not_active": 409,
     "not_retryable": 409,
+    "pull_in_progress": 409,
     "disk_full": 507,
     "integrity": 502,
     "network": 502,

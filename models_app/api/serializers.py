@@ -405,10 +405,10 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
 class HealthSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
-    node = serializers.CharField()
+    node = serializers.CharField(required=False, help_text="Staff only")
     database = serializers.JSONField()
     redis = serializers.JSONField()
     queues = serializers.JSONField()
     mlx = serializers.JSONField()
     cache = serializers.JSONField()
-    versions = serializers.JSONField()
+    versions = serializers.JSONField(required=False, help_text="Staff only")

@@ -1,8 +1,14 @@
-"""The system's health, as one dict: the health page, /healthz and the overview all read this."""
+"""The system's health, as one dict: the health page, /healthz and the overview all read this.
+
+`system_health()` is the whole picture, for staff. `health_for(user)` is what one viewer may see: anonymous
+callers (load balancers) get ok / not ok per component; a signed-in user also gets latencies, worker counts,
+disk space and the loaded models they may see; cache paths, worker names, error texts and library versions
+are for staff only (they map the machine for an attacker)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +22,8 @@ from models_app.services import redis as app_redis
 from models_app.services import workers
 
 QUEUES = ("downloads", "maintenance", "inference")
+# What a loaded model's entry shows a user who may see the model (who loaded it is for staff).
+PUBLIC_MODEL_FIELDS = ("snapshot_id", "repo_id", "memory_bytes", "context_length", "idle_seconds", "busy")
 
 
 def _timed(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -55,6 +63,15 @@ def disk_usage(path: Path) -> dict[str, int]:
     return {"total": usage.total, "used": usage.used, "free": usage.free}
 
 
+def _writable(path: Path) -> bool:
+    """A download can write there: the root, or the nearest parent it would be created in (before the first
+    pull the cache folder need not exist)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return os.access(probe, os.W_OK | os.X_OK)
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -87,8 +104,16 @@ def system_health() -> dict[str, Any]:
             redis_check = {**redis_check, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     caches = []
     for name, root in settings.CACHE_ROOTS.items():
-        caches.append({"name": name, "path": str(root), "exists": root.exists(), "disk": disk_usage(root)})
-    queue_status = {q: {"ok": bool(ws), "workers": ws} for q, ws in queues.items()}
+        caches.append(
+            {
+                "name": name,
+                "ok": _writable(root),
+                "path": str(root),
+                "exists": root.exists(),
+                "disk": disk_usage(root),
+            }
+        )
+    queue_status = {q: {"ok": bool(ws), "worker_count": len(ws), "workers": ws} for q, ws in queues.items()}
     ok = database["ok"] and redis_check["ok"] and all(s["ok"] for s in queue_status.values())
     return {
         "ok": ok,
@@ -105,3 +130,58 @@ def system_health() -> dict[str, Any]:
         "cache": caches,
         "versions": {"huggingface_hub": _version("huggingface-hub"), "django": _version("django")},
     }
+
+
+def _component(check: dict[str, Any], *keep: str) -> dict[str, Any]:
+    return {"ok": check["ok"], **{k: check[k] for k in keep if k in check}}
+
+
+def _caches(report: dict[str, Any], *, disk: bool) -> list[dict[str, Any]]:
+    return [
+        {"name": c["name"], "ok": c["ok"], **({"disk": c["disk"]} if disk else {})} for c in report["cache"]
+    ]
+
+
+def health_for(user: Any, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`report` (default: a fresh system_health()) cut down to what `user` may see."""
+    from models_app.services import inference
+
+    report = report if report is not None else system_health()
+    if user is not None and user.is_authenticated and user.is_staff:
+        for backend in report["mlx"]["workers"]:
+            backend["loaded_models"] = [{**m, "can_unload": True} for m in backend.get("loaded_models", [])]
+        return report
+    summary: dict[str, Any] = {
+        "ok": report["ok"],
+        "database": _component(report["database"]),
+        "redis": _component(report["redis"]),
+        "queues": {q: _component(s) for q, s in report["queues"].items()},
+        "mlx": _component(report["mlx"]),
+        "cache": _caches(report, disk=False),
+    }
+    if user is None or not user.is_authenticated:
+        return summary
+    summary["database"] = _component(report["database"], "vendor", "latency_ms")
+    summary["redis"] = _component(report["redis"], "latency_ms")
+    summary["queues"] = {q: _component(s, "worker_count") for q, s in report["queues"].items()}
+    summary["cache"] = _caches(report, disk=True)
+    visible = inference.visible_loaded(
+        user, [m for b in report["mlx"]["workers"] for m in b["loaded_models"]]
+    )
+    summary["mlx"] = {
+        "ok": report["mlx"]["ok"],
+        "workers": [
+            {
+                "device": b.get("device", ""),
+                "memory_limit": b.get("memory_limit", 0),
+                "loaded_models": [
+                    {k: m[k] for k in PUBLIC_MODEL_FIELDS if k in m}
+                    | {"can_unload": inference.may_unload(user, m)}
+                    for m in b["loaded_models"]
+                    if m["snapshot_id"] in visible
+                ],
+            }
+            for b in report["mlx"]["workers"]
+        ],
+    }
+    return summary

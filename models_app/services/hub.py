@@ -16,10 +16,11 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, hub_guard, jobs, workers
+from models_app.services import hub_checks, hub_guard, jobs, visibility, workers
 from models_app.services.cache_layout import context_length
 from models_app.services.errors import (
     AUTH_REQUIRED,
@@ -27,6 +28,7 @@ from models_app.services.errors import (
     INTERNAL,
     INVALID_REQUEST,
     NETWORK,
+    PULL_IN_PROGRESS,
     UNKNOWN_NODE,
     DownloadCancelled,
     DownloadError,
@@ -104,7 +106,11 @@ def download_model(
     if credential is not None and user is not None and credential.owner_id != user.pk and not user.is_staff:
         raise PermissionDenied("That Hub credential belongs to someone else.")
 
-    repo, _ = Repository.objects.get_or_create(repo_id=repo_id)
+    # Private to whoever asks first (staff-only without a user) until the Hub shows it to an anonymous caller:
+    # the pull may fail, and files of this repo may still arrive by another tool (visibility.py).
+    repo, _ = Repository.objects.get_or_create(
+        repo_id=repo_id, defaults={"private": True, "owner": user if getattr(user, "pk", None) else None}
+    )
     if repo.kind != Repository.Kind.HUB:
         raise DownloadError(
             INVALID_REQUEST, f"{repo_id} is a locally registered model, not a Hub repository."
@@ -113,6 +119,11 @@ def download_model(
     while True:
         active = DownloadJob.objects.active().filter(repository=repo, revision=revision, node=node).first()
         if active is not None:
+            if not _may_join(active, user):
+                raise DownloadError(
+                    PULL_IN_PROGRESS,
+                    f"{repo_id}@{revision} is being downloaded for another user right now.",
+                )
             return active
         try:
             # The partial unique constraint decides between concurrent callers; the savepoint keeps an outer
@@ -135,6 +146,18 @@ def download_model(
     job_id = job.id
     transaction.on_commit(lambda: jobs.enqueue_or_fail(job_id))
     return job
+
+
+def _may_join(job: DownloadJob, user: Any) -> bool:
+    """Joining shows the job's commit, files and progress, and hands over its files. Allowed to staff (and
+    the system: no user), to the job's requester, to anyone for a job without a token (it fetches only what
+    anyone can), and to whoever may see the repo (public, or theirs). Not to another user while the owner of
+    a private or gated repo pulls it with a token."""
+    if user is None or user.is_staff or job.credential_id is None:
+        return True
+    if job.requested_by_id is not None and job.requested_by_id == user.pk:
+        return True
+    return Repository.objects.visible_to(user).filter(id=job.repository_id).exists()
 
 
 def cancel_job(job: DownloadJob, *, by: Any = None) -> DownloadJob:
@@ -302,7 +325,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     )
     sha = hub_guard.check_commit(info.sha, repo_id=repo_id)  # it names folders and is stored: checked first
     monitor.check()
-    _record_visibility(repo, private=bool(info.private), gated=bool(info.gated), user_id=job.requested_by_id)
+    _record_visibility(repo, info, token_used=bool(token), user_id=job.requested_by_id)
     all_files = hub_checks.plan_files(info.siblings or [])
     wanted = set(filter_repo_objects([f.path for f in all_files], allow_patterns=job.allow_patterns))
     files = [f for f in all_files if f.path in wanted]
@@ -397,13 +420,25 @@ def _check_inside(repo_dir: Path, paths: list[Path], repo_id: str) -> None:
         )
 
 
-def _record_visibility(repo: Repository, *, private: bool, gated: bool, user_id: int | None) -> None:
-    """As seen on the Hub. The first user to pull a private or gated repo owns its row: the cache is shared
-    and huggingface_hub serves cached files to anyone, so the app enforces who may see it."""
-    fields: dict[str, Any] = {"private": private, "gated": gated}
-    Repository.objects.filter(id=repo.id).update(**fields, updated_at=timezone.now())
-    if (private or gated) and user_id is not None:
-        Repository.objects.filter(id=repo.id, owner__isnull=True).update(owner_id=user_id)
+def _record_visibility(repo: Repository, info: Any, *, token_used: bool, user_id: int | None) -> None:
+    """As seen on the Hub (a "public" seen through a token is checked again without one). The first user to
+    pull a private or gated repo owns its row: the cache is shared and huggingface_hub serves cached files to
+    anyone, so the app enforces who may see it. A row that a failed pull left to its requester passes to the
+    user whose token now reads it, as long as no files of it are indexed yet."""
+    visibility.record(repo, private=info.private, gated=info.gated, token_used=token_used)
+    if user_id is None:
+        return
+    hidden = Repository.objects.filter(Q(private=True) | Q(gated=True), id=repo.id)
+    hidden.filter(owner__isnull=True).update(owner_id=user_id)
+    if token_used:
+        owners_pull = DownloadJob.objects.filter(
+            repository_id=OuterRef("id"),
+            requested_by_id=OuterRef("owner_id"),
+            state__in=[*DownloadJob.ACTIVE_STATES, State.SUCCEEDED],
+        )
+        hidden.exclude(owner_id=user_id).exclude(Exists(owners_pull)).exclude(snapshots__isnull=False).update(
+            owner_id=user_id
+        )
 
 
 def _save_snapshot(job: DownloadJob, sha: str, files: list[FileSpec], config: dict[str, Any]) -> Snapshot:

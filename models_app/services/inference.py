@@ -230,14 +230,53 @@ def start_generation(request: dict[str, Any], *, queue: str | None = None) -> No
     _send("inference.generate", [{**request, "enqueued_at": time.time()}], queue=queue)
 
 
-def request_load(snapshot_id: int, *, keep_alive: Any = None) -> None:
-    """The Load button: warm a model on the inference worker (the caller checked the user may use it)."""
-    _send("inference.load", [snapshot_id, keep_alive], queue=queue_for_snapshot(snapshot_id))
+def request_load(snapshot_id: int, *, keep_alive: Any = None, user: Any = None) -> None:
+    """The Load button: warm a model on the inference worker for `user` (the caller checked they may see
+    it). Loading is open to anyone who may use the model; the loader is recorded, see request_unload."""
+    user_id = getattr(user, "pk", None)
+    _send("inference.load", [snapshot_id, keep_alive, user_id], queue=queue_for_snapshot(snapshot_id))
 
 
-def request_unload(snapshot_id: int) -> None:
-    """The Unload button."""
-    _send("inference.unload", [snapshot_id], queue=queue_for_snapshot(snapshot_id))
+def may_unload(user: Any, model: dict[str, Any]) -> bool:
+    """Staff may unload any model; anyone else only one their own request loaded (`model`: an entry of
+    loaded_models())."""
+    return bool(user.is_staff) or (model.get("loaded_by") is not None and model.get("loaded_by") == user.pk)
+
+
+class UnloadRefused(PermissionError):
+    """Someone else's model: only its loader or staff may unload it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Only the user who loaded this model, or staff, can unload it; it leaves memory by itself once "
+            "idle for its keep-alive."
+        )
+
+
+def request_unload(snapshot_id: int, *, user: Any = None) -> bool:
+    """The Unload button, for `user` (None: the system; staff may unload any model). For anyone else: False,
+    and nothing sent, when the model is not loaded; UnloadRefused when someone else loaded it. The worker
+    checks the loader again (the model may have been unloaded and loaded by someone else meanwhile) and never
+    unloads a model that is generating: a running answer, anyone's, always finishes."""
+    if user is not None and not user.is_staff:
+        model = loaded_models().get(snapshot_id)
+        if model is None:  # not loaded, or not reported yet (heartbeats come every few seconds)
+            return False
+        if not may_unload(user, model):
+            raise UnloadRefused
+    by_user = None if user is None or user.is_staff else user.pk
+    _send("inference.unload", [snapshot_id, by_user], queue=queue_for_snapshot(snapshot_id))
+    return True
+
+
+def visible_loaded(user: Any, models: list[dict[str, Any]]) -> set[int]:
+    """The snapshot ids among `models` (loaded_models() entries) that `user` may see: one query."""
+    from models_app.models import Snapshot
+
+    ids = {m["snapshot_id"] for m in models}
+    if not ids:
+        return set()
+    return set(Snapshot.objects.visible_to(user).filter(id__in=ids).values_list("id", flat=True))
 
 
 def ensure_worker(queue: str = QUEUE) -> None:
@@ -405,16 +444,16 @@ def generate(request: dict[str, Any]) -> dict[str, Any] | None:
     return generation.generate(request)
 
 
-def load_model(snapshot_id: int, *, keep_alive: Any = None) -> dict[str, Any]:
+def load_model(snapshot_id: int, *, keep_alive: Any = None, user_id: int | None = None) -> dict[str, Any]:
     from models_app.services.engine import state
 
-    return state.load_model(snapshot_id, keep_alive=keep_alive)
+    return state.load_model(snapshot_id, keep_alive=keep_alive, user_id=user_id)
 
 
-def unload_model(snapshot_id: int) -> bool:
+def unload_model(snapshot_id: int, *, by_user: int | None = None) -> bool:
     from models_app.services.engine import state
 
-    return state.unload_model(snapshot_id)
+    return state.unload_model(snapshot_id, by_user=by_user)
 
 
 def expire_idle() -> list[int]:

@@ -72,6 +72,16 @@ def _preferred_ref(refs: frozenset[str]) -> str:
     return sorted(refs)[0] if refs else ""
 
 
+def _visibility_unknown(repository: Repository) -> bool:
+    """A row that no pull succeeded for and no update check read: left by a failed pull before failed pulls
+    made their rows private, so "public" there was never read from the Hub."""
+    return (
+        not repository.private
+        and repository.remote_checked_at is None
+        and not DownloadJob.objects.filter(repository=repository, state=DownloadJob.State.SUCCEEDED).exists()
+    )
+
+
 def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, report: ReconcileReport) -> None:
     label = f"{repo.repo_id}@{rev.commit_hash}"
     config_file = Path(rev.snapshot_path) / "config.json"
@@ -115,12 +125,14 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
         with transaction.atomic():
             # Another tool's download says nothing about who may see it: until the update check reads the
             # repo's visibility on the Hub, an imported repo is private (visible to staff only).
-            repository, _ = Repository.objects.get_or_create(
+            repository, created = Repository.objects.get_or_create(
                 repo_id=repo.repo_id, defaults={"kind": Repository.Kind.HUB, "private": True}
             )
             if repository.kind != Repository.Kind.HUB:
                 report.skipped.append(f"{label}: the name is taken by a local model")
                 return
+            if not created and _visibility_unknown(repository):
+                Repository.objects.filter(id=repository.id).update(private=True, updated_at=timezone.now())
             # Deleted here once, downloaded again by another tool since: the old row comes back.
             revived = Snapshot.objects.filter(
                 repository=repository, status=Snapshot.Status.DELETED, **key

@@ -17,7 +17,7 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_guard
+from models_app.services import hub_guard, visibility
 from models_app.services.cache import newest_first, snapshot_path
 from models_app.services.cache_layout import (
     CacheError,
@@ -266,10 +266,8 @@ def check_updates(*, repo_ids: Iterable[str] | None = None) -> list[UpdateInfo]:
             "update_summary": info.summary() if info.update_available else {},
             "updated_at": timezone.now(),
         }
-        # Visibility as the Hub reports it: imported repos start private until this says otherwise.
-        if remote.private is not None:
-            fields["private"] = bool(remote.private)
-        if remote.gated is not None:
-            fields["gated"] = bool(remote.gated)
         Repository.objects.filter(id=repo.id).update(**fields)
+        # Visibility as the Hub reports it: imported repos start private until this shows them to an anonymous
+        # caller (a "public" read through a token is checked again without it).
+        visibility.record(repo, private=remote.private, gated=remote.gated, token_used=bool(token))
     return results

@@ -77,3 +77,17 @@ def test_health_needs_a_key_and_reports_each_component(client, alice_api: KeyCli
     report = alice_api.get("/api/v1/health").json()
     assert {"ok", "database", "redis", "queues", "mlx", "cache"} <= set(report)
     assert report["database"]["ok"] is True
+
+
+def test_cache_paths_are_for_staff(alice_api: KeyClient, staff_api: KeyClient, alice, settings) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11 item 3's rule beyond the health endpoints: a server path maps the machine for an attacker."""
+    from django.test import Client
+
+    path = str(settings.CACHE_ROOTS["default"])
+    [root] = alice_api.get("/api/v1/cache").json()["roots"]
+    assert "path" not in root and root["disk"]["free"] > 0
+    assert staff_api.get("/api/v1/cache").json()["roots"][0]["path"] == path
+    page = Client()
+    page.force_login(alice)
+    body = page.get("/cache/").content.decode()
+    assert "Cache roots" in body and path not in body

@@ -167,3 +167,32 @@ def test_unloading_drops_the_models_prompt_caches(tiny_model_path: Path) -> None
     assert prompts.insert(1, [1, 5, 6], cache)
     assert models.unload(1)
     assert len(prompts) == 0
+
+
+def test_only_the_loader_or_staff_unloads_and_never_a_model_in_use(tiny_model_path: Path) -> None:
+    """Issue 11 item 12: `by_user` is a non-staff user's id; None is staff or the system."""
+    alice, bob = 1, 2
+    models = registry()
+    models.get(spec(tiny_model_path, 1), user_id=alice)
+    assert models.status()[0]["loaded_by"] == alice
+    with models.use(spec(tiny_model_path, 1), user_id=bob):  # Bob chats with Alice's model: fine
+        assert models.unload(1) is False  # not even staff cuts a running answer
+        assert models.unload(1, by_user=alice) is False
+    assert models.unload(1, by_user=bob) is False and 1 in models
+    assert models.unload(1, by_user=alice) is True and 1 not in models
+
+    models.get(spec(tiny_model_path, 1), user_id=alice)
+    assert models.unload(1) is True  # staff
+
+
+def test_another_users_keep_alive_does_not_unload_the_loaders_model(tiny_model_path: Path) -> None:
+    alice, bob = 1, 2
+    models = registry(keep_alive=60.0)
+    models.get(spec(tiny_model_path, 1), user_id=alice)
+    with models.use(spec(tiny_model_path, 1), keep_alive=0, user_id=bob):
+        pass
+    assert 1 in models  # Bob's keep_alive=0 would be an unload by the back door
+    assert models.status()[0]["expires_at"] is not None
+    with models.use(spec(tiny_model_path, 1), keep_alive=0, user_id=alice):
+        pass
+    assert 1 not in models  # Alice's own keep_alive=0 applies

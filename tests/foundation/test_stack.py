@@ -50,7 +50,7 @@ def test_runstack_serves_a_green_healthz_and_stops_everything_on_ctrl_c(  # type
 
         wait_for(healthy, 90, f"stack never became healthy:\n{stack.log()[-4000:]}", interval=0.5)
         assert report["ok"] is True
-        assert all(report["queues"][q]["workers"] for q in ("downloads", "maintenance", "inference"))
+        assert all(report["queues"][q]["ok"] for q in ("downloads", "maintenance", "inference"))
         assert f"open http://127.0.0.1:{port}/" in stack.log()
         children = stack.children()
         assert len(children) == (5 if own_redis else 4)  # web, two workers, beat (+ Redis)

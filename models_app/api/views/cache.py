@@ -26,7 +26,7 @@ class DiskSerializer(serializers.Serializer):
 
 class CacheRootSerializer(serializers.Serializer):
     name = serializers.CharField()
-    path = serializers.CharField()
+    path = serializers.CharField(required=False, help_text="Staff only")
     exists = serializers.BooleanField()
     disk = DiskSerializer()
     snapshots = serializers.IntegerField(help_text="Snapshots you may see in this root (not deleted)")
@@ -140,9 +140,10 @@ class CacheStatsView(ApiView):
         roots = []
         for name, path in settings.CACHE_ROOTS.items():
             stats = per_root.get(name, {"snapshots": 0, "size_bytes": 0, "by_status": {}})
-            roots.append(
-                {"name": name, "path": str(path), "exists": path.exists(), "disk": disk_usage(path), **stats}
-            )
+            root = {"name": name, "exists": path.exists(), "disk": disk_usage(path), **stats}
+            if request.user.is_staff:  # a server path maps the machine: staff only, as on the health page
+                root["path"] = str(path)
+            roots.append(root)
         return Response({"node": settings.NODE_NAME, "roots": roots})
 
 

@@ -3,7 +3,6 @@ load and unload."""
 
 from __future__ import annotations
 
-import redis
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -21,7 +20,7 @@ from models_app.api.serializers import (
 )
 from models_app.api.views.common import ApiView, errors, get_visible, id_parameter
 from models_app.models import Snapshot
-from models_app.services import cache, inference, verify, workers
+from models_app.services import cache, inference, verify
 
 # Text filters as the serializer below accepts them (DRF refuses NUL characters; PostgreSQL could not store them).
 TEXT_FILTER = {"type": "string", "maxLength": 200, "pattern": "^[^\\x00]*$"}
@@ -154,30 +153,23 @@ def _load_or_unload(request: Request, raw_id: str, *, load: bool) -> Response:
     snapshot = get_visible(visible_snapshots(request.user), raw_id, "model")
     if load and snapshot.status != Snapshot.Status.READY:
         raise ApiError("not_ready", f"This snapshot is {snapshot.status}, not ready.", status_code=409)
+    loaded = snapshot.id in inference.loaded_models()
     try:
-        live = workers.workers_for_queue(inference.QUEUE)
-    except redis.RedisError:
-        live = []
-    if not live:
-        raise ApiError(
-            "inference_unavailable", "No inference worker is running.", action="Start one (`make run` does)."
-        )
-    from dashboard.celery import app
-
-    if load:
-        app.send_task(
-            "inference.load", args=[snapshot.id], queue=inference.QUEUE, expires=inference.QUEUE_EXPIRY
-        )
-    else:
-        app.send_task(
-            "inference.unload", args=[snapshot.id], queue=inference.QUEUE, expires=inference.QUEUE_EXPIRY
-        )
+        if load:
+            inference.request_load(snapshot.id, user=request.user)
+            queued = True
+        else:
+            queued = inference.request_unload(snapshot.id, user=request.user)
+    except inference.InferenceUnavailable as err:
+        raise ApiError("inference_unavailable", str(err), action="Start one (`make run` does).") from None
+    except inference.UnloadRefused as err:
+        raise ApiError("permission_denied", str(err)) from None
     return Response(
         {
             "snapshot_id": snapshot.id,
             "repo_id": snapshot.repository.repo_id,
-            "queued": True,
-            "loaded": snapshot.id in inference.loaded_models(),
+            "queued": queued,
+            "loaded": loaded,
         },
         status=status.HTTP_202_ACCEPTED,
     )
@@ -209,7 +201,7 @@ class ModelUnloadView(ApiView):
         summary="Unload from the inference worker, freeing its memory",
         request=None,
         parameters=[id_parameter(description="Snapshot id")],
-        responses={202: LoadResultSerializer, **errors(400, 404, 503)},
+        responses={202: LoadResultSerializer, **errors(400, 403, 404, 503)},
     )
     def post(self, request: Request, id: str) -> Response:
         return _load_or_unload(request, id, load=False)

@@ -61,13 +61,15 @@ class PullListView(ApiView):
     @extend_schema(
         operation_id="pulls_create",
         summary="Pull a model from the Hub; joins the active job of the same repo and revision if there is one",
+        description="Another user's active pull of a private or gated repo (with their token) is not joined: "
+        "409 `pull_in_progress` until it ends.",
         request=PullCreateSerializer,
         responses={
             201: OpenApiResponse(PullSerializer, description="A new job was queued"),
             200: OpenApiResponse(
                 PullSerializer, description="An active job for this repo and revision was joined"
             ),
-            **errors(400, 403, 404),
+            **errors(400, 403, 404, 409),
         },
     )
     def post(self, request: Request) -> Response:

@@ -197,7 +197,7 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
     if keep_alive is not ... and keep_alive < 0:
         keep_alive = None
     load_started = time.perf_counter()
-    with engine.registry.use(spec, keep_alive=keep_alive) as loaded:
+    with engine.registry.use(spec, keep_alive=keep_alive, user_id=request.user_id) as loaded:
         outcome.load_ms = round((time.perf_counter() - load_started) * 1000, 1)
         if stream.should_stop:
             raise Cancelled

@@ -62,6 +62,9 @@ class LoadedModel:
     keep_alive: float | None = None  # seconds after last use; None: until evicted
     busy: int = 0
     prefill: PrefillPace = field(default_factory=PrefillPace)  # its measured prompt speed
+    # The user whose request loaded it (None: the system). Only they (or staff) may unload it, or change its
+    # keep-alive: another user's keep_alive=0 would otherwise be an unload by the back door.
+    loaded_by: int | None = None
 
     @property
     def snapshot_id(self) -> int:
@@ -81,6 +84,7 @@ class LoadedModel:
             "idle_seconds": 0.0 if self.busy else round(max(0.0, now - self.last_used), 1),
             "expires_at": self.expires_at,
             "busy": bool(self.busy),
+            "loaded_by": self.loaded_by,
         }
 
 
@@ -190,9 +194,12 @@ class ModelRegistry:
 
     # --- Loading and use -------------------------------------------------------------------------------------
 
-    def get(self, spec: ModelSpec, *, keep_alive: float | EllipsisType | None = ...) -> LoadedModel:
-        """The loaded model for spec, loading it (and evicting others) if needed. keep_alive: seconds,
-        None for forever, or ... (Ellipsis) for the default. Raises ModelLoadError."""
+    def get(
+        self, spec: ModelSpec, *, keep_alive: float | EllipsisType | None = ..., user_id: int | None = None
+    ) -> LoadedModel:
+        """The loaded model for spec, loading it (and evicting others) if needed, for `user_id`. keep_alive:
+        seconds, None for forever, or ... (Ellipsis) for the default; it applies to a model this user loaded
+        (or the system did), not to another user's. Raises ModelLoadError."""
         with self._lock:
             entry = self._models.get(spec.snapshot_id)
             if entry is not None:
@@ -201,14 +208,19 @@ class ModelRegistry:
             entry = None  # the snapshot row now points elsewhere: reload from the new path
         if entry is None:
             entry = self._load(spec)
+            entry.loaded_by = user_id
         entry.last_used = time.time()
-        entry.keep_alive = self.default_keep_alive if keep_alive is ... else keep_alive
+        if entry.loaded_by is None or entry.loaded_by == user_id:
+            entry.keep_alive = self.default_keep_alive if keep_alive is ... else keep_alive
         return entry
 
     @contextlib.contextmanager
-    def use(self, spec: ModelSpec, *, keep_alive: float | EllipsisType | None = ...) -> Iterator[LoadedModel]:
-        """Hold a model for one generation: never evicted while in use; keep-alive counts from the end."""
-        entry = self.get(spec, keep_alive=keep_alive)
+    def use(
+        self, spec: ModelSpec, *, keep_alive: float | EllipsisType | None = ..., user_id: int | None = None
+    ) -> Iterator[LoadedModel]:
+        """Hold a model for one generation: never evicted (nor unloaded) while in use; keep-alive counts from
+        the end."""
+        entry = self.get(spec, keep_alive=keep_alive, user_id=user_id)
         entry.busy += 1
         try:
             yield entry
@@ -277,10 +289,17 @@ class ModelRegistry:
 
     # --- Unloading -------------------------------------------------------------------------------------------
 
-    def unload(self, snapshot_id: int) -> bool:
+    def unload(self, snapshot_id: int, *, by_user: int | None = None) -> bool:
+        """Unload unless it is generating. `by_user`: a non-staff user's id, who may unload only a model they
+        loaded (None: staff or the system, who may unload any idle model)."""
         with self._lock:
             entry = self._models.get(snapshot_id)
             if entry is None or entry.busy:
+                return False
+            if by_user is not None and entry.loaded_by != by_user:
+                log.info(
+                    "user %s may not unload snapshot %s (loaded by %s)", by_user, snapshot_id, entry.loaded_by
+                )
                 return False
             del self._models[snapshot_id]
         self._after_unload(snapshot_id)

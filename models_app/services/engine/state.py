@@ -75,15 +75,15 @@ def spec_for(snapshot_id: int) -> ModelSpec:
     return ModelSpec(snapshot_id=snapshot.id, repo_id=name, path=snapshot.path)
 
 
-def load_model(snapshot_id: int, *, keep_alive: Any = None) -> dict[str, Any]:
-    """Load a model now (the Load button); returns its status entry. Raises ModelLoadError."""
+def load_model(snapshot_id: int, *, keep_alive: Any = None, user_id: int | None = None) -> dict[str, Any]:
+    """Load a model now (the Load button) for `user_id`; returns its status entry. Raises ModelLoadError."""
     ttl = ... if keep_alive in (None, "") else inference.parse_keep_alive(keep_alive)
-    entry = state().registry.get(spec_for(snapshot_id), keep_alive=ttl)
+    entry = state().registry.get(spec_for(snapshot_id), keep_alive=ttl, user_id=user_id)
     return entry.status(time.time())
 
 
-def unload_model(snapshot_id: int) -> bool:
-    return state().registry.unload(snapshot_id)
+def unload_model(snapshot_id: int, *, by_user: int | None = None) -> bool:
+    return state().registry.unload(snapshot_id, by_user=by_user)
 
 
 def expire_idle() -> list[int]:
