@@ -73,6 +73,15 @@ def credential_test(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def credential_default(request: HttpRequest, pk: int) -> HttpResponse:
+    credential = get_object_or_404(HubCredential, pk=pk, owner=request.user)
+    credentials.credential_set_default(credential)
+    messages.success(request, f"Pulls that name no token now use “{credential.name}” ({credential.masked}).")
+    return redirect("/settings/#credentials")
+
+
+@login_required
+@require_POST
 def credential_delete(request: HttpRequest, pk: int) -> HttpResponse:
     credential = get_object_or_404(HubCredential, pk=pk, owner=request.user)
     credential.delete()

@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.utils import filter_repo_objects
 
 from models_app.models import HubCredential
-from models_app.services import errors, hub_checks
+from models_app.services import errors, hub_checks, validation
 from models_app.services.cache_layout import cache_root_path, context_length, repo_path
 from models_app.services.errors import DownloadError
 from models_app.services.health import disk_usage
@@ -210,15 +210,19 @@ def plan_pull(
         info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
             repo_id, revision=revision, files_metadata=True, token=token or False
         )
+        every_path = [s.rfilename for s in info.siblings or []]
+        if unmatched := validation.unmatched_patterns(allow_patterns, every_path):
+            raise validation.no_match_error(repo_id, unmatched, every_path)
         siblings = list(
             filter_repo_objects(info.siblings or [], allow_patterns=allow_patterns, key=lambda s: s.rfilename)
         )
         paths = [s.rfilename for s in siblings]
-        config = _read_config(repo_id, info.sha, token) if "config.json" in paths else None
+        # Whether it is a model is the repo's question (config.json is fetched first whatever the patterns).
+        config = _read_config(repo_id, info.sha, token) if "config.json" in every_path else None
     except DownloadError:
         raise
     except Exception as exc:  # every Hub failure becomes a code the page explains
-        raise errors.classify(exc, repo_id, has_token=token is not None) from exc
+        raise errors.classify(exc, repo_id, has_token=token is not None, revision=revision) from exc
 
     repo_dir = repo_path(root, repo_id)
     files = [
@@ -226,7 +230,7 @@ def plan_pull(
     ]
     total = sum(f.size for f in files)
     cached = sum(f.size for f in files if f.cached)
-    is_mlx, reason = mlx_check(config, paths)
+    is_mlx, reason = mlx_check(config, every_path)
     weights = sum(f.size for f in files if f.path.endswith(WEIGHT_SUFFIXES))
     plan = PullPlan(
         repo_id=repo_id,
@@ -247,6 +251,32 @@ def plan_pull(
     )
     if not plan.disk_ok:
         plan.warnings.append("Not enough free disk space: free some (delete unused models) first.")
-    if allow_patterns and not files:
-        plan.warnings.append("No file matches these patterns.")
+    if allow_patterns and (missing := hub_checks.mlx_missing(paths, every_path)):
+        plan.warnings.append(
+            "These files alone are not a model mlx-lm can load: the snapshot will be partial (not offered "
+            f"for chat) until a pull adds {', '.join(missing[:6])}."
+        )
     return plan
+
+
+def check_patterns(
+    repo_id: str,
+    revision: str,
+    *,
+    allow_patterns: list[str] | None,
+    credential: HubCredential | None = None,
+) -> None:
+    """Refuse, before a job exists, patterns that select none of the repo's files (one metadata call). When
+    the Hub cannot be asked now, the job asks it and refuses the same way."""
+    allow_patterns = validation.validate_allow_patterns(allow_patterns)
+    if not allow_patterns:
+        return
+    try:
+        info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
+            repo_id, revision=revision, token=_token(credential) or False, timeout=10
+        )
+    except Exception:  # auth, network, unknown repo: the job reports those with its own codes
+        return
+    paths = [s.rfilename for s in info.siblings or []]
+    if unmatched := validation.unmatched_patterns(allow_patterns, paths):
+        raise validation.no_match_error(repo_id, unmatched, paths)
