@@ -315,9 +315,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
         raise hub_checks.not_mlx(repo_id, problem)
 
     config_spec = [f for f in all_files if f.path == "config.json"]
-    checked_ok = _drop_known_bad(
-        job, sha, repo_dir, files + [f for f in config_spec if f.path not in wanted], monitor
-    )
+    checked_ok = _drop_known_bad(job, sha, repo_dir, all_files, wanted | {"config.json"}, monitor)
     needed = sum(f.size for f in files if job.force or not (repo_dir / "blobs" / f.etag).is_file())
     hub_checks.check_disk(root, needed=needed, reserve=int(settings.DOWNLOAD_DISK_RESERVE))
     jobs.update_running(
@@ -392,7 +390,12 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
 
 
 def _drop_known_bad(
-    job: DownloadJob, sha: str, repo_dir: Path, files: list[FileSpec], monitor: JobMonitor
+    job: DownloadJob,
+    sha: str,
+    repo_dir: Path,
+    files: list[FileSpec],
+    fetching: set[str],
+    monitor: JobMonitor,
 ) -> Callable[[FileSpec, Path], bool]:
     """A snapshot that failed verification (invalid or missing) holds files huggingface_hub would trust as
     cached: check them now and delete the bad ones, so this pull fetches them again in one go instead of
@@ -409,9 +412,12 @@ def _drop_known_bad(
         return lambda spec, blob: False
     started = time.time()
     bad = hub_checks.verify_files(repo_dir, sha, files, check=monitor.check)
-    if bad:
-        names = ", ".join(sorted(bad)[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
-        note = f"The snapshot failed verification: fetching {len(bad)} file(s) again: {names}."
+    # Every file of the commit is checked, not only the ones this pull selects: a corrupt file outside its
+    # patterns is deleted too, so the record (which keeps only files on disk) cannot call it sound.
+    refetch = sorted(path for path, why in bad.items() if path in fetching and why != "missing")
+    if refetch:
+        names = ", ".join(refetch[:5]) + (f" (and {len(refetch) - 5} more)" if len(refetch) > 5 else "")
+        note = f"The snapshot failed verification: fetching {len(refetch)} file(s) again: {names}."
         log.info("download job %s: %s", job.id, note)
         jobs.update_running(job.id, task_id=monitor.task_id, error_message=note)
     sound = {f.etag for f in files if f.path not in bad}

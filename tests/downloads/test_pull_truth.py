@@ -236,3 +236,25 @@ def test_cache_clean_help_says_that_no_options_delete_superseded_revisions() -> 
     text = " ".join(parser.format_help().split())
     assert "With no options" in text and "superseded" in text
     assert "CACHE_CLEANUP_KEEP_REVISIONS, 1" in text
+
+
+def test_a_filtered_pull_of_an_invalid_snapshot_never_calls_a_corrupt_file_sound(hub, publish) -> None:
+    repo_id, _ = publish()
+    snapshot = wait_job(hub_service.download_model(repo_id)).snapshot
+    blob = (Path(snapshot.path) / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert verify_model(snapshot).status == Snapshot.Status.INVALID
+
+    job = wait_job(hub_service.download_model(repo_id, allow_patterns=["*.json"]))
+
+    assert (job.state, job.error_code) == ("succeeded", ""), job.error_message
+    snapshot.refresh_from_db()
+    # The corrupt weights were outside the patterns: deleted, and the snapshot says they are missing.
+    assert snapshot.status == Snapshot.Status.PARTIAL and snapshot.missing_files == ["model.safetensors"]
+    assert "model.safetensors" not in {f["path"] for f in snapshot.files}
+    done = wait_job(hub_service.download_model(repo_id))
+    assert done.state == "succeeded"
+    snapshot.refresh_from_db()
+    assert snapshot.status == Snapshot.Status.READY and verify_model(snapshot).ok
