@@ -105,7 +105,8 @@ def selection_hint(repo_id: str, *, user_id: int | None, used_id: int | None) ->
     return (
         f"{sent} Your stored tokens: {names}. Pick one that can read {repo_id} for the pull (the Hub token "
         "field of the Pull page, pull --credential NAME, or credential_id in the API), or mark it default in "
-        "Settings; on the Hub, check that its account may read the repository."
+        "Settings ('Not default' there makes pulls send no token); on the Hub, check that its account may "
+        "read the repository."
     )
 
 

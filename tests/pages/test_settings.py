@@ -94,6 +94,11 @@ def test_the_default_token_is_marked_chosen_in_settings_and_offered_by_the_pull_
     assert alice_client.post(f"/settings/credentials/{bobs.id}/default/").status_code == 404
     first.refresh_from_db()
     assert not first.is_default
+    # And back to no default at all: pulls then send no token.
+    response = alice_client.post(f"/settings/credentials/{work.id}/default/", {"default": "0"}, follow=True)
+    assert "now send none" in response.content.decode()
+    assert not HubCredential.objects.filter(owner=alice, is_default=True).exists()
+    assert "None (public models)" in alice_client.get("/pull/").content.decode()
 
 
 def test_a_new_api_key_is_shown_once(alice_client, alice) -> None:
