@@ -72,7 +72,9 @@ class SnapshotSerializer(serializers.ModelSerializer):
     kind = serializers.CharField(source="repository.kind")
     private = serializers.BooleanField(source="repository.private")
     gated = serializers.BooleanField(source="repository.gated")
-    update_available = serializers.BooleanField(source="repository.update_available")
+    update_available = serializers.SerializerMethodField(
+        help_text="The Hub has a newer commit of the tracked revision than this snapshot"
+    )
     file_count = serializers.SerializerMethodField()
     missing_files = serializers.ListField(
         child=serializers.CharField(),
@@ -105,6 +107,12 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_update_available(self, obj: Snapshot) -> bool:
+        # The snapshot at the Hub's head is the update: it has none itself (as cache.list_models says).
+        repo = obj.repository
+        return bool(repo.update_available and obj.commit_sha != repo.remote_sha)
 
     def get_file_count(self, obj: Snapshot) -> int:
         return len(obj.files or [])

@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from models_app.api.serializers import SnapshotSerializer
 from models_app.models import DownloadJob, Repository, Snapshot
 from models_app.openai.views import _ready_models
 from models_app.services import credentials
@@ -191,6 +192,8 @@ def test_after_pulling_the_update_no_snapshot_shows_an_update(hub, publish) -> N
     new_sha = hub.commit(repo_id, {"generation_config.json": b'{"temperature": 0.5}'})
     call_command("updates", repo_id, stdout=StringIO())
     assert Repository.objects.get(repo_id=repo_id).update_available
+    old = Snapshot.objects.select_related("repository").get(repository__repo_id=repo_id)
+    assert SnapshotSerializer(old).data["update_available"] is True
 
     job = wait_job(hub_service.download_model(repo_id))
 
@@ -203,6 +206,8 @@ def test_after_pulling_the_update_no_snapshot_shows_an_update(hub, publish) -> N
     call_command("models", stdout=out)
     line = next(line for line in out.getvalue().splitlines() if new_sha[:8] in line)
     assert " yes " not in line
+    api = Snapshot.objects.select_related("repository").filter(repository__repo_id=repo_id)
+    assert [SnapshotSerializer(s).data["update_available"] for s in api] == [False, False]
 
 
 def test_an_unknown_revision_is_named_in_the_error(publish) -> None:
