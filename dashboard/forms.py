@@ -12,10 +12,10 @@ from django.conf import settings
 from django.urls import reverse
 
 from models_app.models import HubCredential, Snapshot
-from models_app.services import errors, workers
+from models_app.services import credentials, errors, workers
 from models_app.services.errors import DownloadError
 from models_app.services.inference import DEFAULT_GENERATION
-from models_app.services.validation import parse_hub_url, validate_revision
+from models_app.services.validation import parse_hub_url, repo_and_revision, validate_allow_patterns
 
 GB = 10**9
 DAY = 86400
@@ -126,6 +126,10 @@ class PullForm(PagesForm):
         super().__init__(*args, **kwargs)
         # Only the user's own tokens: a credential id from another user is "not a valid choice".
         self.fields["credential"].queryset = HubCredential.objects.filter(owner=user).order_by("name")
+        default = credentials.default_credential(user)
+        if default is not None:
+            # Left empty, the pull uses this one (download_model's rule): the choice says so.
+            self.fields["credential"].empty_label = f"Your default: {credentials.label(default)}"
         # This machine first, then every other one with a live download worker (the page shows the choice
         # only when there is one to make).
         others = [n for n in workers.node_names("downloads") if n != settings.NODE_NAME]
@@ -143,10 +147,10 @@ class PullForm(PagesForm):
         patterns = [p.strip() for p in text.replace(",", "\n").splitlines() if p.strip()]
         if len(patterns) > MAX_PATTERNS:
             raise forms.ValidationError(f"At most {MAX_PATTERNS} patterns.")
-        for pattern in patterns:
-            if len(pattern) > 200 or not pattern.isprintable() or pattern.startswith("/") or ".." in pattern:
-                raise forms.ValidationError(f"{pattern[:40]!r} is not a file pattern like *.safetensors.")
-        return patterns or None
+        try:
+            return validate_allow_patterns(patterns)
+        except DownloadError as err:
+            raise forms.ValidationError(err.message) from None
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -154,17 +158,14 @@ class PullForm(PagesForm):
         if repo_text is None:
             return data
         try:
-            repo_id, url_revision = parse_hub_url(repo_text)
+            repo_id, _ = parse_hub_url(repo_text)
         except DownloadError as err:
             self.add_download_error(err)
             return data
         data["repo_id"] = repo_id
-        revision = (data.get("revision") or "").strip()
-        # A revision in the pasted URL wins over the untouched default.
-        if not revision or (revision == "main" and url_revision != "main"):
-            revision = url_revision
         try:
-            data["revision"] = validate_revision(revision)
+            # A revision in the pasted URL wins over the untouched default.
+            _, data["revision"] = repo_and_revision(repo_text, (data.get("revision") or "").strip() or None)
         except DownloadError as err:
             self.add_download_error(err, repo_id)
         return data

@@ -28,15 +28,20 @@ TEMPLATE_JOB = {
 
 
 def _jobs(user):  # type: ignore[no-untyped-def]
-    return DownloadJob.objects.visible_to(user).select_related("repository", "requested_by")
+    return DownloadJob.objects.visible_to(user).select_related("repository", "requested_by", "credential")
 
 
 def attach_actions(jobs: list[DownloadJob]) -> list[DownloadJob]:
-    """What to do about each failed job, from its error code (no query)."""
+    """What to do about each failed job, from its error code (a refused token's reads the stored tokens)."""
     for job in jobs:
         job.action = None  # type: ignore[attr-defined]
         if job.state == DownloadJob.State.FAILED and job.error_code in errors.CODES:
-            err = DownloadError(job.error_code, job.error_message, repo_id=job.repository.repo_id)
+            err = DownloadError(
+                job.error_code,
+                job.error_message,
+                repo_id=job.repository.repo_id,
+                action=errors.action_for_job(job),  # a refused token's names the stored tokens
+            )
             job.action = error_action(err, job.repository.repo_id)  # type: ignore[attr-defined]
     return jobs
 

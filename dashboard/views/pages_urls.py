@@ -24,6 +24,9 @@ urlpatterns = [
     path("settings/", settings_pages.settings_page, name="settings"),
     path("settings/credentials/", settings_pages.credential_add, name="credential_add"),
     path("settings/credentials/<int:pk>/test/", settings_pages.credential_test, name="credential_test"),
+    path(
+        "settings/credentials/<int:pk>/default/", settings_pages.credential_default, name="credential_default"
+    ),
     path("settings/credentials/<int:pk>/delete/", settings_pages.credential_delete, name="credential_delete"),
     path("settings/keys/", settings_pages.apikey_create, name="apikey_create"),
     path("settings/keys/new/", settings_pages.apikey_created, name="apikey_created"),

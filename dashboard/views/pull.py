@@ -8,10 +8,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from dashboard.forms import PullForm
-from models_app.services import hub
+from models_app.services import credentials, hub
+from models_app.services import plan as plan_service
 from models_app.services.cache_layout import CacheError
 from models_app.services.errors import DownloadError
-from models_app.services.plan import plan_pull
 
 
 @login_required
@@ -28,23 +28,29 @@ def pull(request: HttpRequest) -> HttpResponse:
     if form.is_valid():
         data = form.cleaned_data
         repo_id, revision = data["repo_id"], data["revision"]
+        # No token chosen: the user's default one, as the pull itself will use.
+        credential = data["credential"] or credentials.default_credential(user)
         try:
             if request.POST.get("action") == "start":
+                plan_service.check_patterns(
+                    repo_id, revision, allow_patterns=data["allow_patterns"], credential=credential
+                )
                 job = hub.download_model(
                     repo_id,
                     revision,
-                    credential=data["credential"],
+                    credential=credential,
                     force=data["force"],
                     allow_patterns=data["allow_patterns"],
                     user=user,
                     node=data["node"] or None,
                 )
-                messages.success(request, f"Pulling {repo_id}@{revision}.")
+                token = f" with the Hub token {credentials.label(credential)}" if credential else ""
+                messages.success(request, f"Pulling {repo_id}@{revision}{token}.")
                 return redirect(f"/downloads/?job={job.id}#job-{job.id}")
-            plan = plan_pull(
+            plan = plan_service.plan_pull(
                 repo_id,
                 revision,
-                credential=data["credential"],
+                credential=credential,
                 allow_patterns=data["allow_patterns"],
                 node=data["node"] or None,
             )

@@ -73,6 +73,20 @@ def credential_test(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def credential_default(request: HttpRequest, pk: int) -> HttpResponse:
+    """Make the token the default (the one pulls that name none use), or with default=0 stop using it so."""
+    credential = get_object_or_404(HubCredential, pk=pk, owner=request.user)
+    make = request.POST.get("default", "1") != "0"
+    credentials.credential_set_default(credential, default=make)
+    if make:
+        messages.success(request, f"Pulls that name no token now use {credentials.label(credential)}.")
+    else:
+        messages.success(request, "Pulls that name no token now send none (public models need none).")
+    return redirect("/settings/#credentials")
+
+
+@login_required
+@require_POST
 def credential_delete(request: HttpRequest, pk: int) -> HttpResponse:
     credential = get_object_or_404(HubCredential, pk=pk, owner=request.user)
     credential.delete()

@@ -278,12 +278,30 @@ class HubCredentialForm(forms.ModelForm):
 class HubCredentialAdmin(OwnRowsUnlessSuperuser):
     form = HubCredentialForm
     owner_field = "owner"
-    list_display = ["name", "owner", "masked", "hub_username", "last_verified_at", "last_error", "created_at"]
+    list_display = [
+        "name",
+        "owner",
+        "masked",
+        "is_default",
+        "hub_username",
+        "last_verified_at",
+        "last_error",
+        "created_at",
+    ]
     list_filter = [("last_verified_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "owner__username", "hub_username"]
     list_select_related = ["owner"]
     # token_ciphertext is deliberately absent from every list here.
-    readonly_fields = ["masked", "hub_username", "whoami", "last_verified_at", "last_error", "created_at"]
+    # is_default is the owner's choice (Settings, or the API): one per owner, so never a bare checkbox here.
+    readonly_fields = [
+        "masked",
+        "is_default",
+        "hub_username",
+        "whoami",
+        "last_verified_at",
+        "last_error",
+        "created_at",
+    ]
     actions = ["check_tokens"]
 
     def get_fields(self, request: HttpRequest, obj: HubCredential | None = None) -> list[str]:

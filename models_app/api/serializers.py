@@ -12,7 +12,8 @@ from rest_framework import serializers
 
 from models_app.models import ApiKey, DownloadJob, HubCredential, Snapshot
 from models_app.services import validation
-from models_app.services.errors import DownloadError
+from models_app.services.credentials import label as credential_label
+from models_app.services.errors import CODES, action_for_job
 
 
 class StrictCharField(serializers.CharField):
@@ -71,8 +72,15 @@ class SnapshotSerializer(serializers.ModelSerializer):
     kind = serializers.CharField(source="repository.kind")
     private = serializers.BooleanField(source="repository.private")
     gated = serializers.BooleanField(source="repository.gated")
-    update_available = serializers.BooleanField(source="repository.update_available")
+    update_available = serializers.SerializerMethodField(
+        help_text="The Hub has a newer commit of the tracked revision than this snapshot"
+    )
     file_count = serializers.SerializerMethodField()
+    missing_files = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="A partial snapshot: what mlx-lm needs that it does not hold (empty otherwise)",
+    )
 
     class Meta:
         model = Snapshot
@@ -85,6 +93,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "node",
             "cache_root",
             "status",
+            "missing_files",
             "size_bytes",
             "file_count",
             "model_type",
@@ -98,6 +107,12 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_update_available(self, obj: Snapshot) -> bool:
+        # The snapshot at the Hub's head is the update: it has none itself (as cache.list_models says).
+        repo = obj.repository
+        return bool(repo.update_available and obj.commit_sha != repo.remote_sha)
 
     def get_file_count(self, obj: Snapshot) -> int:
         return len(obj.files or [])
@@ -173,6 +188,9 @@ class PullSerializer(serializers.ModelSerializer):
     repo_id = serializers.CharField(source="repository.repo_id")
     requested_by = serializers.CharField(source="requested_by.username", allow_null=True, default=None)
     credential_id = serializers.IntegerField(allow_null=True)
+    credential = serializers.SerializerMethodField(
+        help_text="The Hub token the pull uses, by name and masked form (never the token); null: none"
+    )
     snapshot_id = serializers.IntegerField(allow_null=True)
     percent = serializers.FloatField()
     eta_seconds = serializers.FloatField(allow_null=True)
@@ -190,6 +208,7 @@ class PullSerializer(serializers.ModelSerializer):
             "commit_sha",
             "snapshot_id",
             "credential_id",
+            "credential",
             "requested_by",
             "force",
             "allow_patterns",
@@ -210,6 +229,10 @@ class PullSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_credential(self, obj: DownloadJob) -> str | None:
+        return credential_label(obj.credential) if obj.credential_id and obj.credential else None
+
     @extend_schema_field(PullErrorSerializer(allow_null=True))
     def get_error(self, obj: DownloadJob) -> dict[str, str] | None:
         if not obj.error_code:
@@ -218,20 +241,33 @@ class PullSerializer(serializers.ModelSerializer):
 
 
 def _action_for(job: DownloadJob) -> str:
-    """The downloads service words each code's action; a DownloadError built from the row gives it back."""
-    try:
-        return DownloadError(job.error_code, job.error_message, repo_id=job.repository.repo_id).action
-    except ValueError:  # a code that service no longer knows
+    """The downloads service words each code's action (a refused token's names the stored tokens)."""
+    if job.error_code not in CODES:  # a code that service no longer knows
         return ""
+    return action_for_job(job)
 
 
-@extend_schema_field({"type": "string", "pattern": REPO_ID_PATTERN, "maxLength": 193})
+# A model's Hub URL as validation.parse_hub_url takes it (huggingface.co or hf.co; the configured
+# HF_ENDPOINT's host is accepted too, but the schema cannot name a host that settings may change), optionally
+# with /tree/<revision> in one segment.
+_URL_PART = r"[A-Za-z0-9_]([A-Za-z0-9_]|[.-][A-Za-z0-9_]){0,47}"
+_URL_REVISION = r"[A-Za-z0-9_+=]([A-Za-z0-9_+=-]|[.][A-Za-z0-9_+=-]){0,99}"
+HUB_URL_PATTERN = (
+    rf"^https?://(www\.huggingface\.co|huggingface\.co|hf\.co)/(models/)?{_URL_PART}/{_URL_PART}"
+    rf"(/(tree|blob|resolve)/{_URL_REVISION})?/?$"
+)
+
+
+@extend_schema_field({"type": "string", "pattern": f"{REPO_ID_PATTERN}|{HUB_URL_PATTERN}", "maxLength": 2048})
 class RepoIdField(StrictCharField):
-    """Checked by the downloads service's own rules, so a bad id is its `invalid_repo_id` error (with its
-    action), not a generic field error. The pattern documents the same rules for clients."""
+    """`org/name` or the model's Hub URL (…/tree/<revision> sets the revision), checked by the downloads
+    service's own rules, so a bad id is its `invalid_repo_id` error (with its action), not a generic field
+    error. The pattern documents the same rules for clients."""
 
     def to_internal_value(self, data: Any) -> str:
-        return validation.validate_repo_id(super().to_internal_value(data))
+        text = super().to_internal_value(data)
+        validation.parse_hub_url(text)
+        return text
 
 
 @extend_schema_field({"type": "string", "pattern": REVISION_PATTERN, "maxLength": 200, "default": "main"})
@@ -241,7 +277,12 @@ class RevisionField(StrictCharField):
 
 
 class PullCreateSerializer(serializers.Serializer):
-    repo_id = RepoIdField(help_text="org/name on the Hub, e.g. mlx-community/SmolLM2-135M-Instruct-8bit")
+    repo_id = RepoIdField(
+        help_text=(
+            "org/name on the Hub, e.g. mlx-community/SmolLM2-135M-Instruct-8bit, or its Hub URL "
+            "(a …/tree/<revision> URL sets the revision unless `revision` names another one)"
+        )
+    )
     revision = RevisionField(default="main", help_text="Branch, tag or commit sha")
     credential_id = serializers.IntegerField(
         required=False,
@@ -273,6 +314,13 @@ class PullCreateSerializer(serializers.Serializer):
         super().__init__(*args, **kwargs)
         self.fields["cache"].choices = sorted(settings.CACHE_ROOTS)
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The Pull page's rule for a URL and a revision, so the API and the page agree.
+        attrs["repo_id"], attrs["revision"] = validation.repo_and_revision(
+            attrs["repo_id"], attrs["revision"]
+        )
+        return attrs
+
 
 # --- Hub credentials ----------------------------------------------------------------------------------------------
 
@@ -297,9 +345,18 @@ class CredentialSerializer(serializers.ModelSerializer):
             "hub_username",
             "last_verified_at",
             "last_error",
+            "is_default",
             "created_at",
         ]
-        read_only_fields = ["id", "masked", "hub_username", "last_verified_at", "last_error", "created_at"]
+        read_only_fields = [
+            "id",
+            "masked",
+            "hub_username",
+            "last_verified_at",
+            "last_error",
+            "is_default",
+            "created_at",
+        ]
         # The (owner, name) uniqueness is checked by the service with the owner from the request.
         validators: list = []
 

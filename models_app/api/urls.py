@@ -31,6 +31,11 @@ v1 = [
     path("pulls/<str:id>/events", pulls.PullEventsView.as_view(), name="api-pull-events"),
     path("credentials", credentials.CredentialListView.as_view(), name="api-credentials"),
     path("credentials/<str:id>", credentials.CredentialDetailView.as_view(), name="api-credential"),
+    path(
+        "credentials/<str:id>/default",
+        credentials.CredentialDefaultView.as_view(),
+        name="api-credential-default",
+    ),
     path("credentials/<str:id>/test", credentials.CredentialTestView.as_view(), name="api-credential-test"),
     path("cache", cache.CacheStatsView.as_view(), name="api-cache"),
     path("cache/cleanup", cache.CleanupView.as_view(), name="api-cache-cleanup"),

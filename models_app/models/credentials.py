@@ -7,6 +7,7 @@ import secrets
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -24,12 +25,18 @@ class HubCredential(models.Model):
     whoami = models.JSONField(default=dict, blank=True, help_text="whoami-v2 without any token field")
     last_verified_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=300, blank=True)
+    is_default = models.BooleanField(
+        default=False, help_text="Used by the owner's pulls that name no token (one per owner)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["owner", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["owner", "name"], name="unique_credential_name_per_owner")
+            models.UniqueConstraint(fields=["owner", "name"], name="unique_credential_name_per_owner"),
+            models.UniqueConstraint(
+                fields=["owner"], condition=Q(is_default=True), name="one_default_credential_per_owner"
+            ),
         ]
 
     def __str__(self) -> str:

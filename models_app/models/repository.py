@@ -75,6 +75,8 @@ class Snapshot(models.Model):
     class Status(models.TextChoices):
         DOWNLOADING = "downloading", "Downloading"
         READY = "ready", "Ready"
+        # Holds some files (a filtered pull) but not everything mlx-lm needs: listed in missing_files.
+        PARTIAL = "partial", "Partial"
         INVALID = "invalid", "Failed verification"
         MISSING = "missing", "Files missing"
         DELETED = "deleted", "Deleted"
@@ -89,6 +91,9 @@ class Snapshot(models.Model):
     path = models.CharField(max_length=1024, blank=True)
     size_bytes = models.BigIntegerField(default=0)
     files = models.JSONField(default=list, blank=True, help_text="[{path, size, blob_id, sha256?}]")
+    missing_files = models.JSONField(
+        default=list, blank=True, help_text="What mlx-lm needs that a partial snapshot does not hold"
+    )
     status = models.CharField(
         max_length=12, choices=Status.choices, default=Status.DOWNLOADING, db_index=True
     )

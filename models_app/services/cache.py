@@ -242,7 +242,8 @@ def list_models(*, user: Any = None, node: str | None = None) -> list[ModelInfo]
             verified_at=s.verified_at,
             private=s.repository.private,
             gated=s.repository.gated,
-            update_available=s.repository.update_available,
+            # The snapshot at the Hub's head is the update: it has none itself.
+            update_available=s.repository.update_available and s.commit_sha != s.repository.remote_sha,
             remote_sha=s.repository.remote_sha,
         )
         for s in queryset

@@ -56,10 +56,57 @@ def normalize_token(token: str) -> str:
 
 
 def credential_create(*, owner, name: str, token: str) -> HubCredential:  # type: ignore[no-untyped-def]
-    """Store a token for `owner`: only the ciphertext and the last 4 characters are kept."""
+    """Store a token for `owner`: only the ciphertext and the last 4 characters are kept. A user's first
+    token becomes their default: someone who adds one token means their pulls to use it."""
     token = normalize_token(token)
+    first = not HubCredential.objects.filter(owner=owner).exists()
     return HubCredential.objects.create(
-        owner=owner, name=name.strip()[:100], token_ciphertext=encrypt(token), token_last4=token[-4:]
+        owner=owner,
+        name=name.strip()[:100],
+        token_ciphertext=encrypt(token),
+        token_last4=token[-4:],
+        is_default=first,
+    )
+
+
+def credential_set_default(credential: HubCredential, *, default: bool = True) -> HubCredential:
+    """Make this the owner's default token (the one pulls that name none use), or unset it."""
+    with transaction.atomic():
+        if default:
+            HubCredential.objects.filter(owner_id=credential.owner_id, is_default=True).exclude(
+                pk=credential.pk
+            ).update(is_default=False)
+        HubCredential.objects.filter(pk=credential.pk).update(is_default=default)
+    credential.is_default = default
+    return credential
+
+
+def default_credential(user) -> HubCredential | None:  # type: ignore[no-untyped-def]
+    """The token a pull by `user` that names none uses: the one they marked default."""
+    if getattr(user, "pk", None) is None:
+        return None
+    return HubCredential.objects.filter(owner=user, is_default=True).first()
+
+
+def label(credential: HubCredential) -> str:
+    """How a token is named to people: its name and masked form, never the token."""
+    return f"“{credential.name}” ({credential.masked})"
+
+
+def selection_hint(repo_id: str, *, user_id: int | None, used_id: int | None) -> str:
+    """For an auth failure: which token the pull sent, the user's stored tokens (by name and masked form)
+    and how to pick one, or how to add one when there are none."""
+    stored = list(HubCredential.objects.filter(owner_id=user_id).order_by("name")) if user_id else []
+    used = next((c for c in stored if c.pk == used_id), None) if used_id else None
+    sent = f"The pull used the token {label(used)}." if used else "The pull sent no token."
+    if not stored:
+        return f"Add a Hugging Face token that can read {repo_id} in Settings (Hub tokens), then pull again."
+    names = ", ".join(label(c) + (" default" if c.is_default else "") for c in stored)
+    return (
+        f"{sent} Your stored tokens: {names}. Pick one that can read {repo_id} for the pull (the Hub token "
+        "field of the Pull page, pull --credential NAME, or credential_id in the API), or mark it default in "
+        "Settings ('Not default' there makes pulls send no token); on the Hub, check that its account may "
+        "read the repository."
     )
 
 

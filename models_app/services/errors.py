@@ -105,6 +105,13 @@ def action_for(code: str, repo_id: str = "") -> str:
 
 
 def action_for_job(job) -> str:  # type: ignore[no-untyped-def]
+    """The action for a failed job: for a refused token (or a private repo the token cannot see, which the
+    Hub answers 404), it names the requester's stored tokens and how to pick one."""
+    if job.error_code == AUTH_REQUIRED or (job.error_code == NOT_FOUND and job.credential_id):
+        from models_app.services.credentials import selection_hint
+
+        hint = selection_hint(job.repository.repo_id, user_id=job.requested_by_id, used_id=job.credential_id)
+        return redact(hint)
     return action_for(job.error_code, job.repository.repo_id) if job.error_code else ""
 
 
@@ -134,7 +141,9 @@ def _short(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {text}"[:240])
 
 
-def classify(exc: BaseException, repo_id: str, *, has_token: bool = False) -> DownloadError:
+def classify(
+    exc: BaseException, repo_id: str, *, has_token: bool = False, revision: str = ""
+) -> DownloadError:
     """The DownloadError for anything a download raised. Order matters: GatedRepoError is a subclass of
     RepositoryNotFoundError, which is a subclass of HfHubHTTPError, which is an OSError."""
     import httpx2
@@ -159,7 +168,8 @@ def classify(exc: BaseException, repo_id: str, *, has_token: bool = False) -> Do
                 return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}, or the token cannot read it.")
             return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}.")
         if isinstance(e, hf.RevisionNotFoundError):
-            return err(REVISION_NOT_FOUND, f"This revision of {repo_id} was not found on {endpoint}.")
+            named = f"The revision {revision[:200]!r}" if revision else "This revision"
+            return err(REVISION_NOT_FOUND, f"{named} of {repo_id} was not found on {endpoint}.")
         if isinstance(e, hf.RemoteEntryNotFoundError):
             return err(NOT_FOUND, f"A file of {repo_id} was not found on {endpoint}.")
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from models_app.services.errors import (
     INTERNAL,
     INVALID_REQUEST,
     NETWORK,
+    NOT_FOUND,
     PULL_IN_PROGRESS,
     UNKNOWN_NODE,
     DownloadCancelled,
@@ -36,35 +39,22 @@ from models_app.services.errors import (
 )
 from models_app.services.hub_checks import FileSpec, repo_dir_path
 from models_app.services.hub_progress import JobLost, JobMonitor, install_http_guard, progress_bar_class
-from models_app.services.validation import validate_repo_id, validate_revision
+from models_app.services.validation import (
+    no_match_error,
+    repo_and_revision,
+    unmatched_patterns,
+    validate_allow_patterns,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 8  # parallel files, as snapshot_download's default
-MAX_PATTERNS = 50
 BACKOFF_MAX = 30.0
 
 State = DownloadJob.State
 
 
 # --- Web side ---------------------------------------------------------------------------------------------
-
-
-def _check_patterns(allow_patterns: list[str] | str | None) -> list[str] | None:
-    if allow_patterns is None or allow_patterns == []:
-        return None
-    patterns = [allow_patterns] if isinstance(allow_patterns, str) else allow_patterns
-    if (
-        not isinstance(patterns, list | tuple)
-        or len(patterns) > MAX_PATTERNS
-        or not all(
-            isinstance(p, str) and 0 < len(p) <= 200 and p.isascii() and p.isprintable() for p in patterns
-        )
-    ):
-        raise DownloadError(
-            INVALID_REQUEST, f"allow_patterns must be up to {MAX_PATTERNS} short ASCII glob patterns."
-        )
-    return list(patterns)
 
 
 def _check_node(node: str | None) -> str:
@@ -96,15 +86,19 @@ def download_model(
     """Queue a pull of repo_id@revision into the cache root named `cache` of machine `node` (default: this
     one), or join the active job for the same (repo, revision, node). Validates everything before any I/O;
     raises DownloadError."""
-    repo_id = validate_repo_id(repo_id)
-    revision = validate_revision(revision)
+    repo_id, revision = repo_and_revision(repo_id, revision)
     cache = cache or "default"
     if cache not in settings.CACHE_ROOTS:
         known = ", ".join(sorted(settings.CACHE_ROOTS))
         raise DownloadError(INVALID_REQUEST, f"Unknown cache root {cache!r}.", action=f"Use one of: {known}.")
-    patterns = _check_patterns(allow_patterns)
+    patterns = validate_allow_patterns(allow_patterns)
     if credential is not None and user is not None and credential.owner_id != user.pk and not user.is_staff:
         raise PermissionDenied("That Hub credential belongs to someone else.")
+    if credential is None:
+        from models_app.services.credentials import default_credential
+
+        # A pull that names no token uses the one its user marked default (their first, unless changed).
+        credential = default_credential(user)
 
     # Private to whoever asks first (staff-only without a user) until the Hub shows it to an anonymous caller:
     # the pull may fail, and files of this repo may still arrive by another tool (visibility.py).
@@ -267,7 +261,17 @@ def _error_for(exc: BaseException, job: DownloadJob, monitor: JobMonitor) -> Dow
             f"The download took longer than DOWNLOAD_TIME_LIMIT ({settings.DOWNLOAD_TIME_LIMIT:.0f} s).",
             retryable=False,
         )
-    return classify(exc, job.repository.repo_id, has_token=job.credential_id is not None)
+    error = classify(
+        exc, job.repository.repo_id, has_token=job.credential_id is not None, revision=job.revision
+    )
+    if error.code in (AUTH_REQUIRED, NOT_FOUND) and job.credential_id is not None:
+        from models_app.services.credentials import label
+
+        credential = HubCredential.objects.filter(id=job.credential_id).first()
+        if credential is not None:  # which token was refused, by name and masked form
+            used = f" The pull used the token {label(credential)}."
+            return DownloadError(error.code, error.message + used, repo_id=job.repository.repo_id)
+    return error
 
 
 def _cache_root(job: DownloadJob) -> Path:
@@ -329,9 +333,13 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     all_files = hub_checks.plan_files(info.siblings or [])
     wanted = set(filter_repo_objects([f.path for f in all_files], allow_patterns=job.allow_patterns))
     files = [f for f in all_files if f.path in wanted]
+    if unmatched := unmatched_patterns(job.allow_patterns, [f.path for f in all_files]):
+        raise no_match_error(repo_id, unmatched, [f.path for f in all_files])
     if problem := hub_checks.mlx_file_problem([f.path for f in all_files]):
         raise hub_checks.not_mlx(repo_id, problem)
 
+    config_spec = [f for f in all_files if f.path == "config.json"]
+    checked_ok = _drop_known_bad(job, sha, repo_dir, all_files, wanted | {"config.json"}, monitor)
     needed = sum(f.size for f in files if job.force or not (repo_dir / "blobs" / f.etag).is_file())
     hub_checks.check_disk(root, needed=needed, reserve=int(settings.DOWNLOAD_DISK_RESERVE))
     jobs.update_running(
@@ -391,7 +399,11 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     _check_inside(repo_dir, [Path(snapshot_dir)], repo_id)
     jobs.update_running(job.id, task_id=monitor.task_id, bytes_done=needed, files_done=len(files))
 
-    skip = hub_checks.verified_before(job.repository_id, node=job.node, cache_root=job.cache_root)
+    before = hub_checks.verified_before(job.repository_id, node=job.node, cache_root=job.cache_root)
+
+    def skip(spec: FileSpec, blob: Path) -> bool:
+        return before(spec, blob) or checked_ok(spec, blob)
+
     problems = hub_checks.verify_files(repo_dir, sha, files, skip=skip, check=monitor.check)
     if problems:
         Snapshot.objects.filter(
@@ -399,8 +411,15 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
         ).update(status=Snapshot.Status.INVALID, verified_at=timezone.now())
         raise hub_checks.integrity_error(repo_id, problems)
     monitor.check()
-    snapshot = _save_snapshot(job, sha, files, config)
+    # config.json was fetched and verified first whatever the patterns: the snapshot holds it.
+    held = files + [f for f in config_spec if f.path not in wanted]
+    snapshot = _save_snapshot(job, sha, held, config, [f.path for f in all_files])
     hub_checks.write_ref(repo_dir, job.revision, sha)
+    if snapshot.status == Snapshot.Status.READY:
+        # The update the last check found is now here: no "update available" until the Hub moves again.
+        Repository.objects.filter(id=repo.id, remote_sha=sha, update_available=True).update(
+            update_available=False, update_summary={}, updated_at=timezone.now()
+        )
     return snapshot
 
 
@@ -418,6 +437,45 @@ def _check_inside(repo_dir: Path, paths: list[Path], repo_id: str) -> None:
             f"Refused {repo_id}: the Hub's answers made huggingface_hub link outside the repo's folder ({names}).",
             repo_id=repo_id,
         )
+
+
+def _drop_known_bad(
+    job: DownloadJob,
+    sha: str,
+    repo_dir: Path,
+    files: list[FileSpec],
+    fetching: set[str],
+    monitor: JobMonitor,
+) -> Callable[[FileSpec, Path], bool]:
+    """A snapshot that failed verification (invalid or missing) holds files huggingface_hub would trust as
+    cached: check them now and delete the bad ones, so this pull fetches them again in one go instead of
+    failing `integrity` and leaving the repair to the next pull. Returns a skip rule for the final check:
+    the files that passed here and were not rewritten since."""
+    known_bad = Snapshot.objects.filter(
+        repository=job.repository,
+        commit_sha=sha,
+        node=job.node,
+        cache_root=job.cache_root,
+        status__in=[Snapshot.Status.INVALID, Snapshot.Status.MISSING],
+    ).exists()
+    if not known_bad or job.force:  # force fetches every file anyway
+        return lambda spec, blob: False
+    started = time.time()
+    bad = hub_checks.verify_files(repo_dir, sha, files, check=monitor.check)
+    # Every file of the commit is checked, not only the ones this pull selects: a corrupt file outside its
+    # patterns is deleted too, so the record (which keeps only files on disk) cannot call it sound.
+    refetch = sorted(path for path, why in bad.items() if path in fetching and why != "missing")
+    if refetch:
+        names = ", ".join(refetch[:5]) + (f" (and {len(refetch) - 5} more)" if len(refetch) > 5 else "")
+        note = f"The snapshot failed verification: fetching {len(refetch)} file(s) again: {names}."
+        log.info("download job %s: %s", job.id, note)
+        jobs.update_running(job.id, task_id=monitor.task_id, error_message=note)
+    sound = {f.etag for f in files if f.path not in bad}
+
+    def checked(spec: FileSpec, blob: Path) -> bool:
+        return spec.etag in sound and blob.name == spec.etag and blob.stat().st_mtime < started
+
+    return checked
 
 
 def _record_visibility(repo: Repository, info: Any, *, token_used: bool, user_id: int | None) -> None:
@@ -441,15 +499,41 @@ def _record_visibility(repo: Repository, info: Any, *, token_used: bool, user_id
         )
 
 
-def _save_snapshot(job: DownloadJob, sha: str, files: list[FileSpec], config: dict[str, Any]) -> Snapshot:
+def _held_record(
+    job: DownloadJob, sha: str, snapshot_dir: Path, files: list[FileSpec]
+) -> list[dict[str, Any]]:
+    """The snapshot's file list after this pull: what it fetched and verified, plus what an earlier pull of
+    the same commit recorded and is still on disk. A filtered pull adds files; it never drops any."""
+    record = {f.path: f.as_json() for f in files}
+    earlier = (
+        Snapshot.objects.filter(
+            repository=job.repository, commit_sha=sha, node=job.node, cache_root=job.cache_root
+        )
+        .values_list("files", flat=True)
+        .first()
+    )
+    for entry in earlier or []:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(path, str) and path not in record and (snapshot_dir / path).is_file():
+            record[path] = entry
+    return [record[path] for path in sorted(record)]
+
+
+def _save_snapshot(
+    job: DownloadJob, sha: str, files: list[FileSpec], config: dict[str, Any], repo_paths: list[str]
+) -> Snapshot:
     now = timezone.now()
     path = repo_dir_path(_cache_root(job), job.repository.repo_id) / "snapshots" / sha
+    record = _held_record(job, sha, path, files)
+    missing = hub_checks.mlx_missing([e["path"] for e in record], repo_paths, path)
     values = {
         "ref": "" if job.revision == sha else job.revision,
         "path": str(path),
-        "size_bytes": sum(f.size for f in files),
-        "files": [f.as_json() for f in files],
-        "status": Snapshot.Status.READY,
+        "size_bytes": sum(int(e.get("size") or 0) for e in record),
+        "files": record,
+        # Chat-able only with everything mlx-lm needs; a filtered pull of part of a model says what is missing.
+        "status": Snapshot.Status.PARTIAL if missing else Snapshot.Status.READY,
+        "missing_files": missing,
         "model_type": str(config.get("model_type") or "")[:64],
         "context_length": context_length(config),
         "downloaded_at": now,

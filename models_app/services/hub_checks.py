@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import re
 import shutil
@@ -117,6 +118,40 @@ def mlx_file_problem(paths: list[str]) -> str | None:
     if not names.intersection(TOKENIZER_FILES):
         return "it has no tokenizer files"
     return None
+
+
+WEIGHT_INDEX = "model.safetensors.index.json"
+
+
+def _index_shards(snapshot_dir: Path | None) -> set[str] | None:
+    """The shard files model.safetensors.index.json names, or None when it cannot be read."""
+    if snapshot_dir is None:
+        return None
+    try:
+        weight_map = json.loads((snapshot_dir / WEIGHT_INDEX).read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(weight_map, dict):
+        return None
+    return {v for v in weight_map.values() if isinstance(v, str) and v}
+
+
+def mlx_missing(
+    held: Iterable[str], repo_paths: Iterable[str], snapshot_dir: Path | None = None
+) -> list[str]:
+    """What a snapshot holding `held` lacks for mlx-lm to load it, given the commit's files `repo_paths`:
+    config.json, the weights (the shards its index names, else every top-level *.safetensors) and the
+    tokenizer files the repo has. Empty: it is complete enough to chat with."""
+    held = set(held)
+    repo = set(repo_paths) | held
+    top = {p for p in repo if "/" not in p}
+    needed = {"config.json"}
+    shards = _index_shards(snapshot_dir) if WEIGHT_INDEX in held else None
+    weights = shards if shards else {p for p in top if p.endswith(".safetensors")}
+    needed |= weights or {"*.safetensors"}
+    tokenizer = top.intersection(TOKENIZER_FILES)
+    needed |= tokenizer or {"tokenizer.json"}
+    return sorted(needed - held)
 
 
 def mlx_config_problem(config: Any) -> str | None:
@@ -260,7 +295,7 @@ def verify_snapshot(snapshot: Any) -> dict[str, str]:
         for e in snapshot.files
     ]
     problems = verify_files(repo_dir_path(root, snapshot.repository.repo_id), snapshot.commit_sha, files)
-    snapshot.status = "invalid" if problems else "ready"
+    snapshot.status = "invalid" if problems else ("partial" if snapshot.missing_files else "ready")
     snapshot.verified_at = timezone.now()
     snapshot.save(update_fields=["status", "verified_at", "updated_at"])
     return problems

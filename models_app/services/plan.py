@@ -18,7 +18,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.utils import filter_repo_objects
 
 from models_app.models import HubCredential
-from models_app.services import errors, hub_checks, hub_guard
+from models_app.services import errors, hub_checks, hub_guard, validation
 from models_app.services.cache_layout import cache_root_path, context_length, repo_path
 from models_app.services.errors import DownloadError
 from models_app.services.health import disk_usage
@@ -223,14 +223,18 @@ def plan_pull(
                 repo_id, revision=revision, files_metadata=True, token=token or False
             )
             sha = hub_guard.check_commit(info.sha, repo_id=repo_id)
+            every_path = [s.rfilename for s in info.siblings or []]
+            if unmatched := validation.unmatched_patterns(allow_patterns, every_path):
+                raise validation.no_match_error(repo_id, unmatched, every_path)
             siblings = list(
                 filter_repo_objects(
                     info.siblings or [], allow_patterns=allow_patterns, key=lambda s: s.rfilename
                 )
             )
             paths = [s.rfilename for s in siblings]
-            config_size = next((s.size for s in siblings if s.rfilename == "config.json"), None)
-            if "config.json" in paths:
+            # Whether it is a model is the repo's question (config.json is fetched first whatever the patterns).
+            config_size = next((s.size for s in info.siblings or [] if s.rfilename == "config.json"), None)
+            if "config.json" in every_path:
                 try:
                     config = _read_config(repo_id, sha, token, config_size)
                 except hub_guard.MetadataError as exc:
@@ -238,7 +242,7 @@ def plan_pull(
     except DownloadError:
         raise
     except Exception as exc:  # every Hub failure becomes a code the page explains
-        raise errors.classify(exc, repo_id, has_token=token is not None) from exc
+        raise errors.classify(exc, repo_id, has_token=token is not None, revision=revision) from exc
 
     repo_dir = repo_path(root, repo_id)
     files = [
@@ -246,7 +250,7 @@ def plan_pull(
     ]
     total = sum(f.size for f in files)
     cached = sum(f.size for f in files if f.cached)
-    is_mlx, reason = mlx_check(config, paths, config_problem=config_problem)
+    is_mlx, reason = mlx_check(config, every_path, config_problem=config_problem)
     weights = sum(f.size for f in files if f.path.endswith(WEIGHT_SUFFIXES))
     plan = PullPlan(
         repo_id=repo_id,
@@ -267,6 +271,32 @@ def plan_pull(
     )
     if not plan.disk_ok:
         plan.warnings.append("Not enough free disk space: free some (delete unused models) first.")
-    if allow_patterns and not files:
-        plan.warnings.append("No file matches these patterns.")
+    if allow_patterns and (missing := hub_checks.mlx_missing(paths, every_path)):
+        plan.warnings.append(
+            "These files alone are not a model mlx-lm can load: the snapshot will be partial (not offered "
+            f"for chat) until a pull adds {', '.join(missing[:6])}."
+        )
     return plan
+
+
+def check_patterns(
+    repo_id: str,
+    revision: str,
+    *,
+    allow_patterns: list[str] | None,
+    credential: HubCredential | None = None,
+) -> None:
+    """Refuse, before a job exists, patterns that select none of the repo's files (one metadata call). When
+    the Hub cannot be asked now, the job asks it and refuses the same way."""
+    allow_patterns = validation.validate_allow_patterns(allow_patterns)
+    if not allow_patterns:
+        return
+    try:
+        info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
+            repo_id, revision=revision, token=_token(credential) or False, timeout=10
+        )
+    except Exception:  # auth, network, unknown repo: the job reports those with its own codes
+        return
+    paths = [s.rfilename for s in info.siblings or []]
+    if unmatched := validation.unmatched_patterns(allow_patterns, paths):
+        raise validation.no_match_error(repo_id, unmatched, paths)

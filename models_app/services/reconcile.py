@@ -18,6 +18,7 @@ from django.utils import timezone
 from huggingface_hub.utils._cache_manager import CachedRepoInfo, CachedRevisionInfo
 
 from models_app.models import DownloadJob, Repository, Snapshot
+from models_app.services import hub_checks
 from models_app.services.cache import snapshot_path
 from models_app.services.cache_layout import (
     CacheError,
@@ -26,6 +27,7 @@ from models_app.services.cache_layout import (
     file_record,
     hub_snapshot_path,
     read_config,
+    read_tree,
     scan,
 )
 from models_app.services.cleanup import clean_cache
@@ -99,6 +101,11 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
         return
     config = read_config(Path(rev.snapshot_path))
     records = cached_file_records(Path(rev.snapshot_path))
+    # snapshot_download's listing of the whole commit, when it left one: a snapshot that holds only part of
+    # it (another tool's filtered download) is imported as partial, not offered for chat.
+    listed = read_tree(Path(rev.snapshot_path).parent.parent, rev.commit_hash)
+    held = [r.path for r in records]
+    missing = hub_checks.mlx_missing(held, listed or held, Path(rev.snapshot_path))
     # Asked again just before writing: a pull that started during the scan owns what it is writing.
     if (
         DownloadJob.objects.active()
@@ -114,7 +121,8 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
         ),
         "size_bytes": rev.size_on_disk,
         "files": [r.as_json() for r in records],
-        "status": Snapshot.Status.READY,
+        "status": Snapshot.Status.PARTIAL if missing else Snapshot.Status.READY,
+        "missing_files": missing,
         "model_type": str(config.get("model_type", "")),
         "context_length": context_length(config),
         "downloaded_at": datetime.fromtimestamp(rev.last_modified, tz=UTC),
@@ -192,7 +200,7 @@ def reconcile_cache() -> ReconcileReport:
     now = timezone.now()
     for snapshot in rows:
         label = f"{snapshot.repository.repo_id}@{snapshot.commit_sha}"
-        if snapshot.status in (Snapshot.Status.READY, Snapshot.Status.INVALID):
+        if snapshot.status in (Snapshot.Status.READY, Snapshot.Status.PARTIAL, Snapshot.Status.INVALID):
             if _files_present(snapshot):
                 report.unchanged += 1
                 continue
@@ -201,7 +209,8 @@ def reconcile_cache() -> ReconcileReport:
             if not _files_present(snapshot):
                 report.unchanged += 1
                 continue
-            new_status, bucket = Snapshot.Status.READY, report.restored
+            intact = Snapshot.Status.PARTIAL if snapshot.missing_files else Snapshot.Status.READY
+            new_status, bucket = intact, report.restored
         else:
             continue  # downloading (its job decides) or deleted (history)
         # Conditional on the status we read: a download finishing meanwhile must win.

@@ -251,7 +251,7 @@ def check_updates(*, repo_ids: Iterable[str] | None = None) -> list[UpdateInfo]:
             remote = api.model_info(repo.repo_id, revision=ref, files_metadata=True, token=token or False)
             hub_guard.check_commit(remote.sha, repo_id=repo.repo_id)  # stored, and compared to snapshot dirs
         except Exception as exc:  # one repo's failure must not stop the others
-            error = errors.classify(exc, repo.repo_id, has_token=credential is not None)
+            error = errors.classify(exc, repo.repo_id, has_token=credential is not None, revision=ref)
             info.error_code, info.error = error.code, error.message
             continue
         info.remote_sha = remote.sha or ""

@@ -11,7 +11,13 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
-from models_app.services.errors import INTEGRITY, INVALID_REPO_ID, INVALID_REVISION, DownloadError
+from models_app.services.errors import (
+    INTEGRITY,
+    INVALID_REPO_ID,
+    INVALID_REQUEST,
+    INVALID_REVISION,
+    DownloadError,
+)
 
 MAX_PART = 96
 MAX_REVISION = 200
@@ -146,3 +152,70 @@ def safe_relpath(filename: object, *, code: str = INTEGRITY) -> str:
     if any(part in ("", ".", "..") for part in parts):
         raise bad("empty, '.' and '..' segments are not allowed")
     return filename
+
+
+def repo_and_revision(text: object, revision: str | None = None) -> tuple[str, str]:
+    """What a user typed as a repository (`org/name` or a Hub URL) and a revision, as (repo_id, revision).
+
+    The one rule the Pull page, the CLI and the API share: a revision named in the URL (…/tree/<rev>) wins
+    over no revision (None) or the untouched default `main`; an explicit other revision wins over the
+    URL's. The revision is checked as given (an empty one is invalid)."""
+    repo_id, url_revision = parse_hub_url(text)  # type: ignore[arg-type]
+    if revision is None or (revision == "main" and url_revision != "main"):
+        revision = url_revision
+    return repo_id, validate_revision(revision)
+
+
+MAX_PATTERNS = 50
+MAX_PATTERN_LENGTH = 200
+
+
+def validate_allow_patterns(value: object) -> list[str] | None:
+    """Glob patterns that select files of a repo, or None for every file. A pattern names files inside the
+    repo: relative, no `..`, no drive letters or backslashes (the Hub's paths have none, so such a pattern
+    can only be a mistake or a probe)."""
+    if value is None or value == [] or value == "":
+        return None
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, list | tuple) or len(patterns) > MAX_PATTERNS:
+        raise DownloadError(
+            INVALID_REQUEST, f"allow_patterns must be a list of at most {MAX_PATTERNS} glob patterns."
+        )
+    checked: list[str] = []
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise DownloadError(INVALID_REQUEST, "An allow pattern must be a non-empty string like *.json.")
+        pattern = pattern.strip()
+        why = ""
+        if len(pattern) > MAX_PATTERN_LENGTH or not pattern.isascii() or not pattern.isprintable():
+            why = f"at most {MAX_PATTERN_LENGTH} printable ASCII characters"
+        elif pattern.startswith("/") or re.match(r"[A-Za-z]:", pattern) or "\\" in pattern:
+            why = "absolute paths, drive letters and backslashes are not allowed"
+        elif ".." in pattern:
+            why = "'..' is not allowed"
+        if why:
+            raise DownloadError(
+                INVALID_REQUEST,
+                f"Invalid allow pattern {_shown(pattern)}: {why}.",
+                action="Use glob patterns relative to the repository, like *.safetensors or config.json.",
+            )
+        checked.append(pattern)
+    return checked
+
+
+def unmatched_patterns(patterns: list[str] | None, paths: list[str]) -> list[str]:
+    """The patterns that select none of `paths` (huggingface_hub's matching, as the download uses)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    return [p for p in patterns or [] if not list(filter_repo_objects(paths, allow_patterns=[p]))]
+
+
+def no_match_error(repo_id: str, unmatched: list[str], paths: list[str]) -> DownloadError:
+    """A clear refusal for patterns that select nothing, with the repo's file list to pick from."""
+    listed = ", ".join(sorted(paths)[:40]) + (f" (and {len(paths) - 40} more)" if len(paths) > 40 else "")
+    which = ", ".join(repr(p) for p in unmatched)
+    return DownloadError(
+        INVALID_REQUEST,
+        f"No file of {repo_id} matches {which}. Its files: {listed or 'none'}.",
+        action="Fix the patterns (globs like *.safetensors), or leave them empty to pull every file.",
+    )

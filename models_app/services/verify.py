@@ -39,7 +39,8 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == Snapshot.Status.READY
+        # A partial snapshot's files are all sound: it lacks files, it holds none that are wrong.
+        return self.status in (Snapshot.Status.READY, Snapshot.Status.PARTIAL)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,7 +77,9 @@ def _check(file: Path, record: FileRecord) -> tuple[str | None, int]:
 def verify_model(snapshot: Snapshot) -> VerifyResult:
     """Hash every file of the snapshot; set its status to ready, invalid (a file differs) or missing (a file
     or the directory is gone), and verified_at. A deleted snapshot is reported, never revived."""
-    result = VerifyResult(snapshot_id=snapshot.id, status=Snapshot.Status.READY)
+    # Every file it holds may be sound and it still lack what mlx-lm needs (a filtered pull): partial.
+    intact = Snapshot.Status.PARTIAL if snapshot.missing_files else Snapshot.Status.READY
+    result = VerifyResult(snapshot_id=snapshot.id, status=intact)
     try:
         root = snapshot_path(snapshot)
     except CacheError:

@@ -184,3 +184,85 @@ def test_cancel_and_retry_a_queued_job(alice_api: KeyClient, alice, monkeypatch)
         and retried.json()["id"] != job["id"]
         and retried.json()["state"] == "queued"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hub_url_is_taken_as_the_pull_page_takes_it(
+    alice_api: KeyClient, hub, tiny_repo: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    from models_app.services import jobs
+
+    monkeypatch.setattr(jobs, "enqueue_or_fail", lambda job_id: None)  # the request is the subject here
+    sha = hub.head_sha(tiny_repo)
+    hub.add_tag(tiny_repo, "v1", sha)
+
+    tree = alice_api.post(
+        "/api/v1/pulls",
+        {"repo_id": f"{settings.HF_ENDPOINT}/{tiny_repo}/tree/v1"},
+        content_type="application/json",
+    )
+    plain = alice_api.post(
+        "/api/v1/pulls", {"repo_id": f"https://huggingface.co/{tiny_repo}"}, content_type="application/json"
+    )
+
+    assert tree.status_code == 201, tree.json()
+    assert (tree.json()["repo_id"], tree.json()["revision"]) == (tiny_repo, "v1")
+    assert plain.status_code == 201, plain.json()
+    assert (plain.json()["repo_id"], plain.json()["revision"]) == (tiny_repo, "main")
+    elsewhere = alice_api.post(
+        "/api/v1/pulls", {"repo_id": f"https://example.com/{tiny_repo}"}, content_type="application/json"
+    )
+    assert elsewhere.status_code == 400 and error_of(elsewhere)["code"] == "invalid_repo_id"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_allow_patterns_that_climb_or_match_nothing_are_a_400_with_the_file_list(
+    alice_api: KeyClient, hub, tiny_repo: str
+) -> None:  # type: ignore[no-untyped-def]
+    climbing = alice_api.post(
+        "/api/v1/pulls",
+        {"repo_id": tiny_repo, "allow_patterns": ["../../x"]},
+        content_type="application/json",
+    )
+    nothing = alice_api.post(
+        "/api/v1/pulls", {"repo_id": tiny_repo, "allow_patterns": ["*.gguf"]}, content_type="application/json"
+    )
+
+    assert climbing.status_code == 400 and error_of(climbing)["code"] == "invalid_request"
+    assert "'..' is not allowed" in error_of(climbing)["message"]
+    assert nothing.status_code == 400
+    error = error_of(nothing)
+    assert error["code"] == "invalid_request" and "'*.gguf'" in error["message"]
+    assert "config.json" in error["message"] and "model.safetensors" in error["message"]
+    assert not DownloadJob.objects.filter(repository__repo_id=tiny_repo).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pull_without_credential_id_uses_the_default_token_and_names_it(
+    alice_api: KeyClient, alice, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from models_app.services import jobs
+    from models_app.services.credentials import credential_create
+
+    monkeypatch.setattr(jobs, "enqueue_or_fail", lambda job_id: None)  # the request is the subject here
+    first = credential_create(owner=alice, name="first", token="hf_" + "a" * 26 + "1111")
+    second = credential_create(owner=alice, name="second", token="hf_" + "a" * 26 + "2222")
+    listed = {c["name"]: c["is_default"] for c in alice_api.get("/api/v1/credentials").json()["results"]}
+    assert listed == {"first": True, "second": False}
+
+    made = alice_api.post(f"/api/v1/credentials/{second.id}/default")
+    assert made.status_code == 200 and made.json()["is_default"] is True
+    job = alice_api.post(
+        "/api/v1/pulls", {"repo_id": "org/with-default"}, content_type="application/json"
+    ).json()
+
+    assert job["credential_id"] == second.id and job["credential"] == "“second” (hf_****2222)"
+    first.refresh_from_db()
+    assert not first.is_default
+    assert alice_api.delete(f"/api/v1/credentials/{second.id}/default").json()["is_default"] is False
+    job = alice_api.post(
+        "/api/v1/pulls", {"repo_id": "org/no-default"}, content_type="application/json"
+    ).json()
+    assert job["credential_id"] is None and job["credential"] is None

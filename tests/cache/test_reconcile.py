@@ -181,3 +181,25 @@ def test_a_snapshot_deleted_here_and_downloaded_again_elsewhere_comes_back(hub, 
     assert report.imported == [f"{repo_id}@{sha}"]
     assert snapshot_of(repo_id, sha).status == Snapshot.Status.READY
     assert Snapshot.objects.count() == 1
+
+
+def test_another_tools_filtered_download_is_imported_partial_not_ready(hub, cache_root, new_repo_id) -> None:  # type: ignore[no-untyped-def]
+    from huggingface_hub import snapshot_download
+
+    repo_id = new_repo_id()
+    sha = hub.create_repo(repo_id, model_files("a", **{"model-2.safetensors": b"b" * 3000}))
+    # `hf download --include` of part of the repo: loadable-looking, but a weight file is not there.
+    snapshot_download(
+        repo_id,
+        cache_dir=cache_root,
+        endpoint=hub.url,
+        token=False,
+        allow_patterns=["config.json", "model.safetensors", "tokenizer*"],
+    )
+
+    report = reconcile_cache()
+
+    assert report.imported == [f"{repo_id}@{sha}"]
+    snapshot = snapshot_of(repo_id, sha)
+    assert snapshot.status == Snapshot.Status.PARTIAL
+    assert snapshot.missing_files == ["model-2.safetensors"]

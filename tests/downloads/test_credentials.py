@@ -81,3 +81,31 @@ def test_check_records_a_refused_token(hub, alice) -> None:
     credential.refresh_from_db()
     assert credential.last_error and credential.last_verified_at is None
     assert "hf_Unknown" not in credential.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_makes_a_lone_stored_token_its_owners_default(alice, bob) -> None:
+    """Stored before defaults existed: a user with one token meant pulls to use it; with several, they choose."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = (
+        [("models_app", "0006_message_cached_tokens")],
+        [("models_app", "0007_snapshot_partial_default_credential")],
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = (
+        MigrationExecutor(connection)
+        .loader.project_state(before)
+        .apps.get_model("models_app", "HubCredential")
+    )
+    for owner, name in [(alice, "only"), (bob, "one"), (bob, "two")]:
+        old.objects.create(owner_id=owner.id, name=name, token_ciphertext="x", token_last4="abcd")
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+
+    defaults = set(HubCredential.objects.filter(is_default=True).values_list("name", flat=True))
+    assert defaults == {"only"}

@@ -182,8 +182,23 @@ def test_a_repo_that_is_not_mlx_cannot_be_started(alice_client, hub) -> None:
 
 def test_file_patterns_narrow_the_plan(alice_client, tiny_repo: str) -> None:
     html = preview(alice_client, repo=tiny_repo, allow_patterns="*.json").content.decode()
-    assert "config.json" in html
-    assert "model.safetensors" not in html
+    assert '<td class="mono">config.json' in html
+    assert '<td class="mono">model.safetensors' not in html
+    # The repo is a model mlx-lm loads; these files alone are not, and the plan says what the pull leaves out.
+    assert "Not loadable by mlx-lm" not in html
+    assert "the snapshot will be partial (not offered for chat) until a pull adds model.safetensors" in html
+
+
+def test_a_pattern_that_matches_no_file_is_refused_with_the_file_list(alice_client, tiny_repo: str) -> None:
+    response = preview(alice_client, repo=tiny_repo, allow_patterns="*.gguf")
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "No file of" in html and "config.json, model.safetensors" in html
+    start = alice_client.post(
+        "/pull/", {"repo": tiny_repo, "revision": "main", "allow_patterns": "*.gguf", "action": "start"}
+    )
+    assert start.status_code == 400 and "No file of" in start.content.decode()
+    assert not DownloadJob.objects.filter(repository__repo_id=tiny_repo).exists()
 
 
 def test_prefill_from_query_string(alice_client, db) -> None:

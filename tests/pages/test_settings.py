@@ -73,6 +73,34 @@ def test_test_and_remove_a_credential(alice_client, alice, hub) -> None:
     assert not HubCredential.objects.filter(id=credential.id).exists()
 
 
+def test_the_default_token_is_marked_chosen_in_settings_and_offered_by_the_pull_page(
+    alice_client, alice, bob, hub
+) -> None:
+    from models_app.services.credentials import credential_create
+
+    first = credential_create(owner=alice, name="personal", token=TOKEN)
+    work = credential_create(owner=alice, name="work", token="hf_" + "w" * 26 + "9999")
+    bobs = credential_create(owner=bob, name="bobs", token="hf_" + "b" * 30)
+    html = alice_client.get("/settings/").content.decode()
+    assert html.count(">default</span>") == 1 and "Make default" in html
+    assert "Your default: “personal” (hf_****1234)" in alice_client.get("/pull/").content.decode()
+
+    response = alice_client.post(f"/settings/credentials/{work.id}/default/", follow=True)
+
+    assert "now use “work” (hf_****9999)" in response.content.decode()
+    assert {c.name for c in HubCredential.objects.filter(is_default=True)} == {"work", "bobs"}
+    assert "Your default: “work” (hf_****9999)" in alice_client.get("/pull/").content.decode()
+    # Someone else's token cannot be made anyone's default.
+    assert alice_client.post(f"/settings/credentials/{bobs.id}/default/").status_code == 404
+    first.refresh_from_db()
+    assert not first.is_default
+    # And back to no default at all: pulls then send no token.
+    response = alice_client.post(f"/settings/credentials/{work.id}/default/", {"default": "0"}, follow=True)
+    assert "now send none" in response.content.decode()
+    assert not HubCredential.objects.filter(owner=alice, is_default=True).exists()
+    assert "None (public models)" in alice_client.get("/pull/").content.decode()
+
+
 def test_a_new_api_key_is_shown_once(alice_client, alice) -> None:
     response = alice_client.post("/settings/keys/", {"name": "laptop"})
     assert response.status_code == 302 and response["Location"] == "/settings/keys/new/"

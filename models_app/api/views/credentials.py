@@ -111,3 +111,32 @@ class CredentialTestView(ApiView):
                 "credential": CredentialSerializer(credential).data,
             }
         )
+
+
+@extend_schema(tags=["credentials"])
+class CredentialDefaultView(ApiView):
+    serializer_class = CredentialSerializer
+    pagination_class = None
+
+    @extend_schema(
+        operation_id="credentials_set_default",
+        summary="Make this the token your pulls use when they name none (credential_id omitted)",
+        request=None,
+        parameters=[id_parameter()],
+        responses={200: CredentialSerializer, **errors(400, 404)},
+    )
+    def post(self, request: Request, id: str) -> Response:
+        credential = credentials.credential_set_default(get_visible(_own(request), id, "credential"))
+        return Response(CredentialSerializer(credential).data)
+
+    @extend_schema(
+        operation_id="credentials_unset_default",
+        summary="Stop using this token by default: pulls that name no token send none",
+        parameters=[id_parameter()],
+        responses={200: CredentialSerializer, **errors(400, 404)},
+    )
+    def delete(self, request: Request, id: str) -> Response:
+        credential = get_visible(_own(request), id, "credential")
+        return Response(
+            CredentialSerializer(credentials.credential_set_default(credential, default=False)).data
+        )

@@ -152,7 +152,14 @@ def _load_or_unload(request: Request, raw_id: str, *, load: bool) -> Response:
     and the worker's heartbeat (GET /api/v1/health, `mlx.workers`) shows it once it is in memory."""
     snapshot = get_visible(visible_snapshots(request.user), raw_id, "model")
     if load and snapshot.status != Snapshot.Status.READY:
-        raise ApiError("not_ready", f"This snapshot is {snapshot.status}, not ready.", status_code=409)
+        action = (
+            f"mlx-lm also needs {', '.join(snapshot.missing_files)}: pull it without allow_patterns."
+            if snapshot.status == Snapshot.Status.PARTIAL
+            else ""
+        )
+        raise ApiError(
+            "not_ready", f"This snapshot is {snapshot.status}, not ready.", action=action, status_code=409
+        )
     loaded = snapshot.id in inference.loaded_models()
     try:
         if load:

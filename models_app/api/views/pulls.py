@@ -17,7 +17,7 @@ from models_app.api.serializers import PullCreateSerializer, PullSerializer
 from models_app.api.sse import EventStreamRenderer, job_events
 from models_app.api.views.common import ApiView, errors, get_visible, id_parameter
 from models_app.models import DownloadJob, HubCredential
-from models_app.services import hub
+from models_app.services import credentials, hub, plan
 
 
 def visible_jobs(user):  # type: ignore[no-untyped-def]
@@ -81,6 +81,13 @@ class PullListView(ApiView):
             credential = HubCredential.objects.filter(owner=request.user, pk=data["credential_id"]).first()
             if credential is None:
                 raise ApiError("not_found", "You have no Hub credential with this id.")
+        # A pattern that selects no file is the caller's mistake: a 400 with the repo's files, not a job.
+        plan.check_patterns(
+            data["repo_id"],
+            data["revision"],
+            allow_patterns=data.get("allow_patterns") or None,
+            credential=credential or credentials.default_credential(request.user),
+        )
         asked_at = timezone.now()
         job = hub.download_model(
             data["repo_id"],
@@ -96,7 +103,7 @@ class PullListView(ApiView):
         body = PullSerializer(visible or job).data
         if visible is None:
             # Joined someone else's job: the caller learns its progress, not who asked or with which token.
-            body.update(requested_by=None, credential_id=None)
+            body.update(requested_by=None, credential_id=None, credential=None)
         created = job.created_at >= asked_at
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

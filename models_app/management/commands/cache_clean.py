@@ -32,14 +32,21 @@ def _size(text: str) -> int:
 class Command(BaseCommand):
     help = (
         "Plan a cache cleanup (superseded revisions, models unused for --max-age, a --max-size budget, "
-        "orphaned partial files) and print it. Nothing is deleted without --yes."
+        "orphaned partial files) and print it. Nothing is deleted without --yes. With no options the "
+        "CACHE_CLEANUP_* settings apply, and CACHE_CLEANUP_KEEP_REVISIONS defaults to 1: every revision of a "
+        "repo but its newest is superseded and listed for deletion (--keep-revisions 0 keeps them all)."
     )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--max-age", help="Delete snapshots unused for this long (30d, 12h...).")
         parser.add_argument("--max-size", help="Keep each cache root under this size (50GB, 500MB...).")
         parser.add_argument(
-            "--keep-revisions", type=int, help="Newest revisions kept per repo (0: keep every revision)."
+            "--keep-revisions",
+            type=int,
+            help=(
+                "Newest revisions kept per repo; older ones are deleted as superseded (default: "
+                "CACHE_CLEANUP_KEEP_REVISIONS, 1; 0: keep every revision)."
+            ),
         )
         parser.add_argument("--cache", help="Only this cache root (by name).")
         parser.add_argument("--yes", action="store_true", help="Really delete what the plan lists.")

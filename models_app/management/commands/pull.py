@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
@@ -65,6 +64,8 @@ class Command(BaseCommand):
             raise CommandError(f"forbidden: {exc}") from exc
         label = f"{job.repository.repo_id}@{job.revision}"
         self.stdout.write(f"Job {job.id}: {label} ({job.state})")
+        if job.credential is not None:
+            self.stdout.write(self._token_line(job, named=credential is not None))
         if options["no_wait"]:
             return
         try:
@@ -88,6 +89,11 @@ class Command(BaseCommand):
 
     def _credential(self, name: str | None, user: Any) -> HubCredential | None:
         if not name:
+            if user is None:
+                # Run by whoever administers this machine: the one default token, when only one user has
+                # marked one (with --user, download_model picks that user's default).
+                defaults = list(HubCredential.objects.filter(is_default=True)[:2])
+                return defaults[0] if len(defaults) == 1 else None
             return None
         found = list(HubCredential.objects.filter(name=name, **({"owner": user} if user else {}))[:2])
         if not found:
@@ -95,6 +101,14 @@ class Command(BaseCommand):
         if len(found) > 1:
             raise CommandError(f"Several users have a token named {name!r}: add --user.")
         return found[0]
+
+    @staticmethod
+    def _token_line(job: DownloadJob, *, named: bool) -> str:  # job.credential is set
+        """Which stored token the pull sends, by name and masked form (never the token)."""
+        from models_app.services.credentials import label
+
+        how = "" if named else ", the default one"
+        return f"Hub token: {label(job.credential)}{how}."
 
     def _follow(self, job: DownloadJob, timeout: float | None) -> DownloadJob:
         tty = self.stdout.isatty()  # a terminal gets one bar redrawn in place
@@ -125,9 +139,6 @@ class Command(BaseCommand):
         from models_app.services import errors
 
         code = job.error_code or job.state
-        spec = errors.CODES.get(code)
-        action = (
-            spec.action.format(endpoint=settings.HF_ENDPOINT, repo_id=job.repository.repo_id) if spec else ""
-        )
+        action = errors.action_for_job(job) if code in errors.CODES else ""
         message = job.error_message or f"The download ended {job.state}."
         return CommandError(f"{code}: {message}" + (f"\n  -> {action}" if action else ""), returncode=2)

@@ -27,7 +27,11 @@ class Command(BaseCommand):
             if r.error_code:
                 status = f"error: {r.error_code}"
             elif r.update_available:
-                status = "update: " + ", ".join(r.categories or ["metadata"])
+                # A new commit need not change a file (an empty commit, a moved tag): say so, as --json does
+                # with changes: [].
+                status = "update: " + (
+                    ", ".join(r.categories) if r.categories else "new commit, no file changes"
+                )
             else:
                 status = "up to date"
             to_fetch = human_size(r.bytes_to_fetch) if r.update_available else "-"

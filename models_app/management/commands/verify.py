@@ -50,4 +50,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"  corrupt: {path} ({why})")
             failed += not result.ok
         if failed:
-            raise CommandError(f"integrity: {failed} snapshot(s) failed verification.\n  -> Pull them again.")
+            raise CommandError(
+                f"integrity: {failed} snapshot(s) failed verification.\n  -> Pull them again "
+                f"(manage.py pull {repo_id}{f' --revision {revision}' if revision else ''}): the pull "
+                "fetches the missing and corrupt files again, in one go, and keeps the sound ones."
+            )
