@@ -471,9 +471,10 @@ def _repo_dir_name(repo_id: str) -> str:
 
 
 def busy_repo_dirs(*, exclude_job: int | None = None, now: datetime | None = None) -> set[str]:
-    """Cache folder names of repos that a live running job on this node is writing to."""
-    running = DownloadJob.objects.filter(
-        state=State.RUNNING, node=settings.NODE_NAME, heartbeat_at__gte=stale_cutoff(now)
+    """Cache folder names of repos that a job on this node is writing to (running, heartbeat fresh) or will
+    resume (queued: a crashed attempt's partial files are where the next one starts, hub_resume)."""
+    running = DownloadJob.objects.filter(node=settings.NODE_NAME).filter(
+        Q(state=State.RUNNING, heartbeat_at__gte=stale_cutoff(now)) | Q(state=State.QUEUED)
     )
     if exclude_job is not None:
         running = running.exclude(id=exclude_job)
@@ -500,7 +501,7 @@ def remove_incomplete(
 
 
 def remove_orphaned_incomplete(*, now: datetime | None = None) -> list[Path]:
-    """`*.incomplete` files of this node's cache roots that no live running job owns (a killed worker's)."""
+    """`*.incomplete` files of this node's cache roots that no active job owns (a killed worker's)."""
     busy = busy_repo_dirs(now=now)
     clock = (now or timezone.now()).timestamp()
     removed: list[Path] = []
