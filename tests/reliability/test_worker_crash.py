@@ -104,12 +104,12 @@ def partial_size(repo_id: str, blob: str) -> int:
     return max(sizes, default=0)
 
 
-def test_a_killed_pool_child_is_taken_over_in_seconds_and_resumes_from_its_last_byte(
-    hub, publish, dedicated_worker
-) -> None:
+def kill_pool_child_midway(hub, publish, dedicated_worker, stem: str) -> tuple[int, str, str, int, float]:  # type: ignore[no-untyped-def]
+    """Start a throttled pull of LARGE and SIGKILL the pool child at ~30% of it: (job id, repo id, sha, bytes
+    on disk at the kill, monotonic time of the kill)."""
     # The default heartbeat timeout (120 s) and no reaper: only the redelivered task can take the job over.
     worker = dedicated_worker()
-    repo_id, sha = publish("resume", extra={"padding.bin": LARGE})
+    repo_id, sha = publish(stem, extra={"padding.bin": LARGE})
     hub.faults.throttle(1_000_000, pattern="padding.bin")  # every transfer: the new attempt is seen running
     job_id = hub_service.download_model(repo_id).id
     wait_for(
@@ -117,9 +117,20 @@ def test_a_killed_pool_child_is_taken_over_in_seconds_and_resumes_from_its_last_
     )
     [child] = worker.children()
     kept = partial_size(repo_id, LARGE_SHA256)
-
     os.kill(child, signal.SIGKILL)
-    killed = time.monotonic()
+    return job_id, repo_id, sha, kept, time.monotonic()
+
+
+def padding_ranges(hub, repo_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        r.headers.get("Range", "") for r in resolve_requests(hub, repo_id) if r.path.endswith("/padding.bin")
+    ]
+
+
+def test_a_killed_pool_child_is_taken_over_in_seconds_and_resumes_from_its_last_byte(
+    hub, publish, dedicated_worker
+) -> None:
+    job_id, repo_id, sha, kept, killed = kill_pool_child_midway(hub, publish, dedicated_worker, "resume")
 
     def taken_over() -> bool:
         row = DownloadJob.objects.get(id=job_id)
@@ -138,12 +149,31 @@ def test_a_killed_pool_child_is_taken_over_in_seconds_and_resumes_from_its_last_
     print(f"padding.bin: {len(LARGE)} B, {served} B served ({served / len(LARGE):.2f}x)")
     # A restart from byte 0 costs at least 1.3x (what the dead attempt fetched, then the whole file).
     assert served < 1.2 * len(LARGE)
-    ranges = [
-        r.headers.get("Range", "") for r in resolve_requests(hub, repo_id) if r.path.endswith("/padding.bin")
-    ]
+    ranges = padding_ranges(hub, repo_id)
     assert len(ranges) == 2 and ranges[0] == "", ranges
     assert ranges[1].startswith("bytes=") and int(ranges[1][6:].split("-")[0]) >= kept, ranges
     weights = repo_dir(repo_id) / "snapshots" / sha / "padding.bin"
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == LARGE_SHA256
     assert assert_ready_snapshots_verify(repo_id) == 1
     assert incomplete_files(repo_id) == []
+
+
+def test_bad_bytes_kept_from_the_killed_attempt_fail_the_final_hash(hub, publish, dedicated_worker) -> None:
+    # The dead attempt wrote wrong bytes (a flaky proxy); the resumed one fetches the right rest.
+    hub.faults.wrong_bytes(pattern="padding.bin", times=1)
+    job_id, repo_id, sha, _, _ = kill_pool_child_midway(hub, publish, dedicated_worker, "resume-bad")
+
+    job = wait_job(job_id, timeout=120)
+
+    assert (job.state, job.error_code, job.attempts) == ("failed", "integrity", 2), job.error_message
+    assert "padding.bin" in job.error_message
+    assert padding_ranges(hub, repo_id)[1].startswith("bytes=")  # resumed: the bad part was kept
+    assert not (repo_dir(repo_id) / "blobs" / LARGE_SHA256).exists()
+    assert assert_ready_snapshots_verify(repo_id) == 0
+    assert incomplete_files(repo_id) == []
+
+    hub.faults.clear()
+    again = wait_job(hub_service.download_model(repo_id), timeout=60)
+    assert (again.state, again.error_code) == ("succeeded", ""), again.error_message
+    weights = repo_dir(repo_id) / "snapshots" / sha / "padding.bin"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == LARGE_SHA256
