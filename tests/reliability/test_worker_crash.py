@@ -11,6 +11,7 @@ import hashlib
 import os
 import signal
 import time
+import uuid
 
 import pytest
 
@@ -25,7 +26,7 @@ from tests.reliability.conftest import (
     repo_dir,
     settle,
 )
-from tests.support.processes import wait_for
+from tests.support.processes import start_worker, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 
@@ -104,9 +105,9 @@ def partial_size(repo_id: str, blob: str) -> int:
     return max(sizes, default=0)
 
 
-def kill_pool_child_midway(hub, publish, dedicated_worker, stem: str) -> tuple[int, str, str, int, float]:  # type: ignore[no-untyped-def]
-    """Start a throttled pull of LARGE and SIGKILL the pool child at ~30% of it: (job id, repo id, sha, bytes
-    on disk at the kill, monotonic time of the kill)."""
+def pull_a_third(hub, publish, dedicated_worker, stem: str):  # type: ignore[no-untyped-def]
+    """Start a throttled pull of LARGE on a fresh worker and wait until ~30% of it is on disk: (worker, job id,
+    repo id, sha, bytes on disk)."""
     # The default heartbeat timeout (120 s) and no reaper: only the redelivered task can take the job over.
     worker = dedicated_worker()
     repo_id, sha = publish(stem, extra={"padding.bin": LARGE})
@@ -115,8 +116,14 @@ def kill_pool_child_midway(hub, publish, dedicated_worker, stem: str) -> tuple[i
     wait_for(
         lambda: partial_size(repo_id, LARGE_SHA256) >= 0.3 * len(LARGE), 60, f"{repo_id}: padding.bin stuck"
     )
+    return worker, job_id, repo_id, sha, partial_size(repo_id, LARGE_SHA256)
+
+
+def kill_pool_child_midway(hub, publish, dedicated_worker, stem: str) -> tuple[int, str, str, int, float]:  # type: ignore[no-untyped-def]
+    """SIGKILL the pool child at ~30% of a throttled pull: (job id, repo id, sha, bytes on disk at the kill,
+    monotonic time of the kill)."""
+    worker, job_id, repo_id, sha, kept = pull_a_third(hub, publish, dedicated_worker, stem)
     [child] = worker.children()
-    kept = partial_size(repo_id, LARGE_SHA256)
     os.kill(child, signal.SIGKILL)
     return job_id, repo_id, sha, kept, time.monotonic()
 
@@ -177,3 +184,53 @@ def test_bad_bytes_kept_from_the_killed_attempt_fail_the_final_hash(hub, publish
     assert (again.state, again.error_code) == ("succeeded", ""), again.error_message
     weights = repo_dir(repo_id) / "snapshots" / sha / "padding.bin"
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == LARGE_SHA256
+
+
+def test_a_killed_main_process_is_taken_over_when_its_replacement_starts(
+    hub, publish, dedicated_worker, stack_env, process_log_dir
+) -> None:
+    worker, job_id, repo_id, sha, kept = pull_a_third(hub, publish, dedicated_worker, "resume-main")
+    children = worker.children()
+    # A dead main process gives nothing back: its unacknowledged message waits for the visibility timeout
+    # (hours), and its child dies with it (PR_SET_PDEATHSIG).
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.process.wait(10)
+    wait_for(lambda: all(gone(pid) for pid in children), 10, "the pool child outlived its parent")
+
+    # What a supervisor starts in its place (make run's reads the shared queues): no reaper runs here.
+    replacement = start_worker(
+        name=f"replacement-{uuid.uuid4().hex[:6]}",
+        queues="downloads,maintenance",
+        env=stack_env,
+        log_dir=process_log_dir,
+    )
+    try:
+        ready = time.monotonic()
+
+        def taken_over() -> bool:
+            row = DownloadJob.objects.get(id=job_id)
+            return row.attempts >= 2 or row.state in FINAL
+
+        wait_for(taken_over, TAKEOVER_BOUND, f"job {job_id} not taken over within {TAKEOVER_BOUND:.0f} s")
+        print(f"\ntaken over {time.monotonic() - ready:.1f} s after the replacement worker was ready")
+        job = wait_job(job_id, timeout=120)
+    finally:
+        replacement.stop()
+
+    assert (job.state, job.error_code, job.attempts) == ("succeeded", "", 2), job.error_message
+    served = hub.served(repo_id, "padding.bin")
+    print(f"padding.bin: {len(LARGE)} B, {served} B served ({served / len(LARGE):.2f}x)")
+    assert served < 1.2 * len(LARGE)
+    assert int(padding_ranges(hub, repo_id)[1][6:].split("-")[0]) >= kept
+    weights = repo_dir(repo_id) / "snapshots" / sha / "padding.bin"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == LARGE_SHA256
+    assert assert_ready_snapshots_verify(repo_id) == 1
+    assert incomplete_files(repo_id) == []
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
