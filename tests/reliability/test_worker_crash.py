@@ -234,3 +234,20 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def test_a_hub_that_ignores_range_on_the_takeover_gets_the_file_fetched_again_whole(
+    hub, publish, dedicated_worker
+) -> None:
+    hub.faults.ignore_range(pattern="padding.bin")
+    job_id, repo_id, sha, _, _ = kill_pool_child_midway(hub, publish, dedicated_worker, "resume-norange")
+
+    job = wait_job(job_id, timeout=120)
+
+    assert (job.state, job.error_code, job.attempts) == ("succeeded", "", 2), job.error_message
+    assert padding_ranges(hub, repo_id)[1].startswith("bytes=")  # asked to resume, answered 200: truncated
+    weights = repo_dir(repo_id) / "snapshots" / sha / "padding.bin"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == LARGE_SHA256
+    assert weights.stat().st_size == len(LARGE)
+    assert assert_ready_snapshots_verify(repo_id) == 1
+    assert incomplete_files(repo_id) == []
