@@ -390,8 +390,8 @@ def cancel_requested(job_id: int) -> str | None:
 def reap_stalled_jobs(now: datetime | None = None) -> list[int]:
     """Resolve jobs whose worker died: running jobs whose owner is provably dead (owner_gone: no heartbeat for
     DOWNLOAD_HEARTBEAT_TIMEOUT, or a pid of this machine that is gone) are requeued (attempts left) or
-    failed; queued jobs nobody took for a long time get their message again;
-    then *.incomplete files that no running job owns are removed. Returns the ids of the jobs it changed."""
+    failed; queued jobs nobody took for a long time get their message again; then *.incomplete files that no
+    active job owns are removed. Returns the ids of the jobs it changed."""
     now = now or timezone.now()
     changed: list[int] = []
     # Stale anywhere, or run by a process of this machine (its pid tells at once whether it is alive).
@@ -399,17 +399,8 @@ def reap_stalled_jobs(now: datetime | None = None) -> list[int]:
         Q(heartbeat_at__lt=stale_cutoff(now))
         | Q(node=settings.NODE_NAME, owner_host=this_host(), owner_pid__isnull=False)
     )
-    fields = (
-        "id",
-        "attempts",
-        "cancel_requested",
-        "heartbeat_at",
-        "worker",
-        "node",
-        "owner_host",
-        "owner_pid",
-    )
-    for job in suspects.only(*fields):
+    fields = ("id", "attempts", "cancel_requested", "heartbeat_at", "worker", "node", "owner_host")
+    for job in suspects.only(*fields, "owner_pid"):
         dead = owner_gone(job, now)
         if dead is None:
             continue
