@@ -93,14 +93,18 @@ def clean_cache() -> dict[str, Any] | None:
 
 @worker_ready.connect
 def reconcile_on_worker_start(sender: Any, **_kwargs: Any) -> None:
-    """A worker that maintains the cache starts by indexing it: models pulled by other tools while it was
+    """A worker that maintains the cache starts by requeueing this machine's download jobs whose process
+    died with the worker it replaces (their pids are gone: no need to wait DOWNLOAD_HEARTBEAT_TIMEOUT, and
+    their partial files are resumed), then by indexing the cache: models pulled by other tools while it was
     down appear, and rows whose files went away are flagged."""
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()}
     if "maintenance" not in queues:
         return
-    # With several machines, the reconcile must run where the cache is: on this node's own queue if the
-    # worker has one.
+    # With several machines, both must run where the processes and the cache are: on this node's own queue
+    # if the worker has one.
     from models_app.services.workers import node_queue
 
     own = node_queue("maintenance", settings.NODE_NAME)
-    reconcile_cache.apply_async(queue=own if own in queues else "maintenance")
+    queue = own if own in queues else "maintenance"
+    reap_jobs.apply_async(queue=queue)
+    reconcile_cache.apply_async(queue=queue)

@@ -65,6 +65,10 @@ class DownloadJob(models.Model):
     worker = models.CharField(
         max_length=200, blank=True, help_text="Celery hostname of the worker running it"
     )
+    # The process running the job (set by the claim): on the same machine, a pid that is gone proves the owner
+    # dead at once, without waiting DOWNLOAD_HEARTBEAT_TIMEOUT for its heartbeat to go stale.
+    owner_host = models.CharField(max_length=255, blank=True)
+    owner_pid = models.PositiveIntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -3,7 +3,7 @@
 One function computes the plan; a real run executes exactly that plan (minus anything that became busy in
 between, reported as skipped), so a dry run is a faithful preview. Never touched: local models, snapshots that
 may be loaded (used within the keep-alive window), repos with a queued or running download, and `.incomplete`
-files a live download may still be writing.
+files a live download may still be writing or a queued one will resume.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 from huggingface_hub import HFCacheInfo
 
@@ -102,17 +103,17 @@ def _repo_id_from_folder(folder: str) -> str:
 
 
 def _owned_partials_guard(root_name: str) -> tuple[set[str], float]:
-    """Repos a live download on this node is writing into (running, heartbeat fresh), and the mtime after
-    which a partial file counts as being written by someone (another tool, a job without a row yet)."""
+    """Repos a download on this node is writing into (running, heartbeat fresh) or will resume (queued: a
+    crashed attempt's partial file is where the next one starts, hub_resume), and the mtime after which a
+    partial file counts as being written by someone (another tool, a job without a row yet)."""
     timeout = float(settings.DOWNLOAD_HEARTBEAT_TIMEOUT)
     fresh = timezone.now() - timedelta(seconds=timeout)
     owners = set(
-        DownloadJob.objects.filter(
-            state=DownloadJob.State.RUNNING,
-            node=settings.NODE_NAME,
-            cache_root=root_name,
-            heartbeat_at__gte=fresh,
-        ).values_list("repository__repo_id", flat=True)
+        DownloadJob.objects.filter(node=settings.NODE_NAME, cache_root=root_name)
+        .filter(
+            Q(state=DownloadJob.State.RUNNING, heartbeat_at__gte=fresh) | Q(state=DownloadJob.State.QUEUED)
+        )
+        .values_list("repository__repo_id", flat=True)
     )
     return owners, fresh.timestamp()
 

@@ -22,7 +22,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, hub_guard, jobs, visibility, workers
+from models_app.services import hub_checks, hub_guard, hub_resume, jobs, visibility, workers
 from models_app.services.cache_layout import context_length
 from models_app.services.errors import (
     AUTH_REQUIRED,
@@ -190,6 +190,7 @@ def run_download(job_id: int, *, task_id: str, worker_name: str) -> None:
     if job is None:
         return
     install_http_guard()
+    hub_resume.install()
     monitor = JobMonitor(
         job_id=job.id,
         task_id=task_id,
@@ -217,7 +218,6 @@ def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
             error = _error_for(exc, job, monitor)
             if isinstance(error, JobLost):
                 return  # its partial files now belong to the job's new owner
-            _cleanup_partial(job)
             if error.code == INTERNAL:
                 log.error("download job %s failed unexpectedly", job.id, exc_info=exc)
             if error.retryable and attempts < settings.DOWNLOAD_MAX_ATTEMPTS:
@@ -235,6 +235,7 @@ def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
                     error = cancelled
                 else:
                     continue
+            _cleanup_partial(job)
             # Stop the watcher first: no progress message may follow the final state message.
             monitor.stop()
             jobs.fail(job.id, task_id=task_id, error=error)
@@ -242,6 +243,7 @@ def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
             return
         monitor.stop()
         jobs.succeed(job.id, task_id=task_id, snapshot_id=snapshot.id)
+        _cleanup_partial(job)  # what no transfer resumed (a file the new revision no longer has)
         log.info("download job %s succeeded: %s@%s", job.id, job.repository.repo_id, snapshot.short_sha)
         return
 
@@ -301,8 +303,9 @@ def _token(job: DownloadJob) -> str | None:
 
 
 def _cleanup_partial(job: DownloadJob) -> None:
-    """Remove this repo's *.incomplete files unless another live job writes to the same repo folder.
-    huggingface_hub deletes its temp file on an exception; this catches what a crash left behind."""
+    """Once the job has ended: remove this repo's *.incomplete files unless another active job may write or
+    resume them. huggingface_hub deletes its temp file on an exception; this catches what a crash left
+    behind. Not between attempts: the next one resumes those files (hub_resume)."""
     try:
         root = _cache_root(job)
     except DownloadError:
@@ -322,7 +325,6 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     repo_dir = repo_dir_path(root, repo_id)
     token = _token(job)
     stall = float(settings.DOWNLOAD_STALL_TIMEOUT)
-    _cleanup_partial(job)  # a killed worker's partial files of this repo
 
     info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
         repo_id, revision=job.revision, files_metadata=True, token=token or False, timeout=stall

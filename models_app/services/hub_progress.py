@@ -59,6 +59,7 @@ class JobMonitor:
         self.owner_id = owner_id
         self._lock = threading.Lock()
         self.bytes_done = 0
+        self.bytes_resumed = 0  # part of bytes_done found on disk, not transferred: kept out of the speed
         self.bytes_total = 0
         self.files_done = 0
         self.files_total = 0
@@ -98,6 +99,13 @@ class JobMonitor:
     def on_bytes(self, n: float) -> None:
         with self._lock:
             self.bytes_done = max(0, self.bytes_done + int(n))
+        self.check()
+
+    def on_resumed(self, n: int) -> None:
+        """A transfer continues a partial file a stopped attempt left (hub_resume): its bytes count as done."""
+        with self._lock:
+            self.bytes_done += n
+            self.bytes_resumed += n
         self.check()
 
     def on_files(self, n: float) -> None:
@@ -150,7 +158,7 @@ class JobMonitor:
     def begin_download(self, *, bytes_total: int, files_total: int) -> None:
         with self._lock:
             self.bytes_total, self.files_total = bytes_total, files_total
-            self.bytes_done = self.files_done = 0
+            self.bytes_done = self.bytes_resumed = self.files_done = 0
             self.downloading = True
             self.last_activity = time.monotonic()
 
@@ -182,7 +190,7 @@ class JobMonitor:
 
     def _run(self) -> None:
         last_write = last_bytes_at = time.monotonic()
-        last_bytes = 0
+        last_bytes = 0  # transferred, resumed bytes excluded
         published: tuple[int, int, str] | None = None
         try:
             while not self._stop.wait(TICK):
@@ -198,11 +206,12 @@ class JobMonitor:
                         )
                     )
                 if now - last_bytes_at >= 0.5:
-                    rate = (self.bytes_done - last_bytes) / (now - last_bytes_at)
+                    moved = self.bytes_done - self.bytes_resumed
+                    rate = (moved - last_bytes) / (now - last_bytes_at)
                     self.speed = max(
                         0.0, rate if self.speed == 0 else EMA_ALPHA * rate + (1 - EMA_ALPHA) * self.speed
                     )
-                    last_bytes, last_bytes_at = self.bytes_done, now
+                    last_bytes, last_bytes_at = moved, now
                 state = (self.bytes_done, self.files_done, self.current_file)
                 if self.downloading and state != published:
                     self._publish()
@@ -314,6 +323,12 @@ def _unregister(monitor: JobMonitor) -> None:
     with _active_lock:
         if monitor in _active:
             _active.remove(monitor)
+
+
+def note_resumed(path: str, n: int) -> None:
+    """A request for `path` continues from byte n of a partial file already on disk (hub_resume)."""
+    if (monitor := _monitor_for(path)) is not None:
+        monitor.on_resumed(n)
 
 
 def _monitor_for(path: str) -> JobMonitor | None:

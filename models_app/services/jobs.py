@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -140,10 +141,44 @@ def stale_cutoff(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) - timedelta(seconds=settings.DOWNLOAD_HEARTBEAT_TIMEOUT)
 
 
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def _pid_gone(pid: int) -> bool:
+    """True only when no process has this pid here. A pid reused by another process reads as alive: the
+    heartbeat rule still covers that job, so a mistake costs time, never a second writer."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process
+        return False
+    return False
+
+
+def owner_gone(job: DownloadJob, now: datetime | None = None) -> str | None:
+    """Why the process running this job is provably dead, or None while it may be alive. On the machine that
+    runs it, a pid that is gone (a killed pool child: Celery redelivers its task within a second); from
+    anywhere, a heartbeat older than DOWNLOAD_HEARTBEAT_TIMEOUT."""
+    if job.heartbeat_at is not None and job.heartbeat_at < stale_cutoff(now):
+        timeout = settings.DOWNLOAD_HEARTBEAT_TIMEOUT
+        return f"Its worker {job.worker or '?'} stopped responding (no heartbeat for {timeout:.0f} s)."
+    if (
+        job.owner_pid
+        and job.owner_pid != os.getpid()  # this process is alive, whatever ran here before
+        and job.node == settings.NODE_NAME
+        and job.owner_host == this_host()
+        and _pid_gone(job.owner_pid)
+    ):
+        return f"Its worker process (pid {job.owner_pid} of {job.worker or '?'}) died."
+    return None
+
+
 def claim(job_id: int, *, task_id: str, worker_name: str) -> DownloadJob | None:
-    """queued -> running (attempts + 1) for this task, or take over a running job whose worker stopped
-    beating (a redelivery after a crash). None when the job is not ours to run: finished, cancelled, or
-    held by a live worker."""
+    """queued -> running (attempts + 1) for this task, or take over a running job whose owner is provably
+    dead (owner_gone: a redelivery after a crash). None when the job is not ours to run: finished, cancelled,
+    or held by a live worker."""
     now = timezone.now()
     if DownloadJob.objects.filter(id=job_id, state=State.QUEUED).exclude(node=settings.NODE_NAME).exists():
         # The files must land in that node's cache. Sent to the shared queue (that node's own queue had no
@@ -152,20 +187,35 @@ def claim(job_id: int, *, task_id: str, worker_name: str) -> DownloadJob | None:
         log.warning("download job %s is for another node; sending it back to the queue", job_id)
         enqueue(job_id, countdown=WRONG_NODE_DELAY)
         return None
-    claimable = Q(state=State.QUEUED) | Q(
-        state=State.RUNNING, heartbeat_at__lt=stale_cutoff(now), attempts__lt=settings.DOWNLOAD_MAX_ATTEMPTS
-    )
-    mine = DownloadJob.objects.filter(claimable, id=job_id, node=settings.NODE_NAME, cancel_requested=False)
+    job = _reload(job_id)
+    if job is None:
+        log.info("download job %s is gone; nothing to do", job_id)
+        return None
+    mine = DownloadJob.objects.filter(id=job_id, node=settings.NODE_NAME, cancel_requested=False)
+    fields: dict[str, object] = {}
+    if job.state == State.RUNNING and (dead := owner_gone(job, now)) is not None:
+        if job.cancel_requested or job.attempts >= settings.DOWNLOAD_MAX_ATTEMPTS:
+            _end_orphaned(job, dead, now)
+            return None
+        # The row as read is part of the condition: a worker that beats in between, or another taker, wins.
+        mine = mine.filter(state=State.RUNNING, heartbeat_at=job.heartbeat_at, owner_pid=job.owner_pid)
+        fields["error_message"] = f"{dead} Resuming."
+        log.warning("download job %s: %s Taking it over (attempt %s)", job_id, dead, job.attempts + 1)
+    else:
+        mine = mine.filter(state=State.QUEUED)
     won = mine.update(
         state=State.RUNNING,
         attempts=F("attempts") + 1,
         celery_task_id=task_id,
         worker=worker_name[:200],
+        owner_host=this_host()[:255],
+        owner_pid=os.getpid(),
         heartbeat_at=now,
         started_at=now,
         finished_at=None,
         speed_bps=0,
         current_file="",
+        **fields,
     )
     if won:
         return _changed(job_id)
@@ -179,6 +229,29 @@ def claim(job_id: int, *, task_id: str, worker_name: str) -> DownloadJob | None:
             "download job %s is %s (worker %r); task %s does nothing", job_id, job.state, job.worker, task_id
         )
     return None
+
+
+def _end_orphaned(job: DownloadJob, why: str, now: datetime) -> bool:
+    """A running job whose owner is dead and that must not run again: cancelled if that was asked, else
+    failed once its attempts are spent."""
+    still = DownloadJob.objects.filter(
+        id=job.id, state=State.RUNNING, heartbeat_at=job.heartbeat_at, owner_pid=job.owner_pid
+    )
+    if job.cancel_requested:
+        won = still.update(
+            state=State.CANCELLED, error_code=CANCELLED, error_message="Cancelled.", finished_at=now
+        )
+    else:
+        won = still.update(
+            state=State.FAILED,
+            error_code=NETWORK,
+            error_message=f"{why} Gave up after {job.attempts} attempts.",
+            finished_at=now,
+        )
+    if won:
+        log.warning("download job %s ended: %s", job.id, why)
+        _changed(job.id)
+    return bool(won)
 
 
 def _owned(job_id: int, task_id: str):  # type: ignore[no-untyped-def]
@@ -315,44 +388,48 @@ def cancel_requested(job_id: int) -> str | None:
 
 
 def reap_stalled_jobs(now: datetime | None = None) -> list[int]:
-    """Resolve jobs whose worker died: running jobs without a heartbeat for DOWNLOAD_HEARTBEAT_TIMEOUT are
-    requeued (attempts left) or failed; queued jobs nobody took for a long time get their message again;
-    then *.incomplete files that no running job owns are removed. Returns the ids of the jobs it changed."""
+    """Resolve jobs whose worker died: running jobs whose owner is provably dead (owner_gone: no heartbeat for
+    DOWNLOAD_HEARTBEAT_TIMEOUT, or a pid of this machine that is gone) are requeued (attempts left) or
+    failed; queued jobs nobody took for a long time get their message again; then *.incomplete files that no
+    active job owns are removed. Returns the ids of the jobs it changed."""
     now = now or timezone.now()
     changed: list[int] = []
-    timeout = settings.DOWNLOAD_HEARTBEAT_TIMEOUT
-    stale = DownloadJob.objects.filter(state=State.RUNNING, heartbeat_at__lt=stale_cutoff(now))
-    for job in stale.only("id", "attempts", "cancel_requested", "heartbeat_at", "worker"):
-        # The heartbeat value read is part of the condition: a worker that beats in between wins.
-        still = DownloadJob.objects.filter(id=job.id, state=State.RUNNING, heartbeat_at=job.heartbeat_at)
-        silent = f"Its worker {job.worker or '?'} stopped responding (no heartbeat for {timeout:.0f} s)."
-        if job.cancel_requested:
-            won = still.update(
-                state=State.CANCELLED, error_code=CANCELLED, error_message="Cancelled.", finished_at=now
+    # Stale anywhere, or run by a process of this machine (its pid tells at once whether it is alive).
+    suspects = DownloadJob.objects.filter(state=State.RUNNING).filter(
+        Q(heartbeat_at__lt=stale_cutoff(now))
+        | Q(node=settings.NODE_NAME, owner_host=this_host(), owner_pid__isnull=False)
+    )
+    fields = ("id", "attempts", "cancel_requested", "heartbeat_at", "worker", "node", "owner_host")
+    for job in suspects.only(*fields, "owner_pid"):
+        dead = owner_gone(job, now)
+        if dead is None:
+            continue
+        if job.cancel_requested or job.attempts >= settings.DOWNLOAD_MAX_ATTEMPTS:
+            won = _end_orphaned(job, dead, now)
+        else:
+            # The row as read is part of the condition: a worker that beats in between wins.
+            still = DownloadJob.objects.filter(
+                id=job.id, state=State.RUNNING, heartbeat_at=job.heartbeat_at, owner_pid=job.owner_pid
             )
-        elif job.attempts < settings.DOWNLOAD_MAX_ATTEMPTS:
-            won = still.update(
-                state=State.QUEUED,
-                worker="",
-                heartbeat_at=None,
-                speed_bps=0,
-                current_file="",
-                error_code="",
-                error_message=f"{silent} Retrying.",
+            won = bool(
+                still.update(
+                    state=State.QUEUED,
+                    worker="",
+                    owner_host="",
+                    owner_pid=None,
+                    heartbeat_at=None,
+                    speed_bps=0,
+                    current_file="",
+                    error_code="",
+                    error_message=f"{dead} Retrying.",
+                )
             )
             if won:
+                log.warning("reaped download job %s (%s)", job.id, dead)
+                _changed(job.id)
                 enqueue_or_fail(job.id)
-        else:
-            won = still.update(
-                state=State.FAILED,
-                error_code=NETWORK,
-                error_message=f"{silent} Gave up after {job.attempts} attempts.",
-                finished_at=now,
-            )
         if won:
-            log.warning("reaped download job %s (%s)", job.id, silent)
             changed.append(job.id)
-            _changed(job.id)
 
     forgotten = DownloadJob.objects.filter(state=State.QUEUED, cancel_requested=False).filter(
         Q(enqueued_at__lt=now - QUEUED_RESEND_AFTER)
@@ -385,9 +462,10 @@ def _repo_dir_name(repo_id: str) -> str:
 
 
 def busy_repo_dirs(*, exclude_job: int | None = None, now: datetime | None = None) -> set[str]:
-    """Cache folder names of repos that a live running job on this node is writing to."""
-    running = DownloadJob.objects.filter(
-        state=State.RUNNING, node=settings.NODE_NAME, heartbeat_at__gte=stale_cutoff(now)
+    """Cache folder names of repos that a job on this node is writing to (running, heartbeat fresh) or will
+    resume (queued: a crashed attempt's partial files are where the next one starts, hub_resume)."""
+    running = DownloadJob.objects.filter(node=settings.NODE_NAME).filter(
+        Q(state=State.RUNNING, heartbeat_at__gte=stale_cutoff(now)) | Q(state=State.QUEUED)
     )
     if exclude_job is not None:
         running = running.exclude(id=exclude_job)
@@ -414,7 +492,7 @@ def remove_incomplete(
 
 
 def remove_orphaned_incomplete(*, now: datetime | None = None) -> list[Path]:
-    """`*.incomplete` files of this node's cache roots that no live running job owns (a killed worker's)."""
+    """`*.incomplete` files of this node's cache roots that no active job owns (a killed worker's)."""
     busy = busy_repo_dirs(now=now)
     clock = (now or timezone.now()).timestamp()
     removed: list[Path] = []

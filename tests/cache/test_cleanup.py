@@ -185,6 +185,7 @@ def test_partial_files_go_unless_a_live_download_may_be_writing_them(publish, ca
     owned_id, _ = publish("owned")
     stalled_id, _ = publish("stalled")
     fresh_id, _ = publish("fresh")
+    requeued_id, _ = publish("requeued")
     reconcile_cache()
     now = timezone.now()
     for repo_id, heartbeat in ((owned_id, now), (stalled_id, now - timedelta(hours=1))):
@@ -192,12 +193,18 @@ def test_partial_files_go_unless_a_live_download_may_be_writing_them(publish, ca
             repository=Repository.objects.get(repo_id=repo_id), revision="dev", node=settings.NODE_NAME,
             state=DownloadJob.State.RUNNING, heartbeat_at=heartbeat,
         )  # fmt: skip
+    DownloadJob.objects.create(
+        repository=Repository.objects.get(repo_id=requeued_id), revision="dev", node=settings.NODE_NAME,
+        state=DownloadJob.State.QUEUED,
+    )  # fmt: skip
     orphan = _partial(cache_root, orphan_id, "a" * 64, age_seconds=3 * DAY)
     owned = _partial(
         cache_root, owned_id, "b" * 64, age_seconds=3 * DAY
     )  # old file, job alive: a slow server
     stalled = _partial(cache_root, stalled_id, "c" * 64, age_seconds=3 * DAY)  # its job stopped beating
     fresh = _partial(cache_root, fresh_id, "d" * 64, age_seconds=0)  # another tool downloading right now
+    # A crashed attempt's file, its job requeued: the next attempt resumes it (hub_resume).
+    requeued = _partial(cache_root, requeued_id, "f" * 64, age_seconds=3 * DAY)
 
     dry = clean_cache(keep_revisions=None)
     real = clean_cache(keep_revisions=None, dry_run=False)
@@ -208,7 +215,7 @@ def test_partial_files_go_unless_a_live_download_may_be_writing_them(publish, ca
     assert {i.reason for i in real.deleted} == {"orphaned partial file"}
     assert real.bytes_freed == 2 * 1234
     assert not orphan.exists() and not stalled.exists()
-    assert owned.exists() and fresh.exists()
+    assert owned.exists() and fresh.exists() and requeued.exists()
 
 
 def test_a_partial_file_owned_by_a_job_on_another_node_is_an_orphan_here(

@@ -83,14 +83,25 @@ def _worker(*queues: str) -> SimpleNamespace:
     [
         (("downloads", "maintenance"), ["maintenance"]),
         (("inference",), []),
-        (("maintenance", "node.box-1"), ["node.box-1"]),  # reconcile where the cache is
+        (("maintenance", "node.box-1"), ["node.box-1"]),  # where the cache and the dead pids are
     ],
 )
-def test_a_maintenance_worker_reconciles_when_it_starts(monkeypatch, settings, queues, expected) -> None:
+def test_a_maintenance_worker_reaps_then_reconciles_when_it_starts(
+    monkeypatch, settings, queues, expected
+) -> None:
     settings.NODE_NAME = "box-1"
-    sent: list[str] = []
-    monkeypatch.setattr(maintenance.reconcile_cache, "apply_async", lambda **kw: sent.append(kw["queue"]))
+    sent: list[tuple[str, str]] = []
+    for task in (maintenance.reap_jobs, maintenance.reconcile_cache):
+        monkeypatch.setattr(
+            task, "apply_async", lambda task=task, **kw: sent.append((task.name, kw["queue"]))
+        )
 
     maintenance.reconcile_on_worker_start(sender=_worker(*queues))
 
-    assert sent == expected
+    # The reaper first: the jobs whose process died with the previous worker are requeued (partial files kept
+    # for them) before the reconcile looks for orphaned partial files.
+    assert sent == [
+        (name, queue)
+        for queue in expected
+        for name in ("maintenance.reap_jobs", "maintenance.reconcile_cache")
+    ]

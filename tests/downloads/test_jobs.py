@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -50,6 +52,63 @@ def test_a_redelivery_takes_over_a_job_whose_worker_went_silent() -> None:
     )
     # Only one of two racing deliveries wins.
     assert jobs.claim(job.id, task_id="third", worker_name="also") is None
+
+
+def a_pid_that_is_gone() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: no process has this pid any more
+    return child.pid
+
+
+def test_a_redelivery_takes_over_at_once_a_job_whose_process_here_is_gone() -> None:
+    job = make_job(
+        state="running", attempts=1, celery_task_id="first", worker="killed", heartbeat_at=timezone.now(),
+        owner_host=jobs.this_host(), owner_pid=a_pid_that_is_gone(),
+    )  # fmt: skip
+    claimed = jobs.claim(job.id, task_id="first", worker_name="fresh")
+    assert claimed is not None
+    assert (claimed.state, claimed.attempts, claimed.owner_pid) == ("running", 2, os.getpid())
+    assert "died" in claimed.error_message and "Resuming" in claimed.error_message
+
+
+def test_a_live_process_or_one_on_another_machine_keeps_its_job() -> None:
+    now = timezone.now()
+    alive = make_job(
+        state="running", attempts=1, celery_task_id="a", heartbeat_at=now,
+        owner_host=jobs.this_host(), owner_pid=os.getppid(),
+    )  # fmt: skip
+    assert jobs.claim(alive.id, task_id="a", worker_name="other") is None
+    alive.delete()
+    # Its pid means nothing here: only its heartbeat can tell.
+    elsewhere = make_job(
+        state="running", attempts=1, celery_task_id="b", heartbeat_at=now,
+        owner_host="another-machine", owner_pid=a_pid_that_is_gone(),
+    )  # fmt: skip
+    assert jobs.claim(elsewhere.id, task_id="b", worker_name="other") is None
+    assert jobs.reap_stalled_jobs() == []
+    assert DownloadJob.objects.get(id=elsewhere.id).attempts == 1
+
+
+def test_a_dead_process_job_without_attempts_left_fails_at_once() -> None:
+    job = make_job(
+        state="running", attempts=settings.DOWNLOAD_MAX_ATTEMPTS, celery_task_id="last",
+        heartbeat_at=timezone.now(), owner_host=jobs.this_host(), owner_pid=a_pid_that_is_gone(),
+    )  # fmt: skip
+    assert jobs.claim(job.id, task_id="last", worker_name="fresh") is None
+    job.refresh_from_db()
+    assert (job.state, job.error_code) == ("failed", "network")
+    assert "died" in job.error_message and "Gave up" in job.error_message
+
+
+def test_the_reaper_requeues_at_once_a_job_whose_process_here_is_gone(private_queue) -> None:
+    job = make_job(
+        state="running", attempts=1, celery_task_id="first", heartbeat_at=timezone.now(),
+        owner_host=jobs.this_host(), owner_pid=a_pid_that_is_gone(),
+    )  # fmt: skip
+    assert jobs.reap_stalled_jobs() == [job.id]
+    job.refresh_from_db()
+    assert (job.state, job.owner_pid, job.owner_host) == ("queued", None, "")
+    assert "died" in job.error_message
 
 
 def test_only_the_owning_task_can_finish_a_job() -> None:

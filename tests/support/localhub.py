@@ -25,6 +25,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -315,6 +316,8 @@ class LocalHub:
         self.url = ""
         self.faults = FaultPlan()
         self.requests: list[RequestRecord] = []
+        # Body bytes written to clients per (repo_id, file path): how much a download really fetched.
+        self.bytes_served: Counter[tuple[str, str]] = Counter()
 
     # -- lifecycle
 
@@ -360,6 +363,15 @@ class LocalHub:
     def clear_requests(self) -> None:
         with self._lock:
             self.requests.clear()
+
+    def served(self, repo_id: str, path: str) -> int:
+        """Body bytes of one file sent so far, over every request (ranges and cut transfers included)."""
+        with self._lock:
+            return self.bytes_served[(repo_id, path)]
+
+    def _count_served(self, key: tuple[str, str], n: int) -> None:
+        with self._lock:
+            self.bytes_served[key] += n
 
     # -- repos
 
@@ -574,6 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
     # for a delayed ACK (200 small files took 9.1 s instead of 0.11 s with curl), a stall the real Hub lacks.
     disable_nagle_algorithm = True
     server: _Server
+    _served_key: tuple[str, str] = ("", "")  # the file a /resolve body belongs to (hub.bytes_served)
 
     def setup(self) -> None:
         super().setup()
@@ -988,6 +1001,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if stall := faults.get("stall"):
             self.hub._stopping.wait(stall.amount)
+        self._served_key = (repo.repo_id, file_path)
         self._send_body(entry.blob.path, start, end - start + 1, faults)
 
     def _send_body(self, path: Path, offset: int, length: int, faults: dict[str, Fault]) -> None:
@@ -1006,6 +1020,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if n == 0:
                         break
                     sent += n
+                    self.hub._count_served(self._served_key, n)
         if drop:
             self._abort(reset=drop.reset)
 
@@ -1029,6 +1044,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if delay > 0 and self.hub._stopping.wait(delay):
                     return
             self.wfile.write(data)
+            self.hub._count_served(self._served_key, len(data))
 
     def _abort(self, *, reset: bool) -> None:
         """Cut the connection mid-body: a clean FIN (client sees an incomplete body) or an RST."""
