@@ -49,6 +49,7 @@ def test_the_downloads_socket_ignores_unreadable_frames(client, alice) -> None: 
     client.force_login(alice)
     headers = [
         (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),  # a browser always sends it: the origin check compares the two
         (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
     ]
 
