@@ -22,9 +22,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# runstack creates the first admin account itself and prints its login last, once the stack answers.
 run: $(VENV)/.installed
 	DEV_SECRETS=1 $(PY) manage.py migrate --noinput
-	DEV_SECRETS=1 $(PY) manage.py bootstrap
 	DEV_SECRETS=1 $(PY) manage.py runstack
 
 migrations-check: $(VENV)/.installed-dev
