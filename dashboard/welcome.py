@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from models_app.services.accounts import FirstLogin
 
@@ -39,18 +39,22 @@ def lan_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
-def wait_ready(url: str, *, host_header: str, stop: threading.Event, timeout: float) -> bool:
-    """Poll /healthz until it is green (database, Redis and a worker on every queue). False on timeout or when
-    the stack is being stopped."""
-    request = urllib.request.Request(url + "healthz", headers={"Host": host_header})
+def wait_ready(
+    probe_url: str, *, host_header: str, healthy: Callable[[], bool], stop: threading.Event, timeout: float
+) -> bool:
+    """Wait until `healthy()` (database, Redis, a worker on every queue) and the web server serves
+    `probe_url`. False on timeout or when the stack is being stopped. Not by polling /healthz: each of its 503s
+    while the workers boot would be an ERROR line in the very log the login box should close."""
+    request = urllib.request.Request(probe_url, headers={"Host": host_header})
     deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass  # not listening yet, or 503 until every worker has announced itself
+        if healthy():
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet
         stop.wait(1.0)
     return False
 

@@ -8,16 +8,27 @@ import os
 import signal
 import threading
 from typing import Any
+from urllib.parse import urljoin
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import connection
+from django.urls import reverse
 
 from dashboard.stack import Stack, plan, say
 from dashboard.welcome import WILDCARDS, lan_address, local_url, login_box, wait_ready
 from models_app.services.accounts import FirstLogin, first_admin_create
+from models_app.services.health import system_health
 
 # On a loaded laptop the inference worker's first MLX import can take a minute; the box waits this long at most.
 READY_TIMEOUT = 300.0
+
+
+def _healthy() -> bool:
+    try:
+        return bool(system_health()["ok"])
+    except Exception:  # a database that is not there yet is "not ready", never a crash of the announcer
+        return False
 
 
 class Command(BaseCommand):
@@ -53,6 +64,9 @@ class Command(BaseCommand):
             var_dir=settings.VAR_DIR,
         )
         stack.ensure_redis()
+        # This process reads the workers' presence (the readiness check) from the Redis its children use, which
+        # ensure_redis may have chosen only now.
+        settings.REDIS_URL = env["REDIS_URL"]
         # After Redis: a stack that cannot start must not have created an account whose password nobody saw.
         # The password stays in this process's memory only (never in a child's argv, env or a file).
         login = None if no_bootstrap else first_admin_create()
@@ -85,12 +99,16 @@ class Command(BaseCommand):
     ) -> None:
         url = local_url(host, port)
         allowed = [h.lstrip(".") for h in settings.ALLOWED_HOSTS if h != "*"]
-        ready = wait_ready(
-            url,
-            host_header=allowed[0] if allowed else "localhost",
-            stop=stack.stop_requested,
-            timeout=READY_TIMEOUT,
-        )
+        try:
+            ready = wait_ready(
+                urljoin(url, reverse("login")),
+                host_header=allowed[0] if allowed else "localhost",
+                healthy=_healthy,
+                stop=stack.stop_requested,
+                timeout=READY_TIMEOUT,
+            )
+        finally:
+            connection.close()  # this thread's own database connection
         if stack.stop_requested.is_set():
             return
         urls, notes = [url], []
