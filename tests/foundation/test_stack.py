@@ -7,6 +7,7 @@ import re
 import signal
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from dashboard.stack import Service, Stack
+from dashboard.welcome import lan_address
 from tests.support.processes import ManagedProcess, get_json, wait_for
 from tests.support.redis_server import answers, free_port
 
@@ -38,7 +40,12 @@ def _path_without(tmp_path: Path, program: str) -> str:
 
 
 def _runstack(
-    stack_env: dict[str, str], tmp_path: Path, log_dir: Path, redis: str
+    stack_env: dict[str, str],
+    tmp_path: Path,
+    log_dir: Path,
+    redis: str,
+    *extra_args: str,
+    **extra_env: str,
 ) -> tuple[ManagedProcess, int, dict[str, str]]:
     port = free_port()
     log = log_dir / f"runstack-{redis}-{port}.log"  # the log directory outlives a test run
@@ -56,8 +63,18 @@ def _runstack(
         )
     if redis == "embedded":
         env["PATH"] = _path_without(tmp_path, "redis-server")
+    env.update(extra_env)
     process = ManagedProcess(
-        [sys.executable, "manage.py", "runstack", "--port", str(port), "--downloads-concurrency", "1"],
+        [
+            sys.executable,
+            "manage.py",
+            "runstack",
+            "--port",
+            str(port),
+            "--downloads-concurrency",
+            "1",
+            *extra_args,
+        ],
         env,
         log,
     )
@@ -180,6 +197,35 @@ def test_a_killed_worker_is_restarted_while_the_web_keeps_answering(  # type: ig
         assert stack.process.wait(30) == 0
         for pid in [*children, *_children_of(new)]:
             wait_for(lambda pid=pid: not _alive(pid), 15, f"child {pid} still running after Ctrl-C")
+    finally:
+        stack.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_every_interface_the_box_names_the_network_address_and_it_serves(  # type: ignore[no-untyped-def]
+    stack_env, process_log_dir, tmp_path
+) -> None:
+    lan = lan_address()
+    if lan is None:
+        pytest.skip("this machine has no network address besides loopback")
+    stack, port, _ = _runstack(
+        stack_env,
+        tmp_path,
+        process_log_dir,
+        "configured",
+        "--host",
+        "0.0.0.0",
+        ALLOWED_HOSTS=f"localhost,127.0.0.1,{lan}",
+    )
+    try:
+        wait_for(lambda: LOGIN_BOX.search(stack.log()), 180, f"no login box:\n{stack.log()[-4000:]}", 0.5)
+        box = LOGIN_BOX.search(stack.log())
+        assert box is not None and box.group(1) == f"http://127.0.0.1:{port}/"
+        assert f"or, from your network: http://{lan}:{port}/" in box.group(0)
+        with urllib.request.urlopen(f"http://{lan}:{port}/login/", timeout=30) as response:
+            assert response.status == 200
+        stack.process.send_signal(signal.SIGINT)
+        assert stack.process.wait(30) == 0
     finally:
         stack.stop()
 
