@@ -7,6 +7,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -197,6 +198,42 @@ def test_a_killed_worker_is_restarted_while_the_web_keeps_answering(  # type: ig
         assert stack.process.wait(30) == 0
         for pid in [*children, *_children_of(new)]:
             wait_for(lambda pid=pid: not _alive(pid), 15, f"child {pid} still running after Ctrl-C")
+    finally:
+        stack.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_private_redis_is_restarted_and_the_stack_reconnects(  # type: ignore[no-untyped-def]
+    stack_env, process_log_dir, tmp_path
+) -> None:
+    stack, port, env = _runstack(stack_env, tmp_path, process_log_dir, "own")
+    try:
+        _wait_healthy(stack, port)
+        server = _child(stack, "redis-server")
+        killed_at = time.time()
+        os.kill(server, signal.SIGKILL)
+        wait_for(
+            lambda: "redis restarted" in stack.log(),
+            60,
+            f"Redis was not restarted:\n{stack.log()[-4000:]}",
+            0.5,
+        )
+        assert "redis exited with code -9" in stack.log()
+        assert answers(f"redis://127.0.0.1:{env['LOCAL_REDIS_PORT']}/0")
+
+        # Workers and the web server reconnect by themselves: every queue has a worker that has announced itself
+        # to the new server (not a presence key the snapshot brought back).
+        def fresh() -> bool:
+            status, report = get_json(f"http://127.0.0.1:{port}/healthz", timeout=10)
+            return status == 200 and all(
+                any(w["last_seen"] > killed_at for w in report["queues"][q]["workers"])
+                for q in ("downloads", "maintenance", "inference")
+            )
+
+        wait_for(fresh, 120, f"the stack did not reconnect:\n{stack.log()[-4000:]}", 1.0)
+        stack.process.send_signal(signal.SIGINT)
+        assert stack.process.wait(30) == 0
+        assert not answers(f"redis://127.0.0.1:{env['LOCAL_REDIS_PORT']}/0")
     finally:
         stack.stop()
 
