@@ -35,7 +35,9 @@ _output = threading.Lock()
 
 
 def say(text: str) -> None:
-    with _output:
+    # A terminal that went away (a closed pipe, `make run | head`) must not stop the pumps: a child whose output
+    # is no longer read would block on its next write.
+    with _output, contextlib.suppress(OSError, ValueError):
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
 

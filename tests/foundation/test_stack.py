@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from django.test import override_settings
 
 from dashboard.stack import Service, Stack
 from dashboard.welcome import lan_address
-from tests.support.processes import ManagedProcess, get_json, wait_for
+from tests.support.processes import ROOT, ManagedProcess, get_json, wait_for
 from tests.support.redis_server import answers, free_port
 
 LOGIN_BOX = re.compile(r"#{20,}\n#\s+#\n#  MLX Control Room is up: open (\S+)\s*#\n(?:.*\n)*?#{20,}\n")
@@ -286,8 +287,6 @@ def _child(stack: ManagedProcess, marker: str) -> int:
 
 
 def _children_of(pid: int) -> list[int]:
-    import subprocess
-
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
 
@@ -328,3 +327,31 @@ def test_a_child_that_keeps_dying_is_restarted_with_a_growing_delay(tmp_path, ca
         stack.stop()
     assert delays()[:4] == ["1", "2", "4", "8"]
     assert seen.count("flaky | up") >= 4  # each restart really ran the program again
+
+
+def test_a_closed_terminal_does_not_block_the_children(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`make run | head`, or a terminal whose pipe went away: the stack keeps draining its children's output,
+    else a child blocks on its next write once the pipe buffer is full."""
+    marker = tmp_path / "done"
+    chatty = f"import pathlib\nfor _ in range(20000): print('x' * 100)\npathlib.Path({str(marker)!r}).write_text('ok')"
+    script = f"""
+import os, sys, time
+from pathlib import Path
+from dashboard.stack import Service, Stack
+stack = Stack([Service("chatty", [sys.executable, "-c", {chatty!r}])], env=dict(os.environ), var_dir=Path({str(tmp_path)!r}))
+stack.start()
+deadline = time.monotonic() + 120
+while not Path({str(marker)!r}).exists() and time.monotonic() < deadline:
+    time.sleep(0.2)
+stack.stop()
+"""
+    runner = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert runner.stdout is not None
+    assert runner.stdout.readline().startswith(b"    chatty | x")
+    runner.stdout.close()  # the terminal goes away
+    runner.wait(180)
+    assert marker.exists() and marker.read_text() == "ok", (
+        "the child blocked writing to a pipe nobody drained"
+    )
