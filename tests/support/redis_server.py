@@ -3,13 +3,14 @@ so tests may kill and restart it freely."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from dashboard import local_redis
 
 
 def free_port() -> int:
@@ -20,13 +21,14 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        binary = shutil.which("redis-server")
+        # The same choice as `make run`: the machine's redis-server, else the venv's embedded valkey-server.
+        binary = local_redis.server_binary()
         if binary is None:
             raise RuntimeError(
                 "redis-server is not installed. Install it: `sudo apt-get install redis-server` (Debian/Ubuntu) "
                 "or `brew install redis` (macOS)."
             )
-        self.binary = binary
+        self.binary = binary.path
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()

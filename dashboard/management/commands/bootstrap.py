@@ -1,12 +1,14 @@
-"""`manage.py bootstrap`: on a fresh install, create the first admin account and print its login once."""
+"""`manage.py bootstrap`: on a fresh install, create the first admin account and print its login once.
+`make run` does not call it: runstack creates the account itself and shows the login after the stack is up."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
+
+from dashboard.welcome import login_box
+from models_app.services.accounts import first_admin_create
 
 
 class Command(BaseCommand):
@@ -16,15 +18,6 @@ class Command(BaseCommand):
         parser.add_argument("--username", default="admin")
 
     def handle(self, *args: Any, username: str, **options: Any) -> None:
-        User = get_user_model()
-        if User.objects.exists():
-            return
-        password = secrets.token_urlsafe(12)
-        User.objects.create_superuser(username=username, email="", password=password)
-        bar = "=" * 64
-        self.stdout.write(
-            f"\n{bar}\n  First run: an admin account was created. Log in with\n"
-            f"    username: {username}\n    password: {password}\n"
-            f"  This is shown once. Change it in the admin (Users) or with\n"
-            f"  `manage.py changepassword {username}`.\n{bar}\n"
-        )
+        login = first_admin_create(username=username)
+        if login is not None:
+            self.stdout.write(login_box(urls=[], login=login))

@@ -1,27 +1,59 @@
-"""`manage.py runstack`: web, workers, beat (and Redis if needed) in one terminal; Ctrl-C stops them all."""
+"""`manage.py runstack`: web, workers, beat (and Redis if needed) in one terminal. A crashed child is restarted;
+Ctrl-C stops them all. On a fresh install it creates the first admin account and shows its login last, once the
+stack answers."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
+import threading
 from typing import Any
+from urllib.parse import urljoin
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import connection
+from django.urls import reverse
 
-from dashboard.stack import Stack, plan
+from dashboard.stack import Stack, plan, say
+from dashboard.welcome import WILDCARDS, lan_address, local_url, login_box, wait_ready
+from models_app.services.accounts import FirstLogin, first_admin_create
+from models_app.services.health import system_health
+
+# On a loaded laptop the inference worker's first MLX import can take a minute; the box waits this long at most.
+READY_TIMEOUT = 300.0
+
+
+def _healthy() -> bool:
+    try:
+        return bool(system_health()["ok"])
+    except Exception:  # a database that is not there yet is "not ready", never a crash of the announcer
+        return False
 
 
 class Command(BaseCommand):
-    help = "Run the whole product: ASGI server, download/maintenance and inference workers, beat, Redis if needed."
+    help = (
+        "Run the whole product: ASGI server, download/maintenance and inference workers, beat, Redis if needed. "
+        "A child that dies is restarted; Ctrl-C stops everything."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument(
+            "--host",
+            default=os.environ.get("HOST", "127.0.0.1"),
+            help="address to listen on (env HOST); 0.0.0.0 for every interface, e.g. the LAN",
+        )
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")), help="env PORT")
         parser.add_argument("--downloads-concurrency", type=int, default=2)
+        parser.add_argument(
+            "--no-bootstrap",
+            action="store_true",
+            help="do not create the first admin account on a fresh install",
+        )
 
-    def handle(self, *args: Any, host: str, port: int, downloads_concurrency: int, **options: Any) -> None:
+    def handle(
+        self, *args: Any, host: str, port: int, downloads_concurrency: int, no_bootstrap: bool, **options: Any
+    ) -> None:
         env = dict(os.environ)
         # Children must find the same secrets and data this process found (generated into var/ on first run).
         env.setdefault("VAR_DIR", str(settings.VAR_DIR))
@@ -32,20 +64,64 @@ class Command(BaseCommand):
             var_dir=settings.VAR_DIR,
         )
         stack.ensure_redis()
+        # This process reads the workers' presence (the readiness check) from the Redis its children use, which
+        # ensure_redis may have chosen only now.
+        settings.REDIS_URL = env["REDIS_URL"]
+        # After Redis: a stack that cannot start must not have created an account whose password nobody saw.
+        # The password stays in this process's memory only (never in a child's argv, env or a file).
+        login = None if no_bootstrap else first_admin_create()
 
         def on_signal(signum: int, _frame: object) -> None:
-            stack._stopping.set()
+            stack.request_stop()
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         stack.start()
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.stdout.write(
-            self.style.SUCCESS(f"\n  MLX Control Room is starting: open http://{shown_host}:{port}/\n")
+        say(
+            f"\n  MLX Control Room is starting on {local_url(host, port)} (the login follows once it is up)\n"
         )
+        announced = threading.Event()
+        threading.Thread(
+            target=self._announce, args=(stack, host, port, login, announced), daemon=True
+        ).start()
         code = stack.wait()
-        self.stdout.write("stopping…")
+        say("stopping…")
         stack.stop()
-        self.stdout.write("stopped.")
+        if login is not None and not announced.is_set():
+            # Shown once means shown at least once: a stack stopped before it came up still hands over the login.
+            say(login_box(urls=[], login=login, notes=["The stack was stopped before it was up."]))
+        say("stopped.")
         if code:
-            sys.exit(code)
+            raise SystemExit(code)
+
+    def _announce(
+        self, stack: Stack, host: str, port: int, login: FirstLogin | None, announced: threading.Event
+    ) -> None:
+        url = local_url(host, port)
+        allowed = [h.lstrip(".") for h in settings.ALLOWED_HOSTS if h != "*"]
+        try:
+            ready = wait_ready(
+                urljoin(url, reverse("login")),
+                host_header=allowed[0] if allowed else "localhost",
+                healthy=_healthy,
+                stop=stack.stop_requested,
+                timeout=READY_TIMEOUT,
+            )
+        finally:
+            connection.close()  # this thread's own database connection
+        if stack.stop_requested.is_set():
+            return
+        urls, notes = [url], []
+        lan = lan_address() if host in WILDCARDS else None
+        if lan:
+            urls.append(f"http://{lan}:{port}/")
+            if lan not in settings.ALLOWED_HOSTS and "*" not in settings.ALLOWED_HOSTS:
+                notes.append(
+                    f"For the network address, add {lan} to ALLOWED_HOSTS (see README, Configuration)."
+                )
+        if not ready:
+            notes.append(
+                f"Not every part answered within {READY_TIMEOUT:.0f} s: see {url}healthz and the log above."
+            )
+        say(login_box(urls=urls, login=login, notes=notes))
+        announced.set()
