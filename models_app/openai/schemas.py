@@ -2,9 +2,10 @@
 
 Every field of OpenAI's request is either honoured, ignored because it cannot change the answer (`user`,
 `store`, `metadata`, `service_tier`, ...: see IGNORED), or refused with a 400 naming it when it would change
-the answer and is not implemented (`response_format` other than text, `n` > 1, audio, web search, ...: see
-`_refuse`). README's OpenAI section has the table. Fields OpenAI does not define are ignored, as
-OpenAI-compatible servers do (clients send other servers' extensions)."""
+the answer and is not implemented (`n` > 1, audio, web search, tool_choice "required", ...: see `_refuse`).
+`response_format` json_object/json_schema is honoured by constrained decoding (engine/constrained.py).
+README's OpenAI section has the table. Fields OpenAI does not define are ignored, as OpenAI-compatible
+servers do (clients send other servers' extensions)."""
 
 from __future__ import annotations
 
@@ -145,17 +146,42 @@ def _refuse(body: dict[str, Any], refused: tuple[tuple[str, str], ...]) -> None:
             raise RequestError(message, name)
 
 
-def _response_format(body: dict[str, Any]) -> None:
+def _response_format(body: dict[str, Any]) -> str | None:
+    """OpenAI's response_format as an llguidance grammar the worker constrains the output with (None: text).
+    Compiled and checked here, so a bad schema is a 400 before anything is queued."""
     value = body.get("response_format")
     if value is None or value == {"type": "text"} or value == "text":
-        return
-    kind = value.get("type") if isinstance(value, dict) else value
-    # No constrained decoding here: a prose answer with a 200 would lie about honouring the schema.
-    raise RequestError(
-        f"response_format {kind!r} is not supported: this server cannot constrain the output to JSON. "
-        "Leave response_format out (or {'type': 'text'}) and ask for JSON in the prompt.",
-        "response_format",
-    )
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError(
+                "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
+                "response_format",
+            )
+    else:
+        raise RequestError(
+            "response_format must be {'type': 'text'}, {'type': 'json_object'} or "
+            "{'type': 'json_schema', 'json_schema': {...}}.",
+            "response_format",
+        )
+    import llguidance  # only requests that constrain their output pay for the import
+
+    try:
+        # Compact JSON (no free whitespace): a weak model cannot wander off into blank lines.
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            schema, defaults={"whitespace_flexible": False}
+        )
+    except (ValueError, TypeError) as exc:
+        raise RequestError(f"response_format: the schema is not usable ({exc}).", "response_format") from None
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error and not error.startswith("WARNING"):
+        raise RequestError(f"response_format: the schema is not supported ({error}).", "response_format")
+    return grammar
 
 
 def _modalities(body: dict[str, Any]) -> None:
@@ -196,7 +222,11 @@ def _top_logprobs_text(body: dict[str, Any]) -> int | None:
 
 
 def _options(
-    body: dict[str, Any], *, tools: list[dict[str, Any]] | None = None, top_logprobs: int | None = None
+    body: dict[str, Any],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    top_logprobs: int | None = None,
+    grammar: str | None = None,
 ) -> dict[str, Any]:
     """The generation options, validated by the inference service (one set of rules for chat and API)."""
     n = body.get("n")
@@ -214,8 +244,9 @@ def _options(
     raw["tools"] = tools
     raw["logprobs"] = top_logprobs
     raw["logit_bias"] = body.get("logit_bias")
+    raw["grammar"] = grammar
     for name, value in raw.items():
-        if isinstance(value, str) and name != "stop":
+        if isinstance(value, str) and name not in ("stop", "grammar"):
             raise RequestError(f"'{name}' must be a number.", name)
     try:
         return inference.normalize_options(raw)
@@ -225,7 +256,8 @@ def _options(
             param = "max_completion_tokens"
         if param is None:
             raise RequestError(str(exc)) from None
-        raise RequestError(f"'{param}' {exc.problem}.", param if param in raw else None) from None
+        named = param in raw or param == "response_format"  # the grammar travels as "grammar"
+        raise RequestError(f"'{param}' {exc.problem}.", param if named else None) from None
 
 
 def _model(body: dict[str, Any]) -> str:
@@ -329,11 +361,11 @@ def parse_chat(body: dict[str, Any]) -> CompletionRequest:
     stream, include_usage = _stream(body)
     messages = _messages(body, model)
     _refuse(body, _REFUSED_CHAT)
-    _response_format(body)
     _modalities(body)
     tools, tool_choice = _tools(body)
     top_logprobs = _top_logprobs_chat(body)
-    options = _options(body, tools=tools, top_logprobs=top_logprobs)
+    grammar = _response_format(body)
+    options = _options(body, tools=tools, top_logprobs=top_logprobs, grammar=grammar)
     user = body.get("user")
     return CompletionRequest(
         kind="chat",
@@ -370,7 +402,7 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
     return CompletionRequest(
         kind="text",
         model=model,
-        options=_options(body, top_logprobs=top_logprobs),
+        options=_options(body, top_logprobs=top_logprobs, grammar=_response_format(body)),
         top_logprobs=top_logprobs,
         stream=stream,
         include_usage=include_usage,

@@ -70,6 +70,7 @@ MAX_STOP_LENGTH = 200
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_GRAMMAR_LENGTH = 200_000
 
 # Error codes the web side adds to the worker's.
 NO_WORKER = "no_worker"
@@ -139,6 +140,7 @@ _LABELS = {
     "keep_alive": "Keep alive",
     "logprobs": "Top logprobs",
     "logit_bias": "Logit bias",
+    "response_format": "Response format",
 }
 
 
@@ -215,6 +217,14 @@ def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
     bias = options.get("logit_bias")
     if bias:
         clean["logit_bias"] = _logit_bias(bias)
+    grammar = options.get("grammar")
+    if grammar:
+        # An llguidance grammar compiled from response_format by the API (models_app.openai.schemas).
+        if not isinstance(grammar, str) or len(grammar) > MAX_GRAMMAR_LENGTH:
+            raise InvalidOptions(
+                "response_format", f"must be at most {MAX_GRAMMAR_LENGTH:,} characters of schema"
+            )
+        clean["grammar"] = grammar
     if options.get("keep_alive") not in (None, ""):
         keep_alive = parse_keep_alive(options["keep_alive"])
         clean["keep_alive"] = -1 if keep_alive is None else keep_alive

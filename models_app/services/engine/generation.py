@@ -24,6 +24,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from models_app.models import Message, Snapshot, Usage
 from models_app.services import inference
 from models_app.services import redis as app_redis
+from models_app.services.engine.constrained import ConstraintError, grammar_processor, opens_thinking
 from models_app.services.engine.logprobs import (
     InvalidLogitBias,
     LogprobRelease,
@@ -215,7 +216,8 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
         if cache is None:
             cache = make_prompt_cache(loaded.model)
         outcome.cached_tokens = cached
-        bias = _logit_bias(loaded, options)  # before chat.started: a bad token id is a 400, not a 200
+        # Before chat.started: a bad token id or an unusable response_format is a 400, not a 200.
+        extra = _extra_processors(loaded, options, prompt.tokens)
         started: dict[str, Any] = {
             "prompt_tokens": outcome.prompt_tokens,
             "cached_tokens": cached,
@@ -227,7 +229,7 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
             started["notice"] = prompt.notice
         stream.emit("chat.started", **started)
         generated = _stream_tokens(
-            loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens, bias
+            loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens, extra
         )
         if generated is not None:
             engine.prompt_cache.insert(
@@ -238,16 +240,24 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
     return outcome
 
 
-def _logit_bias(loaded: LoadedModel, options: dict[str, Any]) -> list[Any]:
-    bias = options.get("logit_bias")
-    if not bias:
-        return []
+def _extra_processors(loaded: LoadedModel, options: dict[str, Any], prompt_tokens: list[int]) -> list[Any]:
+    """logit_bias, then the response_format grammar (last, so its mask has the final word)."""
     config = loaded.config.get("text_config") or loaded.config
     vocab_size = int(config.get("vocab_size") or len(loaded.tokenizer))
+    processors = []
     try:
-        return [logit_bias_processor(bias, vocab_size)]
-    except InvalidLogitBias as exc:
+        if options.get("logit_bias"):
+            processors.append(logit_bias_processor(options["logit_bias"], vocab_size))
+        if options.get("grammar"):
+            if opens_thinking(loaded.tokenizer, prompt_tokens):
+                raise ConstraintError(
+                    "response_format cannot be honoured with this model: its prompt opens a thinking block, "
+                    "and forced JSON would be read as reasoning. Leave response_format out."
+                )
+            processors.append(grammar_processor(options["grammar"], loaded.tokenizer, vocab_size))
+    except (InvalidLogitBias, ConstraintError) as exc:
         raise GenerationError("invalid_request", str(exc)) from None
+    return processors
 
 
 def _build_prompt(loaded: LoadedModel, request: Request) -> Any:
@@ -274,7 +284,7 @@ def _stream_tokens(
     cached: int,
     cache: list[Any],
     max_tokens: int,
-    bias: list[Any],
+    extra: list[Any],
 ) -> list[int] | None:
     """The token loop. Returns the generated token ids when the KV cache is consistent (worth keeping)."""
     options = request.options
@@ -293,7 +303,7 @@ def _stream_tokens(
             presence_penalty=options.get("presence_penalty"),
             frequency_penalty=options.get("frequency_penalty"),
         )
-        + bias
+        + extra
     )
     stops = StopMatcher(options.get("stop", []))
     # Log probabilities only when asked: nothing per token otherwise.

@@ -18,9 +18,16 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, _byte_decoder
 
+# OpenAI's figure for a token that cannot come (JSON has no -Infinity): tokens masked by response_format.
+IMPOSSIBLE = -9999.0
+
 
 class InvalidLogitBias(ValueError):
     pass
+
+
+def _finite(value: float) -> float:
+    return value if value > IMPOSSIBLE else IMPOSSIBLE
 
 
 class TokenLogprobs:
@@ -50,7 +57,7 @@ class TokenLogprobs:
         text, raw = self.piece(token)
         entry: dict[str, Any] = {
             "token": text,
-            "logprob": logprobs[token].item(),
+            "logprob": _finite(logprobs[token].item()),
             "bytes": raw,
             "top_logprobs": [],
         }
@@ -62,7 +69,7 @@ class TokenLogprobs:
                 alt = int(ids[i].item())
                 alt_text, alt_raw = self.piece(alt)
                 entry["top_logprobs"].append(
-                    {"token": alt_text, "logprob": values[i].item(), "bytes": alt_raw}
+                    {"token": alt_text, "logprob": _finite(values[i].item()), "bytes": alt_raw}
                 )
         return entry
 
