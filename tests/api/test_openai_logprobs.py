@@ -315,6 +315,22 @@ def test_response_format_json_schema_is_followed(oai: openai.OpenAI, stream: boo
     assert all(t.logprob >= -9999.0 for e in entries for t in e.top_logprobs)
 
 
+def test_response_format_works_on_the_legacy_endpoint_too(oai: openai.OpenAI) -> None:
+    """Not in OpenAI's legacy API, but accepted there as vLLM does: a client that sends it gets what it asked."""
+    choice = oai.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=100,
+        temperature=0,
+        extra_body={
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+        },
+    ).choices[0]
+
+    assert choice.finish_reason == "stop", choice.text
+    assert set(json.loads(choice.text)) == {"name", "age", "pet"}
+
+
 @pytest.mark.parametrize(
     "response_format",
     [
