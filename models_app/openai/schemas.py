@@ -1,9 +1,11 @@
 """Parsing and validation of OpenAI-style request bodies (/v1/chat/completions, /v1/completions).
 
-Unknown fields are ignored, as OpenAI-compatible servers do: clients (IDE agents, SDKs) send many options
-that change nothing here (logit_bias, parallel_tool_calls, ...). Fields we cannot honour and that would
-change the answer's meaning (n > 1, images on a text-only model, token-array prompts) are a 400 with a
-message that says what to change."""
+Every field of OpenAI's request is either honoured, ignored because it cannot change the answer (`user`,
+`store`, `metadata`, `service_tier`, ...: see IGNORED), or refused with a 400 naming it when it would change
+the answer and is not implemented (`n` > 1, audio, web search, tool_choice "required", ...: see `_refuse`).
+`response_format` json_object/json_schema is honoured by constrained decoding (engine/constrained.py).
+README's OpenAI section has the table. Fields OpenAI does not define are ignored, as OpenAI-compatible
+servers do (clients send other servers' extensions)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class CompletionRequest:
     prompt: str | None = None
     user: str = ""
     tool_choice: Any = None
+    # Log probabilities: None when not asked; else how many alternatives per token (0 = the chosen token only).
+    top_logprobs: int | None = None
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -70,6 +74,12 @@ def _stop(value: Any) -> list[str]:
 
 def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Any]:
     tools, choice = body.get("tools"), body.get("tool_choice")
+    if choice not in (None, "auto", "none"):
+        # Nothing here can force a call (no constrained decoding): saying so beats an answer without one.
+        raise RequestError(
+            "Only tool_choice 'auto' and 'none' are supported: the model decides whether to call a tool.",
+            "tool_choice",
+        )
     if tools is None or tools == []:
         return None, choice
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
@@ -100,7 +110,124 @@ _PASSED_THROUGH = (
 )
 
 
-def _options(body: dict[str, Any], *, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+# Accepted and ignored: they cannot change the answer (bookkeeping, routing, caching hints, latency hints).
+IGNORED = (
+    "user",
+    "store",
+    "metadata",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+    "parallel_tool_calls",
+    "prediction",
+)
+
+# Chat fields that would change the answer and are not implemented: (field, message). Any non-null value is
+# a 400 naming the field; response_format, modalities and tool_choice have their own checks (some values pass).
+_REFUSED_CHAT: tuple[tuple[str, str], ...] = (
+    ("audio", "Audio output is not supported: the models here write text."),
+    ("web_search_options", "Web search is not supported."),
+    ("functions", "'functions' (deprecated) is not supported: send 'tools' instead."),
+    ("function_call", "'function_call' (deprecated) is not supported: send 'tools' and 'tool_choice'."),
+    (
+        "reasoning_effort",
+        "'reasoning_effort' is not supported: a model here reasons as its chat template says.",
+    ),
+    ("verbosity", "'verbosity' is not supported."),
+    ("moderation", "'moderation' is not supported."),
+)
+
+
+def _refuse(body: dict[str, Any], refused: tuple[tuple[str, str], ...]) -> None:
+    for name, message in refused:
+        if body.get(name) is not None:
+            raise RequestError(message, name)
+
+
+def _response_format(body: dict[str, Any]) -> str | None:
+    """OpenAI's response_format as an llguidance grammar the worker constrains the output with (None: text).
+    Compiled and checked here, so a bad schema is a 400 before anything is queued."""
+    value = body.get("response_format")
+    if value is None or value == {"type": "text"} or value == "text":
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError(
+                "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
+                "response_format",
+            )
+    else:
+        raise RequestError(
+            "response_format must be {'type': 'text'}, {'type': 'json_object'} or "
+            "{'type': 'json_schema', 'json_schema': {...}}.",
+            "response_format",
+        )
+    import llguidance  # only requests that constrain their output pay for the import
+
+    try:
+        # Compact JSON (no free whitespace): a weak model cannot wander off into blank lines.
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            schema, defaults={"whitespace_flexible": False}
+        )
+    except (ValueError, TypeError) as exc:
+        raise RequestError(f"response_format: the schema is not usable ({exc}).", "response_format") from None
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error and not error.startswith("WARNING"):
+        raise RequestError(f"response_format: the schema is not supported ({error}).", "response_format")
+    return grammar
+
+
+def _modalities(body: dict[str, Any]) -> None:
+    value = body.get("modalities")
+    if value is None or value == ["text"]:
+        return
+    raise RequestError("Only modalities ['text'] is supported.", "modalities")
+
+
+def _top_logprobs_chat(body: dict[str, Any]) -> int | None:
+    """Chat: `logprobs: true` turns them on, `top_logprobs` (0..20) asks for alternatives (and needs it)."""
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestError("'logprobs' must be true or false.", "logprobs")
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= inference.MAX_TOP_LOGPROBS:
+            raise RequestError(
+                f"'top_logprobs' must be a whole number from 0 to {inference.MAX_TOP_LOGPROBS}.",
+                "top_logprobs",
+            )
+        if not logprobs:
+            raise RequestError("'top_logprobs' needs 'logprobs': true.", "top_logprobs")
+    return (top or 0) if logprobs else None
+
+
+# The legacy completions API's limit for `logprobs`.
+MAX_LEGACY_LOGPROBS = 5
+
+
+def _top_logprobs_text(body: dict[str, Any]) -> int | None:
+    """Completions: `logprobs` is the number of alternatives (0..5); present means on."""
+    value = body.get("logprobs")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LEGACY_LOGPROBS:
+        raise RequestError(f"'logprobs' must be a whole number from 0 to {MAX_LEGACY_LOGPROBS}.", "logprobs")
+    return value
+
+
+def _options(
+    body: dict[str, Any],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    top_logprobs: int | None = None,
+    grammar: str | None = None,
+) -> dict[str, Any]:
     """The generation options, validated by the inference service (one set of rules for chat and API)."""
     n = body.get("n")
     if n is not None and n != 1:
@@ -115,8 +242,11 @@ def _options(body: dict[str, Any], *, tools: list[dict[str, Any]] | None = None)
         raw["seed"] = seed % 2**32  # OpenAI takes any integer; MLX's generator takes 32 bits
     raw["stop"] = _stop(body.get("stop"))
     raw["tools"] = tools
+    raw["logprobs"] = top_logprobs
+    raw["logit_bias"] = body.get("logit_bias")
+    raw["grammar"] = grammar
     for name, value in raw.items():
-        if isinstance(value, str) and name != "stop":
+        if isinstance(value, str) and name not in ("stop", "grammar"):
             raise RequestError(f"'{name}' must be a number.", name)
     try:
         return inference.normalize_options(raw)
@@ -126,7 +256,8 @@ def _options(body: dict[str, Any], *, tools: list[dict[str, Any]] | None = None)
             param = "max_completion_tokens"
         if param is None:
             raise RequestError(str(exc)) from None
-        raise RequestError(f"'{param}' {exc.problem}.", param if param in raw else None) from None
+        named = param in raw or param == "response_format"  # the grammar travels as "grammar"
+        raise RequestError(f"'{param}' {exc.problem}.", param if named else None) from None
 
 
 def _model(body: dict[str, Any]) -> str:
@@ -229,8 +360,12 @@ def parse_chat(body: dict[str, Any]) -> CompletionRequest:
     model = _model(body)
     stream, include_usage = _stream(body)
     messages = _messages(body, model)
+    _refuse(body, _REFUSED_CHAT)
+    _modalities(body)
     tools, tool_choice = _tools(body)
-    options = _options(body, tools=tools)
+    top_logprobs = _top_logprobs_chat(body)
+    grammar = _response_format(body)
+    options = _options(body, tools=tools, top_logprobs=top_logprobs, grammar=grammar)
     user = body.get("user")
     return CompletionRequest(
         kind="chat",
@@ -241,6 +376,7 @@ def parse_chat(body: dict[str, Any]) -> CompletionRequest:
         messages=messages,
         user=user if isinstance(user, str) else "",
         tool_choice=tool_choice,
+        top_logprobs=top_logprobs,
     )
 
 
@@ -258,11 +394,16 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
         raise RequestError("'echo' is not supported.", "echo")
     if body.get("suffix"):
         raise RequestError("'suffix' (fill in the middle) is not supported.", "suffix")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != 1:
+        raise RequestError("Only best_of=1 is supported.", "best_of")
+    top_logprobs = _top_logprobs_text(body)
     user = body.get("user")
     return CompletionRequest(
         kind="text",
         model=model,
-        options=_options(body),
+        options=_options(body, top_logprobs=top_logprobs, grammar=_response_format(body)),
+        top_logprobs=top_logprobs,
         stream=stream,
         include_usage=include_usage,
         prompt=prompt,

@@ -3,7 +3,13 @@
 The shapes follow the OpenAI API reference (chat.completion.chunk, chat.completion, text_completion): a role
 chunk first, content/reasoning/tool-call deltas, a final chunk with finish_reason and an empty delta, and,
 with `stream_options.include_usage`, one more chunk with empty choices and the usage (every earlier chunk
-then carries `"usage": null`, as OpenAI's do)."""
+then carries `"usage": null`, as OpenAI's do).
+
+Log probabilities, when asked (`logprobs`), come from the worker with the text of their tokens, in the chat
+shape; each chunk carries the entries of the tokens that arrived since the previous chunk (entries whose text
+the parser still holds back wait for the next chunk, the rest ride on the finish chunk). The legacy
+completions shape (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`) is built from the same entries;
+`text_offset` counts characters from the start of the completion (there is no echo)."""
 
 from __future__ import annotations
 
@@ -52,6 +58,10 @@ class Completion:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
     tool_index: int = 0
+    logprobs: bool = False  # the request asked for them
+    _waiting: list[dict[str, Any]] = field(default_factory=list)  # entries not yet sent (streamed)
+    _all: list[dict[str, Any]] = field(default_factory=list)  # every entry (whole)
+    _offset: int = 0  # legacy text_offset of the next token
 
     @property
     def response_id(self) -> str:
@@ -69,14 +79,50 @@ class Completion:
 
     # --- streamed -------------------------------------------------------------------------------------------
 
+    # --- log probabilities ----------------------------------------------------------------------------------
+
+    def add_logprobs(self, entries: list[dict[str, Any]] | None) -> None:
+        if self.logprobs and entries:
+            self._waiting.extend(entries)
+            self._all.extend(entries)
+
+    def _logprobs_object(self, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not self.logprobs or not entries:
+            return None
+        if self.chat:
+            return {"content": entries, "refusal": None}
+        tokens, token_logprobs, top, offsets = [], [], [], []
+        for entry in entries:
+            tokens.append(entry["token"])
+            token_logprobs.append(entry["logprob"])
+            # OpenAI: "the logprob of the sampled token is always returned", so up to logprobs + 1 here.
+            alternatives = {alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]}
+            alternatives.setdefault(entry["token"], entry["logprob"])
+            top.append(alternatives)
+            offsets.append(self._offset)
+            self._offset += len(entry["token"])
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
+
+    def _take(self) -> dict[str, Any] | None:
+        entries, self._waiting = self._waiting, []
+        return self._logprobs_object(entries)
+
+    # --- streamed (chunks) -----------------------------------------------------------------------------------
+
     def chunk(
         self, delta: dict[str, Any] | None = None, *, text: str = "", finish_reason: str | None = None
     ) -> bytes:
+        logprobs = self._take() if self._waiting else None
         if self.chat:
-            choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "delta": delta or {}, "logprobs": logprobs, "finish_reason": finish_reason}
             payload = {**self._base("chat.completion.chunk"), "choices": [choice]}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
             payload = {**self._base("text_completion"), "choices": [choice]}
         if self.include_usage:
             payload["usage"] = None
@@ -135,4 +181,11 @@ class Completion:
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
+        if self.logprobs:
+            self._offset = 0
+            choice["logprobs"] = self._logprobs_object(self._all) or (
+                {"content": [], "refusal": None}
+                if self.chat
+                else {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            )
         return {**self._base(self._object(False)), "choices": [choice], "usage": usage_object(usage)}

@@ -168,7 +168,10 @@ class Translator:
     def __init__(self, parsed: schemas.CompletionRequest, markers: Markers) -> None:
         self.parsed = parsed
         self.completion = Completion(
-            model=parsed.model, chat=parsed.kind == "chat", include_usage=parsed.include_usage
+            model=parsed.model,
+            chat=parsed.kind == "chat",
+            include_usage=parsed.include_usage,
+            logprobs=parsed.top_logprobs is not None,
         )
         tools = parsed.options.get("tools")
         self.parser = StreamParser(markers if parsed.kind == "chat" else NO_MARKERS, tools=tools)
@@ -177,8 +180,10 @@ class Translator:
         self.usage: dict[str, Any] | None = None
         self.finish_reason = "stop"
 
-    def feed(self, text: str) -> list[bytes]:
-        return self._collect(self.parser.feed(text))
+    def feed(self, message: dict[str, Any]) -> list[bytes]:
+        """A chat.delta: its text, and the log probabilities of its tokens when the request asked."""
+        self.completion.add_logprobs(message.get("logprobs"))
+        return self._collect(self.parser.feed(message.get("text") or ""))
 
     def _collect(self, pieces: list) -> list[bytes]:  # type: ignore[type-arg]
         for piece in pieces:
@@ -242,7 +247,7 @@ async def _stream(
         while message is not None:
             kind = message.get("type")
             if kind == "chat.delta":
-                for chunk in translator.feed(message.get("text") or ""):
+                for chunk in translator.feed(message):
                     yield chunk
                     last_write = time.monotonic()
             elif kind in ("chat.keepalive", "chat.progress"):
@@ -368,7 +373,7 @@ async def _generate(
         while message is not None:
             kind = message.get("type")
             if kind == "chat.delta":
-                translator.feed(message.get("text") or "")
+                translator.feed(message)
             elif kind == "chat.done":
                 translator.done(message)
                 return JsonResponse(translator.whole())

@@ -66,6 +66,11 @@ QUEUE_EXPIRY = 900
 CANCEL_TTL = 3600
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 200
+# OpenAI's limits: top_logprobs 0..20 (chat), and a logit_bias value is -100..100.
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_GRAMMAR_LENGTH = 200_000
 
 # Error codes the web side adds to the worker's.
 NO_WORKER = "no_worker"
@@ -95,6 +100,8 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "frequency_penalty": (float, -2.0, 2.0),
     "seed": (int, 0, 2**32 - 1),
     "max_tokens": (int, 1, 10_000_000),
+    # Present (0 included): report each generated token's log probability, with this many alternatives.
+    "logprobs": (int, 0, MAX_TOP_LOGPROBS),
 }
 
 
@@ -131,6 +138,9 @@ _LABELS = {
     "stop": "Stop strings",
     "tools": "Tools",
     "keep_alive": "Keep alive",
+    "logprobs": "Top logprobs",
+    "logit_bias": "Logit bias",
+    "response_format": "Response format",
 }
 
 
@@ -204,9 +214,42 @@ def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise InvalidOptions("tools", "must be a list of objects")
         clean["tools"] = tools
+    bias = options.get("logit_bias")
+    if bias:
+        clean["logit_bias"] = _logit_bias(bias)
+    grammar = options.get("grammar")
+    if grammar:
+        # An llguidance grammar compiled from response_format by the API (models_app.openai.schemas).
+        if not isinstance(grammar, str) or len(grammar) > MAX_GRAMMAR_LENGTH:
+            raise InvalidOptions(
+                "response_format", f"must be at most {MAX_GRAMMAR_LENGTH:,} characters of schema"
+            )
+        clean["grammar"] = grammar
     if options.get("keep_alive") not in (None, ""):
         keep_alive = parse_keep_alive(options["keep_alive"])
         clean["keep_alive"] = -1 if keep_alive is None else keep_alive
+    return clean
+
+
+def _logit_bias(bias: Any) -> dict[str, float]:
+    """OpenAI's logit_bias: {"token id": bias}, bias -100..100 added to that token's logit. Keys stay strings
+    (JSON objects have string keys; the worker checks them against the model's vocabulary)."""
+    if not isinstance(bias, dict):
+        raise InvalidOptions("logit_bias", "must be an object mapping token ids to numbers")
+    if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidOptions("logit_bias", f"takes at most {MAX_LOGIT_BIAS_ENTRIES:,} tokens")
+    clean: dict[str, float] = {}
+    for key, value in bias.items():
+        token = str(key).strip()
+        if not token.isdigit():
+            raise InvalidOptions("logit_bias", "must have token ids (whole numbers) as keys")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidOptions("logit_bias", "must have numbers as values")
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise InvalidOptions(
+                "logit_bias", f"values must be between -{MAX_LOGIT_BIAS:g} and {MAX_LOGIT_BIAS:g}"
+            )
+        clean[str(int(token))] = float(value)
     return clean
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from models_app.models import Message, Usage
 from models_app.services import inference
+from models_app.services.engine.logprobs import LogprobRelease
 from models_app.services.engine.prompt import build_chat_prompt
 from models_app.services.engine.stops import StopMatcher
 from tests.chat.conftest import (
@@ -148,6 +149,43 @@ def test_stop_matcher_releases_a_partial_match_at_the_end() -> None:
 def test_stop_matcher_takes_the_earliest_stop_string() -> None:
     matcher = StopMatcher(["bc", "a"])
     assert matcher.feed("xxbca") == "xx"
+
+
+# --- Log probability entries and the text they belong to ----------------------------------------------------
+
+
+def _entry(text: str | bytes) -> dict:  # type: ignore[type-arg]
+    raw = text if isinstance(text, bytes) else text.encode()
+    return {"token": raw.decode(errors="replace"), "bytes": list(raw)}
+
+
+def test_an_entry_goes_out_with_the_text_of_its_own_token() -> None:
+    """mlx-lm's BPE detokenizer gives a token's text one step late: the entry waits for it."""
+    release = LogprobRelease()
+    release.add(_entry("Hello"))
+    assert release.shown("") == []
+    release.add(_entry(" world"))
+    assert [e["token"] for e in release.shown("Hello")] == ["Hello"]
+    assert [e["token"] for e in release.shown(" world")] == [" world"]
+    assert release.finish(stopped=False) == []
+
+
+def test_half_a_character_waits_for_the_other_half() -> None:
+    release = LogprobRelease()
+    release.add(_entry(b"\xc3"))  # the first byte of "é"
+    assert release.shown("") == []
+    release.add(_entry(b"\xa9"))
+    assert [e["bytes"] for e in release.shown("é")] == [[0xC3], [0xA9]]
+
+
+def test_a_stop_string_keeps_the_token_it_starts_in_and_drops_the_ones_inside() -> None:
+    release = LogprobRelease()
+    shown = []
+    for token, visible in (("one", "one"), (" tw", " t"), ("o th", ""), ("ree", "")):
+        release.add(_entry(token))
+        shown += release.shown(visible)  # the stop string "wo three" was met in " tw" + "o th"
+    shown += release.finish(stopped=True)
+    assert [e["token"] for e in shown] == ["one", " tw"]
 
 
 def test_stop_strings_never_reach_the_reader(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]

@@ -24,6 +24,13 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from models_app.models import Message, Snapshot, Usage
 from models_app.services import inference
 from models_app.services import redis as app_redis
+from models_app.services.engine.constrained import ConstraintError, grammar_processor, opens_thinking
+from models_app.services.engine.logprobs import (
+    InvalidLogitBias,
+    LogprobRelease,
+    TokenLogprobs,
+    logit_bias_processor,
+)
 from models_app.services.engine.prefill import mlx_forward, prefill, with_prompt_context
 from models_app.services.engine.prompt import (
     PromptError,
@@ -209,6 +216,8 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
         if cache is None:
             cache = make_prompt_cache(loaded.model)
         outcome.cached_tokens = cached
+        # Before chat.started: a bad token id or an unusable response_format is a 400, not a 200.
+        extra = _extra_processors(loaded, options, prompt.tokens)
         started: dict[str, Any] = {
             "prompt_tokens": outcome.prompt_tokens,
             "cached_tokens": cached,
@@ -219,7 +228,9 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
         if prompt.notice:
             started["notice"] = prompt.notice
         stream.emit("chat.started", **started)
-        generated = _stream_tokens(loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens)
+        generated = _stream_tokens(
+            loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens, extra
+        )
         if generated is not None:
             engine.prompt_cache.insert(
                 spec.snapshot_id, prompt.tokens + generated, cache, prompt_length=len(prompt.tokens)
@@ -227,6 +238,26 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
     _save(request, outcome)
     stream.emit("chat.done", text=outcome.text, finish_reason=outcome.finish_reason, usage=outcome.usage())
     return outcome
+
+
+def _extra_processors(loaded: LoadedModel, options: dict[str, Any], prompt_tokens: list[int]) -> list[Any]:
+    """logit_bias, then the response_format grammar (last, so its mask has the final word)."""
+    config = loaded.config.get("text_config") or loaded.config
+    vocab_size = int(config.get("vocab_size") or len(loaded.tokenizer))
+    processors = []
+    try:
+        if options.get("logit_bias"):
+            processors.append(logit_bias_processor(options["logit_bias"], vocab_size))
+        if options.get("grammar"):
+            if opens_thinking(loaded.tokenizer, prompt_tokens):
+                raise ConstraintError(
+                    "response_format cannot be honoured with this model: its prompt opens a thinking block, "
+                    "and forced JSON would be read as reasoning. Leave response_format out."
+                )
+            processors.append(grammar_processor(options["grammar"], loaded.tokenizer, vocab_size))
+    except (InvalidLogitBias, ConstraintError) as exc:
+        raise GenerationError("invalid_request", str(exc)) from None
+    return processors
 
 
 def _build_prompt(loaded: LoadedModel, request: Request) -> Any:
@@ -253,6 +284,7 @@ def _stream_tokens(
     cached: int,
     cache: list[Any],
     max_tokens: int,
+    extra: list[Any],
 ) -> list[int] | None:
     """The token loop. Returns the generated token ids when the KV cache is consistent (worth keeping)."""
     options = request.options
@@ -264,13 +296,20 @@ def _stream_tokens(
         min_p=options.get("min_p", 0.0),
         top_k=options.get("top_k", 0),
     )
-    processors = make_logits_processors(
-        repetition_penalty=options.get("repetition_penalty"),
-        repetition_context_size=options.get("repetition_context_size", 20),
-        presence_penalty=options.get("presence_penalty"),
-        frequency_penalty=options.get("frequency_penalty"),
+    processors = (
+        make_logits_processors(
+            repetition_penalty=options.get("repetition_penalty"),
+            repetition_context_size=options.get("repetition_context_size", 20),
+            presence_penalty=options.get("presence_penalty"),
+            frequency_penalty=options.get("frequency_penalty"),
+        )
+        + extra
     )
     stops = StopMatcher(options.get("stop", []))
+    # Log probabilities only when asked: nothing per token otherwise.
+    scorer = TokenLogprobs(loaded.tokenizer, options["logprobs"]) if "logprobs" in options else None
+    release = LogprobRelease()
+    entries: list[dict[str, Any]] = []
     interval = settings.CHAT_BATCH_INTERVAL
     total = len(prompt_tokens)
     last_progress = 0.0
@@ -325,6 +364,11 @@ def _stream_tokens(
                 )
             generated.append(response.token)
             text = stops.feed(response.text)
+            if scorer is not None:
+                # The end-of-sequence token (finish "stop") is not part of the answer: no entry, as OpenAI.
+                if response.finish_reason != "stop":
+                    release.add(scorer.entry(response.token, response.logprobs))
+                entries.extend(release.shown(text))
             if text:
                 parts.append(text)
                 pending.append(text)
@@ -338,9 +382,8 @@ def _stream_tokens(
                 finish = "cancelled"
                 break
             # The first text goes out at once (time to first token: last_flush is 0), the rest in batches.
-            if pending and last_at - last_flush >= interval:
-                stream.emit("chat.delta", text="".join(pending), tokens=len(generated))
-                pending.clear()
+            if (pending or entries) and last_at - last_flush >= interval:
+                _emit_delta(stream, pending, entries, len(generated))
                 last_flush = last_at
     finally:
         if hasattr(token_stream, "close"):
@@ -349,8 +392,10 @@ def _stream_tokens(
     if tail:
         parts.append(tail)
         pending.append(tail)
-    if pending:
-        stream.emit("chat.delta", text="".join(pending), tokens=len(generated))
+    if scorer is not None:
+        entries.extend(release.finish(stopped=stops.stopped))
+    if pending or entries:
+        _emit_delta(stream, pending, entries, len(generated))
 
     outcome.text = "".join(parts)
     outcome.finish_reason = finish
@@ -361,6 +406,15 @@ def _stream_tokens(
             outcome.tokens_per_second = round((len(generated) - 1) / (last_at - first_at), 1)
     outcome.peak_memory_bytes = mx.get_peak_memory()
     return generated if consistent else None
+
+
+def _emit_delta(stream: ReplyStream, pending: list[str], entries: list[dict[str, Any]], tokens: int) -> None:
+    fields: dict[str, Any] = {"text": "".join(pending), "tokens": tokens}
+    if entries:  # only requests that asked for logprobs have any
+        fields["logprobs"] = list(entries)
+    stream.emit("chat.delta", **fields)
+    pending.clear()
+    entries.clear()
 
 
 # --- Results ------------------------------------------------------------------------------------------------
