@@ -1,0 +1,57 @@
+"""Pulls from a Hub that serves weights through Xet storage (HUB_PROTOCOL.md §9), as the real Hub does:
+hf_xet's Rust client fetches the bytes, outside our HTTP transport, into huggingface_hub's shared store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from models_app.models import Snapshot
+from models_app.services import hub as hub_service
+from tests.downloads.conftest import (
+    incomplete_files,
+    repo_dir,
+    resolve_requests,
+    shared_entry,
+    wait_job,
+    xet_worker,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_pull_from_a_xet_hub_goes_through_hf_xet_into_the_shared_store(
+    xet_hub, xet_publish, dedicated_worker, tiny_files, alice
+) -> None:
+    repo_id, sha = xet_publish()
+    xet_worker(dedicated_worker, xet_hub)
+
+    job = wait_job(hub_service.download_model(repo_id, user=alice), timeout=90)
+
+    assert (job.state, job.error_code, job.error_message) == ("succeeded", "", "")
+    assert job.bytes_done == job.bytes_total == sum(Path(p).stat().st_size for p in tiny_files.values())
+    assert job.files_done == job.files_total == len(tiny_files)
+    assert job.snapshot.status == Snapshot.Status.READY
+    # The weights never came through an HTTP GET of the file: hf_xet fetched them from the CAS, with the
+    # connection the token route gave.
+    gets = [r.path.rsplit("/", 1)[-1] for r in resolve_requests(xet_hub, repo_id)]
+    assert "model.safetensors" not in gets and "config.json" in gets
+    assert any("/xet-read-token/" in r.path for r in xet_hub.requests)
+    # huggingface_hub's shared store holds the bytes once; the repo's blob links to it.
+    xet_hash = xet_hub.xet_hash(repo_id, "model.safetensors")
+    entry = shared_entry(xet_hash)
+    weights = Path(tiny_files["model.safetensors"])
+    assert entry.is_file() and sha256(entry) == sha256(weights)
+    blob = repo_dir(repo_id) / "blobs" / sha256(weights)
+    assert blob.is_symlink() and blob.resolve() == entry.resolve()
+    assert repo_dir(repo_id).name in Path(f"{entry}.refs").read_text()
+    snapshot_file = repo_dir(repo_id) / "snapshots" / sha / "model.safetensors"
+    assert os.path.realpath(snapshot_file) == str(entry.resolve())
+    assert incomplete_files(repo_id) == []
