@@ -34,6 +34,7 @@ from models_app.services.errors import (
 from models_app.services.hub_checks import FileSpec, repo_dir_path
 from models_app.services.hub_progress import JobLost, JobMonitor, install_http_guard, progress_bar_class
 from models_app.services.validation import validate_repo_id, validate_revision
+from models_app.services.xet import install_xet_guard
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def run_download(job_id: int, *, task_id: str, worker_name: str) -> None:
     if job is None:
         return
     install_http_guard()
+    install_xet_guard()
     monitor = JobMonitor(
         job_id=job.id,
         task_id=task_id,
@@ -342,6 +344,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     if problem := hub_checks.mlx_config_problem(config):
         raise hub_checks.not_mlx(repo_id, problem)
 
+    monitor.etag_names = {f.etag: f.path for f in files}
     monitor.begin_download(bytes_total=needed, files_total=len(files))
     snapshot_download(
         repo_id,

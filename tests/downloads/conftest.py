@@ -136,16 +136,37 @@ def shared_entry(xet_hash: str, root: Path | None = None) -> Path:
     return Path(root or settings.HF_HUB_CACHE) / "blobs" / xet_hash[:2] / xet_hash
 
 
-@pytest.fixture
-def xet_hub(tmp_path: Path, settings: Any) -> Iterator[Any]:
-    """A local Hub of its own that serves LFS files through a local Xet CAS. Its CAS admits one process at a
-    time: publish every repo before the (one-child) worker that pulls from it starts."""
+@pytest.fixture(scope="session")
+def xet_local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local Hub of its own that serves LFS files through a local Xet CAS. The CAS admits one process at a
+    time: content is uploaded when a repo is published (new content only), so publish before the (one-child)
+    worker that pulls from it starts; a repo made of content already published touches no CAS."""
     from tests.support.localhub import LocalHub
 
-    hub = LocalHub(tmp_path / "xet-hub", xet=True).start()
-    settings.HF_ENDPOINT = hub.url
+    hub = LocalHub(tmp_path_factory.mktemp("xet-hub"), xet=True).start()
     yield hub
     hub.stop()
+
+
+@pytest.fixture
+def xet_hub(xet_local_hub: Any, settings: Any) -> Iterator[Any]:
+    settings.HF_ENDPOINT = xet_local_hub.url
+    yield xet_local_hub
+    xet_local_hub.faults.clear()
+
+
+@pytest.fixture(scope="session")
+def big_file(test_var_dir: Path) -> Path:
+    """1 GB of random bytes (kept between runs): a Xet transfer from the local CAS lasts seconds."""
+    path = test_var_dir.parent / "xet-big.bin"  # one for every xdist worker
+    size = 1 << 30
+    if not path.is_file() or path.stat().st_size != size:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
+        os.replace(tmp, path)
+    return path
 
 
 @pytest.fixture

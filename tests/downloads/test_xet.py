@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from models_app.models import Snapshot
+from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
 from tests.downloads.conftest import (
     incomplete_files,
@@ -19,8 +20,11 @@ from tests.downloads.conftest import (
     wait_job,
     xet_worker,
 )
+from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
+
+BIG_PART = 20_000_000  # bytes of the big file that show its Xet transfer is under way
 
 
 def sha256(path: Path) -> str:
@@ -55,3 +59,37 @@ def test_a_pull_from_a_xet_hub_goes_through_hf_xet_into_the_shared_store(
     snapshot_file = repo_dir(repo_id) / "snapshots" / sha / "model.safetensors"
     assert os.path.realpath(snapshot_file) == str(entry.resolve())
     assert incomplete_files(repo_id) == []
+
+
+def blob_sha256(hub, repo_id: str, path: str) -> str:  # type: ignore[no-untyped-def]
+    return hub.repo(repo_id).resolve("main").files[path].blob.sha256
+
+
+def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
+    xet_hub, xet_publish, dedicated_worker, big_file, alice
+) -> None:
+    repo_id, _ = xet_publish("xet-cancel", extra={"big.safetensors": big_file})
+    xet_worker(dedicated_worker, xet_hub)
+    job = hub_service.download_model(repo_id, user=alice)
+    # The 1 GB file is on its way through hf_xet (progress reaches the row) and far from done.
+    wait_for(
+        lambda: DownloadJob.objects.filter(id=job.id, bytes_done__gt=BIG_PART).exists(),
+        120,
+        "the big file never started",
+        interval=0.02,
+    )
+
+    asked = time.monotonic()
+    hub_service.cancel_job(job, by=alice)
+    job = wait_job(job, timeout=60)
+    took = time.monotonic() - asked
+
+    assert (job.state, job.error_code) == ("cancelled", "cancelled")
+    assert job.bytes_done < big_file.stat().st_size // 2
+    # Left alone, hf_xet would write the rest of the file (seconds on this machine) before the job ended.
+    assert took < 3.0, f"cancel took {took:.2f} s"
+    big = blob_sha256(xet_hub, repo_id, "big.safetensors")
+    assert incomplete_files(repo_id) == []
+    assert not os.path.lexists(repo_dir(repo_id) / "blobs" / big)
+    assert not shared_entry(xet_hub.xet_hash(repo_id, "big.safetensors")).exists()
+    assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()

@@ -1,0 +1,165 @@
+"""Xet transfers under the job's control (DESIGN.md "Downloads" 6, HUB_PROTOCOL.md §9).
+
+A file whose HEAD carries `X-Xet-Hash` is fetched by hf_xet's Rust client, which never passes through the HTTP
+guard of hub_progress and only prints an exception raised from its progress callback. The ways to stop it,
+read in hf_xet 1.8 / huggingface_hub 2.4:
+- `XetFileDownloadGroup.abort()`: cancels that group's downloads, leaves the session usable. Called from
+  another thread, the `wait_to_finish` that huggingface_hub's `xet_get` blocks in raised "User cancelled"
+  ~50 ms later (400 MB local CAS, measured), and huggingface_hub then deleted its temp file.
+- `abort_xet_session()` (`XetSession.sigint_abort`): tears down the process-wide runtime, every transfer of the
+  process with it; meant for Ctrl-C.
+- a child process per transfer: stops anything, but its progress, errors and the file name must be piped back,
+  and a killed child can leave hf_xet's local state half-written.
+We take the first: `install_xet_guard()` wraps huggingface_hub's session getter so each download group it
+opens belongs to the job whose repo its token route names; a watcher thread per group aborts the group as soon
+as the job's monitor holds an abort (cancel, time limit, lost job) or no byte has arrived for
+DOWNLOAD_STALL_TIMEOUT, and turns hf_xet's errors into ours (disk full, network).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from models_app.services.errors import NETWORK, DownloadError
+from models_app.services.hub_progress import JobMonitor, monitor_for
+
+log = logging.getLogger(__name__)
+
+POLL = 0.05  # watcher period: how late at most an abort reaches hf_xet
+_installed = False
+_install_lock = threading.Lock()
+# hf_xet spells the OS error in its message: "No space left on device (os error 28)".
+_DISK_FULL_MARKERS = ("os error 28", "no space left on device", "os error 122", "disk quota exceeded")
+
+
+class _GuardedGroup:
+    """A `XetFileDownloadGroup` whose transfers the job's monitor can stop."""
+
+    def __init__(self, group: Any, monitor: JobMonitor) -> None:
+        self._group = group
+        self._monitor = monitor
+        self._names: list[str] = []
+        self._done = threading.Event()
+        self._stalled = False
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _GuardedGroup:
+        self._group.__enter__()
+        self._thread = threading.Thread(target=self._watch, name="xet-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def start_download_file(self, file_info: Any, dest_path: str) -> Any:
+        self._monitor.check()
+        # huggingface_hub downloads to blobs/<etag>.<8 hex>.incomplete: the etag names the repo file.
+        name = self._monitor.transfer_started(Path(dest_path).name.split(".", 1)[0])
+        if name:
+            self._names.append(name)
+        return self._group.start_download_file(file_info, dest_path)
+
+    def abort(self) -> None:
+        self._group.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._group, name)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
+        try:
+            self._group.__exit__(exc_type, exc, tb)
+        except BaseException as error:
+            raise self._translate(error) from error
+        finally:
+            self._done.set()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            for name in self._names:
+                self._monitor.file_ended(name)
+        if exc is None and (aborted := self._monitor.aborted) is not None:
+            raise aborted  # the abort landed after the last byte: the job still ends as asked
+        return None
+
+    def _translate(self, error: BaseException) -> BaseException:
+        if (aborted := self._monitor.aborted) is not None:
+            return aborted
+        text = str(error).lower()
+        if any(marker in text for marker in _DISK_FULL_MARKERS):
+            return OSError(errno.ENOSPC, "No space left on device (Xet transfer)")
+        if isinstance(error, Exception) and not isinstance(error, OSError):
+            what = ", ".join(self._names) or "a file"
+            return DownloadError(
+                NETWORK,
+                f"The Xet transfer of {what} from {self._monitor.repo_id} failed ({str(error)[:200]}).",
+                repo_id=self._monitor.repo_id,
+            )
+        return error
+
+    def _watch(self) -> None:
+        """Abort the group when the job must stop; note bytes as activity, and their absence as a stall."""
+        monitor = self._monitor
+        last_bytes, last_change = -1, time.monotonic()
+        while not self._done.wait(POLL):
+            try:
+                report = self._group.progress()
+                moved = int(report.total_bytes_completed) + int(report.total_transfer_bytes_completed)
+            except Exception:  # the group already ended: nothing left to watch
+                moved = last_bytes
+            now = time.monotonic()
+            if moved != last_bytes:
+                last_bytes, last_change = moved, now
+                monitor.last_activity = now
+            elif now - last_change > monitor.stall_timeout and monitor.aborted is None:
+                monitor.abort(
+                    DownloadError(
+                        NETWORK,
+                        f"The Xet storage stopped sending data for more than {monitor.stall_timeout:.0f} s "
+                        f"(DOWNLOAD_STALL_TIMEOUT) while downloading {monitor.repo_id}.",
+                        repo_id=monitor.repo_id,
+                    )
+                )
+            if monitor.aborted is not None:
+                log.info("download job %s: stopping its Xet transfer", monitor.job_id)
+                try:
+                    self._group.abort()
+                except Exception as exc:  # already finished
+                    log.debug("xet abort: %s", exc)
+                return
+
+
+class _GuardedSession:
+    """Hands out guarded download groups; everything else is the real `XetSession`."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def new_file_download_group(self, **kwargs: Any) -> Any:
+        route = str(kwargs.get("token_refresh_url") or "")
+        monitor = monitor_for(urlsplit(route).path)
+        group = self._session.new_file_download_group(**kwargs)
+        return group if monitor is None else _GuardedGroup(group, monitor)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def install_xet_guard() -> None:
+    """Once per process. huggingface_hub's `xet_get` imports `get_xet_session` from its module at call time,
+    so replacing the module attribute reaches every download."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        from huggingface_hub.utils import _xet
+
+        original = _xet.get_xet_session
+
+        def get_xet_session() -> Any:
+            return _GuardedSession(original())
+
+        _xet.get_xet_session = get_xet_session
+        _installed = True
