@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
 from tests.downloads.conftest import (
     incomplete_files,
+    new_repo_id,
     repo_dir,
     resolve_requests,
     shared_entry,
     wait_job,
     xet_worker,
 )
+from tests.support.localhub import LocalHub
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -93,3 +96,35 @@ def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
     assert not os.path.lexists(repo_dir(repo_id) / "blobs" / big)
     assert not shared_entry(xet_hub.xet_hash(repo_id, "big.safetensors")).exists()
     assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
+
+
+def test_a_stalled_xet_transfer_fails_network_within_the_stall_timeout(
+    tmp_path, settings, dedicated_worker, tiny_files
+) -> None:
+    hub = LocalHub(tmp_path / "stalled-hub", xet=True)  # a CAS of its own: stalling breaks it
+    repo_id = new_repo_id("xet-stall")
+    hub.create_repo(new_repo_id("xet-ok"), tiny_files)
+    before = set(hub.xorb_files())
+    hub.create_repo(repo_id, {**tiny_files, "big.safetensors": os.urandom(30_000_000)})
+    hub.stall_xet(set(hub.xorb_files()) - before)  # the big file's storage stops sending
+    hub.start()
+    settings.HF_ENDPOINT = hub.url
+    try:
+        xet_worker(dedicated_worker, hub, DOWNLOAD_STALL_TIMEOUT="2", DOWNLOAD_MAX_ATTEMPTS="1")
+        job = hub_service.download_model(repo_id)
+        wait_for(
+            lambda: any("/xet-read-token/" in r.path for r in hub.requests), 60, "no Xet transfer started"
+        )
+        started = time.monotonic()
+        job = wait_job(job, timeout=60)  # left alone, hf_xet waits for the storage as long as it takes
+        took = time.monotonic() - started
+
+        assert (job.state, job.error_code) == ("failed", "network"), job.error_message
+        assert "Xet storage stopped sending data" in job.error_message
+        assert took < 15.0, f"took {took:.1f} s"  # 2 s of stall; the margin is for a loaded machine
+        assert incomplete_files(repo_id) == []
+        assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
+    finally:
+        hub.release_xet()
+        hub.stop()
+        shutil.rmtree(repo_dir(repo_id), ignore_errors=True)

@@ -453,6 +453,24 @@ class LocalHub:
                 raise KeyError(f"unknown revision {rev} in {repo_id}")
             return commit.files[path].xet_hash
 
+    def stall_xet(self, xorbs: Iterable[Path] | None = None) -> None:
+        """Make Xet transfers hang: each xorb file (all, or those given) of the CAS becomes a FIFO nobody
+        writes to, so hf_xet's reads block like a storage server that stopped sending. Breaks those files for
+        good. hf_xet's abort does not interrupt a blocked local read: stall the xorbs of one file only (new in
+        `xorb_files()` after its upload), or the other transfers of the process queue behind it."""
+        for xorb in self.xorb_files() if xorbs is None else xorbs:
+            xorb.unlink()
+            os.mkfifo(xorb)
+
+    def release_xet(self) -> None:
+        """End the reads blocked by stall_xet(): opening and closing each FIFO gives its readers EOF."""
+        for xorb in self.xorb_files():
+            with contextlib.suppress(OSError):  # ENXIO: no reader right now
+                os.close(os.open(xorb, os.O_WRONLY | os.O_NONBLOCK))
+
+    def xorb_files(self) -> list[Path]:
+        return [p for p in (self.cas_dir / "xet" / "xorbs" / "xorbs").glob("*") if p.suffix != ".tagset"]
+
     @property
     def cas_url(self) -> str:
         return f"local://{self.cas_dir.resolve()}"
