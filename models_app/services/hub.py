@@ -20,7 +20,7 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, jobs, workers
+from models_app.services import hub_checks, jobs, shared_store, workers
 from models_app.services.errors import (
     AUTH_REQUIRED,
     INTERNAL,
@@ -219,6 +219,7 @@ def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
                     error = cancelled
                 else:
                     continue
+            _discard_failed_pull(job)
             # Stop the watcher first: no progress message may follow the final state message.
             monitor.stop()
             jobs.fail(job.id, task_id=task_id, error=error)
@@ -284,6 +285,36 @@ def _cleanup_partial(job: DownloadJob) -> None:
     repo_dir = repo_dir_path(root, job.repository.repo_id)
     if repo_dir.name not in jobs.busy_repo_dirs(exclude_job=job.id):
         jobs.remove_incomplete(repo_dir)
+
+
+def _discard_failed_pull(job: DownloadJob) -> None:
+    """A pull that ends cancelled or failed leaves nothing behind: files it finished, their shared Xet store
+    entries, its snapshot folder (which reconcile would otherwise import, and which takes space nobody sees).
+    Files another snapshot of the repo uses stay; so does everything while another live job writes there or
+    when this commit is already a ready snapshot (a forced re-pull that failed)."""
+    sha = DownloadJob.objects.filter(id=job.id).values_list("commit_sha", flat=True).first() or ""
+    try:
+        repo_dir = repo_dir_path(_cache_root(job), job.repository.repo_id)
+    except DownloadError:
+        return
+    if not sha or not repo_dir.is_dir() or repo_dir.name in jobs.busy_repo_dirs(exclude_job=job.id):
+        return
+    ready = Snapshot.objects.filter(
+        repository=job.repository,
+        commit_sha=sha,
+        node=job.node,
+        cache_root=job.cache_root,
+        status=Snapshot.Status.READY,
+    )
+    if ready.exists():
+        return
+    try:
+        discarded = shared_store.discard_pull(repo_dir, sha)
+    except OSError as exc:  # never let the cleanup hide the job's own error
+        log.warning("download job %s: could not remove its files: %s", job.id, exc)
+        return
+    if discarded.files:
+        log.info("download job %s: removed %d B it had written", job.id, discarded.freed)
 
 
 def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:

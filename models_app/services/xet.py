@@ -11,9 +11,9 @@ read in hf_xet 1.8 / huggingface_hub 2.4:
 - a child process per transfer: stops anything, but its progress, errors and the file name must be piped back,
   and a killed child can leave hf_xet's local state half-written.
 We take the first: `install_xet_guard()` wraps huggingface_hub's session getter so each download group it
-opens belongs to the job whose repo its token route names; a watcher thread per group aborts the group as soon
-as the job's monitor holds an abort (cancel, time limit, lost job) or no byte has arrived for
-DOWNLOAD_STALL_TIMEOUT, and turns hf_xet's errors into ours (disk full, network).
+opens belongs to the job whose repo its token route names; while huggingface_hub waits for the group, we watch
+it and abort it as soon as the job's monitor holds an abort (cancel, time limit, lost job) or no byte has
+arrived for DOWNLOAD_STALL_TIMEOUT, and turn hf_xet's errors into ours (disk full, network).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from models_app.services.hub_progress import JobMonitor, monitor_for
 
 log = logging.getLogger(__name__)
 
-POLL = 0.05  # watcher period: how late at most an abort reaches hf_xet
+POLL = 0.05  # watch period: how late at most an abort reaches hf_xet
+ABORT_GRACE = 0.5  # how long an aborted group may take to end before the job stops waiting for it
 _installed = False
 _install_lock = threading.Lock()
 # hf_xet spells the OS error in its message: "No space left on device (os error 28)".
@@ -45,14 +46,9 @@ class _GuardedGroup:
         self._group = group
         self._monitor = monitor
         self._names: list[str] = []
-        self._done = threading.Event()
-        self._stalled = False
-        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _GuardedGroup:
         self._group.__enter__()
-        self._thread = threading.Thread(target=self._watch, name="xet-watch", daemon=True)
-        self._thread.start()
         return self
 
     def start_download_file(self, file_info: Any, dest_path: str) -> Any:
@@ -70,19 +66,75 @@ class _GuardedGroup:
         return getattr(self._group, name)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
+        """Wait for the transfers (huggingface_hub enters the group, starts one file, exits) while watching
+        the job; see `_wait`."""
+        outcome: list[BaseException] = []
+        finished = threading.Event()
+
+        def finish() -> None:
+            try:
+                self._group.__exit__(exc_type, exc, tb)
+            except BaseException as error:
+                outcome.append(error)
+            finally:
+                finished.set()
+
+        # The blocking wait runs in a thread of its own (it releases the GIL): this one keeps watching.
+        threading.Thread(target=finish, name="xet-wait", daemon=True).start()
         try:
-            self._group.__exit__(exc_type, exc, tb)
-        except BaseException as error:
-            raise self._translate(error) from error
+            self._wait(finished)
         finally:
-            self._done.set()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
             for name in self._names:
                 self._monitor.file_ended(name)
+        if not finished.is_set():
+            # Aborted, and hf_xet still finishing a block it had in flight (a local CAS read or a disk write
+            # cannot be interrupted; 10 s on a loaded machine, measured). Its bytes go to the temp file that
+            # huggingface_hub deletes as this raises; the job need not wait for them.
+            log.info("download job %s: not waiting for hf_xet's block in flight", self._monitor.job_id)
+            raise self._monitor.aborted or DownloadError(NETWORK, "The Xet transfer was aborted.")
+        if outcome:
+            raise self._translate(outcome[0]) from outcome[0]
         if exc is None and (aborted := self._monitor.aborted) is not None:
             raise aborted  # the abort landed after the last byte: the job still ends as asked
         return None
+
+    def _wait(self, finished: threading.Event) -> None:
+        """Until the group finishes: bytes count as activity, DOWNLOAD_STALL_TIMEOUT without any is a stall;
+        once the job's monitor holds an abort (cancel, stall, time limit, lost job), abort the group and
+        give it ABORT_GRACE to end."""
+        monitor = self._monitor
+        last_bytes, last_change = -1, time.monotonic()
+        aborted_at: float | None = None
+        while not finished.wait(POLL):
+            now = time.monotonic()
+            if aborted_at is not None:
+                if now - aborted_at > ABORT_GRACE:
+                    return
+                continue
+            try:
+                report = self._group.progress()
+                moved = int(report.total_bytes_completed) + int(report.total_transfer_bytes_completed)
+            except Exception:  # no report (yet): counts as no progress
+                moved = last_bytes
+            if moved != last_bytes:
+                last_bytes, last_change = moved, now
+                monitor.last_activity = now
+            elif now - last_change > monitor.stall_timeout and monitor.aborted is None:
+                monitor.abort(
+                    DownloadError(
+                        NETWORK,
+                        f"The Xet storage stopped sending data for more than {monitor.stall_timeout:.0f} s "
+                        f"(DOWNLOAD_STALL_TIMEOUT) while downloading {monitor.repo_id}.",
+                        repo_id=monitor.repo_id,
+                    )
+                )
+            if monitor.aborted is not None:
+                log.info("download job %s: stopping its Xet transfer", monitor.job_id)
+                aborted_at = now
+                try:
+                    self._group.abort()
+                except Exception as error:  # already finished
+                    log.debug("xet abort: %s", error)
 
     def _translate(self, error: BaseException) -> BaseException:
         if (aborted := self._monitor.aborted) is not None:
@@ -98,37 +150,6 @@ class _GuardedGroup:
                 repo_id=self._monitor.repo_id,
             )
         return error
-
-    def _watch(self) -> None:
-        """Abort the group when the job must stop; note bytes as activity, and their absence as a stall."""
-        monitor = self._monitor
-        last_bytes, last_change = -1, time.monotonic()
-        while not self._done.wait(POLL):
-            try:
-                report = self._group.progress()
-                moved = int(report.total_bytes_completed) + int(report.total_transfer_bytes_completed)
-            except Exception:  # the group already ended: nothing left to watch
-                moved = last_bytes
-            now = time.monotonic()
-            if moved != last_bytes:
-                last_bytes, last_change = moved, now
-                monitor.last_activity = now
-            elif now - last_change > monitor.stall_timeout and monitor.aborted is None:
-                monitor.abort(
-                    DownloadError(
-                        NETWORK,
-                        f"The Xet storage stopped sending data for more than {monitor.stall_timeout:.0f} s "
-                        f"(DOWNLOAD_STALL_TIMEOUT) while downloading {monitor.repo_id}.",
-                        repo_id=monitor.repo_id,
-                    )
-                )
-            if monitor.aborted is not None:
-                log.info("download job %s: stopping its Xet transfer", monitor.job_id)
-                try:
-                    self._group.abort()
-                except Exception as exc:  # already finished
-                    log.debug("xet abort: %s", exc)
-                return
 
 
 class _GuardedSession:

@@ -91,11 +91,15 @@ def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
     assert job.bytes_done < big_file.stat().st_size // 2
     # Left alone, hf_xet would write the rest of the file (seconds on this machine) before the job ended.
     assert took < 3.0, f"cancel took {took:.2f} s"
-    big = blob_sha256(xet_hub, repo_id, "big.safetensors")
-    assert incomplete_files(repo_id) == []
-    assert not os.path.lexists(repo_dir(repo_id) / "blobs" / big)
-    assert not shared_entry(xet_hub.xet_hash(repo_id, "big.safetensors")).exists()
+    # Nothing of the pull is left: not the big file, nor the files finished before the cancel, nor their
+    # shared store entries, nor a snapshot folder for reconcile to import.
+    assert not repo_dir(repo_id).exists()
+    for path in ("big.safetensors", "model.safetensors", "tokenizer.json"):
+        assert not shared_entry(xet_hub.xet_hash(repo_id, path)).exists(), path
     assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
+    # hf_xet may still finish a block it had in flight when the job stopped waiting: it writes nothing back.
+    time.sleep(3)
+    assert not repo_dir(repo_id).exists()
 
 
 def test_a_stalled_xet_transfer_fails_network_within_the_stall_timeout(
@@ -128,3 +132,37 @@ def test_a_stalled_xet_transfer_fails_network_within_the_stall_timeout(
         hub.release_xet()
         hub.stop()
         shutil.rmtree(repo_dir(repo_id), ignore_errors=True)
+
+
+def test_a_corrupt_shared_store_entry_is_removed_and_the_next_pull_fetches_fresh_bytes(
+    xet_hub, xet_publish, dedicated_worker, tiny_files
+) -> None:
+    first_id, _ = xet_publish("xet-first")
+    second_id, second_sha = xet_publish("xet-second")  # the same files: both repos link one store entry
+    xet_worker(dedicated_worker, xet_hub)
+    first = wait_job(hub_service.download_model(first_id), timeout=90)
+    assert first.state == "succeeded", first.error_message
+    entry = shared_entry(xet_hub.xet_hash(first_id, "model.safetensors"))
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:  # one flipped byte, same size: bit rot on the local disk
+        f.seek(entry.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    second = wait_job(hub_service.download_model(second_id), timeout=90)
+
+    assert (second.state, second.error_code) == ("failed", "integrity")
+    assert "model.safetensors" in second.error_message
+    assert "shared Xet store entry" in second.error_message and "corrupt" in second.error_message
+    assert not entry.exists()
+    # The first repo linked the same bad bytes: its snapshot is no longer trusted.
+    assert first.snapshot is not None
+    first.snapshot.refresh_from_db()
+    assert first.snapshot.status == Snapshot.Status.INVALID
+
+    again = wait_job(hub_service.download_model(second_id), timeout=90)
+    assert (again.state, again.error_code) == ("succeeded", ""), again.error_message
+    weights = Path(tiny_files["model.safetensors"])
+    assert sha256(repo_dir(second_id) / "snapshots" / second_sha / "model.safetensors") == sha256(weights)
+    assert sha256(entry) == sha256(weights)
