@@ -13,7 +13,7 @@ from django.template.defaultfilters import filesizeformat
 from dashboard.forms import CleanupForm
 from models_app.models import Snapshot
 from models_app.services.cache_layout import CacheError
-from models_app.services.cleanup import clean_cache
+from models_app.services.cleanup import ORPHANED_SHARED, clean_cache
 from models_app.services.health import disk_usage
 
 TOP_REPOS = 15
@@ -78,7 +78,9 @@ def cache_page(request: HttpRequest) -> HttpResponse:
     context.update(
         form=form,
         plan=plan,
-        orphans=[i for i in plan.items if i.kind == "incomplete"] if plan else [],
+        orphans=[i for i in plan.items if i.kind == "incomplete" or i.reason == ORPHANED_SHARED]
+        if plan
+        else [],
         previewed=request.method == "POST" and plan is not None,
     )
     return render(request, "dashboard/cache.html", context, status=400 if form.errors else 200)

@@ -72,7 +72,7 @@ class CleanupRunSerializer(CleanupParamsSerializer):
 
 
 class CleanupItemSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["snapshot", "incomplete"])
+    kind = serializers.ChoiceField(choices=["snapshot", "incomplete", "shared"])
     repo_id = serializers.CharField()
     revision = serializers.CharField(allow_blank=True)
     commit_sha = serializers.CharField(allow_blank=True)
