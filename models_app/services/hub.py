@@ -20,7 +20,7 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, jobs, shared_store, workers
+from models_app.services import hub_checks, jobs, mirrors, shared_store, workers
 from models_app.services.errors import (
     AUTH_REQUIRED,
     INTERNAL,
@@ -329,13 +329,18 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     stall = float(settings.DOWNLOAD_STALL_TIMEOUT)
     _cleanup_partial(job)  # a killed worker's partial files of this repo
 
-    info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
+    api = HfApi(endpoint=settings.HF_ENDPOINT)
+    info = api.model_info(
         repo_id, revision=job.revision, files_metadata=True, token=token or False, timeout=stall
     )
     sha = info.sha or ""
     monitor.check()
     _record_visibility(repo, private=bool(info.private), gated=bool(info.gated), user_id=job.requested_by_id)
     all_files = hub_checks.plan_files(info.siblings or [])
+    if sha and mirrors.lacks_file_metadata(info.siblings or []):
+        all_files = mirrors.files_from_tree(
+            api, repo_id, revision=sha, token=token or False, check=monitor.check
+        )
     wanted = set(filter_repo_objects([f.path for f in all_files], allow_patterns=job.allow_patterns))
     files = [f for f in all_files if f.path in wanted]
     if problem := hub_checks.mlx_file_problem([f.path for f in all_files]):
