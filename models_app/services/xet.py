@@ -119,6 +119,10 @@ class _GuardedGroup:
             if moved != last_bytes:
                 last_bytes, last_change = moved, now
                 monitor.last_activity = now
+                if moved > 0 and self._names:
+                    # The file bytes are arriving for, rather than the oldest transfer still open: small files
+                    # can wait behind a big one (a local CAS serves one group at a time).
+                    monitor.current_file = self._names[0]
             elif now - last_change > monitor.stall_timeout and monitor.aborted is None:
                 monitor.abort(
                     DownloadError(

@@ -4,6 +4,7 @@ Its model info has no per-file metadata and it answers 401 for names it does not
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -74,6 +75,7 @@ def olah(
         yield mirror
     finally:
         mirror.process.stop()
+        shutil.rmtree(repo_dir(repo_id), ignore_errors=True)
 
 
 def test_a_pull_through_olah_succeeds_and_errors_say_what_the_mirror_allows(

@@ -74,13 +74,17 @@ def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
     repo_id, _ = xet_publish("xet-cancel", extra={"big.safetensors": big_file})
     xet_worker(dedicated_worker, xet_hub)
     job = hub_service.download_model(repo_id, user=alice)
-    # The 1 GB file is on its way through hf_xet (progress reaches the row) and far from done.
+    # The 1 GB file is on its way through hf_xet, and progress says so: bytes written, and the file being
+    # fetched (no HTTP GET names it; small files queued behind it do not count).
     wait_for(
-        lambda: DownloadJob.objects.filter(id=job.id, bytes_done__gt=BIG_PART).exists(),
+        lambda: DownloadJob.objects.filter(
+            id=job.id, bytes_done__gt=BIG_PART, current_file="big.safetensors"
+        ).exists(),
         120,
-        "the big file never started",
+        "the big file never showed as started",
         interval=0.02,
     )
+    assert DownloadJob.objects.get(id=job.id).bytes_done < big_file.stat().st_size // 2
 
     asked = time.monotonic()
     hub_service.cancel_job(job, by=alice)
@@ -166,3 +170,20 @@ def test_a_corrupt_shared_store_entry_is_removed_and_the_next_pull_fetches_fresh
     weights = Path(tiny_files["model.safetensors"])
     assert sha256(repo_dir(second_id) / "snapshots" / second_sha / "model.safetensors") == sha256(weights)
     assert sha256(entry) == sha256(weights)
+
+
+def test_with_xet_disabled_the_same_hub_is_pulled_over_http(
+    xet_hub, xet_publish, dedicated_worker, tiny_files
+) -> None:
+    repo_id, sha = xet_publish("xet-off")
+    xet_worker(dedicated_worker, xet_hub, HF_HUB_DISABLE_XET="1")
+
+    job = wait_job(hub_service.download_model(repo_id), timeout=90)
+
+    assert (job.state, job.error_code, job.error_message) == ("succeeded", "", "")
+    gets = [r.path.rsplit("/", 1)[-1] for r in resolve_requests(xet_hub, repo_id)]
+    assert "model.safetensors" in gets  # over HTTP, through the transport guard
+    assert not any(f"/{repo_id}/xet-read-token/" in r.path for r in xet_hub.requests)
+    assert not shared_entry(xet_hub.xet_hash(repo_id, "model.safetensors")).exists()
+    weights = repo_dir(repo_id) / "snapshots" / sha / "model.safetensors"
+    assert sha256(weights) == sha256(Path(tiny_files["model.safetensors"]))
