@@ -183,9 +183,12 @@ class FaultPlan:
         """Send the headers and `n_bytes` of body, then close the connection."""
         return self._add(Fault("drop", pattern, times, amount=n_bytes, reset=reset))
 
-    def stall_after_headers(self, seconds: float, pattern: str = "*", times: int | None = 1) -> Fault:
-        """Send the headers, wait `seconds` (cut short by stop()), then send the body."""
-        return self._add(Fault("stall", pattern, times, amount=seconds))
+    def stall_after_headers(
+        self, seconds: float, pattern: str = "*", times: int | None = 1, *, path: str | None = None
+    ) -> Fault:
+        """Send the headers, wait `seconds` (cut short by stop()), then send the body. With `path` (fnmatch
+        on the URL path of an /api/ route, e.g. "*/xet-read-token/*"), wait before answering that route."""
+        return self._add(Fault("stall", pattern, times, path=path, amount=seconds))
 
     def wrong_bytes(self, pattern: str = "*", times: int | None = None) -> Fault:
         """Serve the right number of bytes, every one of them wrong (bits flipped)."""
@@ -643,8 +646,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._user = self.hub._token(self.headers.get("Authorization"))
         try:
             if url.path.startswith("/api/"):
-                if fault := self.hub.faults.take(self.command, unquote(url.path), None).get("fail_500"):
+                api_faults = self.hub.faults.take(self.command, unquote(url.path), None)
+                if fault := api_faults.get("fail_500"):
                     raise _HubError(500, None, f"Internal Error (injected fault #{fault.hits})")
+                if stall := api_faults.get("stall"):
+                    self.hub._stopping.wait(stall.amount)
                 self._api(url.path)
             else:
                 self._resolve(url.path)
