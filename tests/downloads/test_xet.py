@@ -7,14 +7,18 @@ import hashlib
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
+from models_app.services import jobs
 from tests.downloads.conftest import (
     incomplete_files,
+    kill_hard,
     new_repo_id,
     repo_dir,
     resolve_requests,
@@ -187,3 +191,30 @@ def test_with_xet_disabled_the_same_hub_is_pulled_over_http(
     assert not shared_entry(xet_hub.xet_hash(repo_id, "model.safetensors")).exists()
     weights = repo_dir(repo_id) / "snapshots" / sha / "model.safetensors"
     assert sha256(weights) == sha256(Path(tiny_files["model.safetensors"]))
+
+
+def test_a_worker_killed_during_a_xet_transfer_is_reaped_and_a_fresh_worker_completes_the_job(
+    xet_hub, xet_publish, dedicated_worker, big_file, settings
+) -> None:
+    repo_id, sha = xet_publish("xet-sigkill", extra={"big.safetensors": big_file})
+    worker = xet_worker(dedicated_worker, xet_hub)
+    job = hub_service.download_model(repo_id)
+    wait_for(
+        lambda: DownloadJob.objects.filter(id=job.id, bytes_done__gt=BIG_PART).exists(),
+        120,
+        "the big file never started",
+        interval=0.02,
+    )
+
+    kill_hard(worker)
+    later = timezone.now() + timedelta(seconds=settings.DOWNLOAD_HEARTBEAT_TIMEOUT + 5)
+    assert jobs.reap_stalled_jobs(now=later) == [job.id]
+    assert incomplete_files(repo_id) == []  # hf_xet's partial file, removed by the reaper
+
+    xet_worker(dedicated_worker, xet_hub)  # the dead process held nothing of the CAS
+    job = wait_job(job, timeout=180)
+    assert (job.state, job.error_code, job.attempts) == ("succeeded", "", 2), job.error_message
+    entry = shared_entry(xet_hub.xet_hash(repo_id, "big.safetensors"))
+    assert entry.stat().st_size == big_file.stat().st_size
+    assert (repo_dir(repo_id) / "snapshots" / sha / "big.safetensors").resolve() == entry.resolve()
+    assert job.snapshot.status == Snapshot.Status.READY  # verified: sha256 of the whole GB
