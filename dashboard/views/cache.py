@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -12,6 +14,7 @@ from django.template.defaultfilters import filesizeformat
 
 from dashboard.forms import CleanupForm
 from models_app.models import Snapshot
+from models_app.services import shared_store
 from models_app.services.cache_layout import CacheError
 from models_app.services.cleanup import ORPHANED_SHARED, clean_cache
 from models_app.services.health import disk_usage
@@ -41,7 +44,10 @@ def usage_by_repo(user) -> tuple[list[dict], int]:  # type: ignore[no-untyped-de
 def cache_page(request: HttpRequest) -> HttpResponse:
     user = request.user
     repos, total = usage_by_repo(user)
-    roots = [{"name": n, "path": str(p), "disk": disk_usage(p)} for n, p in settings.CACHE_ROOTS.items()]
+    roots = [
+        {"name": n, "path": str(p), "disk": disk_usage(p), "shared": shared_store.summary(Path(p))}
+        for n, p in settings.CACHE_ROOTS.items()
+    ]
     context = {"repos": repos, "total": total, "roots": roots, "repo_count": len(repos)}
     if not user.is_staff:
         # Read-only for everyone else: the cache is shared, so deleting from it is a staff decision.

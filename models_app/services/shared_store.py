@@ -143,3 +143,22 @@ def orphaned_entries(cache_root: Path) -> dict[Path, int]:
 def remove_orphan(entry: Path, cache_root: Path) -> int:
     """Remove an orphaned entry (re-checked under huggingface_hub's lock); returns the bytes freed."""
     return _shared_blobs.sweep_shared_blob(entry, cache_dir=cache_root)
+
+
+def summary(cache_root: Path) -> dict[str, int]:
+    """The store of one cache root, each entry counted once: {entries, bytes, orphaned_entries,
+    orphaned_bytes}. Repo and snapshot sizes count a linked entry in full for every repo that links it."""
+    entries = _shared_blobs.shared_store_blob_paths(cache_root)
+    orphans = orphaned_entries(cache_root)
+    total = 0
+    for entry in entries:
+        try:
+            total += entry.lstat().st_size
+        except OSError:
+            continue
+    return {
+        "entries": len(entries),
+        "bytes": total,
+        "orphaned_entries": len(orphans),
+        "orphaned_bytes": sum(orphans.values()),
+    }

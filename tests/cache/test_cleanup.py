@@ -319,3 +319,30 @@ def test_an_entry_shared_by_two_removed_repos_is_counted_once_and_freed(
     freed = before - _cache_bytes(cache_root)
     # What the preview promised is what went, and the shared bytes count once.
     assert done.bytes_freed == preview.total_bytes == freed == before
+
+
+def test_the_cache_page_and_api_show_the_shared_store_counted_once(
+    xet_fetch, cache_root, new_repo_id, client, staff
+) -> None:
+    hub, fetch = xet_fetch
+    weights = os.urandom(300_000)
+    first, second = new_repo_id("xet-a"), new_repo_id("xet-b")
+    hub.create_repo(first, model_files("a", weights=weights))
+    hub.create_repo(second, model_files("b", weights=weights))
+    fetch(first)
+    fetch(second)
+    reconcile_cache()
+    client.force_login(staff)
+
+    roots = client.get("/api/v1/cache").json()["roots"]
+
+    # Both models list the 300 kB weights in their own size; the store holds them once, and says so.
+    assert roots[0]["size_bytes"] > 600_000
+    assert roots[0]["shared_store"] == {
+        "entries": 1,
+        "bytes": 300_000,
+        "orphaned_entries": 0,
+        "orphaned_bytes": 0,
+    }
+    html = client.get("/cache/").content.decode()
+    assert "Shared Xet store" in html and "each counted once" in html

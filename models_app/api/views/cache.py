@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from rest_framework.response import Response
 
 from models_app.api.views.common import ApiView, errors
 from models_app.models import Snapshot
+from models_app.services import shared_store
 from models_app.services.cleanup import clean_cache
 from models_app.services.health import disk_usage
 
@@ -24,6 +26,15 @@ class DiskSerializer(serializers.Serializer):
     free = serializers.IntegerField()
 
 
+class SharedStoreSerializer(serializers.Serializer):
+    entries = serializers.IntegerField(help_text="Files in huggingface_hub's shared Xet store, each once")
+    bytes = serializers.IntegerField(help_text="Their size on disk, each counted once")
+    orphaned_entries = serializers.IntegerField(
+        help_text="Entries no cached repo links to (cleanup removes them)"
+    )
+    orphaned_bytes = serializers.IntegerField()
+
+
 class CacheRootSerializer(serializers.Serializer):
     name = serializers.CharField()
     path = serializers.CharField()
@@ -32,6 +43,9 @@ class CacheRootSerializer(serializers.Serializer):
     snapshots = serializers.IntegerField(help_text="Snapshots you may see in this root (not deleted)")
     size_bytes = serializers.IntegerField(help_text="Their total size")
     by_status = serializers.DictField(child=serializers.IntegerField())
+    shared_store = SharedStoreSerializer(
+        help_text="The shared Xet store of this root: snapshot sizes count an entry for every repo linking it"
+    )
 
 
 class CacheStatsSerializer(serializers.Serializer):
@@ -141,7 +155,14 @@ class CacheStatsView(ApiView):
         for name, path in settings.CACHE_ROOTS.items():
             stats = per_root.get(name, {"snapshots": 0, "size_bytes": 0, "by_status": {}})
             roots.append(
-                {"name": name, "path": str(path), "exists": path.exists(), "disk": disk_usage(path), **stats}
+                {
+                    "name": name,
+                    "path": str(path),
+                    "exists": path.exists(),
+                    "disk": disk_usage(path),
+                    **stats,
+                    "shared_store": shared_store.summary(Path(path)),
+                }
             )
         return Response({"node": settings.NODE_NAME, "roots": roots})
 
