@@ -182,12 +182,22 @@ def run_download(job_id: int, *, task_id: str, worker_name: str) -> None:
         owner_id=job.requested_by_id,
     ).start()
     try:
-        _run_attempts(job, monitor, task_id)
+        _run_attempts(job, monitor, task_id, before=_cache_before(job))
     finally:
         monitor.stop()
 
 
-def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
+def _cache_before(job: DownloadJob) -> frozenset[str]:
+    """What the repo folder holds before this delivery writes anything: a failed pull leaves it alone."""
+    try:
+        return shared_store.present(repo_dir_path(_cache_root(job), job.repository.repo_id))
+    except DownloadError:
+        return frozenset()
+
+
+def _run_attempts(
+    job: DownloadJob, monitor: JobMonitor, task_id: str, *, before: frozenset[str] = frozenset()
+) -> None:
     attempts = job.attempts
     while True:
         try:
@@ -219,7 +229,7 @@ def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
                     error = cancelled
                 else:
                     continue
-            _discard_failed_pull(job)
+            _discard_failed_pull(job, before)
             # Stop the watcher first: no progress message may follow the final state message.
             monitor.stop()
             jobs.fail(job.id, task_id=task_id, error=error)
@@ -287,11 +297,13 @@ def _cleanup_partial(job: DownloadJob) -> None:
         jobs.remove_incomplete(repo_dir)
 
 
-def _discard_failed_pull(job: DownloadJob) -> None:
+def _discard_failed_pull(job: DownloadJob, before: frozenset[str]) -> None:
     """A pull that ends cancelled or failed leaves nothing behind: files it finished, their shared Xet store
     entries, its snapshot folder (which reconcile would otherwise import, and which takes space nobody sees).
     Files another snapshot of the repo uses stay; so does everything while another live job writes there or
-    when this commit is already a ready snapshot (a forced re-pull that failed)."""
+    when this commit is already a ready snapshot (a forced re-pull that failed), and what the folder held before
+    this delivery began (another tool's download of the same commit; after a worker crash, what the earlier
+    delivery fetched)."""
     sha = DownloadJob.objects.filter(id=job.id).values_list("commit_sha", flat=True).first() or ""
     try:
         repo_dir = repo_dir_path(_cache_root(job), job.repository.repo_id)
@@ -309,7 +321,7 @@ def _discard_failed_pull(job: DownloadJob) -> None:
     if ready.exists():
         return
     try:
-        discarded = shared_store.discard_pull(repo_dir, sha)
+        discarded = shared_store.discard_pull(repo_dir, sha, keep=before)
     except OSError as exc:  # never let the cleanup hide the job's own error
         log.warning("download job %s: could not remove its files: %s", job.id, exc)
         return

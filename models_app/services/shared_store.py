@@ -92,39 +92,60 @@ class Discarded:
     freed: int = 0
 
 
-def discard_pull(repo_dir: Path, commit_sha: str) -> Discarded:
-    """Remove what a pull of `commit_sha` left in `repo_dir` that no other snapshot folder of the repo uses:
-    the snapshot folder, its blobs and their store entries, refs naming the commit, its tree cache; and the
-    repo folder itself if no snapshot is left. The caller makes sure no ready snapshot is this commit and no
-    live job writes to the repo."""
+def present(repo_dir: Path) -> frozenset[str]:
+    """The blobs and snapshot entries a repo folder holds now (paths relative to it, partial files left out):
+    what a pull found there before it started, and must leave alone if it fails."""
+    found: set[str] = set()
+    for sub in ("blobs", "snapshots"):
+        top = repo_dir / sub
+        if top.is_dir():
+            for path in top.rglob("*"):
+                if (path.is_symlink() or path.is_file()) and not path.name.endswith(".incomplete"):
+                    found.add(path.relative_to(repo_dir).as_posix())
+    return frozenset(found)
+
+
+def discard_pull(repo_dir: Path, commit_sha: str, *, keep: frozenset[str] = frozenset()) -> Discarded:
+    """Remove what a pull of `commit_sha` left in `repo_dir` that no other snapshot folder of the repo uses
+    and that was not there before the pull (`keep`, from `present()`: another tool's download of the same
+    commit stays): the snapshot entries and their blobs and store entries, refs naming the commit and its tree
+    cache (unless the commit was there before), and the repo folder itself if nothing is left. The caller
+    makes sure no ready snapshot is this commit and no live job writes to the repo."""
     cache_root = repo_dir.parent
     done = Discarded()
     snapshots = repo_dir / "snapshots"
     snapshot_dir = snapshots / commit_sha
-    kept: set[Path] = set()
+    kept: set[Path] = {repo_dir / rel for rel in keep if rel.startswith("blobs/")}
     if snapshots.is_dir():
         for other in snapshots.iterdir():
             if other.name != commit_sha:
                 kept.update(b for link in other.rglob("*") if (b := repo_blob(link)) is not None)
+    commit_was_there = any(rel.startswith(f"snapshots/{commit_sha}/") for rel in keep)
     if snapshot_dir.is_dir():
-        for link in sorted(snapshot_dir.rglob("*")):
+        for link in sorted(snapshot_dir.rglob("*"), reverse=True):  # files before their folders
             blob = repo_blob(link)
+            if link.relative_to(repo_dir).as_posix() in keep:
+                continue
             if blob is not None and blob.parent == repo_dir / "blobs" and blob not in kept:
-                freed = remove_repo_blob(blob, cache_root)
-                done.freed += freed
+                done.freed += remove_repo_blob(blob, cache_root)
                 done.files.append(relative(blob, cache_root))
-        shutil.rmtree(snapshot_dir, ignore_errors=True)
-        done.files.append(relative(snapshot_dir, cache_root))
-    (repo_dir / "trees" / f"{commit_sha}.json").unlink(missing_ok=True)
-    refs = repo_dir / "refs"
-    if refs.is_dir():
-        for ref in [p for p in refs.rglob("*") if p.is_file()]:
+            if link.is_symlink() or link.is_file():
+                link.unlink()
+            elif link.is_dir() and not any(link.iterdir()):
+                link.rmdir()
+        if not any(snapshot_dir.iterdir()):
+            snapshot_dir.rmdir()
+            done.files.append(relative(snapshot_dir, cache_root))
+    if not commit_was_there:
+        (repo_dir / "trees" / f"{commit_sha}.json").unlink(missing_ok=True)
+        refs = repo_dir / "refs"
+        for ref in [p for p in refs.rglob("*") if p.is_file()] if refs.is_dir() else []:
             try:
                 if ref.read_text().strip() == commit_sha:
                     ref.unlink()
             except OSError:
                 continue
-    if not snapshots.is_dir() or not any(snapshots.iterdir()):
+    if not keep and (not snapshots.is_dir() or not any(snapshots.iterdir())):
         # Nothing of the repo is left to use: the folder would only show up as an empty repo.
         for blob in (repo_dir / "blobs").glob("*") if (repo_dir / "blobs").is_dir() else ():
             if blob not in kept and not blob.name.endswith(".incomplete"):
