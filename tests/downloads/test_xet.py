@@ -16,6 +16,7 @@ from django.utils import timezone
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
 from models_app.services import jobs
+from models_app.services.cleanup import clean_cache
 from tests.downloads.conftest import (
     incomplete_files,
     kill_hard,
@@ -218,3 +219,35 @@ def test_a_worker_killed_during_a_xet_transfer_is_reaped_and_a_fresh_worker_comp
     assert entry.stat().st_size == big_file.stat().st_size
     assert (repo_dir(repo_id) / "snapshots" / sha / "big.safetensors").resolve() == entry.resolve()
     assert job.snapshot.status == Snapshot.Status.READY  # verified: sha256 of the whole GB
+
+
+def test_a_cleanup_during_a_xet_transfer_leaves_its_files_alone(
+    xet_hub, xet_publish, dedicated_worker, big_file
+) -> None:
+    idle_id, _ = xet_publish("xet-idle", extra={"idle.safetensors": os.urandom(200_000)})
+    busy_id, busy_sha = xet_publish("xet-busy", extra={"big.safetensors": big_file})
+    xet_worker(dedicated_worker, xet_hub)
+    assert wait_job(hub_service.download_model(idle_id), timeout=90).state == "succeeded"
+    Snapshot.objects.filter(repository__repo_id=idle_id).update(
+        last_used_at=timezone.now() - timedelta(days=90), downloaded_at=timezone.now() - timedelta(days=90)
+    )
+    idle_entry = shared_entry(xet_hub.xet_hash(idle_id, "idle.safetensors"))
+    assert idle_entry.exists()
+    job = hub_service.download_model(busy_id)
+    wait_for(
+        lambda: DownloadJob.objects.filter(id=job.id, bytes_done__gt=BIG_PART).exists(),
+        120,
+        "the big file never started",
+        interval=0.02,
+    )
+
+    # The most aggressive policy there is, while hf_xet writes and huggingface_hub publishes store entries.
+    plan = clean_cache(max_age=86400, max_size=1, keep_revisions=1, dry_run=False)
+
+    assert {item.repo_id for item in plan.deleted if item.kind == "snapshot"} == {idle_id}
+    assert not idle_entry.exists()  # the idle repo's store entry went with it
+    job = wait_job(job, timeout=180)
+    assert (job.state, job.error_code) == ("succeeded", ""), job.error_message
+    entry = shared_entry(xet_hub.xet_hash(busy_id, "big.safetensors"))
+    assert (repo_dir(busy_id) / "snapshots" / busy_sha / "big.safetensors").resolve() == entry.resolve()
+    assert entry.stat().st_size == big_file.stat().st_size
