@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -12,8 +14,9 @@ from django.template.defaultfilters import filesizeformat
 
 from dashboard.forms import CleanupForm
 from models_app.models import Snapshot
+from models_app.services import shared_store
 from models_app.services.cache_layout import CacheError
-from models_app.services.cleanup import clean_cache
+from models_app.services.cleanup import ORPHANED_SHARED, clean_cache
 from models_app.services.health import disk_usage
 
 TOP_REPOS = 15
@@ -43,7 +46,12 @@ def cache_page(request: HttpRequest) -> HttpResponse:
     repos, total = usage_by_repo(user)
     # A server path maps the machine: staff only, as on the health page.
     roots = [
-        {"name": n, "path": str(p) if user.is_staff else "", "disk": disk_usage(p)}
+        {
+            "name": n,
+            "path": str(p) if user.is_staff else "",
+            "disk": disk_usage(p),
+            "shared": shared_store.summary(Path(p)),
+        }
         for n, p in settings.CACHE_ROOTS.items()
     ]
     context = {"repos": repos, "total": total, "roots": roots, "repo_count": len(repos)}
@@ -82,7 +90,9 @@ def cache_page(request: HttpRequest) -> HttpResponse:
     context.update(
         form=form,
         plan=plan,
-        orphans=[i for i in plan.items if i.kind == "incomplete"] if plan else [],
+        orphans=[i for i in plan.items if i.kind == "incomplete" or i.reason == ORPHANED_SHARED]
+        if plan
+        else [],
         previewed=request.method == "POST" and plan is not None,
     )
     return render(request, "dashboard/cache.html", context, status=400 if form.errors else 200)

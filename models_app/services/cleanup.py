@@ -21,6 +21,7 @@ from django.utils import timezone
 from huggingface_hub import HFCacheInfo
 
 from models_app.models import DownloadJob, Repository, Snapshot
+from models_app.services import shared_store
 from models_app.services.cache import in_use_cutoff, newest_first, repos_with_active_jobs
 from models_app.services.cache_layout import (
     cache_root_path,
@@ -36,6 +37,8 @@ BATCH_REPOS = 20
 SUPERSEDED = "superseded revision"
 OVER_BUDGET = "over size budget"
 ORPHANED = "orphaned partial file"
+ORPHANED_SHARED = "shared Xet store entry no cached repo links to"
+SHARED_FREED = "shared Xet store entry used only by revisions removed here"
 
 
 def _human_duration(seconds: float) -> str:
@@ -48,7 +51,7 @@ def _human_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class CleanupItem:
-    kind: str  # "snapshot" | "incomplete"
+    kind: str  # "snapshot" | "incomplete" | "shared" (an entry of huggingface_hub's shared Xet store)
     repo_id: str
     revision: str  # the ref it was pulled as ("" for a partial file)
     commit_sha: str
@@ -163,6 +166,27 @@ class _RootPlanner:
         )
         return size
 
+    def add_shared_entries(self, root: Path) -> None:
+        """A store entry linked from several repos is freed by none of their strategies alone (each sees the
+        other's link), yet goes once all of them are deleted: one item counts it, once."""
+        deleted: set[Path] = set()
+        for repo_id, chosen in self.chosen.items():
+            repo_info = self.repo_info(repo_id)
+            if repo_info is None:
+                continue
+            strategy = repo_info.delete_revisions(*[s.commit_sha for s in chosen])
+            deleted |= set(strategy.blobs)
+            if strategy.repos:  # the whole folder goes: every blob of it
+                deleted |= {f.blob_path for r in repo_info.repos for rev in r.revisions for f in rev.files}
+        entries = {e for blob in deleted if (e := shared_store.store_entry(blob, root)) is not None}
+        for entry in sorted(entries):
+            users = shared_store.entry_users(entry, root)
+            if users and users <= deleted and len({blob.parent.parent for blob in users}) > 1:
+                size = entry.stat().st_size
+                self.plan.items.append(
+                    CleanupItem("shared", "", "", "", self.root_name, str(entry), SHARED_FREED, size)
+                )
+
 
 def _revision_path(repo_info: HFCacheInfo | None, sha: str) -> str:
     for repo in repo_info.repos if repo_info else ():
@@ -220,12 +244,16 @@ def _plan_root(plan: CleanupPlan, root_name: str, snapshots: list[Snapshot], bus
             else:
                 candidates.append(snapshot)
 
+    root = cache_root_path(root_name)
+    for entry, size in sorted(shared_store.orphaned_entries(root).items()):
+        plan.items.append(CleanupItem("shared", "", "", "", root_name, str(entry), ORPHANED_SHARED, size))
     if plan.max_size is not None:
         remaining = cache_size - sum(i.bytes for i in plan.items if i.cache_root == root_name)
         for snapshot in sorted(candidates, key=lambda s: (_last_used(s), s.id)):  # oldest used first
             if remaining <= plan.max_size:
                 break
             remaining -= planner.add(snapshot, OVER_BUDGET)
+    planner.add_shared_entries(root)
 
 
 def clean_cache(
@@ -314,3 +342,20 @@ def _execute(plan: CleanupPlan) -> None:
             status=Snapshot.Status.DELETED, updated_at=timezone.now()
         )
         plan.deleted.extend(done)
+
+    # Last: an entry freed with the repos above is gone already, and counted in bytes_freed by the strategy of
+    # the last repo linking it (recomputed at execution, it saw that repo as the only user); an orphan is
+    # swept now, under huggingface_hub's lock, unless a pull linked it again since the plan.
+    for item in plan.items:
+        if item.kind != "shared":
+            continue
+        entry = Path(item.path)
+        if item.reason == SHARED_FREED and not entry.exists():
+            plan.deleted.append(item)
+            continue
+        freed = shared_store.remove_orphan(entry, cache_root_path(item.cache_root)) if entry.exists() else 0
+        if not freed:
+            plan.skipped.append(f"{item.path}: linked from a repo again since the plan was made")
+            continue
+        plan.bytes_freed += freed
+        plan.deleted.append(item)

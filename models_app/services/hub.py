@@ -22,7 +22,16 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import hub_checks, hub_guard, hub_resume, jobs, visibility, workers
+from models_app.services import (
+    hub_checks,
+    hub_guard,
+    hub_resume,
+    jobs,
+    mirrors,
+    shared_store,
+    visibility,
+    workers,
+)
 from models_app.services.cache_layout import context_length
 from models_app.services.errors import (
     AUTH_REQUIRED,
@@ -45,6 +54,7 @@ from models_app.services.validation import (
     unmatched_patterns,
     validate_allow_patterns,
 )
+from models_app.services.xet import install_xet_guard
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +201,7 @@ def run_download(job_id: int, *, task_id: str, worker_name: str) -> None:
         return
     install_http_guard()
     hub_resume.install()
+    install_xet_guard()
     monitor = JobMonitor(
         job_id=job.id,
         task_id=task_id,
@@ -199,12 +210,22 @@ def run_download(job_id: int, *, task_id: str, worker_name: str) -> None:
         owner_id=job.requested_by_id,
     ).start()
     try:
-        _run_attempts(job, monitor, task_id)
+        _run_attempts(job, monitor, task_id, before=_cache_before(job))
     finally:
         monitor.stop()
 
 
-def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
+def _cache_before(job: DownloadJob) -> frozenset[str]:
+    """What the repo folder holds before this delivery writes anything: a failed pull leaves it alone."""
+    try:
+        return shared_store.present(repo_dir_path(_cache_root(job), job.repository.repo_id))
+    except DownloadError:
+        return frozenset()
+
+
+def _run_attempts(
+    job: DownloadJob, monitor: JobMonitor, task_id: str, *, before: frozenset[str] = frozenset()
+) -> None:
     attempts = job.attempts
     while True:
         try:
@@ -236,6 +257,7 @@ def _run_attempts(job: DownloadJob, monitor: JobMonitor, task_id: str) -> None:
                 else:
                     continue
             _cleanup_partial(job)
+            _discard_failed_pull(job, before)
             # Stop the watcher first: no progress message may follow the final state message.
             monitor.stop()
             jobs.fail(job.id, task_id=task_id, error=error)
@@ -315,6 +337,38 @@ def _cleanup_partial(job: DownloadJob) -> None:
         jobs.remove_incomplete(repo_dir)
 
 
+def _discard_failed_pull(job: DownloadJob, before: frozenset[str]) -> None:
+    """A pull that ends cancelled or failed leaves nothing behind: files it finished, their shared Xet store
+    entries, its snapshot folder (which reconcile would otherwise import, and which takes space nobody sees).
+    Files another snapshot of the repo uses stay; so does everything while another live job writes there or
+    when this commit is already a ready snapshot (a forced re-pull that failed), and what the folder held before
+    this delivery began (another tool's download of the same commit; after a worker crash, what the earlier
+    delivery fetched)."""
+    sha = DownloadJob.objects.filter(id=job.id).values_list("commit_sha", flat=True).first() or ""
+    try:
+        repo_dir = repo_dir_path(_cache_root(job), job.repository.repo_id)
+    except DownloadError:
+        return
+    if not sha or not repo_dir.is_dir() or repo_dir.name in jobs.busy_repo_dirs(exclude_job=job.id):
+        return
+    ready = Snapshot.objects.filter(
+        repository=job.repository,
+        commit_sha=sha,
+        node=job.node,
+        cache_root=job.cache_root,
+        status=Snapshot.Status.READY,
+    )
+    if ready.exists():
+        return
+    try:
+        discarded = shared_store.discard_pull(repo_dir, sha, keep=before)
+    except OSError as exc:  # never let the cleanup hide the job's own error
+        log.warning("download job %s: could not remove its files: %s", job.id, exc)
+        return
+    if discarded.files:
+        log.info("download job %s: removed %d B it had written", job.id, discarded.freed)
+
+
 def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.utils import filter_repo_objects
@@ -326,13 +380,18 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     token = _token(job)
     stall = float(settings.DOWNLOAD_STALL_TIMEOUT)
 
-    info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
+    api = HfApi(endpoint=settings.HF_ENDPOINT)
+    info = api.model_info(
         repo_id, revision=job.revision, files_metadata=True, token=token or False, timeout=stall
     )
     sha = hub_guard.check_commit(info.sha, repo_id=repo_id)  # it names folders and is stored: checked first
     monitor.check()
     _record_visibility(repo, info, token_used=bool(token), user_id=job.requested_by_id)
     all_files = hub_checks.plan_files(info.siblings or [])
+    if sha and mirrors.lacks_file_metadata(info.siblings or []):
+        all_files = mirrors.files_from_tree(
+            api, repo_id, revision=sha, token=token or False, check=monitor.check
+        )
     wanted = set(filter_repo_objects([f.path for f in all_files], allow_patterns=job.allow_patterns))
     files = [f for f in all_files if f.path in wanted]
     if unmatched := unmatched_patterns(job.allow_patterns, [f.path for f in all_files]):
@@ -384,6 +443,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     if problem := hub_checks.mlx_config_problem(config):
         raise hub_checks.not_mlx(repo_id, problem)
 
+    monitor.etag_names = {f.etag: f.path for f in files}
     monitor.begin_download(bytes_total=needed, files_total=len(files))
     snapshot_dir = snapshot_download(
         repo_id,

@@ -247,14 +247,49 @@ def verify_files(
     for spec, problem in results:
         if problem is None:
             continue
-        problems[spec.path] = problem
         link = snapshot_dir / spec.path
         blob = link.resolve() if link.exists() else None
         if blob is not None and blob.parent == blobs_dir:
             blob.unlink(missing_ok=True)
+        elif note := discard_shared_blob(repo_dir, link, spec):
+            problem = f"{problem}; {note}"
+        problems[spec.path] = problem
         if link.is_symlink() or link.exists():
             link.unlink(missing_ok=True)
     return problems
+
+
+def discard_shared_blob(repo_dir: Path, link: Path, spec: FileSpec) -> str:
+    """A bad file whose bytes sit in the shared Xet store: deleting only the repo's link would let every later
+    pull link the same bad entry again. The entry goes, with every repo's link to it; the other repos'
+    snapshots that listed the file are marked invalid. Returns what was done, for the error message."""
+    from models_app.models import Snapshot
+    from models_app.services import shared_store
+
+    blob = shared_store.repo_blob(link)
+    entry = shared_store.store_entry(blob, repo_dir.parent) if blob is not None else None
+    if blob is None or entry is None:
+        return ""
+    folders = [f for f in shared_store.remove_corrupt_entry(entry, repo_dir.parent) if f != repo_dir]
+    blob.unlink(missing_ok=True)
+    invalid = 0
+    for folder in folders:
+        for snapshot in Snapshot.objects.filter(
+            path__startswith=f"{folder}/snapshots/", status=Snapshot.Status.READY
+        ):
+            if any(
+                isinstance(e, dict) and spec.etag in (e.get("sha256"), e.get("blob_id"))
+                for e in snapshot.files
+            ):
+                Snapshot.objects.filter(id=snapshot.id).update(status=Snapshot.Status.INVALID)
+                invalid += 1
+    where = shared_store.relative(entry, repo_dir.parent)
+    others = (
+        f"; {len(folders)} other cached repo(s) linked to it ({invalid} snapshot(s) marked invalid)"
+        if folders
+        else ""
+    )
+    return f"the local shared Xet store entry {where} holding these bytes was corrupt and was deleted{others}"
 
 
 def verified_before(repository_id: int, *, node: str, cache_root: str) -> Callable[[FileSpec, Path], bool]:

@@ -65,6 +65,7 @@ class JobMonitor:
         self.files_total = 0
         self.current_file = ""
         self._inflight: list[str] = []
+        self.etag_names: dict[str, str] = {}  # blob etag -> repo file, to name Xet transfers
         self.speed = 0.0
         self.downloading = False
         self.last_activity = time.monotonic()
@@ -137,6 +138,16 @@ class JobMonitor:
         # /{repo}/resolve/{rev}/{path}: the rev is one segment (refs/pr/N is URL-encoded).
         rest = path.split("/resolve/", 1)[1].split("/", 1)
         name = unquote(rest[1])[:500] if len(rest) == 2 else ""
+        if name:
+            with self._lock:
+                self._inflight.append(name)
+                self.current_file = self._inflight[0]
+        return name
+
+    def transfer_started(self, etag: str) -> str:
+        """A transfer that is no HTTP GET (Xet) began for the blob `etag`: its repo file ("" if unknown)
+        becomes the current file like a GET's."""
+        name = self.etag_names.get(etag, "")
         if name:
             with self._lock:
                 self._inflight.append(name)
@@ -285,8 +296,10 @@ class _JobProgressBar(tqdm):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         desc = str(kwargs.get("desc") or "")
+        # Bytes written to disk ("Reconstructing"), not "Downloading bytes": over HTTP both tick alike, but a
+        # Xet transfer's network bytes are compressed and deduplicated, so they would never reach the total.
         self._kind = (
-            "bytes" if desc.startswith("Downloading") else "files" if desc.startswith("Fetching") else ""
+            "bytes" if desc.startswith("Reconstructing") else "files" if desc.startswith("Fetching") else ""
         )
         kwargs["disable"] = True  # a worker has no terminal: render nothing, count in update()
         super().__init__(*args, **kwargs)
@@ -340,6 +353,9 @@ def _monitor_for(path: str) -> JobMonitor | None:
         if f"/{monitor.repo_id}/" in path:
             return monitor
     return monitors[0] if len(monitors) == 1 else None
+
+
+monitor_for = _monitor_for  # for the Xet guard (models_app/services/xet.py)
 
 
 class _GuardedStream(httpx2.SyncByteStream):

@@ -31,6 +31,7 @@ from models_app.services.cache_layout import (
     scan,
 )
 from models_app.services.cleanup import clean_cache
+from models_app.services.hub_checks import FileSpec, verify_files
 from models_app.services.hub_guard import MetadataError, read_metadata
 from models_app.services.local_models import mlx_problem
 
@@ -101,6 +102,13 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
         return
     config = read_config(Path(rev.snapshot_path))
     records = cached_file_records(Path(rev.snapshot_path))
+    # Ready means verified: every file hashed against the name its blob carries (an LFS sha256 or a git sha1,
+    # or the tree listing's). Bad blobs are deleted, as verify does, and the revision is not imported.
+    specs = [FileSpec(r.path, int(r.size or 0), r.blob_id, r.sha256) for r in records]
+    if problems := verify_files(Path(rev.snapshot_path).parent.parent, rev.commit_hash, specs):
+        listed = "; ".join(f"{path}: {why}" for path, why in sorted(problems.items())[:3])
+        report.skipped.append(f"{label}: its files failed verification and were deleted ({listed})")
+        return
     # snapshot_download's listing of the whole commit, when it left one: a snapshot that holds only part of
     # it (another tool's filtered download) is imported as partial, not offered for chat.
     listed = read_tree(Path(rev.snapshot_path).parent.parent, rev.commit_hash)
@@ -126,7 +134,7 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
         "model_type": str(config.get("model_type", "")),
         "context_length": context_length(config),
         "downloaded_at": datetime.fromtimestamp(rev.last_modified, tz=UTC),
-        "verified_at": None,
+        "verified_at": timezone.now(),
     }
     key = {"commit_sha": rev.commit_hash, "node": settings.NODE_NAME, "cache_root": root_name}
     try:
@@ -150,6 +158,23 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
     except IntegrityError:
         return  # a download created the row meanwhile: it owns it
     report.imported.append(label)
+
+
+def _pull_ended_badly(repo_id: str, commit_sha: str, root_name: str) -> str:
+    """ "cancelled" or "failed" when the last pull of this commit into this root did not succeed: what it left
+    is no model (its job removes its files; a worker killed mid-cleanup may leave some)."""
+    state = (
+        DownloadJob.objects.filter(
+            node=settings.NODE_NAME,
+            repository__repo_id=repo_id,
+            commit_sha=commit_sha,
+            cache_root=root_name,
+        )
+        .order_by("-created_at", "-id")
+        .values_list("state", flat=True)
+        .first()
+    )
+    return state if state in (DownloadJob.State.CANCELLED, DownloadJob.State.FAILED) else ""
 
 
 def reconcile_cache() -> ReconcileReport:
@@ -181,6 +206,9 @@ def reconcile_cache() -> ReconcileReport:
                     continue
                 if repo.repo_id in downloading:
                     report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: a download is running")
+                    continue
+                if ended := _pull_ended_badly(repo.repo_id, rev.commit_hash, root_name):
+                    report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: its last pull here was {ended}")
                     continue
                 try:
                     _import(root_name, repo, rev, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -255,3 +256,100 @@ def test_a_snapshot_used_after_the_plan_was_made_is_skipped(publish, monkeypatch
 def test_an_unknown_cache_root_is_refused_before_anything_is_touched(cache_root) -> None:
     with pytest.raises(UnknownCacheRoot):
         clean_cache(cache="usb-stick", dry_run=False)
+
+
+# --- huggingface_hub's shared Xet store (HUB_PROTOCOL.md §9) ------------------------------------------------
+
+
+@pytest.fixture
+def xet_fetch(tmp_path: Path, cache_root: Path):  # type: ignore[no-untyped-def]
+    """A Xet-mode local Hub of this test's own (its CAS is read by this process only), and a real
+    snapshot_download from it into the test cache: file bytes land in the shared store."""
+    from huggingface_hub import snapshot_download
+
+    from tests.support.localhub import LocalHub
+
+    hub = LocalHub(tmp_path / "xet-hub", xet=True).start()
+
+    def fetch(repo_id: str) -> Path:
+        return Path(snapshot_download(repo_id, cache_dir=cache_root, endpoint=hub.url, token=False))
+
+    yield hub, fetch
+    hub.stop()
+
+
+def test_cleanup_finds_an_orphaned_shared_store_entry_and_removes_it(
+    xet_fetch, cache_root, new_repo_id
+) -> None:
+    hub, fetch = xet_fetch
+    repo_id = new_repo_id("xet")
+    hub.create_repo(repo_id, model_files("a", weights=os.urandom(300_000)))
+    weights = fetch(repo_id) / "model.safetensors"
+    entry = weights.resolve()
+    assert entry.parent.parent == cache_root / "blobs"  # in the shared store
+    # The repo's folder goes by other means (rm -rf, a crash mid-delete): its store entry stays, linked by no one.
+    shutil.rmtree(weights.parents[2])
+
+    preview = clean_cache(keep_revisions=None)
+
+    shared = [i for i in preview.items if i.kind == "shared"]
+    assert [(i.path, i.bytes, i.reason) for i in shared] == [(str(entry), 300_000, cleanup.ORPHANED_SHARED)]
+    assert entry.exists()  # a preview touches nothing
+
+    done = clean_cache(keep_revisions=None, dry_run=False)
+
+    assert not entry.exists() and not Path(f"{entry}.refs").exists()
+    assert done.bytes_freed == 300_000 and [i.kind for i in done.deleted] == ["shared"]
+
+
+def test_an_entry_shared_by_two_removed_repos_is_counted_once_and_freed(
+    xet_fetch, cache_root, new_repo_id
+) -> None:
+    hub, fetch = xet_fetch
+    weights = os.urandom(300_000)
+    first, second = new_repo_id("xet-a"), new_repo_id("xet-b")
+    hub.create_repo(first, model_files("a", weights=weights))
+    hub.create_repo(second, model_files("b", weights=weights))  # same weights: one store entry
+    entry = (fetch(first) / "model.safetensors").resolve()
+    assert (fetch(second) / "model.safetensors").resolve() == entry
+    reconcile_cache()
+    for snapshot in Snapshot.objects.all():
+        age(snapshot, used_days=90)
+    before = _cache_bytes(cache_root)
+
+    preview = clean_cache(max_age=DAY, keep_revisions=None)
+
+    assert sorted(i.kind for i in preview.items) == ["shared", "snapshot", "snapshot"]
+    assert [i.bytes for i in preview.items if i.kind == "shared"] == [300_000]
+    done = clean_cache(max_age=DAY, keep_revisions=None, dry_run=False)
+    assert not entry.exists()
+    freed = before - _cache_bytes(cache_root)
+    # What the preview promised is what went, and the shared bytes count once.
+    assert done.bytes_freed == preview.total_bytes == freed == before
+
+
+def test_the_cache_page_and_api_show_the_shared_store_counted_once(
+    xet_fetch, cache_root, new_repo_id, client, staff
+) -> None:
+    hub, fetch = xet_fetch
+    weights = os.urandom(300_000)
+    first, second = new_repo_id("xet-a"), new_repo_id("xet-b")
+    hub.create_repo(first, model_files("a", weights=weights))
+    hub.create_repo(second, model_files("b", weights=weights))
+    fetch(first)
+    fetch(second)
+    reconcile_cache()
+    client.force_login(staff)
+
+    roots = client.get("/api/v1/cache").json()["roots"]
+
+    # Both models list the 300 kB weights in their own size; the store holds them once, and says so.
+    assert roots[0]["size_bytes"] > 600_000
+    assert roots[0]["shared_store"] == {
+        "entries": 1,
+        "bytes": 300_000,
+        "orphaned_entries": 0,
+        "orphaned_bytes": 0,
+    }
+    html = client.get("/cache/").content.decode()
+    assert "Shared Xet store" in html and "each counted once" in html

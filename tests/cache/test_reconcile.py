@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from models_app.models import DownloadJob, Repository, Snapshot
 from models_app.services.cache import delete_model
@@ -181,6 +182,48 @@ def test_a_snapshot_deleted_here_and_downloaded_again_elsewhere_comes_back(hub, 
     assert report.imported == [f"{repo_id}@{sha}"]
     assert snapshot_of(repo_id, sha).status == Snapshot.Status.READY
     assert Snapshot.objects.count() == 1
+
+
+@pytest.mark.parametrize("state", [DownloadJob.State.CANCELLED, DownloadJob.State.FAILED])
+def test_it_does_not_import_the_snapshot_of_a_pull_that_was_cancelled_or_failed(
+    hub, fetch, new_repo_id, state
+) -> None:
+    repo_id = new_repo_id()
+    sha = hub.create_repo(repo_id, model_files("a"))
+    fetch(repo_id)  # what a pull that was stopped (and could not clean up: a killed worker) left on disk
+    repository = Repository.objects.create(repo_id=repo_id)
+    DownloadJob.objects.create(
+        repository=repository, revision="main", node=settings.NODE_NAME, state=state, commit_sha=sha
+    )
+
+    report = reconcile_cache()
+
+    assert report.imported == []
+    assert f"{repo_id}@{sha}: its last pull here was {state}" in report.skipped
+    assert not Snapshot.objects.filter(repository__repo_id=repo_id).exists()
+
+
+def test_it_verifies_a_snapshot_before_it_imports_it_as_ready(hub, fetch, new_repo_id) -> None:
+    good_id, bad_id = new_repo_id("good"), new_repo_id("bad")
+    hub.create_repo(good_id, model_files("a"))
+    bad_sha = hub.create_repo(bad_id, model_files("b"))
+    fetch(good_id)
+    weights = fetch(bad_id) / "model.safetensors"
+    blob = weights.resolve()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    blob.write_bytes(bytes(data))
+
+    report = reconcile_cache()
+
+    assert report.imported_repo_ids == [good_id]
+    assert Snapshot.objects.get(repository__repo_id=good_id).verified_at is not None
+    assert not Snapshot.objects.filter(repository__repo_id=bad_id).exists()
+    assert any(
+        s.startswith(f"{bad_id}@{bad_sha}: its files failed verification") and "model.safetensors" in s
+        for s in report.skipped
+    )
+    assert not blob.exists()  # the bad bytes are gone: a pull fetches them again
 
 
 def test_another_tools_filtered_download_is_imported_partial_not_ready(hub, cache_root, new_repo_id) -> None:  # type: ignore[no-untyped-def]

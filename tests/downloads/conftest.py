@@ -126,3 +126,72 @@ def kill_hard(worker: CeleryWorker) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     worker.process.wait(10)
+
+
+# --- Xet mode (HUB_PROTOCOL.md §9) ------------------------------------------------------------------------
+
+
+def shared_entry(xet_hash: str, root: Path | None = None) -> Path:
+    """Where huggingface_hub keeps a Xet file's bytes once for every repo: <cache>/blobs/<2 hex>/<hash>."""
+    return Path(root or settings.HF_HUB_CACHE) / "blobs" / xet_hash[:2] / xet_hash
+
+
+@pytest.fixture(scope="session")
+def xet_local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local Hub of its own that serves LFS files through a local Xet CAS. The CAS admits one process at a
+    time: content is uploaded when a repo is published (new content only), so publish before the (one-child)
+    worker that pulls from it starts; a repo made of content already published touches no CAS."""
+    from tests.support.localhub import LocalHub
+
+    hub = LocalHub(tmp_path_factory.mktemp("xet-hub"), xet=True).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def xet_hub(xet_local_hub: Any, settings: Any) -> Iterator[Any]:
+    settings.HF_ENDPOINT = xet_local_hub.url
+    yield xet_local_hub
+    xet_local_hub.faults.clear()
+
+
+@pytest.fixture(scope="session")
+def big_file(test_var_dir: Path) -> Path:
+    """1 GB of random bytes (kept between runs): a Xet transfer from the local CAS lasts seconds."""
+    path = test_var_dir.parent / "xet-big.bin"  # one for every xdist worker
+    size = 1 << 30
+    if not path.is_file() or path.stat().st_size != size:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
+        os.replace(tmp, path)
+    return path
+
+
+@pytest.fixture
+def xet_publish(
+    xet_hub: Any, tiny_files: dict[str, bytes | Path]
+) -> Iterator[Callable[..., tuple[str, str]]]:
+    """`publish` for the Xet hub; also removes the shared-store entries its files left in the cache."""
+    published: list[str] = []
+
+    def publish(
+        stem: str = "xet", *, extra: dict[str, bytes | Path] | None = None, **kwargs: Any
+    ) -> tuple[str, str]:
+        repo_id = new_repo_id(stem)
+        published.append(repo_id)
+        return repo_id, xet_hub.create_repo(repo_id, {**tiny_files, **(extra or {})}, **kwargs)
+
+    yield publish
+    for repo_id in published:
+        shutil.rmtree(repo_dir(repo_id), ignore_errors=True)
+    for xet_hash in xet_hub.xet_hashes().values():
+        for path in shared_entry(xet_hash).parent.glob(f"{xet_hash}*"):
+            path.chmod(0o644)
+            path.unlink(missing_ok=True)
+
+
+def xet_worker(dedicated_worker: Callable[..., CeleryWorker], hub: Any, **env: str) -> CeleryWorker:
+    """A download worker with one pool child that pulls from `hub` (after its repos are published)."""
+    return dedicated_worker(HF_ENDPOINT=hub.url, **env)

@@ -96,4 +96,4 @@ def test_orphaned_partial_files_are_listed(client, staff, two_revisions, cache_r
     os.utime(partial, (an_hour_ago, an_hour_ago))
     client.force_login(staff)
     html = client.get("/cache/").content.decode()
-    assert "Orphaned partial files" in html and partial.name in html
+    assert "Orphaned files" in html and partial.name in html

@@ -25,6 +25,8 @@ from tests.downloads.conftest import (  # noqa: F401  (fixtures, re-exported for
     publish,
     repo_dir,
     tiny_files,
+    xet_hub,
+    xet_local_hub,
 )
 
 # Short enough that a dead worker's job is reaped within seconds, long enough that a busy 2-core machine

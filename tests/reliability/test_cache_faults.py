@@ -20,7 +20,7 @@ from models_app.models import Snapshot
 from models_app.services import hub as hub_service
 from models_app.services.cleanup import clean_cache
 from models_app.services.hub_checks import repo_dir_path
-from tests.downloads.conftest import wait_job
+from tests.downloads.conftest import new_repo_id, wait_job, xet_worker
 from tests.reliability.conftest import assert_ready_snapshots_verify, incomplete_files, repo_dir
 from tests.support.processes import wait_for
 
@@ -134,5 +134,35 @@ def test_a_disk_that_fills_during_a_download_fails_disk_full_and_damages_nothing
     filler.unlink()
     hub.faults.clear()
     again = wait_job(hub_service.download_model(repo_id, cache="small"))
+    assert (again.state, again.error_code) == ("succeeded", ""), again.error_message
+    assert assert_ready_snapshots_verify(repo_id, root=small_disk) == 1
+
+
+def test_a_disk_that_fills_during_a_xet_transfer_fails_disk_full_and_leaves_nothing(
+    xet_hub, dedicated_worker, small_disk, settings, tiny_files
+) -> None:
+    settings.CACHE_ROOTS = {**settings.CACHE_ROOTS, "small": small_disk}
+    repo_id = new_repo_id("xet-full")
+    xet_hub.create_repo(
+        repo_id, {**tiny_files, "big.safetensors": os.urandom(4_000_000)}
+    )  # before the worker
+    xet_worker(dedicated_worker, xet_hub, HF_EXTRA_CACHE_ROOTS=f"small={small_disk}")
+    # The Xet token is fetched right before hf_xet writes: hold it back until the disk is full.
+    token = xet_hub.faults.stall_after_headers(3, times=1, path=f"/api/models/{repo_id}/xet-read-token/*")
+    job = hub_service.download_model(repo_id, cache="small")
+    wait_for(lambda: token.hits >= 1, 60, "no Xet transfer started")
+
+    filler = fill(small_disk)
+
+    job = wait_job(job, timeout=60)
+    assert (job.state, job.error_code) == ("failed", "disk_full"), job.error_message
+    assert job.attempts == 1
+    assert list(small_disk.rglob("*.incomplete")) == []
+    # Nothing of the pull is left: no repo folder, no shared store entry.
+    assert not repo_dir_path(small_disk, repo_id).exists()
+    assert [p for p in (small_disk / "blobs").rglob("*") if p.is_file() and len(p.name) == 64] == []
+
+    filler.unlink()
+    again = wait_job(hub_service.download_model(repo_id, cache="small"), timeout=60)
     assert (again.state, again.error_code) == ("succeeded", ""), again.error_message
     assert assert_ready_snapshots_verify(repo_id, root=small_disk) == 1

@@ -25,6 +25,7 @@ import struct
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -74,6 +75,7 @@ class FileEntry:
     oid: str  # git object id: of the LFS pointer for LFS files, of the content otherwise
     pointer_size: int  # 0 for non-LFS files
     last_commit: str  # sha of the commit that last changed this path (tree ?expand=true)
+    xet_hash: str = ""  # set in Xet mode: the file is served through the local CAS
 
     @property
     def etag(self) -> str:
@@ -185,9 +187,12 @@ class FaultPlan:
         """Send the headers and `n_bytes` of body, then close the connection."""
         return self._add(Fault("drop", pattern, times, amount=n_bytes, reset=reset))
 
-    def stall_after_headers(self, seconds: float, pattern: str = "*", times: int | None = 1) -> Fault:
-        """Send the headers, wait `seconds` (cut short by stop()), then send the body."""
-        return self._add(Fault("stall", pattern, times, amount=seconds))
+    def stall_after_headers(
+        self, seconds: float, pattern: str = "*", times: int | None = 1, *, path: str | None = None
+    ) -> Fault:
+        """Send the headers, wait `seconds` (cut short by stop()), then send the body. With `path` (fnmatch
+        on the URL path of an /api/ route, e.g. "*/xet-read-token/*"), wait before answering that route."""
+        return self._add(Fault("stall", pattern, times, path=path, amount=seconds))
 
     def wrong_bytes(self, pattern: str = "*", times: int | None = None) -> Fault:
         """Serve the right number of bytes, every one of them wrong (bits flipped)."""
@@ -296,13 +301,21 @@ class FaultPlan:
 class LocalHub:
     """In-process Hub look-alike. Use as a context manager or start()/stop()."""
 
-    def __init__(self, storage_dir: Path | None = None, *, port: int = 0, copy_files: bool = True) -> None:
+    def __init__(
+        self, storage_dir: Path | None = None, *, port: int = 0, copy_files: bool = True, xet: bool = False
+    ) -> None:
         # copy_files=False serves Path contents in place (demo mode over a directory that
         # stays put); tests keep the default so later edits of a source file can't leak in.
         self._own_storage = storage_dir is None
         self.storage_dir = Path(tempfile.mkdtemp(prefix="localhub-")) if storage_dir is None else storage_dir
         self._blob_dir = self.storage_dir / "blobs"
         self._blob_dir.mkdir(parents=True, exist_ok=True)
+        # Xet mode (HUB_PROTOCOL.md §9): LFS files also go into a local CAS, and their HEAD/GET answers
+        # carry X-Xet-Hash, so huggingface_hub fetches them with hf_xet instead of our GET. The CAS is one
+        # database that admits one process at a time: publish every repo before a client downloads.
+        self.xet = xet
+        self.cas_dir = self.storage_dir / "cas"
+        self._xet_hashes: dict[str, str] = {}  # sha256 -> Xet hash
         self._port = port
         self._copy_files = copy_files
         self._lock = threading.RLock()
@@ -394,6 +407,7 @@ class LocalHub:
         `raw_paths` keeps file names exactly as given ("/etc/x", "../x", "C:\\x"): a hostile listing.
         """
         blobs = self._store_all(files, strip=not raw_paths)
+        self._upload_xet(blobs.values(), lfs_threshold)
         with self._lock:
             if repo_id in self._repos:
                 raise ValueError(f"repo {repo_id} already exists")
@@ -417,6 +431,9 @@ class LocalHub:
         """Add/replace `files` and remove `delete` on top of `branch` (created from main
         if missing); returns the new commit sha, which always differs from the parent's."""
         blobs = self._store_all(files)
+        with self._lock:
+            threshold = self._repo(repo_id).lfs_threshold
+        self._upload_xet(blobs.values(), threshold)
         with self._lock:
             return self._add_commit(self._repo(repo_id), branch, blobs, delete, f"Update {len(blobs)} files")
 
@@ -495,14 +512,69 @@ class LocalHub:
         repo.branches[branch] = sha
         return sha
 
-    @staticmethod
-    def _entry(repo: Repo, path: str, blob: Blob) -> FileEntry:
+    def _entry(self, repo: Repo, path: str, blob: Blob) -> FileEntry:
         if blob.size >= repo.lfs_threshold or path.endswith(LFS_SUFFIXES):
             pointer = (
                 f"version https://git-lfs.github.com/spec/v1\noid sha256:{blob.sha256}\nsize {blob.size}\n"
             ).encode()
-            return FileEntry(path, blob, True, git_blob_sha1(pointer), len(pointer), "")
+            xet_hash = self._xet_hashes.get(blob.sha256, "")
+            return FileEntry(path, blob, True, git_blob_sha1(pointer), len(pointer), "", xet_hash)
         return FileEntry(path, blob, False, blob.git_sha1, 0, "")
+
+    def xet_hashes(self) -> dict[str, str]:
+        """sha256 -> Xet hash of every blob in the CAS."""
+        with self._lock:
+            return dict(self._xet_hashes)
+
+    def xet_hash(self, repo_id: str, path: str, rev: str = "main") -> str:
+        with self._lock:
+            commit = self._repo(repo_id).resolve(rev)
+            if commit is None:
+                raise KeyError(f"unknown revision {rev} in {repo_id}")
+            return commit.files[path].xet_hash
+
+    def stall_xet(self, xorbs: Iterable[Path] | None = None) -> None:
+        """Make Xet transfers hang: each xorb file (all, or those given) of the CAS becomes a FIFO nobody
+        writes to, so hf_xet's reads block like a storage server that stopped sending. Breaks those files for
+        good. hf_xet's abort does not interrupt a blocked local read: stall the xorbs of one file only (new in
+        `xorb_files()` after its upload), or the other transfers of the process queue behind it."""
+        for xorb in self.xorb_files() if xorbs is None else xorbs:
+            xorb.unlink()
+            os.mkfifo(xorb)
+
+    def release_xet(self) -> None:
+        """End the reads blocked by stall_xet(): opening and closing each FIFO gives its readers EOF."""
+        for xorb in self.xorb_files():
+            with contextlib.suppress(OSError):  # ENXIO: no reader right now
+                os.close(os.open(xorb, os.O_WRONLY | os.O_NONBLOCK))
+
+    def xorb_files(self) -> list[Path]:
+        return [p for p in (self.cas_dir / "xet" / "xorbs" / "xorbs").glob("*") if p.suffix != ".tagset"]
+
+    @property
+    def cas_url(self) -> str:
+        return f"local://{self.cas_dir.resolve()}"
+
+    def _upload_xet(self, blobs: Iterable[Blob], lfs_threshold: int) -> None:
+        """In Xet mode, put the blobs the Hub would store in LFS into the local CAS (one hf_xet call)."""
+        if not self.xet:
+            return
+        # Which blobs become LFS also depends on the file name; uploading a small one too costs nothing.
+        todo = sorted(
+            {b.path: b for b in blobs if b.sha256 not in self._xet_hashes}.values(), key=lambda b: b.path
+        )
+        if not todo:
+            return
+        import hf_xet
+
+        self.cas_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # Deprecated in favour of XetSession upload commits, but the one call that needs no Hub at all.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            infos = hf_xet.upload_files([str(b.path) for b in todo], self.cas_url, None, None, None, "model")
+        with self._lock:
+            for blob, info in zip(todo, infos, strict=True):
+                self._xet_hashes[blob.sha256] = info.hash
 
     def _store_all(self, files: Mapping[str, bytes | Path], *, strip: bool = True) -> dict[str, Blob]:
         # Called outside the lock: hashing and copying 1 GB files takes seconds.
@@ -680,6 +752,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._faults = self.hub.faults.take(self.command, unquote(url.path), None)
                 if fault := self._faults.get("fail_500"):
                     raise _HubError(500, None, f"Internal Error (injected fault #{fault.hits})")
+                if stall := self._faults.get("stall"):
+                    self.hub._stopping.wait(stall.amount)
                 if fault := self._faults.get("redirect"):
                     return self._send(302, b"", {"Location": fault.value})
                 self._api(url.path)
@@ -755,12 +829,32 @@ class _Handler(BaseHTTPRequestHandler):
                 data = self._info(repo, self._commit(repo, unquote("/".join(rest[1:]))))
             elif rest == ["refs"]:
                 data = self._refs(repo)
+            elif rest[0] == "xet-read-token" and len(rest) == 2 and self.hub.xet:
+                self._commit(repo, unquote(rest[1]))
+                self._check_gate(repo)
+                data = None
             elif rest[0] == "tree" and len(rest) > 1:
                 commit, base = self._split_rev(repo, rest[1:], need_path=False)
                 data = self._tree(repo, commit, base.strip("/"))
             else:
                 raise _HubError(404, None, "Not Found")
+        if data is None:
+            return self._xet_token()
         self._json(data)
+
+    def _xet_token(self) -> None:
+        """The CAS connection for hf_xet: headers (what huggingface_hub reads) and the JSON the Rust client
+        reads when it refreshes the token."""
+        expires = int(time.time()) + 3600
+        token = hashlib.sha256(f"{expires}".encode()).hexdigest()[:32]
+        body = {"casUrl": self.hub.cas_url, "accessToken": token, "exp": expires}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Xet-Cas-Url": self.hub.cas_url,
+            "X-Xet-Access-Token": token,
+            "X-Xet-Token-Expiration": str(expires),
+        }
+        self._send(200, json.dumps(body).encode(), headers)
 
     @staticmethod
     def _commit(repo: Repo, rev: str) -> Commit:
@@ -973,6 +1067,11 @@ class _Handler(BaseHTTPRequestHandler):
         if entry.lfs:
             # The Hub names LFS blobs by sha256 and advertises them with X-Linked-* headers.
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(size)})
+        if entry.xet_hash and self.hub.xet:
+            headers["X-Xet-Hash"] = entry.xet_hash
+            headers["X-Xet-Refresh-Route"] = (
+                f"{self.hub.url}/api/models/{repo.repo_id}/xet-read-token/{commit.sha}"
+            )
         if fault := faults.get("redirect"):
             return self._send(302, b"", {**headers, "Location": fault.value})
         if lie := faults.get("lie_size"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from rest_framework.response import Response
 
 from models_app.api.views.common import ApiView, errors
 from models_app.models import Snapshot
+from models_app.services import shared_store
 from models_app.services.cleanup import clean_cache
 from models_app.services.health import disk_usage
 
@@ -24,6 +26,15 @@ class DiskSerializer(serializers.Serializer):
     free = serializers.IntegerField()
 
 
+class SharedStoreSerializer(serializers.Serializer):
+    entries = serializers.IntegerField(help_text="Files in huggingface_hub's shared Xet store, each once")
+    bytes = serializers.IntegerField(help_text="Their size on disk, each counted once")
+    orphaned_entries = serializers.IntegerField(
+        help_text="Entries no cached repo links to (cleanup removes them)"
+    )
+    orphaned_bytes = serializers.IntegerField()
+
+
 class CacheRootSerializer(serializers.Serializer):
     name = serializers.CharField()
     path = serializers.CharField(required=False, help_text="Staff only")
@@ -32,6 +43,9 @@ class CacheRootSerializer(serializers.Serializer):
     snapshots = serializers.IntegerField(help_text="Snapshots you may see in this root (not deleted)")
     size_bytes = serializers.IntegerField(help_text="Their total size")
     by_status = serializers.DictField(child=serializers.IntegerField())
+    shared_store = SharedStoreSerializer(
+        help_text="The shared Xet store of this root: snapshot sizes count an entry for every repo linking it"
+    )
 
 
 class CacheStatsSerializer(serializers.Serializer):
@@ -72,7 +86,7 @@ class CleanupRunSerializer(CleanupParamsSerializer):
 
 
 class CleanupItemSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["snapshot", "incomplete"])
+    kind = serializers.ChoiceField(choices=["snapshot", "incomplete", "shared"])
     repo_id = serializers.CharField()
     revision = serializers.CharField(allow_blank=True)
     commit_sha = serializers.CharField(allow_blank=True)
@@ -140,7 +154,13 @@ class CacheStatsView(ApiView):
         roots = []
         for name, path in settings.CACHE_ROOTS.items():
             stats = per_root.get(name, {"snapshots": 0, "size_bytes": 0, "by_status": {}})
-            root = {"name": name, "exists": path.exists(), "disk": disk_usage(path), **stats}
+            root = {
+                "name": name,
+                "exists": path.exists(),
+                "disk": disk_usage(path),
+                **stats,
+                "shared_store": shared_store.summary(Path(path)),
+            }
             if request.user.is_staff:  # a server path maps the machine: staff only, as on the health page
                 root["path"] = str(path)
             roots.append(root)

@@ -1,0 +1,253 @@
+"""Pulls from a Hub that serves weights through Xet storage (HUB_PROTOCOL.md §9), as the real Hub does:
+hf_xet's Rust client fetches the bytes, outside our HTTP transport, into huggingface_hub's shared store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from models_app.models import DownloadJob, Snapshot
+from models_app.services import hub as hub_service
+from models_app.services import jobs
+from models_app.services.cleanup import clean_cache
+from tests.downloads.conftest import (
+    incomplete_files,
+    kill_hard,
+    new_repo_id,
+    repo_dir,
+    resolve_requests,
+    shared_entry,
+    wait_job,
+    xet_worker,
+)
+from tests.support.localhub import LocalHub
+from tests.support.processes import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+BIG_PART = 20_000_000  # bytes of the big file that show its Xet transfer is under way
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_pull_from_a_xet_hub_goes_through_hf_xet_into_the_shared_store(
+    xet_hub, xet_publish, dedicated_worker, tiny_files, alice
+) -> None:
+    repo_id, sha = xet_publish()
+    xet_worker(dedicated_worker, xet_hub)
+
+    job = wait_job(hub_service.download_model(repo_id, user=alice), timeout=90)
+
+    assert (job.state, job.error_code, job.error_message) == ("succeeded", "", "")
+    assert job.bytes_done == job.bytes_total == sum(Path(p).stat().st_size for p in tiny_files.values())
+    assert job.files_done == job.files_total == len(tiny_files)
+    assert job.snapshot.status == Snapshot.Status.READY
+    # The weights never came through an HTTP GET of the file: hf_xet fetched them from the CAS, with the
+    # connection the token route gave.
+    gets = [r.path.rsplit("/", 1)[-1] for r in resolve_requests(xet_hub, repo_id)]
+    assert "model.safetensors" not in gets and "config.json" in gets
+    assert any("/xet-read-token/" in r.path for r in xet_hub.requests)
+    # huggingface_hub's shared store holds the bytes once; the repo's blob links to it.
+    xet_hash = xet_hub.xet_hash(repo_id, "model.safetensors")
+    entry = shared_entry(xet_hash)
+    weights = Path(tiny_files["model.safetensors"])
+    assert entry.is_file() and sha256(entry) == sha256(weights)
+    blob = repo_dir(repo_id) / "blobs" / sha256(weights)
+    assert blob.is_symlink() and blob.resolve() == entry.resolve()
+    assert repo_dir(repo_id).name in Path(f"{entry}.refs").read_text()
+    snapshot_file = repo_dir(repo_id) / "snapshots" / sha / "model.safetensors"
+    assert os.path.realpath(snapshot_file) == str(entry.resolve())
+    assert incomplete_files(repo_id) == []
+
+
+def blob_sha256(hub, repo_id: str, path: str) -> str:  # type: ignore[no-untyped-def]
+    return hub.repo(repo_id).resolve("main").files[path].blob.sha256
+
+
+def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
+    xet_hub, xet_publish, dedicated_worker, big_file, alice
+) -> None:
+    repo_id, _ = xet_publish("xet-cancel", extra={"big.safetensors": big_file})
+    xet_worker(dedicated_worker, xet_hub)
+    job = hub_service.download_model(repo_id, user=alice)
+    # The 1 GB file is on its way through hf_xet, and progress says so: bytes written, and the file being
+    # fetched (no HTTP GET names it; small files queued behind it do not count).
+    wait_for(
+        lambda: DownloadJob.objects.filter(
+            id=job.id, bytes_done__gt=BIG_PART, current_file="big.safetensors"
+        ).exists(),
+        120,
+        "the big file never showed as started",
+        interval=0.02,
+    )
+    assert DownloadJob.objects.get(id=job.id).bytes_done < big_file.stat().st_size // 2
+
+    asked = time.monotonic()
+    hub_service.cancel_job(job, by=alice)
+    job = wait_job(job, timeout=60)
+    took = time.monotonic() - asked
+
+    assert (job.state, job.error_code) == ("cancelled", "cancelled")
+    assert job.bytes_done < big_file.stat().st_size // 2
+    # Left alone, hf_xet would write the rest of the file (seconds on this machine) before the job ended.
+    assert took < 3.0, f"cancel took {took:.2f} s"
+    # Nothing of the pull is left: not the big file, nor the files finished before the cancel, nor their
+    # shared store entries, nor a snapshot folder for reconcile to import.
+    assert not repo_dir(repo_id).exists()
+    for path in ("big.safetensors", "model.safetensors", "tokenizer.json"):
+        assert not shared_entry(xet_hub.xet_hash(repo_id, path)).exists(), path
+    assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
+    # hf_xet may still finish a block it had in flight when the job stopped waiting: it writes nothing back.
+    time.sleep(3)
+    assert not repo_dir(repo_id).exists()
+
+
+def test_a_stalled_xet_transfer_fails_network_within_the_stall_timeout(
+    tmp_path, settings, dedicated_worker, tiny_files
+) -> None:
+    hub = LocalHub(tmp_path / "stalled-hub", xet=True)  # a CAS of its own: stalling breaks it
+    repo_id = new_repo_id("xet-stall")
+    hub.create_repo(new_repo_id("xet-ok"), tiny_files)
+    before = set(hub.xorb_files())
+    hub.create_repo(repo_id, {**tiny_files, "big.safetensors": os.urandom(30_000_000)})
+    hub.stall_xet(set(hub.xorb_files()) - before)  # the big file's storage stops sending
+    hub.start()
+    settings.HF_ENDPOINT = hub.url
+    try:
+        xet_worker(dedicated_worker, hub, DOWNLOAD_STALL_TIMEOUT="2", DOWNLOAD_MAX_ATTEMPTS="1")
+        job = hub_service.download_model(repo_id)
+        wait_for(
+            lambda: any("/xet-read-token/" in r.path for r in hub.requests), 60, "no Xet transfer started"
+        )
+        started = time.monotonic()
+        job = wait_job(job, timeout=60)  # left alone, hf_xet waits for the storage as long as it takes
+        took = time.monotonic() - started
+
+        assert (job.state, job.error_code) == ("failed", "network"), job.error_message
+        assert "Xet storage stopped sending data" in job.error_message
+        assert took < 15.0, f"took {took:.1f} s"  # 2 s of stall; the margin is for a loaded machine
+        assert incomplete_files(repo_id) == []
+        assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
+    finally:
+        hub.release_xet()
+        hub.stop()
+        shutil.rmtree(repo_dir(repo_id), ignore_errors=True)
+
+
+def test_a_corrupt_shared_store_entry_is_removed_and_the_next_pull_fetches_fresh_bytes(
+    xet_hub, xet_publish, dedicated_worker, tiny_files
+) -> None:
+    first_id, _ = xet_publish("xet-first")
+    second_id, second_sha = xet_publish("xet-second")  # the same files: both repos link one store entry
+    xet_worker(dedicated_worker, xet_hub)
+    first = wait_job(hub_service.download_model(first_id), timeout=90)
+    assert first.state == "succeeded", first.error_message
+    entry = shared_entry(xet_hub.xet_hash(first_id, "model.safetensors"))
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:  # one flipped byte, same size: bit rot on the local disk
+        f.seek(entry.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    second = wait_job(hub_service.download_model(second_id), timeout=90)
+
+    assert (second.state, second.error_code) == ("failed", "integrity")
+    assert "model.safetensors" in second.error_message
+    assert "shared Xet store entry" in second.error_message and "corrupt" in second.error_message
+    assert not entry.exists()
+    # The first repo linked the same bad bytes: its snapshot is no longer trusted.
+    assert first.snapshot is not None
+    first.snapshot.refresh_from_db()
+    assert first.snapshot.status == Snapshot.Status.INVALID
+
+    again = wait_job(hub_service.download_model(second_id), timeout=90)
+    assert (again.state, again.error_code) == ("succeeded", ""), again.error_message
+    weights = Path(tiny_files["model.safetensors"])
+    assert sha256(repo_dir(second_id) / "snapshots" / second_sha / "model.safetensors") == sha256(weights)
+    assert sha256(entry) == sha256(weights)
+
+
+def test_with_xet_disabled_the_same_hub_is_pulled_over_http(
+    xet_hub, xet_publish, dedicated_worker, tiny_files
+) -> None:
+    repo_id, sha = xet_publish("xet-off")
+    xet_worker(dedicated_worker, xet_hub, HF_HUB_DISABLE_XET="1")
+
+    job = wait_job(hub_service.download_model(repo_id), timeout=90)
+
+    assert (job.state, job.error_code, job.error_message) == ("succeeded", "", "")
+    gets = [r.path.rsplit("/", 1)[-1] for r in resolve_requests(xet_hub, repo_id)]
+    assert "model.safetensors" in gets  # over HTTP, through the transport guard
+    assert not any(f"/{repo_id}/xet-read-token/" in r.path for r in xet_hub.requests)
+    assert not shared_entry(xet_hub.xet_hash(repo_id, "model.safetensors")).exists()
+    weights = repo_dir(repo_id) / "snapshots" / sha / "model.safetensors"
+    assert sha256(weights) == sha256(Path(tiny_files["model.safetensors"]))
+
+
+def test_a_worker_killed_during_a_xet_transfer_is_reaped_and_a_fresh_worker_completes_the_job(
+    xet_hub, xet_publish, dedicated_worker, big_file, settings
+) -> None:
+    repo_id, sha = xet_publish("xet-sigkill", extra={"big.safetensors": big_file})
+    worker = xet_worker(dedicated_worker, xet_hub)
+    job = hub_service.download_model(repo_id)
+    wait_for(
+        lambda: DownloadJob.objects.filter(id=job.id, bytes_done__gt=BIG_PART).exists(),
+        120,
+        "the big file never started",
+        interval=0.02,
+    )
+
+    kill_hard(worker)
+    later = timezone.now() + timedelta(seconds=settings.DOWNLOAD_HEARTBEAT_TIMEOUT + 5)
+    assert jobs.reap_stalled_jobs(now=later) == [job.id]
+    assert incomplete_files(repo_id) == []  # hf_xet's partial file, removed by the reaper
+
+    xet_worker(dedicated_worker, xet_hub)  # the dead process held nothing of the CAS
+    job = wait_job(job, timeout=180)
+    assert (job.state, job.error_code, job.attempts) == ("succeeded", "", 2), job.error_message
+    entry = shared_entry(xet_hub.xet_hash(repo_id, "big.safetensors"))
+    assert entry.stat().st_size == big_file.stat().st_size
+    assert (repo_dir(repo_id) / "snapshots" / sha / "big.safetensors").resolve() == entry.resolve()
+    assert job.snapshot.status == Snapshot.Status.READY  # verified: sha256 of the whole GB
+
+
+def test_a_cleanup_during_a_xet_transfer_leaves_its_files_alone(
+    xet_hub, xet_publish, dedicated_worker, big_file
+) -> None:
+    idle_id, _ = xet_publish("xet-idle", extra={"idle.safetensors": os.urandom(200_000)})
+    busy_id, busy_sha = xet_publish("xet-busy", extra={"big.safetensors": big_file})
+    xet_worker(dedicated_worker, xet_hub)
+    assert wait_job(hub_service.download_model(idle_id), timeout=90).state == "succeeded"
+    Snapshot.objects.filter(repository__repo_id=idle_id).update(
+        last_used_at=timezone.now() - timedelta(days=90), downloaded_at=timezone.now() - timedelta(days=90)
+    )
+    idle_entry = shared_entry(xet_hub.xet_hash(idle_id, "idle.safetensors"))
+    assert idle_entry.exists()
+    job = hub_service.download_model(busy_id)
+    wait_for(
+        lambda: DownloadJob.objects.filter(id=job.id, bytes_done__gt=BIG_PART).exists(),
+        120,
+        "the big file never started",
+        interval=0.02,
+    )
+
+    # The most aggressive policy there is, while hf_xet writes and huggingface_hub publishes store entries.
+    plan = clean_cache(max_age=86400, max_size=1, keep_revisions=1, dry_run=False)
+
+    assert {item.repo_id for item in plan.deleted if item.kind == "snapshot"} == {idle_id}
+    assert not idle_entry.exists()  # the idle repo's store entry went with it
+    job = wait_job(job, timeout=180)
+    assert (job.state, job.error_code) == ("succeeded", ""), job.error_message
+    entry = shared_entry(xet_hub.xet_hash(busy_id, "big.safetensors"))
+    assert (repo_dir(busy_id) / "snapshots" / busy_sha / "big.safetensors").resolve() == entry.resolve()
+    assert entry.stat().st_size == big_file.stat().st_size
