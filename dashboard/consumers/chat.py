@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from models_app.services import chat, inference
+from models_app.services import chat, inference, inflight
 
 UNAUTHENTICATED = 4401
 
@@ -29,6 +29,7 @@ UNAUTHENTICATED = 4401
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.watches: dict[str, inference.ReplyWatch] = {}
+        self.leases: dict[str, inflight.Lease] = {}  # the user's slots of this socket's answers in flight
         self.watchdog: asyncio.Task | None = None
         user = self.scope.get("user")
         # Accept, then close with a code the page understands (a refused handshake carries no code).
@@ -45,6 +46,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         for request_id in list(self.watches):
             await sync_to_async(chat.cancel_quietly, thread_sensitive=False)(request_id)
         self.watches.clear()
+        for lease in self.leases.values():
+            inflight.release_soon(lease)
+        self.leases.clear()
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not hasattr(self, "user"):
@@ -93,6 +97,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.watches[started.request_id] = inference.ReplyWatch(
             started.request_id, pickup_timeout=settings.INFERENCE_PICKUP_TIMEOUT
         )
+        if started.lease is not None:
+            self.leases[started.request_id] = started.lease
         if self.watchdog is None or self.watchdog.done():
             self.watchdog = asyncio.create_task(self._watch())
         await self.send_json(started.payload())
@@ -121,13 +127,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         watch.seen(event)
         if event.get("type") in ("chat.done", "chat.error"):
             del self.watches[event["request_id"]]
+            await self._release(event["request_id"])  # before the page hears of it and sends its next
         await self.send_json({k: v for k, v in event.items() if k != "worker"})
 
     async def _watch(self) -> None:
         """Give up on requests nobody picked up, or whose worker died, instead of leaving the page waiting."""
-        interval = max(0.1, settings.INFERENCE_PICKUP_TIMEOUT / 4)
+        # Often enough to renew the answers' leases in time, too.
+        interval = min(max(0.1, settings.INFERENCE_PICKUP_TIMEOUT / 4), inflight.RENEW_EVERY)
         while self.watches:
             await asyncio.sleep(interval)
+            due = [lease for lease in self.leases.values() if lease.renewal_due()]
+            for lease in due:
+                await sync_to_async(inflight.renew, thread_sensitive=False)(lease)
             for request_id, watch in list(self.watches.items()):
                 if not watch.due():
                     continue
@@ -135,6 +146,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 if error is None or self.watches.get(request_id) is not watch:
                     continue
                 del self.watches[request_id]
+                await self._release(request_id)
                 await database_sync_to_async(chat.fail_answer)(
                     request_id=request_id, code=error["code"], message=error["message"]
                 )
@@ -142,6 +154,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 with contextlib.suppress(Exception):
                     await sync_to_async(inference.cancel_generation, thread_sensitive=False)(request_id)
                 await self.send_json(error)
+
+    async def _release(self, request_id: str) -> None:
+        lease = self.leases.pop(request_id, None)
+        if lease is not None:
+            await inflight.release_async(lease)
 
     async def _error(self, code: str, message: str, *, request_id: Any = None) -> None:
         await self.send_json(

@@ -98,6 +98,44 @@ class InvalidOptions(ValueError):
     code = "invalid_request"
 
 
+class RequestTooLarge(InvalidOptions):
+    """More messages or characters than one request may hold; `param` names the field for the API's 400."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _text_size(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):  # content parts
+        return sum(_text_size(part.get("text") if isinstance(part, dict) else part) for part in content)
+    return 0
+
+
+def check_request_size(*, messages: list[dict[str, Any]] | None = None, prompt: str | None = None) -> None:
+    """Bound one request's size (INFERENCE_MAX_MESSAGES, INFERENCE_MAX_PROMPT_CHARS) before it takes the
+    single inference worker: 10,000 tiny messages held it for 11 minutes while the prompt was fitted to the
+    window. Raises RequestTooLarge."""
+    if messages is not None and len(messages) > settings.INFERENCE_MAX_MESSAGES:
+        raise RequestTooLarge(
+            f"A request may hold at most {settings.INFERENCE_MAX_MESSAGES:,} messages; this one has "
+            f"{len(messages):,}. Drop older messages (or start a new chat).",
+            "messages",
+        )
+    if messages is not None:
+        chars = sum(_text_size(m.get("content")) for m in messages if isinstance(m, dict))
+    else:
+        chars = len(prompt or "")
+    if chars > settings.INFERENCE_MAX_PROMPT_CHARS:
+        raise RequestTooLarge(
+            f"A request may hold at most {settings.INFERENCE_MAX_PROMPT_CHARS:,} characters of text; this one "
+            f"has {chars:,}. Send less (or start a new chat).",
+            "messages" if messages is not None else "prompt",
+        )
+
+
 # --- Options ---------------------------------------------------------------------------------------------------
 
 

@@ -84,6 +84,7 @@ class Request:
         if prompt is not None and not isinstance(prompt, str):
             raise GenerationError("invalid_request", "prompt must be a string.")
         try:
+            inference.check_request_size(messages=messages, prompt=prompt)  # also checked by every sender
             options = inference.normalize_options(raw.get("options"))
         except inference.InvalidOptions as exc:
             raise GenerationError("invalid_request", str(exc)) from exc
