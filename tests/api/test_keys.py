@@ -156,8 +156,6 @@ def test_the_admin_shows_a_new_key_once_and_never_its_hash(client: Client, staff
 def test_a_user_holds_at_most_the_cap_of_active_keys(client: Client, alice, staff, settings) -> None:  # type: ignore[no-untyped-def]
     """Keys were unlimited, and each had its own allowance of requests in flight. Now: API_MAX_KEYS_PER_USER
     active keys (revoked ones do not count), by every way of creating one; staff may set one user's cap."""
-    from models_app.models import UserLimits
-
     settings.API_MAX_KEYS_PER_USER = 3
     client.force_login(alice)
     for i in range(3):
@@ -178,6 +176,8 @@ def test_a_user_holds_at_most_the_cap_of_active_keys(client: Client, alice, staf
     # A revoked key frees its place.
     ApiKey.objects.filter(user=alice, name="k0").get().revoke()
     assert client.post("/api/v1/keys", {"name": "k3"}, content_type="application/json").status_code == 201
+
+    from models_app.models import UserLimits
 
     # Staff sees the cap in the admin's add form, and may lift it for one user.
     client.force_login(staff)
