@@ -36,9 +36,15 @@ RENEW_EVERY = 5.0
 # KEYS: the scopes' sets; ARGV: now, expiry, request id, the expired counter's key, then one limit per key
 # (0: no limit). Returns {index of the full scope or 0, leases expired now}.
 _ACQUIRE = """
-local expired = 0
+local expired, seen = 0, {}
 for i, key in ipairs(KEYS) do
-    expired = expired + redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[1])) do
+        if not seen[id] then  -- one lease sits in several scopes: count it once
+            seen[id] = true
+            expired = expired + 1
+        end
+    end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
 end
 if expired > 0 then
     redis.call('INCRBY', ARGV[4], expired)
@@ -74,7 +80,8 @@ def scope_key(kind: str, scope_id: int) -> str:
 
 
 def expired_key() -> str:
-    """A counter of leases that expired instead of being released (each one a request whose end was lost)."""
+    """A counter of leases that expired instead of being released (each one a request whose end was lost;
+    one whose scopes are reaped at different times counts once per reap)."""
     return app_redis.key("inflight", "expired")
 
 

@@ -168,3 +168,28 @@ def test_ten_thousand_tiny_messages_are_a_clear_400(asgi_server, alice_key: str,
     at_limit = [{"role": "user", "content": "a"}] * settings.INFERENCE_MAX_MESSAGES
     assert client.chat.completions.create(model=MODEL, messages=at_limit, max_tokens=2).choices
     assert Usage.objects.count() == 1
+
+
+def test_a_renewed_lease_holds_its_slot_and_an_abandoned_one_expires(monkeypatch, alice) -> None:  # type: ignore[no-untyped-def]
+    """The lease itself, on the real Redis, with a three-second lease: renewals keep it past its first expiry;
+    without them it goes, is counted as expired, and the slot is free again."""
+    monkeypatch.setattr(inflight, "LEASE_SECONDS", 3.0)
+    monkeypatch.setattr(inflight, "RENEW_EVERY", 0.1)
+    scopes = [inflight.Scope("user", alice.id, 1)]
+    running = inflight.acquire("running", scopes)
+    deadline = time.monotonic() + 2 * inflight.LEASE_SECONDS
+    while time.monotonic() < deadline:
+        if running.renewal_due():
+            inflight.renew(running)
+        with pytest.raises(inflight.LimitReached) as full:
+            inflight.acquire("another", scopes)
+        assert full.value.scope == scopes[0]
+        time.sleep(0.05)
+
+    # The request stops renewing (its process died): the slot comes back once the lease runs out.
+    wait_for(lambda: inflight.count("user", alice.id) == 0, 30, "the lease never expired")
+    after = inflight.acquire("after", scopes)
+    assert int(app_redis.client().get(inflight.expired_key()) or 0) == 1
+    inflight.renew(running)  # a late renewal does not bring a lease back
+    inflight.release(after)
+    assert inflight.count("user", alice.id) == 0
