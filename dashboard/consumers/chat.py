@@ -91,6 +91,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _stop(self, content: dict[str, Any]) -> None:
         if not await database_sync_to_async(chat.stop)(user=self.user, request_id=content.get("request_id")):
             raise chat.ChatError("not_found", "There is no answer being generated to stop.")
+        # Its cancel flag is set: running, it stops at the worker's next check; queued, the worker drops it
+        # unread. It is no longer a request the user is waiting for, so their slot is free now.
+        await self._release(str(content.get("request_id")))
 
     async def _accepted(self, started: chat.Started) -> None:
         # Replies queue on our channel until this handler returns, so the watch exists before they arrive.
