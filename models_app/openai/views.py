@@ -223,10 +223,12 @@ async def _cancel(request_id: str) -> None:
         await sync_to_async(inference.cancel_generation, thread_sensitive=False)(request_id)
 
 
-async def _first_reply(replies: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
-    """The first real message (keep-alives before the response starts have nowhere to go)."""
+async def _first_reply(replies: AsyncIterator[dict[str, Any]], *, stream: bool) -> dict[str, Any] | None:
+    """The first real message; for a stream, a keep-alive too: a streamed request with no word from the worker
+    after KEEPALIVE_SECONDS (queued behind other answers, a model loading) starts its response then, so a
+    client with a read timeout gets its role chunk and keep-alives instead of waiting for the worker."""
     async for message in replies:
-        if message.get("type") != "chat.keepalive":
+        if stream or message.get("type") != "chat.keepalive":
             return message
     return None
 
@@ -249,12 +251,13 @@ async def _stream(
                 for chunk in translator.feed(message.get("text") or ""):
                     yield chunk
                     last_write = time.monotonic()
-            elif kind in ("chat.keepalive", "chat.progress"):
+            elif kind == "chat.keepalive" or (
                 # Progress comes several times a second during a long prompt; a comment every few seconds is
-                # all a proxy needs to keep the connection.
-                if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
-                    yield KEEPALIVE
-                    last_write = time.monotonic()
+                # all a proxy needs to keep the connection. A keep-alive only comes after that much silence.
+                kind == "chat.progress" and time.monotonic() - last_write >= KEEPALIVE_SECONDS
+            ):
+                yield KEEPALIVE
+                last_write = time.monotonic()
             elif kind == "chat.done":
                 # The worker is done: the slot is free before the client reads [DONE] and sends its next.
                 await inflight.release_async(lease)
@@ -383,8 +386,9 @@ async def _generate(
     translator = Translator(parsed, markers)
     try:
         # The status line waits for the worker's first word, so a request that cannot start (context too
-        # long, model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside.
-        first = await _first_reply(replies)
+        # long, model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside;
+        # a stream waits KEEPALIVE_SECONDS at most, then reports such an error inside the stream.
+        first = await _first_reply(replies, stream=parsed.stream)
         if first is None or first.get("type") == "chat.error":
             await replies.aclose()  # type: ignore[attr-defined]
             status, body = _worker_error(first or {"code": "internal"})

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.test import Client
 
 from models_app.models import ApiKey, Repository, Snapshot
+from tests.chat.conftest import slow_model_path  # noqa: F401  (a fixture, re-exported for the API tests)
 
 
 class KeyClient(Client):

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import httpx2 as httpx
 import openai
@@ -17,6 +18,7 @@ from django.conf import settings
 from models_app.models import ApiKey, UserLimits
 from models_app.services import inflight
 from models_app.services import redis as app_redis
+from tests.chat.conftest import make_snapshot
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
@@ -31,13 +33,13 @@ def key_in_flight(raw_key: str) -> int:
 
 
 @contextmanager
-def worker_busy(url: str, raw_key: str) -> Iterator[None]:
+def worker_busy(url: str, raw_key: str, **request: Any) -> Iterator[None]:
     """Another user's long generation holds the single inference worker, so requests sent meanwhile queue;
-    leaving the block hangs up on it, which cancels it."""
+    leaving the block hangs up on it, which cancels it (if it is still running)."""
     started, stop = threading.Event(), threading.Event()
 
     def hold() -> None:
-        body = {"model": "test/tiny-long", "messages": HI, "stream": True}
+        body = {"model": "test/tiny-long", "messages": HI, "stream": True, **request}
         headers = {"Authorization": f"Bearer {raw_key}"}
         with (
             httpx.Client(timeout=120) as http,
@@ -193,3 +195,24 @@ def test_a_renewed_lease_holds_its_slot_and_an_abandoned_one_expires(monkeypatch
     inflight.renew(running)  # a late renewal does not bring a lease back
     inflight.release(after)
     assert inflight.count("user", alice.id) == 0
+
+
+def test_a_queued_stream_gets_bytes_before_the_clients_read_timeout(  # type: ignore[no-untyped-def]
+    asgi_server, alice_key: str, bob_key: str, tiny_snapshot, slow_model_path
+) -> None:
+    """Issue 13 item 3: a streaming request queued behind a long answer got no byte until the worker took
+    it, so an SDK client with a 30 s timeout failed. Now its response starts within a keep-alive period
+    (role chunk, then keep-alives), so a client whose read timeout is shorter than the wait is served."""
+    make_snapshot(slow_model_path, repo_id="test/tiny-slow")
+    timeout = 12.0
+    client = openai.OpenAI(
+        base_url=f"{asgi_server.url}/v1", api_key=alice_key, max_retries=0, timeout=timeout
+    )
+    with worker_busy(asgi_server.url, bob_key, model="test/tiny-slow", max_tokens=1500):
+        sent = time.monotonic()
+        chunks = list(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, stream=True))
+        waited = time.monotonic() - sent
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert waited > timeout  # it really waited longer than the client's read timeout
