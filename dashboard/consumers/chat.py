@@ -4,7 +4,8 @@ Client → server: {"type": "chat.send", "conversation_id"?, "content", "snapsho
 "system_prompt"?}, {"type": "chat.stop", "request_id"}, {"type": "chat.regenerate", "conversation_id"}.
 Server → client: chat.accepted (ids of the saved messages), then the worker's chat.started / chat.progress /
 chat.delta / chat.done / chat.error, forwarded as they come; the worker sends them straight to this
-consumer's channel. Errors of the client's own making come back as chat.error without a seq.
+consumer's channel. Errors of the client's own making come back as chat.error without a seq. While an
+answer waits for the worker, chat.queued {ahead} (seq -1) tells its place in line when it changes.
 
 Thin: the work is in models_app.services.chat; this checks the user, forwards, and watches for a worker
 that never answers (chat.error no_worker / worker_died within INFERENCE_PICKUP_TIMEOUT).
@@ -30,6 +31,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.watches: dict[str, inference.ReplyWatch] = {}
         self.leases: dict[str, inflight.Lease] = {}  # the user's slots of this socket's answers in flight
+        self.queues: dict[str, str] = {}  # the queue each answer waits in, until the worker takes it
+        self.places: dict[str, int] = {}  # the place in line last told to the page
         self.watchdog: asyncio.Task | None = None
         user = self.scope.get("user")
         # Accept, then close with a code the page understands (a refused handshake carries no code).
@@ -102,6 +105,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         if started.lease is not None:
             self.leases[started.request_id] = started.lease
+        if started.queue:
+            self.queues[started.request_id] = started.queue
         if self.watchdog is None or self.watchdog.done():
             self.watchdog = asyncio.create_task(self._watch())
         await self.send_json(started.payload())
@@ -142,6 +147,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             due = [lease for lease in self.leases.values() if lease.renewal_due()]
             for lease in due:
                 await sync_to_async(inflight.renew, thread_sensitive=False)(lease)
+            await self._tell_places()
             for request_id, watch in list(self.watches.items()):
                 if not watch.due():
                     continue
@@ -157,6 +163,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 with contextlib.suppress(Exception):
                     await sync_to_async(inference.cancel_generation, thread_sensitive=False)(request_id)
                 await self.send_json(error)
+
+    async def _tell_places(self) -> None:
+        """chat.queued with each waiting answer's place in line, when it changes ("2 ahead")."""
+        for request_id, queue in list(self.queues.items()):
+            watch = self.watches.get(request_id)
+            if watch is None or watch.worker is not None:  # ended, or the worker took it
+                self.queues.pop(request_id, None)
+                self.places.pop(request_id, None)
+                continue
+            ahead = await sync_to_async(inference.places_ahead, thread_sensitive=False)(request_id, queue)
+            if ahead is None or watch.worker is not None or request_id not in self.watches:
+                continue  # taken meanwhile: a place now would come after chat.started
+            if ahead and ahead != self.places.get(request_id):  # "0 ahead" is about to start: no news
+                self.places[request_id] = ahead
+                await self.send_json(
+                    {"type": "chat.queued", "request_id": request_id, "seq": -1, "ahead": ahead}
+                )
 
     async def _release(self, request_id: str) -> None:
         lease = self.leases.pop(request_id, None)

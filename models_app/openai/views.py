@@ -239,15 +239,25 @@ async def _stream(
     replies: AsyncIterator[dict[str, Any]],
     request_id: str,
     lease: inflight.Lease,
+    queue: str,
 ) -> AsyncIterator[bytes]:
     finished = False
+    places_ahead = sync_to_async(inference.places_ahead, thread_sensitive=False)
     try:
         yield translator.completion.role_chunk() or KEEPALIVE
         last_write = time.monotonic()
+        waiting = first.get("type") == "chat.keepalive"  # no word from the worker yet
         message: dict[str, Any] | None = first
         while message is not None:
             kind = message.get("type")
-            if kind == "chat.delta":
+            if kind != "chat.keepalive":
+                waiting = False
+            if kind == "chat.keepalive" and waiting:
+                # Its place in line, as an SSE comment (clients ignore comments; people reading curl do not).
+                ahead = await places_ahead(request_id, queue)
+                yield KEEPALIVE if ahead is None else f": queued, {ahead} ahead\n\n".encode()
+                last_write = time.monotonic()
+            elif kind == "chat.delta":
                 for chunk in translator.feed(message.get("text") or ""):
                     yield chunk
                     last_write = time.monotonic()
@@ -373,7 +383,7 @@ async def _generate(
     else:
         generation["prompt"] = parsed.prompt
     try:
-        await sync_to_async(inference.start_generation, thread_sensitive=False)(generation)
+        queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(generation)
     except inference.InferenceUnavailable as exc:
         return error_response(503, str(exc), type="server_error", code="no_worker")
 
@@ -395,7 +405,8 @@ async def _generate(
             return JsonResponse(body, status=status)
         if parsed.stream:
             response = StreamingHttpResponse(
-                _stream(translator, first, replies, request_id, lease), content_type="text/event-stream"
+                _stream(translator, first, replies, request_id, lease, queue),
+                content_type="text/event-stream",
             )
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"

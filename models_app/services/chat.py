@@ -61,6 +61,7 @@ class Started:
     # The request's slot among the user's requests in flight: whoever relays the answer renews it and gives
     # it back when the answer ends (the chat consumer); unrenewed, it expires on its own.
     lease: inflight.Lease | None = field(default=None, compare=False)
+    queue: str | None = None  # the inference queue it waits in (for its place in line)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -344,7 +345,7 @@ def _start(
         "assistant_message_id": answer.id,
     }
     try:
-        inference.start_generation(request)
+        queue = inference.start_generation(request)
     except inference.InferenceUnavailable as exc:
         inflight.release(lease)
         fail_answer(request_id=str(answer.request_id), code=exc.code, message=str(exc))
@@ -357,6 +358,7 @@ def _start(
         snapshot_id=snapshot.id,
         title=conversation.title,
         lease=lease,
+        queue=queue,
     )
 
 

@@ -3,6 +3,7 @@ slots come back whatever the client does (issue 13 item 1)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -216,3 +217,39 @@ def test_a_queued_stream_gets_bytes_before_the_clients_read_timeout(  # type: ig
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].choices[0].finish_reason == "length"
     assert waited > timeout  # it really waited longer than the client's read timeout
+
+
+def test_a_queued_stream_tells_how_many_requests_are_ahead(  # type: ignore[no-untyped-def]
+    asgi_server, alice_key: str, bob_key: str, tiny_snapshot, slow_model_path
+) -> None:
+    """While it waits, a queued stream's keep-alives say its place: `: queued, N ahead` (SSE comments, which
+    clients ignore), the answer being written counted."""
+    make_snapshot(slow_model_path, repo_id="test/tiny-slow")
+    body = {"model": MODEL, "messages": HI, "max_tokens": 4, "stream": True}
+    headers = {"Authorization": f"Bearer {alice_key}"}
+    places: dict[int, list[str]] = {1: [], 2: []}
+
+    def stream(n: int) -> str:
+        with (
+            httpx.Client(timeout=300) as http,
+            http.stream(
+                "POST", f"{asgi_server.url}/v1/chat/completions", headers=headers, json=body
+            ) as reply,
+        ):
+            text = ""
+            for piece in reply.iter_text():
+                text += piece
+                places[n] = re.findall(r"^: queued, (\d+) ahead$", text, re.M)
+            return text
+
+    with (
+        worker_busy(asgi_server.url, bob_key, model="test/tiny-slow", max_tokens=1500),
+        ThreadPoolExecutor(2) as pool,
+    ):
+        first = pool.submit(stream, 1)
+        wait_for(lambda: places[1], 120, "the first queued stream never told its place")
+        second = pool.submit(stream, 2)
+        wait_for(lambda: places[2], 120, "the second queued stream never told its place")
+        assert places[1][0] == "1" and places[2][0] == "2"  # bob's answer; bob's and alice's first
+    for answer in (first, second):
+        assert answer.result(timeout=300).endswith("data: [DONE]\n\n")

@@ -5,6 +5,8 @@ The real ASGI app (socket in-process, API served by uvicorn), the real Redis, a 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import openai
@@ -164,3 +166,108 @@ def test_an_oversized_conversation_is_a_chat_error_and_loses_nothing(  # type: i
     assert contents[:3] == ["user says hi", "assistant says hi", "user says hi"]
     assert "and?" not in contents  # the refused message was not saved
     wait_for(lambda: inflight.count("user", alice.id) == 0, 60, "a slot was not given back")
+
+
+@contextmanager
+def worker_held_by(url: str, raw_key: str) -> Iterator[threading.Event]:
+    """Another user's long API answer holds the single inference worker until the returned event is set (or
+    the block ends): then the client hangs up, which stops it."""
+    streaming, hang_up = threading.Event(), threading.Event()
+
+    def ask() -> None:
+        stream = openai.OpenAI(
+            base_url=f"{url}/v1", api_key=raw_key, max_retries=0, timeout=300
+        ).chat.completions.create(
+            model="test/tiny-slow", messages=[{"role": "user", "content": "hi"}], max_tokens=1500, stream=True
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                streaming.set()
+            if hang_up.is_set():
+                break
+        stream.close()
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    assert streaming.wait(120), "the long answer never started"
+    try:
+        yield hang_up
+    finally:
+        hang_up.set()
+        asker.join(300)
+
+
+def test_a_queued_answer_tells_the_page_how_many_are_ahead(  # type: ignore[no-untyped-def]
+    client, alice, bob, slow_snapshot, tiny_snapshot, asgi_server, run_async
+) -> None:
+    """Bob's long API answer holds the worker; Alice's message waits, and her page hears `chat.queued` with
+    her place ("waiting for the model, 1 ahead") until the worker takes it."""
+    cookie = session_cookie(client, alice)
+
+    async def scenario(hang_up: threading.Event) -> list[dict[str, Any]]:
+        comm = communicator(cookie)
+        assert (await comm.connect())[0]
+        await comm.send_json_to(
+            {
+                "type": "chat.send",
+                "content": "hi",
+                "snapshot_id": tiny_snapshot.id,
+                "options": {"max_tokens": 4},
+            }
+        )
+        [accepted] = await answers_to(comm, 1)
+        frames = []
+        while True:
+            frame = await comm.receive_json_from(timeout=120)
+            frames.append(frame)
+            if frame["type"] == "chat.queued":
+                hang_up.set()  # let the worker go on to alice's answer
+            if frame["type"] in ("chat.done", "chat.error"):
+                break
+        await comm.disconnect()
+        assert all(f["request_id"] == accepted["request_id"] for f in frames)
+        return frames
+
+    with worker_held_by(asgi_server.url, ApiKey.issue(user=bob, name="ide")[1]) as hang_up:
+        frames = run_async(scenario(hang_up))
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "chat.queued" and frames[0]["ahead"] == 1
+    assert kinds.index("chat.started") > kinds.index("chat.queued") and kinds[-1] == "chat.done"
+    assert "chat.queued" not in kinds[kinds.index("chat.started") :]
+
+
+@pytest.mark.browser
+def test_the_chat_page_shows_a_waiting_answers_place(  # type: ignore[no-untyped-def]
+    alice, bob, slow_snapshot, tiny_snapshot, asgi_server
+) -> None:
+    """In Chromium: while Bob's answer holds the worker, Alice's answer reads "waiting for the model, 1 ahead",
+    then streams and completes once the worker is free."""
+    from playwright.sync_api import expect
+
+    from tests.browser.helpers import launch_browser
+
+    bob_key = ApiKey.issue(user=bob, name="ide")[1]  # database work outside Playwright's event loop
+    with worker_held_by(asgi_server.url, bob_key) as hang_up, launch_browser() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{asgi_server.url}/login/?next=/chat/")
+        page.fill("#id_username", "alice")
+        page.fill("#id_password", "alice-password")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/chat/")
+        page.select_option("#model", str(tiny_snapshot.id))
+        page.fill("#prompt", "hi")
+        page.press("#prompt", "Enter")
+
+        answer = page.locator(".msg.assistant").last
+        wait = 60_000  # expect() has its own 5 s default; the machine may be loaded
+        expect(answer.locator("[data-role=status]")).to_have_text(
+            "waiting for the model, 1 ahead", timeout=wait
+        )
+        expect(answer).to_have_attribute("data-status", "pending")
+        hang_up.set()
+        expect(answer).to_have_attribute("data-status", "complete", timeout=wait)
+        assert answer.locator("[data-role=body]").text_content()
+        assert errors == []

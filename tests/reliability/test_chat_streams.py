@@ -41,8 +41,8 @@ async def chat(url: str, origin: str, cookie: str, request: dict[str, Any], *, l
         first_delta_at = None
         while True:
             frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
-            if frame.get("request_id") != accepted["request_id"]:
-                continue
+            if frame.get("request_id") != accepted["request_id"] or frame["type"] == "chat.queued":
+                continue  # chat.queued: its place in line while twenty wait, not part of the worker's stream
             frames.append(frame)
             if frame["type"] == "chat.delta" and first_delta_at is None:
                 first_delta_at = time.time()

@@ -139,6 +139,7 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
     """Run one request (see models_app.services.inference). Returns the usage dict, or None on error.
     Never raises: every failure becomes a chat.error to the requester and an error on the message."""
     engine = state()
+    inference.leave_queue(raw)  # whatever happens next, it no longer waits behind anything
     try:
         request = Request.parse(raw)
     except (GenerationError, KeyError, TypeError, ValueError) as exc:
