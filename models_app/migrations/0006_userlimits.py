@@ -6,25 +6,50 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('models_app', '0005_usage_report_covering_index'),
+        ("models_app", "0005_usage_report_covering_index"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UserLimits',
+            name="UserLimits",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('max_in_flight', models.PositiveIntegerField(blank=True, help_text='Generations this user may have queued or running at once, chat page and API together (0: no limit). Empty: INFERENCE_MAX_IN_FLIGHT_PER_USER.', null=True)),
-                ('max_api_keys', models.PositiveIntegerField(blank=True, help_text='Active API keys this user may hold (0: no limit). Empty: API_MAX_KEYS_PER_USER.', null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='limits', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "max_in_flight",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Generations this user may have queued or running at once, chat page and API together (0: no limit). Empty: INFERENCE_MAX_IN_FLIGHT_PER_USER.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "max_api_keys",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Active API keys this user may hold (0: no limit). Empty: API_MAX_KEYS_PER_USER.",
+                        null=True,
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="limits",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'user limits',
-                'verbose_name_plural': 'user limits',
+                "verbose_name": "user limits",
+                "verbose_name_plural": "user limits",
             },
         ),
     ]
