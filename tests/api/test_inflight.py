@@ -209,14 +209,20 @@ def test_a_queued_stream_gets_bytes_before_the_clients_read_timeout(  # type: ig
     client = openai.OpenAI(
         base_url=f"{asgi_server.url}/v1", api_key=alice_key, max_retries=0, timeout=timeout
     )
-    with worker_busy(asgi_server.url, bob_key, model="test/tiny-slow", max_tokens=1500):
-        sent = time.monotonic()
-        chunks = list(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, stream=True))
-        waited = time.monotonic() - sent
+    # Leaving the block hangs up on bob's answer first (long enough to outlast the test), then alice's runs.
+    with (
+        ThreadPoolExecutor(1) as pool,
+        worker_busy(asgi_server.url, bob_key, model="test/tiny-slow", max_tokens=6000),
+    ):
+        answer = pool.submit(
+            lambda: list(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, stream=True))
+        )
+        time.sleep(2 * timeout)  # queued for twice the client's read timeout...
+        assert not answer.done()  # ...and still waiting, not timed out
+    chunks = answer.result(timeout=300)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].choices[0].finish_reason == "length"
-    assert waited > timeout  # it really waited longer than the client's read timeout
 
 
 def test_a_queued_stream_tells_how_many_requests_are_ahead(  # type: ignore[no-untyped-def]
@@ -242,9 +248,10 @@ def test_a_queued_stream_tells_how_many_requests_are_ahead(  # type: ignore[no-u
                 places[n] = re.findall(r"^: queued, (\d+) ahead$", text, re.M)
             return text
 
+    # Leaving the block hangs up on bob's answer first (long enough to outlast the test), then alice's run.
     with (
-        worker_busy(asgi_server.url, bob_key, model="test/tiny-slow", max_tokens=1500),
         ThreadPoolExecutor(2) as pool,
+        worker_busy(asgi_server.url, bob_key, model="test/tiny-slow", max_tokens=6000),
     ):
         first = pool.submit(stream, 1)
         wait_for(lambda: places[1], 120, "the first queued stream never told its place")

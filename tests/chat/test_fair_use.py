@@ -170,15 +170,15 @@ def test_an_oversized_conversation_is_a_chat_error_and_loses_nothing(  # type: i
 
 @contextmanager
 def worker_held_by(url: str, raw_key: str) -> Iterator[threading.Event]:
-    """Another user's long API answer holds the single inference worker until the returned event is set (or
-    the block ends): then the client hangs up, which stops it."""
+    """Another user's long API answer (longer than any test waits) holds the single inference worker until
+    the returned event is set (or the block ends): then the client hangs up, which stops it."""
     streaming, hang_up = threading.Event(), threading.Event()
 
     def ask() -> None:
         stream = openai.OpenAI(
             base_url=f"{url}/v1", api_key=raw_key, max_retries=0, timeout=300
         ).chat.completions.create(
-            model="test/tiny-slow", messages=[{"role": "user", "content": "hi"}], max_tokens=1500, stream=True
+            model="test/tiny-slow", messages=[{"role": "user", "content": "hi"}], max_tokens=6000, stream=True
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
