@@ -311,6 +311,15 @@ CHAT_BATCH_INTERVAL = env_float("CHAT_BATCH_INTERVAL", 0.025)
 INFERENCE_PICKUP_TIMEOUT = env_float("INFERENCE_PICKUP_TIMEOUT", 10.0)
 # Generations one API key may have in flight on the OpenAI-compatible API; more get 429. 0: no limit.
 API_MAX_IN_FLIGHT_PER_KEY = env_int("API_MAX_IN_FLIGHT_PER_KEY", 8, minimum=0)
+# Generations one user may have queued or running, chat page and API together (staff can override it per user
+# in the admin's "User limits"). With one inference worker per host answering in arrival order, this also
+# bounds how long anyone waits behind one user: at most this many of each other user's requests. 0: no limit.
+INFERENCE_MAX_IN_FLIGHT_PER_USER = env_int("INFERENCE_MAX_IN_FLIGHT_PER_USER", 4, minimum=0)
+# The size of one generation request (API body or chat conversation): messages, and characters of content.
+INFERENCE_MAX_MESSAGES = env_int("INFERENCE_MAX_MESSAGES", 1000, minimum=1)
+INFERENCE_MAX_PROMPT_CHARS = env_int("INFERENCE_MAX_PROMPT_CHARS", 1_000_000, minimum=1)
+# Active API keys one user may hold (revoked keys do not count; staff can override it per user). 0: no limit.
+API_MAX_KEYS_PER_USER = env_int("API_MAX_KEYS_PER_USER", 10, minimum=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

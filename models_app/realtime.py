@@ -97,6 +97,15 @@ class ChatDone(TypedDict):
     usage: dict[str, Any]
 
 
+class ChatQueued(TypedDict):
+    """From the web side (the chat consumer), while the request waits for the worker; sent when it changes."""
+
+    type: Literal["chat.queued"]
+    request_id: str
+    seq: int  # -1: not part of the worker's sequence
+    ahead: int  # requests the worker takes first, the answer it is writing included
+
+
 class ChatError(TypedDict):
     type: Literal["chat.error"]
     request_id: str

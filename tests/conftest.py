@@ -167,3 +167,24 @@ def _fresh_channel_layer() -> Iterator[None]:
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_requests_in_flight() -> None:
+    """Leases of requests in flight live in Redis for up to inflight.LEASE_SECONDS, and user and key ids repeat
+    between tests (each test's database starts empty): an earlier test's leases must not count here, nor its
+    requests still waiting in an inference queue's line (a place in line counts them)."""
+    import redis
+
+    from models_app.services import redis as app_redis
+
+    try:
+        client = app_redis.client()
+        stale = [
+            *client.scan_iter(app_redis.key("inflight", "*")),
+            *client.scan_iter(app_redis.key("inference", "queued", "*")),
+        ]
+        if stale:
+            client.delete(*stale)
+    except redis.RedisError:
+        pass  # a test that stopped Redis: nothing to clear

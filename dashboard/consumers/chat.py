@@ -4,7 +4,8 @@ Client → server: {"type": "chat.send", "conversation_id"?, "content", "snapsho
 "system_prompt"?}, {"type": "chat.stop", "request_id"}, {"type": "chat.regenerate", "conversation_id"}.
 Server → client: chat.accepted (ids of the saved messages), then the worker's chat.started / chat.progress /
 chat.delta / chat.done / chat.error, forwarded as they come; the worker sends them straight to this
-consumer's channel. Errors of the client's own making come back as chat.error without a seq.
+consumer's channel. Errors of the client's own making come back as chat.error without a seq. While an
+answer waits for the worker, chat.queued {ahead} (seq -1) tells its place in line when it changes.
 
 Thin: the work is in models_app.services.chat; this checks the user, forwards, and watches for a worker
 that never answers (chat.error no_worker / worker_died within INFERENCE_PICKUP_TIMEOUT).
@@ -22,12 +23,15 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from dashboard.consumers.session import UNAUTHENTICATED, SessionBoundMixin
-from models_app.services import chat, inference
+from models_app.services import chat, inference, inflight
 
 
 class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.watches: dict[str, inference.ReplyWatch] = {}
+        self.leases: dict[str, inflight.Lease] = {}  # the user's slots of this socket's answers in flight
+        self.queues: dict[str, str] = {}  # the queue each answer waits in, until the worker takes it
+        self.places: dict[str, int] = {}  # the place in line last told to the page
         self.watchdog: asyncio.Task | None = None
         user = self.scope.get("user")
         # Accept, then close with a code the page understands (a refused handshake carries no code).
@@ -46,6 +50,9 @@ class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
         for request_id in list(self.watches):
             await sync_to_async(chat.cancel_quietly, thread_sensitive=False)(request_id)
         self.watches.clear()
+        for lease in self.leases.values():
+            inflight.release_soon(lease)
+        self.leases.clear()
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
@@ -103,12 +110,19 @@ class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
     async def _stop(self, content: dict[str, Any]) -> None:
         if not await database_sync_to_async(chat.stop)(user=self.user, request_id=content.get("request_id")):
             raise chat.ChatError("not_found", "There is no answer being generated to stop.")
+        # Its cancel flag is set: running, it stops at the worker's next check; queued, the worker drops it
+        # unread. It is no longer a request the user is waiting for, so their slot is free now.
+        await self._release(str(content.get("request_id")))
 
     async def _accepted(self, started: chat.Started) -> None:
         # Replies queue on our channel until this handler returns, so the watch exists before they arrive.
         self.watches[started.request_id] = inference.ReplyWatch(
             started.request_id, pickup_timeout=settings.INFERENCE_PICKUP_TIMEOUT
         )
+        if started.lease is not None:
+            self.leases[started.request_id] = started.lease
+        if started.queue:
+            self.queues[started.request_id] = started.queue
         if self.watchdog is None or self.watchdog.done():
             self.watchdog = asyncio.create_task(self._watch())
         await self.send_json(started.payload())
@@ -137,13 +151,19 @@ class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
         watch.seen(event)
         if event.get("type") in ("chat.done", "chat.error"):
             del self.watches[event["request_id"]]
+            await self._release(event["request_id"])  # before the page hears of it and sends its next
         await self.send_json({k: v for k, v in event.items() if k != "worker"})
 
     async def _watch(self) -> None:
         """Give up on requests nobody picked up, or whose worker died, instead of leaving the page waiting."""
-        interval = max(0.1, settings.INFERENCE_PICKUP_TIMEOUT / 4)
+        # Often enough to renew the answers' leases in time, too.
+        interval = min(max(0.1, settings.INFERENCE_PICKUP_TIMEOUT / 4), inflight.RENEW_EVERY)
         while self.watches:
             await asyncio.sleep(interval)
+            due = [lease for lease in self.leases.values() if lease.renewal_due()]
+            for lease in due:
+                await sync_to_async(inflight.renew, thread_sensitive=False)(lease)
+            await self._tell_places()
             for request_id, watch in list(self.watches.items()):
                 if not watch.due():
                     continue
@@ -151,6 +171,7 @@ class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
                 if error is None or self.watches.get(request_id) is not watch:
                     continue
                 del self.watches[request_id]
+                await self._release(request_id)
                 await database_sync_to_async(chat.fail_answer)(
                     request_id=request_id, code=error["code"], message=error["message"]
                 )
@@ -158,6 +179,28 @@ class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
                 with contextlib.suppress(Exception):
                     await sync_to_async(inference.cancel_generation, thread_sensitive=False)(request_id)
                 await self.send_json(error)
+
+    async def _tell_places(self) -> None:
+        """chat.queued with each waiting answer's place in line, when it changes ("2 ahead")."""
+        for request_id, queue in list(self.queues.items()):
+            watch = self.watches.get(request_id)
+            if watch is None or watch.worker is not None:  # ended, or the worker took it
+                self.queues.pop(request_id, None)
+                self.places.pop(request_id, None)
+                continue
+            ahead = await sync_to_async(inference.places_ahead, thread_sensitive=False)(request_id, queue)
+            if ahead is None or watch.worker is not None or request_id not in self.watches:
+                continue  # taken meanwhile: a place now would come after chat.started
+            if ahead and ahead != self.places.get(request_id):  # "0 ahead" is about to start: no news
+                self.places[request_id] = ahead
+                await self.send_json(
+                    {"type": "chat.queued", "request_id": request_id, "seq": -1, "ahead": ahead}
+                )
+
+    async def _release(self, request_id: str) -> None:
+        lease = self.leases.pop(request_id, None)
+        if lease is not None:
+            await inflight.release_async(lease)
 
     async def _error(self, code: str, message: str, *, request_id: Any = None) -> None:
         await self.send_json(

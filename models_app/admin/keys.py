@@ -21,6 +21,14 @@ class ApiKeyCreationForm(forms.ModelForm):
         model = ApiKey
         fields = ["user", "name"]
 
+    def clean_user(self):  # type: ignore[no-untyped-def]
+        user = self.cleaned_data["user"]
+        try:
+            apikeys.check_key_cap(user)
+        except apikeys.ApiKeyError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return user
+
 
 _KEY_CREATED = """{% extends "admin/base_site.html" %}
 {% block content %}

@@ -40,6 +40,7 @@ CODE_STATUS: dict[str, int] = {
     "not_mlx": 422,
     "in_use": 409,
     "conflict": 409,
+    "too_many_keys": 409,  # a valid request the user's current keys rule out: revoke one, then it works
     "not_active": 409,
     "not_retryable": 409,
     "pull_in_progress": 409,

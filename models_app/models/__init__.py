@@ -1,6 +1,7 @@
 from models_app.models.chat import Conversation, Message, Usage
 from models_app.models.credentials import ApiKey, HubCredential
 from models_app.models.jobs import DownloadJob
+from models_app.models.limits import UserLimits
 from models_app.models.preferences import UserPreferences
 from models_app.models.repository import Repository, Snapshot
 
@@ -13,5 +14,6 @@ __all__ = [
     "Repository",
     "Snapshot",
     "Usage",
+    "UserLimits",
     "UserPreferences",
 ]

@@ -16,7 +16,6 @@ from typing import Any
 
 from models_app.services import inference
 
-MAX_MESSAGES = 10_000
 MAX_STOPS = inference.MAX_STOP_STRINGS
 MAX_STOP_LENGTH = inference.MAX_STOP_LENGTH
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -329,12 +328,18 @@ def _tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
     return out
 
 
+def _check_size(**request: Any) -> None:
+    try:
+        inference.check_request_size(**request)
+    except inference.RequestTooLarge as exc:
+        raise RequestError(str(exc), exc.param, code="request_too_large") from exc
+
+
 def _messages(body: dict[str, Any], model: str) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list.", "messages")
-    if len(messages) > MAX_MESSAGES:
-        raise RequestError(f"At most {MAX_MESSAGES} messages.", "messages")
+    _check_size(messages=messages)
     out = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -390,6 +395,7 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
         raise RequestError(
             "'prompt' must be a string (token arrays and batches are not supported).", "prompt"
         )
+    _check_size(prompt=prompt)
     if body.get("echo"):
         raise RequestError("'echo' is not supported.", "echo")
     if body.get("suffix"):

@@ -26,7 +26,7 @@ from models_app.models import ApiKey, Snapshot
 from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser, markers_for_path
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
-from models_app.services import cache, inference, ratelimit
+from models_app.services import cache, inference, inflight
 
 log = logging.getLogger(__name__)
 
@@ -228,35 +228,54 @@ async def _cancel(request_id: str) -> None:
         await sync_to_async(inference.cancel_generation, thread_sensitive=False)(request_id)
 
 
-async def _first_reply(replies: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
-    """The first real message (keep-alives before the response starts have nowhere to go)."""
+async def _first_reply(replies: AsyncIterator[dict[str, Any]], *, stream: bool) -> dict[str, Any] | None:
+    """The first real message; for a stream, a keep-alive too: a streamed request with no word from the worker
+    after KEEPALIVE_SECONDS (queued behind other answers, a model loading) starts its response then, so a
+    client with a read timeout gets its role chunk and keep-alives instead of waiting for the worker."""
     async for message in replies:
-        if message.get("type") != "chat.keepalive":
+        if stream or message.get("type") != "chat.keepalive":
             return message
     return None
 
 
 async def _stream(
-    translator: Translator, first: dict[str, Any], replies: AsyncIterator[dict[str, Any]], request_id: str
+    translator: Translator,
+    first: dict[str, Any],
+    replies: AsyncIterator[dict[str, Any]],
+    request_id: str,
+    lease: inflight.Lease,
+    queue: str,
 ) -> AsyncIterator[bytes]:
     finished = False
+    places_ahead = sync_to_async(inference.places_ahead, thread_sensitive=False)
     try:
         yield translator.completion.role_chunk() or KEEPALIVE
         last_write = time.monotonic()
+        waiting = first.get("type") == "chat.keepalive"  # no word from the worker yet
         message: dict[str, Any] | None = first
         while message is not None:
             kind = message.get("type")
-            if kind == "chat.delta":
+            if kind != "chat.keepalive":
+                waiting = False
+            if kind == "chat.keepalive" and waiting:
+                # Its place in line, as an SSE comment (clients ignore comments; people reading curl do not).
+                ahead = await places_ahead(request_id, queue)
+                yield KEEPALIVE if ahead is None else f": queued, {ahead} ahead\n\n".encode()
+                last_write = time.monotonic()
+            elif kind == "chat.delta":
                 for chunk in translator.feed(message):
                     yield chunk
                     last_write = time.monotonic()
-            elif kind in ("chat.keepalive", "chat.progress"):
+            elif kind == "chat.keepalive" or (
                 # Progress comes several times a second during a long prompt; a comment every few seconds is
-                # all a proxy needs to keep the connection.
-                if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
-                    yield KEEPALIVE
-                    last_write = time.monotonic()
+                # all a proxy needs to keep the connection. A keep-alive only comes after that much silence.
+                kind == "chat.progress" and time.monotonic() - last_write >= KEEPALIVE_SECONDS
+            ):
+                yield KEEPALIVE
+                last_write = time.monotonic()
             elif kind == "chat.done":
+                # The worker is done: the slot is free before the client reads [DONE] and sends its next.
+                await inflight.release_async(lease)
                 for chunk in translator.done(message):
                     yield chunk
                 for chunk in translator.completion.final_chunks(translator.finish_reason, translator.usage):
@@ -265,6 +284,7 @@ async def _stream(
                 return
             elif kind == "chat.error":
                 finished = True
+                await inflight.release_async(lease)
                 _, body = _worker_error(message)
                 yield data(body)
                 return
@@ -284,46 +304,69 @@ async def _stream(
 async def _complete(
     request: HttpRequest, key: ApiKey, parse: Callable[[dict[str, Any]], schemas.CompletionRequest]
 ) -> HttpResponse:
-    slot = str(uuid.uuid4())
-    if not await sync_to_async(ratelimit.acquire, thread_sensitive=False)(key.id, slot):
-        response = error_response(
-            429,
-            f"This API key already has {settings.API_MAX_IN_FLIGHT_PER_KEY} requests in flight; "
-            "wait for one to finish.",
-            type="rate_limit_error",
-            code="rate_limit_exceeded",
-        )
-        response["Retry-After"] = "1"
-        return response
-    release = sync_to_async(ratelimit.release, thread_sensitive=False)
-    try:
-        response = await _generate(request, key, parse)
-    except BaseException:
-        await release(key.id, slot)
-        raise
-    if isinstance(response, StreamingHttpResponse):
-        response.streaming_content = _released(response.streaming_content, release, key.id, slot)
-    else:
-        await release(key.id, slot)
-    return response
-
-
-async def _released(content: Any, release: Any, key_id: int, slot: str) -> AsyncIterator[bytes]:
-    """The stream, giving the key's slot back when it ends (finished, failed or the client went away)."""
-    try:
-        async for chunk in content:
-            yield chunk
-    finally:
-        await release(key_id, slot)
-
-
-async def _generate(
-    request: HttpRequest, key: ApiKey, parse: Callable[[dict[str, Any]], schemas.CompletionRequest]
-) -> HttpResponse:
     try:
         parsed = parse(schemas.parse_body(request.body))
     except schemas.RequestError as exc:
         return error_response(400, exc.message, code=exc.code, param=exc.param)
+    request_id = str(uuid.uuid4())
+    scopes = await sync_to_async(inflight.scopes_for)(key.user_id, key.id)
+    try:
+        lease = await sync_to_async(inflight.acquire, thread_sensitive=False)(request_id, scopes)
+    except inflight.LimitReached as exc:
+        return _too_many(exc.scope)
+    try:
+        response = await _generate(parsed, key, request_id, lease)
+    except BaseException:
+        inflight.release_soon(lease)
+        raise
+    if isinstance(response, StreamingHttpResponse):
+        response.streaming_content = _released(response.streaming_content, lease)
+    else:
+        await inflight.release_async(lease)
+    return response
+
+
+def _too_many(scope: inflight.Scope) -> JsonResponse:
+    whose = "This API key already has" if scope.kind == "apikey" else "You already have"
+    together = "" if scope.kind == "apikey" else " (chat page and API together)"
+    response = error_response(
+        429,
+        f"{whose} {scope.limit} requests in flight{together}; wait for one to finish.",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+    )
+    response["Retry-After"] = "1"
+    return response
+
+
+async def _released(content: Any, lease: inflight.Lease) -> AsyncIterator[bytes]:
+    """The stream, giving the slot back when it ends (finished, failed or the client went away). Should the
+    server abandon this generator without closing it, the lease expires unrenewed."""
+    try:
+        async for chunk in content:
+            yield chunk
+    finally:
+        inflight.release_soon(lease)
+
+
+async def _renewing(
+    replies: AsyncIterator[dict[str, Any]], lease: inflight.Lease
+) -> AsyncIterator[dict[str, Any]]:
+    """The worker's replies, renewing the request's lease as they come (keep-alives arrive every few seconds
+    while it is queued or the prompt is processed): a request that stopped reading them stops renewing."""
+    renew = sync_to_async(inflight.renew, thread_sensitive=False)
+    try:
+        async for message in replies:
+            if lease.renewal_due():
+                await renew(lease)
+            yield message
+    finally:
+        await replies.aclose()  # type: ignore[attr-defined]
+
+
+async def _generate(
+    parsed: schemas.CompletionRequest, key: ApiKey, request_id: str, lease: inflight.Lease
+) -> HttpResponse:
     resolved = await sync_to_async(_resolve)(parsed.model, key.user)
     if resolved is None:
         return _model_not_found(parsed.model)
@@ -331,7 +374,6 @@ async def _generate(
 
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    request_id = str(uuid.uuid4())
     generation: dict[str, Any] = {
         "request_id": request_id,
         "reply_channel": channel,
@@ -346,25 +388,30 @@ async def _generate(
     else:
         generation["prompt"] = parsed.prompt
     try:
-        await sync_to_async(inference.start_generation, thread_sensitive=False)(generation)
+        queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(generation)
     except inference.InferenceUnavailable as exc:
         return error_response(503, str(exc), type="server_error", code="no_worker")
 
-    replies = inference.stream_replies(
-        layer, channel, request_id, settings.INFERENCE_PICKUP_TIMEOUT, keepalive=KEEPALIVE_SECONDS
+    replies = _renewing(
+        inference.stream_replies(
+            layer, channel, request_id, settings.INFERENCE_PICKUP_TIMEOUT, keepalive=KEEPALIVE_SECONDS
+        ),
+        lease,
     )
     translator = Translator(parsed, markers)
     try:
         # The status line waits for the worker's first word, so a request that cannot start (context too
-        # long, model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside.
-        first = await _first_reply(replies)
+        # long, model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside;
+        # a stream waits KEEPALIVE_SECONDS at most, then reports such an error inside the stream.
+        first = await _first_reply(replies, stream=parsed.stream)
         if first is None or first.get("type") == "chat.error":
             await replies.aclose()  # type: ignore[attr-defined]
             status, body = _worker_error(first or {"code": "internal"})
             return JsonResponse(body, status=status)
         if parsed.stream:
             response = StreamingHttpResponse(
-                _stream(translator, first, replies, request_id), content_type="text/event-stream"
+                _stream(translator, first, replies, request_id, lease, queue),
+                content_type="text/event-stream",
             )
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"

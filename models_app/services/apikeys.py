@@ -3,16 +3,24 @@ the database keeps a sha256 of it (ApiKey.issue)."""
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.db.models import QuerySet
 
-from models_app.models import ApiKey
+from models_app.models import ApiKey, UserLimits
 
 NAME_MAX_LENGTH = ApiKey._meta.get_field("name").max_length
 
 
 class ApiKeyError(ValueError):
     """A request about keys that cannot be honoured (bad name, unknown prefix)."""
+
+    code = "invalid"
+
+
+class TooManyKeys(ApiKeyError):
+    code = "too_many_keys"
 
 
 def apikey_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
@@ -22,7 +30,22 @@ def apikey_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
         raise ApiKeyError("A key needs a name, e.g. the tool or machine that will use it.")
     if len(name) > NAME_MAX_LENGTH:
         raise ApiKeyError(f"A key name is at most {NAME_MAX_LENGTH} characters.")
-    return ApiKey.issue(user=user, name=name)
+    with transaction.atomic():
+        # The user's row, locked: two requests at once cannot both take the last key (PostgreSQL; SQLite
+        # serialises writers anyway).
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        check_key_cap(user)
+        return ApiKey.issue(user=user, name=name)
+
+
+def check_key_cap(user: AbstractBaseUser) -> None:
+    """Raise ApiKeyError when the user already holds their maximum of active keys (API_MAX_KEYS_PER_USER or
+    their limit in the admin's "User limits"): every key is one more allowance of requests in flight."""
+    _, cap = UserLimits.for_user(user.pk)
+    if cap and ApiKey.objects.active().filter(user=user).count() >= cap:
+        raise TooManyKeys(
+            f"This account already has {cap} active API keys, the most allowed; revoke one it no longer uses."
+        )
 
 
 def apikey_list(*, user: AbstractBaseUser | None = None, include_revoked: bool = True) -> QuerySet[ApiKey]:

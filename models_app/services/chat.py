@@ -9,11 +9,13 @@ that reconnects re-reads it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -23,7 +25,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from models_app.models import Conversation, Message, Snapshot, Usage
-from models_app.services import inference, workers
+from models_app.services import inference, inflight, workers
 from models_app.services import redis as app_redis
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class Started:
     assistant_message_id: int
     snapshot_id: int
     title: str
+    # The request's slot among the user's requests in flight: whoever relays the answer renews it and gives
+    # it back when the answer ends (the chat consumer); unrenewed, it expires on its own.
+    lease: inflight.Lease | None = field(default=None, compare=False)
+    queue: str | None = None  # the inference queue it waits in (for its place in line)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -160,7 +166,7 @@ def post_message(
     conversation = get_conversation(user, conversation_id) if conversation_id not in (None, "") else None
     snapshot = _pick_snapshot(user, snapshot_id, conversation)
     _ensure_worker(snapshot)
-    with transaction.atomic():
+    with _leased(user) as lease, transaction.atomic():
         if conversation is None:
             conversation = Conversation(user=user, title=DEFAULT_TITLE)
         conversation.snapshot = snapshot
@@ -176,10 +182,19 @@ def post_message(
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=content
         )
-        answer = _new_answer(conversation, snapshot)
+        answer = _new_answer(conversation, snapshot, lease)
+        messages = _checked_messages(conversation, before=answer.id)  # too large: all this is rolled back
     request_options = clean_options if options is not None else _stored_options(conversation)
     return _start(
-        user, conversation, answer, snapshot, request_options, reply_channel, user_message_id=user_message.id
+        user,
+        conversation,
+        answer,
+        snapshot,
+        request_options,
+        reply_channel,
+        messages=messages,
+        lease=lease,
+        user_message_id=user_message.id,
     )
 
 
@@ -189,17 +204,56 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
     clean_options = _options(options) if options is not None else _stored_options(conversation)
     snapshot = _pick_snapshot(user, None, conversation)
     _ensure_worker(snapshot)
-    with transaction.atomic():
-        messages = list(conversation.messages.order_by("id"))
-        if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in messages):
+    with _leased(user) as lease, transaction.atomic():
+        rows = list(conversation.messages.order_by("id"))
+        if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in rows):
             raise ChatError("busy", "Wait for the current answer to finish, or stop it.")
-        while messages and messages[-1].role == Message.Role.ASSISTANT:
-            messages.pop().delete()
-        if not messages:
+        while rows and rows[-1].role == Message.Role.ASSISTANT:
+            rows.pop().delete()
+        if not rows:
             raise ChatError("invalid_request", "There is no message to answer yet.")
-        answer = _new_answer(conversation, snapshot)
+        answer = _new_answer(conversation, snapshot, lease)
+        messages = _checked_messages(conversation, before=answer.id)
         conversation.save(update_fields=["updated_at"])
-    return _start(user, conversation, answer, snapshot, clean_options, reply_channel, user_message_id=None)
+    return _start(
+        user,
+        conversation,
+        answer,
+        snapshot,
+        clean_options,
+        reply_channel,
+        messages=messages,
+        lease=lease,
+        user_message_id=None,
+    )
+
+
+@contextlib.contextmanager
+def _leased(user) -> Iterator[inflight.Lease]:  # type: ignore[no-untyped-def]
+    """A slot among the user's requests in flight (chat and API together) for a new answer, given back if
+    the answer is not started after all. Taken before anything is saved: a refused message loses nothing."""
+    try:
+        lease = inflight.acquire(str(uuid.uuid4()), inflight.scopes_for(user.id))
+    except inflight.LimitReached as exc:
+        raise ChatError(
+            "too_many_requests",
+            f"You already have {exc.scope.limit} answers being written (chat and API together); wait for one "
+            "to finish, or stop one.",
+        ) from None
+    try:
+        yield lease
+    except BaseException:
+        inflight.release(lease)
+        raise
+
+
+def _checked_messages(conversation: Conversation, *, before: int) -> list[dict[str, str]]:
+    messages = _request_messages(conversation, before=before)
+    try:
+        inference.check_request_size(messages=messages)
+    except inference.RequestTooLarge as exc:
+        raise ChatError("invalid_request", f"{exc}") from exc
+    return messages
 
 
 def stop(*, user, request_id: Any) -> bool:  # type: ignore[no-untyped-def]
@@ -277,13 +331,15 @@ def _start(
     options: dict[str, Any],
     reply_channel: str,
     *,
+    messages: list[dict[str, str]],
+    lease: inflight.Lease,
     user_message_id: int | None,
 ) -> Started:
     request = {
         "request_id": str(answer.request_id),
         "reply_channel": reply_channel,
         "snapshot_id": snapshot.id,
-        "messages": _request_messages(conversation, before=answer.id),
+        "messages": messages,
         "options": options,
         "user_id": user.id,
         "api_key_id": None,
@@ -291,8 +347,9 @@ def _start(
         "assistant_message_id": answer.id,
     }
     try:
-        inference.start_generation(request)
+        queue = inference.start_generation(request)
     except inference.InferenceUnavailable as exc:
+        inflight.release(lease)
         fail_answer(request_id=str(answer.request_id), code=exc.code, message=str(exc))
         raise ChatError(exc.code, str(exc)) from exc
     return Started(
@@ -302,15 +359,17 @@ def _start(
         assistant_message_id=answer.id,
         snapshot_id=snapshot.id,
         title=conversation.title,
+        lease=lease,
+        queue=queue,
     )
 
 
-def _new_answer(conversation: Conversation, snapshot: Snapshot) -> Message:
+def _new_answer(conversation: Conversation, snapshot: Snapshot, lease: inflight.Lease) -> Message:
     return Message.objects.create(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
         status=Message.Status.PENDING,
-        request_id=uuid.uuid4(),
+        request_id=uuid.UUID(lease.request_id),
         snapshot=snapshot,
     )
 

@@ -25,6 +25,8 @@ The generation request (a JSON-able dict, the Celery task's only argument; it ne
     assistant_message_id  int | None. Chat page only: the worker saves the final text, status and figures
                           into this Message.
     enqueued_at           float, set by start_generation (epoch seconds), for the queue time in usage.
+    queue                 str, set by start_generation: the queue it went to; the worker takes the request
+                          out of that queue's waiting line (`places_ahead`) when it picks it up.
 
 Replies (models_app.realtime), sent with `channel_layer.send(reply_channel, ...)`, `seq` from 0, no gaps:
     chat.started  {notice?, prompt_tokens, cached_tokens, max_tokens, model, worker}  once, first
@@ -45,6 +47,7 @@ The web side never waits forever: `stream_replies` (and the chat consumer, with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -146,6 +149,44 @@ _LABELS = {
 
 def _figure(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+class RequestTooLarge(InvalidOptions):
+    """More messages or characters than one request may hold; `param` names the field for the API's 400."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _text_size(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):  # content parts
+        return sum(_text_size(part.get("text") if isinstance(part, dict) else part) for part in content)
+    return 0
+
+
+def check_request_size(*, messages: list[dict[str, Any]] | None = None, prompt: str | None = None) -> None:
+    """Bound one request's size (INFERENCE_MAX_MESSAGES, INFERENCE_MAX_PROMPT_CHARS) before it takes the
+    single inference worker: 10,000 tiny messages held it for 11 minutes while the prompt was fitted to the
+    window. Raises RequestTooLarge."""
+    if messages is not None and len(messages) > settings.INFERENCE_MAX_MESSAGES:
+        raise RequestTooLarge(
+            f"A request may hold at most {settings.INFERENCE_MAX_MESSAGES:,} messages; this one has "
+            f"{len(messages):,}. Drop older messages (or start a new chat).",
+            "messages",
+        )
+    if messages is not None:
+        chars = sum(_text_size(m.get("content")) for m in messages if isinstance(m, dict))
+    else:
+        chars = len(prompt or "")
+    if chars > settings.INFERENCE_MAX_PROMPT_CHARS:
+        raise RequestTooLarge(
+            f"A request may hold at most {settings.INFERENCE_MAX_PROMPT_CHARS:,} characters of text; this one "
+            f"has {chars:,}. Send less (or start a new chat).",
+            "messages" if messages is not None else "prompt",
+        )
 
 
 # --- Options ---------------------------------------------------------------------------------------------------
@@ -265,12 +306,52 @@ def queue_for_snapshot(snapshot_id: int) -> str:
     return workers.queue_for(workers.node_queue("inference", node or settings.NODE_NAME), QUEUE)
 
 
-def start_generation(request: dict[str, Any], *, queue: str | None = None) -> None:
-    """Enqueue a generation on the inference queue of the snapshot's machine. Raises InferenceUnavailable
-    when no live worker consumes the queue (checked in Redis in about a millisecond) or when the broker is
-    down."""
+def start_generation(request: dict[str, Any], *, queue: str | None = None) -> str:
+    """Enqueue a generation on the inference queue of the snapshot's machine; returns that queue. Raises
+    InferenceUnavailable when no live worker consumes the queue (checked in Redis in about a millisecond) or
+    when the broker is down."""
     queue = queue or queue_for_snapshot(request["snapshot_id"])
-    _send("inference.generate", [{**request, "enqueued_at": time.time()}], queue=queue)
+    enqueued_at = time.time()
+    request_id = str(request["request_id"])
+    # Its place in the queue, for "N ahead" while it waits: the worker takes it out when it picks it up.
+    with contextlib.suppress(redis.RedisError):
+        app_redis.client().zadd(queued_key(queue), {request_id: enqueued_at})
+    try:
+        _send("inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue)
+    except InferenceUnavailable:
+        leave_queue({"request_id": request_id, "queue": queue})
+        raise
+    return queue
+
+
+def queued_key(queue: str) -> str:
+    return app_redis.key("inference", "queued", queue)
+
+
+def leave_queue(request: dict[str, Any]) -> None:
+    """The request no longer waits in its queue (the worker picked it up, or it was never sent)."""
+    if request.get("queue") and request.get("request_id"):
+        with contextlib.suppress(redis.RedisError):
+            app_redis.client().zrem(queued_key(str(request["queue"])), str(request["request_id"]))
+
+
+def places_ahead(request_id: str, queue: str) -> int | None:
+    """How many requests the worker will take before this one (the answer it is writing included), or None
+    once it was picked up. The worker takes a queue's requests in arrival order. Blocking (Redis)."""
+    key, now = queued_key(queue), time.time()
+    try:
+        with app_redis.client().pipeline() as pipe:
+            # Requests whose worker died before picking them up: Celery drops them after QUEUE_EXPIRY.
+            pipe.zremrangebyscore(key, "-inf", now - QUEUE_EXPIRY)
+            pipe.zscore(key, request_id)
+            _, score = pipe.execute()
+        if score is None:
+            return None
+        ahead = app_redis.client().zcount(key, "-inf", f"({score}")
+        busy = any(w.extra.get("busy_since") for w in workers.workers_for_queue(queue))
+    except redis.RedisError:
+        return None
+    return int(ahead) + (1 if busy else 0)
 
 
 def request_load(snapshot_id: int, *, keep_alive: Any = None, user: Any = None) -> None:

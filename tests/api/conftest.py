@@ -12,6 +12,7 @@ from django.conf import settings
 from django.test import Client
 
 from models_app.models import ApiKey, Repository, Snapshot
+from tests.chat.conftest import slow_model_path  # noqa: F401  (a fixture, re-exported for the API tests)
 
 
 class KeyClient(Client):
@@ -94,6 +95,16 @@ def tiny_snapshot(tiny_model_path: Path, make_snapshot: Callable[..., Snapshot])
         model_type="llama",
         context_length=512,
     )
+
+
+@pytest.fixture
+def long_snapshot(make_snapshot):  # type: ignore[no-untyped-def]
+    """The tiny model with an 8k window: without max_tokens it would generate for several seconds."""
+    from tests.conftest import ROOT
+    from tests.support.tinymodel import tiny_model_dir
+
+    path = tiny_model_dir(ROOT / "var" / "test" / "models", max_position_embeddings=8192)
+    return make_snapshot("test/tiny-long", path=str(path), commit_sha="b" * 40)
 
 
 def error_of(response: Any) -> dict[str, Any]:

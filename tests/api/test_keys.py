@@ -151,3 +151,42 @@ def test_the_admin_shows_a_new_key_once_and_never_its_hash(client: Client, staff
     )
     key.refresh_from_db()
     assert not key.is_active
+
+
+def test_a_user_holds_at_most_the_cap_of_active_keys(client: Client, alice, staff, settings) -> None:  # type: ignore[no-untyped-def]
+    """Keys were unlimited, and each had its own allowance of requests in flight. Now: API_MAX_KEYS_PER_USER
+    active keys (revoked ones do not count), by every way of creating one; staff may set one user's cap."""
+    settings.API_MAX_KEYS_PER_USER = 3
+    client.force_login(alice)
+    for i in range(3):
+        assert (
+            client.post("/api/v1/keys", {"name": f"k{i}"}, content_type="application/json").status_code == 201
+        )
+    refused = client.post("/api/v1/keys", {"name": "one too many"}, content_type="application/json")
+    assert refused.status_code == 409  # valid, but the current keys rule it out
+    assert (
+        error_of(refused)["code"] == "too_many_keys" and "3 active API keys" in error_of(refused)["message"]
+    )
+    page = client.post("/settings/keys/", {"name": "from the page"})
+    assert page.status_code == 400 and "3 active API keys" in page.content.decode()
+    with pytest.raises(Exception, match="3 active API keys"):
+        call_command("apikey", "create", "--user", "alice", "--name", "from the shell", stdout=io.StringIO())
+    assert ApiKey.objects.filter(user=alice).count() == 3
+
+    # A revoked key frees its place.
+    ApiKey.objects.filter(user=alice, name="k0").get().revoke()
+    assert client.post("/api/v1/keys", {"name": "k3"}, content_type="application/json").status_code == 201
+
+    from models_app.models import UserLimits
+
+    # Staff sees the cap in the admin's add form, and may lift it for one user.
+    client.force_login(staff)
+    form = client.post("/admin/models_app/apikey/add/", {"user": alice.pk, "name": "from-admin"})
+    assert form.status_code == 200 and "3 active API keys" in form.content.decode()
+    added = client.post(
+        "/admin/models_app/userlimits/add/", {"user": alice.pk, "max_in_flight": "", "max_api_keys": "5"}
+    )
+    assert added.status_code == 302, added.content.decode()[:2000]
+    assert UserLimits.objects.get(user=alice).max_api_keys == 5
+    client.post("/admin/models_app/apikey/add/", {"user": alice.pk, "name": "from-admin"})
+    assert ApiKey.objects.filter(user=alice, revoked_at__isnull=True).count() == 4

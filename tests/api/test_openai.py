@@ -241,16 +241,6 @@ def test_no_inference_worker_is_a_503(alice_key: str, tiny_snapshot, monkeypatch
     assert response.json()["error"]["code"] == "no_worker"
 
 
-@pytest.fixture
-def long_snapshot(make_snapshot):  # type: ignore[no-untyped-def]
-    """The tiny model with an 8k window: without max_tokens it would generate for several seconds."""
-    from tests.conftest import ROOT
-    from tests.support.tinymodel import tiny_model_dir
-
-    path = tiny_model_dir(ROOT / "var" / "test" / "models", max_position_embeddings=8192)
-    return make_snapshot("test/tiny-long", path=str(path), commit_sha="b" * 40)
-
-
 def test_closing_the_stream_stops_the_generation(asgi_server, alice_key: str, long_snapshot) -> None:  # type: ignore[no-untyped-def]
     body = {"model": "test/tiny-long", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with (
@@ -290,7 +280,7 @@ def test_a_key_over_its_in_flight_limit_gets_a_429_and_its_slot_back_after(  # t
 
     from django.test import AsyncClient
 
-    from models_app.services import ratelimit
+    from models_app.services import inflight
     from models_app.services import redis as app_redis
 
     settings.API_MAX_IN_FLIGHT_PER_KEY = 1
@@ -307,14 +297,14 @@ def test_a_key_over_its_in_flight_limit_gets_a_429_and_its_slot_back_after(  # t
             )
         )
 
-    assert ratelimit.acquire(key.id, "a-request-in-flight")
+    held = inflight.acquire("a-request-in-flight", [inflight.Scope("apikey", key.id, 1)])
     refused = post()
     assert refused.status_code == 429
     assert refused["Retry-After"] == "1"
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert refused.json()["error"]["type"] == "rate_limit_error"
 
-    ratelimit.release(key.id, "a-request-in-flight")
+    inflight.release(held)
     answered = post()
     assert answered.status_code == 200, answered.content
     assert answered.json()["usage"]["completion_tokens"] == 4

@@ -158,13 +158,15 @@ def communicator(cookie: bytes | None):  # type: ignore[no-untyped-def]
 
 
 async def receive_until_end(comm, request_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """Frames of one request, up to and including chat.done or chat.error."""
+    """Frames of one request, up to and including chat.done or chat.error; without chat.queued (the web
+    side's place-in-line notes while it waits, tests/chat/test_fair_use.py), which come only when the worker
+    is busy long enough."""
     frames: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         frame = await comm.receive_json_from(timeout=max(0.1, deadline - loop.time()))
-        if frame.get("request_id") != request_id:
+        if frame.get("request_id") != request_id or frame["type"] == "chat.queued":
             continue
         frames.append(frame)
         if frame["type"] in ("chat.done", "chat.error"):

@@ -32,7 +32,7 @@ async def first_delta(comm, request_id: str) -> tuple[list[dict], dict]:  # type
     frames = []
     while True:
         frame = await comm.receive_json_from(timeout=60)
-        if frame.get("request_id") != request_id:
+        if frame.get("request_id") != request_id or frame["type"] == "chat.queued":  # waiting behind another
             continue
         frames.append(frame)
         if frame["type"] == "chat.delta":

@@ -192,6 +192,11 @@
           }
         }
         break;
+      case "chat.queued":
+        if (current && msg.request_id === current.requestId) {
+          setStatus(current.el, "pending", "waiting for the model, " + msg.ahead + " ahead");
+        }
+        break;
       case "chat.progress":
         if (current && msg.request_id === current.requestId) {
           const pct = msg.total ? Math.floor((100 * msg.processed) / msg.total) : 0;

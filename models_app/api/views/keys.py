@@ -32,7 +32,7 @@ class KeyListView(ApiView):
         operation_id="keys_create",
         summary="Create a key; the raw key is returned once",
         request=ApiKeySerializer,
-        responses={201: ApiKeyCreatedSerializer, **errors(400)},
+        responses={201: ApiKeyCreatedSerializer, **errors(400, 409)},
     )
     def post(self, request: Request) -> Response:
         serializer = ApiKeySerializer(data=request.data)

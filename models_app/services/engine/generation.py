@@ -89,6 +89,7 @@ class Request:
         if prompt is not None and not isinstance(prompt, str):
             raise GenerationError("invalid_request", "prompt must be a string.")
         try:
+            inference.check_request_size(messages=messages, prompt=prompt)  # also checked by every sender
             options = inference.normalize_options(raw.get("options"))
         except inference.InvalidOptions as exc:
             raise GenerationError("invalid_request", str(exc)) from exc
@@ -143,6 +144,7 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
     """Run one request (see models_app.services.inference). Returns the usage dict, or None on error.
     Never raises: every failure becomes a chat.error to the requester and an error on the message."""
     engine = state()
+    inference.leave_queue(raw)  # whatever happens next, it no longer waits behind anything
     try:
         request = Request.parse(raw)
     except (GenerationError, KeyError, TypeError, ValueError) as exc:

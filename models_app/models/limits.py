@@ -1,0 +1,39 @@
+"""Per-user limits staff may adjust (the admin's "User limits"): empty fields fall back to the settings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class UserLimits(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits")
+    max_in_flight = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Generations this user may have queued or running at once, chat page and API together "
+        "(0: no limit). Empty: INFERENCE_MAX_IN_FLIGHT_PER_USER.",
+    )
+    max_api_keys = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Active API keys this user may hold (0: no limit). Empty: API_MAX_KEYS_PER_USER.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "user limits"
+        verbose_name_plural = "user limits"
+
+    def __str__(self) -> str:
+        return f"limits of {self.user}"
+
+    @classmethod
+    def for_user(cls, user_id: int) -> tuple[int, int]:
+        """(max_in_flight, max_api_keys) for a user: the override, else the setting; 0 means no limit."""
+        row = cls.objects.filter(user_id=user_id).values_list("max_in_flight", "max_api_keys").first()
+        in_flight, keys = row or (None, None)
+        return (
+            settings.INFERENCE_MAX_IN_FLIGHT_PER_USER if in_flight is None else in_flight,
+            settings.API_MAX_KEYS_PER_USER if keys is None else keys,
+        )
