@@ -163,7 +163,13 @@ def classify(
             return err(GATED, f"{repo_id} is gated: its licence must be accepted on the Hub before download.")
         if isinstance(e, hf.RepositoryNotFoundError):
             if _status(e) == 401 and not has_token:
-                return err(AUTH_REQUIRED, f"{repo_id} was not found or is private: a Hub token is needed.")
+                # The Hub (and mirrors such as olah) answer an anonymous caller 401 for a private repo and for
+                # one that does not exist alike: say both, and what to do for each.
+                return err(
+                    AUTH_REQUIRED,
+                    f"{repo_id} was not found on {endpoint}, or it is private (without a token the Hub answers "
+                    "both alike): check the id; a private repo needs a token that can read it.",
+                )
             if has_token:
                 return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}, or the token cannot read it.")
             return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}.")

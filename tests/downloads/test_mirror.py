@@ -102,6 +102,8 @@ def test_a_pull_through_olah_succeeds_and_errors_say_what_the_mirror_allows(
     # A name olah does not know answers 401 there: "not found or private", and nothing is left behind.
     unknown = new_repo_id("not-mirrored")
     failed = wait_job(hub_service.download_model(unknown, user=alice), timeout=60)
-    assert failed.state == "failed" and "not found or is private" in failed.error_message
+    assert failed.state == "failed" and failed.error_code == "auth_required"
+    assert "was not found on" in failed.error_message and "or it is private" in failed.error_message
+    assert "check the id" in failed.error_message
     assert not repo_dir(unknown).exists()
     assert not [d for d in repo_dir(repo_id).rglob("*") if d.is_dir() and not any(d.iterdir())]
