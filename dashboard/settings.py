@@ -273,6 +273,9 @@ DOWNLOAD_TIME_LIMIT = env_duration("DOWNLOAD_TIME_LIMIT", 6 * 3600)
 HUB_METADATA_MAX_BYTES = env_size("HUB_METADATA_MAX_BYTES", 16 * 2**20)
 # Hosts the Hub may redirect downloads to (https, port 443), besides HF_ENDPOINT's own origin; "*" stands for
 # part of one DNS label. The defaults are where huggingface.co sends LFS and Xet files.
+# hf_xet can also read a CAS from a local directory (`local:///path`): an offline mirror or a test double may
+# use one, but a Hub that is not trusted must not point the worker at this machine's files, so it is off.
+HUB_XET_LOCAL_CAS = env_bool("HUB_XET_LOCAL_CAS", False)
 HUB_REDIRECT_HOSTS = env_list(
     "HUB_REDIRECT_HOSTS",
     [

@@ -19,6 +19,8 @@ _PER_WORKER = {
     "REDIS_PREFIX": f"mlxcr-test-{_WORKER}",
     "HF_HUB_CACHE": str(_TEST_VAR / _WORKER / "hf-cache"),
     "DOWNLOAD_DISK_RESERVE": "1MB",
+    # The local Hub's Xet mode serves a local CAS directory (off in the product: see dashboard/settings.py).
+    "HUB_XET_LOCAL_CAS": "1",
 }
 if os.environ.get("MLXCR_TEST_WORKER") == _WORKER:
     # A subprocess a test started (worker, server): keep what the test chose for it.

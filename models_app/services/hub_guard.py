@@ -100,7 +100,7 @@ def check_response_headers(
     if xet_hash is not None and not XET_HASH_RE.fullmatch(xet_hash):
         raise invalid_answer("Xet hash", xet_hash)
     cas_url = headers.get("x-xet-cas-url")
-    if cas_url is not None and not redirect_allowed(cas_url):
+    if cas_url is not None and not cas_allowed(cas_url):
         raise refused_host(cas_url, what="Xet storage URL")
 
 
@@ -155,6 +155,14 @@ def redirect_allowed(url: str) -> bool:
     if scheme != "https" or port != 443 or not host:
         return False
     return any(_host_pattern(p.lower()).fullmatch(host) for p in settings.HUB_REDIRECT_HOSTS)
+
+
+def cas_allowed(url: str) -> bool:
+    """Where hf_xet may fetch Xet files: as redirects, or a local CAS directory when HUB_XET_LOCAL_CAS allows
+    one (an offline mirror, the tests' local Hub)."""
+    if url.startswith("local://"):
+        return bool(settings.HUB_XET_LOCAL_CAS)
+    return redirect_allowed(url)
 
 
 def refused_host(url: str, *, what: str = "redirect") -> DownloadError:

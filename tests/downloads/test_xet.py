@@ -210,7 +210,7 @@ def test_a_worker_killed_during_a_xet_transfer_is_reaped_and_a_fresh_worker_comp
     kill_hard(worker)
     later = timezone.now() + timedelta(seconds=settings.DOWNLOAD_HEARTBEAT_TIMEOUT + 5)
     assert jobs.reap_stalled_jobs(now=later) == [job.id]
-    assert incomplete_files(repo_id) == []  # hf_xet's partial file, removed by the reaper
+    # The requeued job's partial files stay until it ends (an HTTP transfer resumes them, hub_resume).
 
     xet_worker(dedicated_worker, xet_hub)  # the dead process held nothing of the CAS
     job = wait_job(job, timeout=180)
@@ -219,6 +219,7 @@ def test_a_worker_killed_during_a_xet_transfer_is_reaped_and_a_fresh_worker_comp
     assert entry.stat().st_size == big_file.stat().st_size
     assert (repo_dir(repo_id) / "snapshots" / sha / "big.safetensors").resolve() == entry.resolve()
     assert job.snapshot.status == Snapshot.Status.READY  # verified: sha256 of the whole GB
+    assert incomplete_files(repo_id) == []  # hf_xet's partial file of the killed attempt is gone with the job
 
 
 def test_a_cleanup_during_a_xet_transfer_leaves_its_files_alone(
@@ -251,3 +252,16 @@ def test_a_cleanup_during_a_xet_transfer_leaves_its_files_alone(
     entry = shared_entry(xet_hub.xet_hash(busy_id, "big.safetensors"))
     assert (repo_dir(busy_id) / "snapshots" / busy_sha / "big.safetensors").resolve() == entry.resolve()
     assert entry.stat().st_size == big_file.stat().st_size
+
+
+def test_a_local_cas_is_followed_only_when_the_settings_allow_it(settings) -> None:  # type: ignore[no-untyped-def]
+    """A Hub that is not trusted must not point hf_xet at this machine's files (`local:///...`); an offline
+    mirror or the tests' local Hub is allowed one by HUB_XET_LOCAL_CAS."""
+    from models_app.services import hub_guard
+
+    settings.HUB_XET_LOCAL_CAS = False
+    assert not hub_guard.cas_allowed("local:///var/lib/anything")
+    assert not hub_guard.cas_allowed("http://127.0.0.1:9/")
+    assert hub_guard.cas_allowed("https://cas-server.xethub.hf.co/")
+    settings.HUB_XET_LOCAL_CAS = True
+    assert hub_guard.cas_allowed("local:///var/lib/anything")

@@ -103,6 +103,7 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)
     granted: set[str] = field(default_factory=set)
     extra_info: dict[str, Any] = field(default_factory=dict)
+    xet: bool = False  # its LFS files are served through the local CAS
 
     def resolve(self, rev: str) -> Commit | None:
         """Branch, tag (also as refs/heads/x, refs/tags/x) or full commit sha -> commit."""
@@ -399,19 +400,24 @@ class LocalHub:
         lfs_threshold: int = 1024,
         info: Mapping[str, Any] | None = None,
         raw_paths: bool = False,
+        xet: bool | None = None,
     ) -> str:
         """Create a repo whose `branch` holds `files`; returns that commit's sha.
 
         A branch other than main forks from an empty initial commit on main, as on the Hub.
         `info` adds or overrides fields of the model info JSON (e.g. pipeline_tag, downloads).
         `raw_paths` keeps file names exactly as given ("/etc/x", "../x", "C:\\x"): a hostile listing.
+        `xet` serves this repo's LFS files through the local CAS (default: the hub's own mode), so one hub can
+        serve a repo over plain HTTP and another through Xet.
         """
+        xet = self.xet if xet is None else xet
         blobs = self._store_all(files, strip=not raw_paths)
-        self._upload_xet(blobs.values(), lfs_threshold)
+        if xet:
+            self._upload_xet(blobs.values(), lfs_threshold)
         with self._lock:
             if repo_id in self._repos:
                 raise ValueError(f"repo {repo_id} already exists")
-            repo = Repo(repo_id, private, gated, lfs_threshold, datetime.now(UTC))
+            repo = Repo(repo_id, private, gated, lfs_threshold, datetime.now(UTC), xet=xet)
             repo.extra_info.update(info or {})
             if branch != "main":
                 self._add_commit(repo, "main", {}, (), "Initial commit")
@@ -432,8 +438,9 @@ class LocalHub:
         if missing); returns the new commit sha, which always differs from the parent's."""
         blobs = self._store_all(files)
         with self._lock:
-            threshold = self._repo(repo_id).lfs_threshold
-        self._upload_xet(blobs.values(), threshold)
+            threshold, xet = self._repo(repo_id).lfs_threshold, self._repo(repo_id).xet
+        if xet:
+            self._upload_xet(blobs.values(), threshold)
         with self._lock:
             return self._add_commit(self._repo(repo_id), branch, blobs, delete, f"Update {len(blobs)} files")
 
@@ -517,7 +524,7 @@ class LocalHub:
             pointer = (
                 f"version https://git-lfs.github.com/spec/v1\noid sha256:{blob.sha256}\nsize {blob.size}\n"
             ).encode()
-            xet_hash = self._xet_hashes.get(blob.sha256, "")
+            xet_hash = self._xet_hashes.get(blob.sha256, "") if repo.xet else ""
             return FileEntry(path, blob, True, git_blob_sha1(pointer), len(pointer), "", xet_hash)
         return FileEntry(path, blob, False, blob.git_sha1, 0, "")
 
@@ -556,9 +563,7 @@ class LocalHub:
         return f"local://{self.cas_dir.resolve()}"
 
     def _upload_xet(self, blobs: Iterable[Blob], lfs_threshold: int) -> None:
-        """In Xet mode, put the blobs the Hub would store in LFS into the local CAS (one hf_xet call)."""
-        if not self.xet:
-            return
+        """Put the blobs the Hub would store in LFS into the local CAS (one hf_xet call)."""
         # Which blobs become LFS also depends on the file name; uploading a small one too costs nothing.
         todo = sorted(
             {b.path: b for b in blobs if b.sha256 not in self._xet_hashes}.values(), key=lambda b: b.path
@@ -829,7 +834,7 @@ class _Handler(BaseHTTPRequestHandler):
                 data = self._info(repo, self._commit(repo, unquote("/".join(rest[1:]))))
             elif rest == ["refs"]:
                 data = self._refs(repo)
-            elif rest[0] == "xet-read-token" and len(rest) == 2 and self.hub.xet:
+            elif rest[0] == "xet-read-token" and len(rest) == 2 and repo.xet:
                 self._commit(repo, unquote(rest[1]))
                 self._check_gate(repo)
                 data = None
@@ -1067,7 +1072,7 @@ class _Handler(BaseHTTPRequestHandler):
         if entry.lfs:
             # The Hub names LFS blobs by sha256 and advertises them with X-Linked-* headers.
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(size)})
-        if entry.xet_hash and self.hub.xet:
+        if entry.xet_hash:
             headers["X-Xet-Hash"] = entry.xet_hash
             headers["X-Xet-Refresh-Route"] = (
                 f"{self.hub.url}/api/models/{repo.repo_id}/xet-read-token/{commit.sha}"
