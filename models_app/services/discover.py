@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core.cache import cache
@@ -49,7 +50,9 @@ EXPAND = [
     "trendingScore",
     "usedStorage",
 ]
-LEVEL_ORDER = {"green": 0, "amber": 1, "red": 2}
+# After the Hub failed a search, searches answer "unavailable" at once for this long instead of each waiting
+# out DISCOVER_TIMEOUT (huggingface_hub retries 5xx and refused connections with backoff).
+OUTAGE_BACKOFF_SECONDS = 30
 
 
 class DiscoverError(Exception):
@@ -120,8 +123,10 @@ class DiscoverPage:
         first, so 4/6/8-bit and bf16 conversions sit side by side."""
         groups: dict[str, VariantGroup] = {}
         for r in self.results:
-            key = meta.base_key(r.hub.base_model)
-            groups.setdefault(key, VariantGroup(r.hub.base_model, [])).results.append(r)
+            group = groups.setdefault(meta.base_key(r.hub.base_model), VariantGroup(r.hub.base_model, []))
+            group.results.append(r)
+            if "/" in r.hub.base_model:  # a declared base ("org/name") names the group better than a guess
+                group.base_model = r.hub.base_model
         for g in groups.values():
             g.results.sort(key=lambda r: (r.hub.weights_bytes is None, r.hub.weights_bytes or 0))
         return list(groups.values())
@@ -150,6 +155,11 @@ def search(
         cache.set(key, [asdict(m) for m in models], settings.DISCOVER_CACHE_TTL)
     page.results = _local_view(models, user)
     return page
+
+
+def pull_url(repo_id: str) -> str:
+    """The Pull page prefilled with this repo, its plan shown at once (?repo=&preview=1)."""
+    return f"/pull/?{urlencode({'repo': repo_id, 'preview': '1'})}"
 
 
 def _check(query: str, sort: str, author: str) -> tuple[str, str]:
@@ -185,9 +195,23 @@ def _token(credential: HubCredential | None) -> str | None:
     return credentials.credential_token(credential)
 
 
+def _unavailable() -> DiscoverError:
+    return DiscoverError(
+        "unavailable",
+        f"Search is unavailable: the Hub ({settings.HF_ENDPOINT}) did not answer. Try again in a minute; "
+        "pulling a repo you know by name may still work.",
+    )
+
+
+def _outage_key() -> str:
+    return "discover:outage:" + hashlib.sha256(settings.HF_ENDPOINT.encode()).hexdigest()
+
+
 def _list(
     query: str, sort: str, author: str, mlx_only: bool, credential: HubCredential | None
 ) -> list[HubModel]:
+    if cache.get(_outage_key()):
+        raise _unavailable()
     token = _token(credential)
     install_http_guard()
     try:
@@ -204,11 +228,8 @@ def _list(
             return [_hub_model(info) for info in listing]
     except Exception as exc:  # every Hub failure is the same to a search: try again later
         log.warning("discover: Hub search failed: %s", type(exc).__name__)
-        raise DiscoverError(
-            "unavailable",
-            f"Search is unavailable: the Hub ({settings.HF_ENDPOINT}) did not answer. Try again later; "
-            "pulling a repo you know by name may still work.",
-        ) from exc
+        cache.set(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
+        raise _unavailable() from exc
 
 
 def _hub_model(info: Any) -> HubModel:

@@ -114,17 +114,30 @@ def test_private_repos_are_found_with_the_users_token_only(family, hub, alice) -
     assert any(r.headers.get("Authorization") == f"Bearer {token}" for r in hub.requests)
 
 
-def test_hub_outage_is_search_unavailable(family, hub, settings) -> None:
+def test_hub_outage_is_search_unavailable_then_answered_at_once_until_the_backoff_ends(
+    family, hub, settings
+) -> None:
+    from django.core.cache import cache
+
+    settings.DISCOVER_TIMEOUT = 3  # huggingface_hub retries a 500 with backoff: the deadline ends it
     hub.faults.fail_500(times=None, path="/api/models")
     with pytest.raises(DiscoverError) as caught:
         discover.search(family.word)
     assert caught.value.code == "unavailable" and "Search is unavailable" in caught.value.message
+    assert listing_requests(hub)
+    # Within the backoff the Hub is left alone: the next search is refused at once, without a request.
     hub.faults.clear()
-    # The failure was not cached: the Hub is back, so is search.
+    hub.clear_requests()
+    with pytest.raises(DiscoverError):
+        discover.search(family.word, sort="recent")
+    assert listing_requests(hub) == []
+    # Backoff over (its cache entry expired): the Hub is asked again, and the failure was not cached as results.
+    cache.delete(discover._outage_key())
     assert len(discover.search(family.word).results) == 2
 
 
 def test_hub_unreachable_is_search_unavailable(family, settings) -> None:
+    settings.DISCOVER_TIMEOUT = 3
     settings.HF_ENDPOINT = "http://127.0.0.1:9"  # nothing listens on the discard port
     with pytest.raises(DiscoverError) as caught:
         discover.search(family.word)
