@@ -18,7 +18,7 @@ def discover_page(request: HttpRequest) -> HttpResponse:
     # A checkbox: absent from a submitted form means unticked; the first visit (no q) starts ticked.
     mlx_only = "q" not in request.GET or request.GET.get("mlx") == "1"
     page, error, status = None, "", 200
-    if query or author:
+    if "q" in request.GET:  # the form was sent: an empty query lists the top models
         try:
             page = discover.search(
                 query,

@@ -141,8 +141,8 @@ def search(
     credential: HubCredential | None = None,
     user: Any = None,
 ) -> DiscoverPage:
-    """Search the Hub. Raises DiscoverError("invalid") for bad input, DiscoverError("unavailable") when the
-    Hub cannot be asked now."""
+    """Search the Hub (an empty query lists the top models for the sort). Raises DiscoverError("invalid") for
+    bad input, DiscoverError("unavailable") when the Hub cannot be asked now."""
     query, author = _check(query, sort, author)
     page = DiscoverPage(query=query, sort=sort, mlx_only=mlx_only, author=author)
     key = _cache_key(query, sort, author, mlx_only, credential)
@@ -170,8 +170,6 @@ def _check(query: str, sort: str, author: str) -> tuple[str, str]:
         raise DiscoverError("invalid", f"The search is too long (at most {MAX_QUERY_LENGTH} characters).")
     if author and not all(c.isalnum() or c in "-_." for c in author):
         raise DiscoverError("invalid", "An author is a Hub user or organisation name (letters, digits, -_.).")
-    if not query and not author:
-        raise DiscoverError("invalid", "Type something to search for (a model name, e.g. qwen coder).")
     return query, author
 
 

@@ -146,10 +146,21 @@ def test_hub_unreachable_is_search_unavailable(family, settings) -> None:
 
 @pytest.mark.parametrize(
     ("query", "kwargs"),
-    [("", {}), ("x" * 201, {}), ("qwen", {"sort": "best"}), ("qwen", {"author": "a b"})],
+    [("x" * 201, {}), ("qwen", {"sort": "best"}), ("qwen", {"author": "a b"})],
 )
 def test_bad_input_is_refused_before_any_hub_call(hub, query, kwargs) -> None:  # type: ignore[no-untyped-def]
     hub.clear_requests()
     with pytest.raises(DiscoverError) as caught:
         discover.search(query, **kwargs)
     assert caught.value.code == "invalid" and listing_requests(hub) == []
+
+
+def test_an_empty_query_lists_the_top_mlx_models(family, hub) -> None:
+    hub.clear_requests()
+    page = discover.search("  ", author="mlx-test", sort="downloads")
+    [request] = listing_requests(hub)
+    assert "search=" not in request
+    # Other tests' repos share this author on the session's Hub: this family's are among them, in order.
+    ours = [r.hub.repo_id for r in page.results if family.word in r.hub.repo_id]
+    assert ours == [family.full, family.q4]
+    assert all(r.hub.author == "mlx-test" for r in page.results)
