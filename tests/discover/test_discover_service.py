@@ -164,3 +164,54 @@ def test_an_empty_query_lists_the_top_mlx_models(family, hub) -> None:
     ours = [r.hub.repo_id for r in page.results if family.word in r.hub.repo_id]
     assert ours == [family.full, family.q4]
     assert all(r.hub.author == "mlx-test" for r in page.results)
+
+
+def test_mlx_community_variants_sit_side_by_side_whatever_names_their_base(hub) -> None:
+    """4/6/8-bit, DWQ and bf16 conversions named the mlx-community way: one declares its base in its card, one
+    by tag, the rest only by name; all land in one family, each with its quantization."""
+    import json
+    import struct
+    import uuid
+
+    word = f"fam{uuid.uuid4().hex[:8]}"
+
+    def weights(dtype: str, n: int) -> bytes:
+        header = json.dumps({"w": {"dtype": dtype, "shape": [n], "data_offsets": [0, n * 4]}}).encode()
+        return struct.pack("<Q", len(header)) + header + b"\0" * (n * 4)
+
+    def config(bits: int | None) -> bytes:
+        quant = {"quantization": {"bits": bits, "group_size": 64}} if bits else {}
+        return json.dumps({"model_type": "qwen2", **quant}).encode()
+
+    base = f"Qwen/Qwen3-{word}-8B"
+    repos = {
+        f"mlx-community/Qwen3-{word}-8B-4bit": ({"cardData": {"base_model": base}}, 4, "U32", 100),
+        f"mlx-community/Qwen3-{word}-8B-6bit": (
+            {"tags": ["mlx", f"base_model:quantized:{base}"]},
+            6,
+            "U32",
+            150,
+        ),
+        f"mlx-community/Qwen3-{word}-8B-8bit": ({}, 8, "U32", 200),
+        f"mlx-community/Qwen3-{word}-8B-4bit-DWQ": ({}, 4, "U32", 101),
+        f"mlx-community/Qwen3-{word}-8B-bf16": ({}, None, "BF16", 800),
+    }
+    for repo_id, (info, bits, dtype, n) in repos.items():
+        hub.create_repo(
+            repo_id, {"config.json": config(bits), "model.safetensors": weights(dtype, n)}, info=info
+        )
+    page = discover.search(word, author="mlx-community")
+    [group] = page.groups
+    assert group.base_model == base
+    quant = {r.hub.repo_id.rsplit("-8B-", 1)[1]: r.hub.quantization for r in group.results}
+    assert quant == {
+        "4bit": "4-bit",
+        "6bit": "6-bit",
+        "8bit": "8-bit",
+        "4bit-DWQ": "4-bit DWQ",
+        "bf16": "bf16",
+    }
+    # Smallest first: the choice of a quantization is one glance down the list.
+    sizes = [r.hub.weights_bytes for r in group.results]
+    assert sizes == sorted(sizes) and sizes[0] == 400 and sizes[-1] == 1600
+    assert group.results[0].hub.parameters == 100 * 8  # 4-bit: eight values per U32
