@@ -224,10 +224,31 @@ def _list(
                 token=token or False,
             )
             return [_hub_model(info) for info in listing]
-    except Exception as exc:  # every Hub failure is the same to a search: try again later
-        log.warning("discover: Hub search failed: %s", type(exc).__name__)
+    except Exception as exc:
+        status = _hub_status(exc)
+        log.warning("discover: Hub search failed: %s (HTTP %s)", type(exc).__name__, status)
+        if status in (401, 403) and token:
+            # This user's token, not the Hub: no backoff for everyone else.
+            raise DiscoverError(
+                "invalid_credential",
+                "The Hub refused your default Hub token: replace it in Settings, or make none default to "
+                "search without it.",
+            ) from exc
         cache.set(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
         raise _unavailable() from exc
+
+
+def _hub_status(exc: BaseException) -> int | None:
+    """The HTTP status of the Hub's answer somewhere in the exception chain, if it answered at all."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        status = getattr(getattr(seen, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _hub_model(info: Any) -> HubModel:

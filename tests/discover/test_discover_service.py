@@ -215,3 +215,17 @@ def test_mlx_community_variants_sit_side_by_side_whatever_names_their_base(hub) 
     sizes = [r.hub.weights_bytes for r in group.results]
     assert sizes == sorted(sizes) and sizes[0] == 400 and sizes[-1] == 1600
     assert group.results[0].hub.parameters == 100 * 8  # 4-bit: eight values per U32
+
+
+def test_a_refused_token_is_that_users_problem_not_an_outage(family, hub, alice) -> None:
+    from models_app.services.credentials import credential_create
+
+    revoked = credential_create(
+        owner=alice, name="old", token=f"hf_{family.word}revoked"
+    )  # the Hub never knew it
+    with pytest.raises(DiscoverError) as caught:
+        discover.search(family.word, credential=revoked)
+    assert caught.value.code == "invalid_credential" and "Settings" in caught.value.message
+    assert f"hf_{family.word}revoked" not in caught.value.message
+    # Everyone else still searches: no backoff was set for the Hub.
+    assert len(discover.search(family.word).results) == 2

@@ -812,6 +812,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _list_models(self) -> None:
         """GET /api/models: search, author, filter (tags or library), pipeline_tag, sort/direction, limit,
         full/expand, paginated by `cursor` with a `Link: <...>; rel="next"` header (hub.list_page_size)."""
+        if self.headers.get("Authorization") and self._user is None:
+            # As the Hub answers a listing sent with a token it does not know (revoked, mistyped).
+            raise _HubError(401, None, "Invalid credentials in Authorization header")
         q = {k: v[-1] for k, v in self._query.items()}
         filters = self._query.get("filter", []) + self._query.get("library", [])
         expand = self._query.get("expand", [])
