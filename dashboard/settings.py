@@ -295,6 +295,12 @@ HUB_HEADER_TIMEOUT = env_duration("HUB_HEADER_TIMEOUT", 30)
 HUB_REQUEST_TIMEOUT = env_duration("HUB_REQUEST_TIMEOUT", 60)
 # The Pull page's preview (model info + config.json, in the web process) ends by then, whatever the Hub does.
 HUB_PREVIEW_TIMEOUT = env_duration("HUB_PREVIEW_TIMEOUT", 30)
+# Discover (search the Hub): listings are cached this long per query and token, a search gives at most
+# DISCOVER_MAX_RESULTS models (one listing, its pages followed only that far, no call per model), and it gives
+# up on the Hub after DISCOVER_TIMEOUT ("search unavailable").
+DISCOVER_CACHE_TTL = env_duration("DISCOVER_CACHE_TTL", 600)
+DISCOVER_MAX_RESULTS = env_int("DISCOVER_MAX_RESULTS", 50, minimum=1)
+DISCOVER_TIMEOUT = env_duration("DISCOVER_TIMEOUT", 15)
 
 CACHE_CLEANUP_MAX_AGE = env_duration("CACHE_CLEANUP_MAX_AGE", 0) or None
 CACHE_CLEANUP_MAX_SIZE = env_size("CACHE_CLEANUP_MAX_SIZE", 0) or None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard.views import cache, downloads, models, overview, pull, settings_pages, usage
+from dashboard.views import cache, discover, downloads, models, overview, pull, settings_pages, usage
 
 urlpatterns = [
     path("", overview.overview, name="overview"),
@@ -16,6 +16,7 @@ urlpatterns = [
     path("models/<int:pk>/load/", models.model_load, name="model_load"),
     path("models/<int:pk>/unload/", models.model_unload, name="model_unload"),
     path("pull/", pull.pull, name="pull"),
+    path("discover/", discover.discover_page, name="discover"),
     path("downloads/", downloads.download_list, name="downloads"),
     path("downloads/<int:pk>/cancel/", downloads.download_cancel, name="download_cancel"),
     path("downloads/<int:pk>/retry/", downloads.download_retry, name="download_retry"),

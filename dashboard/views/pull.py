@@ -16,15 +16,19 @@ from models_app.services.errors import DownloadError
 
 @login_required
 def pull(request: HttpRequest) -> HttpResponse:
-    """GET: the form (prefilled from ?repo=&revision=). POST action=preview: the plan. POST action=start:
-    create the job and go watch it on the Downloads page."""
+    """GET: the form (prefilled from ?repo=&revision=; with &preview=1 also its plan). POST action=preview:
+    the plan. POST action=start: create the job and go watch it on the Downloads page."""
     user = request.user
     plan = None
     if request.method != "POST":
         initial = {k: request.GET[k] for k in ("repo", "revision") if request.GET.get(k)}
-        return render(request, "dashboard/pull.html", {"form": PullForm(user=user, initial=initial)})
-
-    form = PullForm(request.POST, user=user)
+        if not (initial.get("repo") and request.GET.get("preview")):
+            return render(request, "dashboard/pull.html", {"form": PullForm(user=user, initial=initial)})
+        # ?repo=...&preview=1 (Discover's links): the plan at once, as the Preview button would show it. A
+        # plan only reads metadata, so a GET may compute it.
+        form = PullForm({"revision": "main", **initial}, user=user)
+    else:
+        form = PullForm(request.POST, user=user)
     if form.is_valid():
         data = form.cleaned_data
         repo_id, revision = data["repo_id"], data["revision"]

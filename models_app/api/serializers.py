@@ -469,3 +469,59 @@ class HealthSerializer(serializers.Serializer):
     mlx = serializers.JSONField()
     cache = serializers.JSONField()
     versions = serializers.JSONField(required=False, help_text="Staff only")
+
+
+class DiscoverQuerySerializer(serializers.Serializer):
+    q = StrictCharField(
+        required=False, default="", allow_blank=True, max_length=200, help_text="Words in the repo id"
+    )
+    sort = serializers.ChoiceField(choices=["downloads", "trending", "recent", "likes"], default="downloads")
+    author = StrictCharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=96,
+        validators=[RegexValidator(r"^[A-Za-z0-9._-]*$")],
+        help_text="Only this Hub user or organisation",
+    )
+    mlx_only = serializers.BooleanField(default=True, help_text="Only repos tagged for the mlx library")
+
+
+class DiscoverResultSerializer(serializers.Serializer):
+    repo_id = serializers.CharField()
+    author = serializers.CharField()
+    sha = serializers.CharField(help_text="The commit the Hub listed ('' when not said)")
+    base_model = serializers.CharField(
+        help_text="What its variants share: the card's base_model, or the name"
+    )
+    quantization = serializers.CharField(help_text="e.g. 4-bit, 6-bit DWQ, bf16; '' when unknown")
+    parameters = serializers.IntegerField(allow_null=True, help_text="Estimated for quantized weights")
+    weights_bytes = serializers.IntegerField(allow_null=True)
+    downloads = serializers.IntegerField()
+    likes = serializers.IntegerField()
+    trending = serializers.IntegerField()
+    last_modified = serializers.CharField(help_text="ISO 8601, or ''")
+    private = serializers.BooleanField()
+    gated = serializers.BooleanField()
+    library = serializers.CharField()
+    model_type = serializers.CharField()
+    here = serializers.BooleanField(help_text="A ready snapshot of this repo is in the cache")
+    update_available = serializers.BooleanField()
+    verdict = serializers.ChoiceField(choices=["green", "amber", "red"])
+    verdict_reason = serializers.CharField()
+    pull_url = serializers.CharField(help_text="The Pull page, prefilled with this repo")
+
+
+class DiscoverGroupSerializer(serializers.Serializer):
+    base_model = serializers.CharField()
+    repo_ids = serializers.ListField(child=serializers.CharField())
+
+
+class DiscoverPageSerializer(serializers.Serializer):
+    query = serializers.CharField()
+    sort = serializers.CharField()
+    from_cache = serializers.BooleanField(
+        help_text="The Hub's answer came from the cache (DISCOVER_CACHE_TTL)"
+    )
+    results = DiscoverResultSerializer(many=True)
+    groups = DiscoverGroupSerializer(many=True, help_text="Results by base model, variants side by side")

@@ -9,7 +9,7 @@ from rest_framework.permissions import IsAuthenticated
 
 from models_app.api import schema  # noqa: F401  (registers the API key auth scheme for the schema)
 from models_app.api.errors import error_body
-from models_app.api.views import cache, credentials, health, keys, models, pulls, usage
+from models_app.api.views import cache, credentials, discover, health, keys, models, pulls, usage
 
 
 def not_found(request: HttpRequest, *args: object, **kwargs: object) -> JsonResponse:
@@ -40,6 +40,7 @@ v1 = [
     path("cache", cache.CacheStatsView.as_view(), name="api-cache"),
     path("cache/cleanup", cache.CleanupView.as_view(), name="api-cache-cleanup"),
     path("usage", usage.UsageView.as_view(), name="api-usage"),
+    path("discover", discover.DiscoverView.as_view(), name="api-discover"),
     path("health", health.HealthView.as_view(), name="api-health"),
     path("keys", keys.KeyListView.as_view(), name="api-keys"),
     path("keys/<str:id>", keys.KeyDetailView.as_view(), name="api-key"),

@@ -134,6 +134,12 @@ def test_no_page_violates_the_content_security_policy(
         (f"/models/{snapshot.id}/delete/", None),
         ("/pull/", None),
         ("/pull/?repo=demo/pull-me", None),
+        ("/pull/?repo=demo/pull-me&preview=1", "() => document.querySelector('[data-testid=plan]') !== null"),
+        ("/discover/", None),
+        (
+            "/discover/?q=pull-me&mlx=1",
+            "() => document.querySelector('[data-testid=discover-result]') !== null",
+        ),
         ("/downloads/", live),
         ("/cache/", None),
         ("/usage/", charts),

@@ -7,7 +7,17 @@ import pytest
 
 from tests.pages.conftest import count_queries, make_snapshot
 
-PAGES = ["/", "/models/", "/pull/", "/downloads/", "/cache/", "/usage/", "/settings/", "/health/"]
+PAGES = [
+    "/",
+    "/models/",
+    "/pull/",
+    "/discover/",
+    "/downloads/",
+    "/cache/",
+    "/usage/",
+    "/settings/",
+    "/health/",
+]
 LISTS = [
     "/",
     "/models/",
@@ -53,7 +63,18 @@ def test_actions_refuse_anonymous_posts(client, db, url: str) -> None:
 
 def test_nav_has_every_section(alice_client) -> None:
     html = alice_client.get("/").content.decode()
-    for label in ("Overview", "Models", "Pull", "Downloads", "Cache", "Usage", "Chat", "Settings", "Health"):
+    for label in (
+        "Overview",
+        "Models",
+        "Discover",
+        "Pull",
+        "Downloads",
+        "Cache",
+        "Usage",
+        "Chat",
+        "Settings",
+        "Health",
+    ):
         assert f">{label}</a>" in html
     assert html.count(">Chat</a>") >= 1
 

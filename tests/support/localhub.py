@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 # Extensions the Hub stores in LFS whatever their size (weights, archives).
 LFS_SUFFIXES = (".safetensors", ".bin", ".npz", ".gguf")
@@ -332,6 +332,8 @@ class LocalHub:
         self.requests: list[RequestRecord] = []
         # Body bytes written to clients per (repo_id, file path): how much a download really fetched.
         self.bytes_served: Counter[tuple[str, str]] = Counter()
+        # Models per /api/models page; more follow through the Link header, as on the Hub.
+        self.list_page_size = 1000
 
     # -- lifecycle
 
@@ -891,9 +893,31 @@ class _Handler(BaseHTTPRequestHandler):
             }
         )
 
+    # What /api/models gives per model without `full` or `expand` (as the Hub's compact listing).
+    _LIST_FIELDS = (
+        "_id",
+        "id",
+        "modelId",
+        "likes",
+        "downloads",
+        "tags",
+        "library_name",
+        "createdAt",
+        "private",
+    )
+    # The Hub's sort keys (huggingface_hub maps last_modified -> lastModified, trending_score -> trendingScore).
+    _SORT_KEYS = ("downloads", "likes", "lastModified", "createdAt", "trendingScore")
+
     def _list_models(self) -> None:
+        """GET /api/models: search, author, filter (tags or library), pipeline_tag, sort/direction, limit,
+        full/expand, paginated by `cursor` with a `Link: <...>; rel="next"` header (hub.list_page_size)."""
+        if self.headers.get("Authorization") and self._user is None:
+            # As the Hub answers a listing sent with a token it does not know (revoked, mistyped).
+            raise _HubError(401, None, "Invalid credentials in Authorization header")
         q = {k: v[-1] for k, v in self._query.items()}
-        filters = self._query.get("filter", [])
+        filters = self._query.get("filter", []) + self._query.get("library", [])
+        expand = self._query.get("expand", [])
+        full = q.get("full", "").lower() in ("1", "true")
         with self.hub._lock:
             found = []
             for repo in sorted(self.hub._repos.values(), key=lambda r: r.repo_id):
@@ -906,11 +930,54 @@ class _Handler(BaseHTTPRequestHandler):
                     or any(f not in info["tags"] and f != info["library_name"] for f in filters)
                 ):
                     continue
-                if "full" not in q:
-                    info.pop("siblings")
+                info.setdefault("trendingScore", 0)
+                if safetensors := self._safetensors(repo.commits[repo.branches["main"]]):
+                    info.setdefault("safetensors", safetensors)
                 found.append(info)
+        if (sort := q.get("sort")) in self._SORT_KEYS:
+            # Stable sort on top of repo-id order; direction -1 (what the Hub defaults to) is descending.
+            found.sort(key=lambda i: i.get(sort) or 0, reverse=q.get("direction", "-1") == "-1")
         limit = int(q["limit"]) if q.get("limit", "").isdigit() else None
-        self._json(found[:limit])
+        found = found[:limit]
+        start = int(q["cursor"]) if q.get("cursor", "").isdigit() else 0
+        page = found[start : start + self.hub.list_page_size]
+        keep = set(self._LIST_FIELDS) if not (full or expand) else None
+        if expand:
+            keep = {"_id", "id", *expand}
+        shaped = [{k: v for k, v in i.items() if keep is None or k in keep} for i in page]
+        if not full and "siblings" not in expand:
+            for item in shaped:
+                item.pop("siblings", None)
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if start + self.hub.list_page_size < len(found):
+            query = [(k, v) for k, vs in self._query.items() if k != "cursor" for v in vs]
+            query.append(("cursor", str(start + self.hub.list_page_size)))
+            host = self.headers.get("Host", "127.0.0.1")
+            headers["Link"] = f'<http://{host}/api/models?{urlencode(query)}>; rel="next"'
+        self._send(200, json.dumps(shaped).encode(), headers)
+
+    @staticmethod
+    def _safetensors(commit: Commit) -> dict[str, Any] | None:
+        """Parameters per dtype read from the .safetensors headers, as the Hub's `safetensors` field."""
+        counts: Counter[str] = Counter()
+        for path, entry in commit.files.items():
+            if not path.endswith(".safetensors"):
+                continue
+            try:
+                with open(entry.blob.path, "rb") as f:
+                    (length,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(min(length, 100_000_000)))
+            except (OSError, ValueError, struct.error):
+                continue
+            for name, tensor in header.items():
+                if name != "__metadata__" and isinstance(tensor, dict):
+                    n = 1
+                    for dim in tensor.get("shape", []):
+                        n *= int(dim)
+                    counts[str(tensor.get("dtype"))] += n
+        if not counts:
+            return None
+        return {"parameters": dict(counts), "total": sum(counts.values())}
 
     def _info(self, repo: Repo, commit: Commit) -> dict[str, Any]:
         blobs = self._query.get("blobs", [""])[-1].lower() in ("1", "true")

@@ -57,3 +57,34 @@ def service_error(exc: Exception) -> CommandError:
     message = getattr(exc, "message", "") or str(exc)
     action = getattr(exc, "action", "")
     return CommandError(f"{code}: {message}" + (f"\n  -> {action}" if action else ""))
+
+
+def cli_user(username: str | None) -> Any:
+    """The active user named by --user, or None."""
+    from django.contrib.auth import get_user_model
+
+    if not username:
+        return None
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise CommandError(f"No active user {username!r}.")
+    return user
+
+
+def cli_credential(name: str | None, user: Any) -> Any:
+    """The stored Hub token named by --credential (of --user when given). Without a name and a user: the one
+    default token, when only one user has marked one (with a user, the services pick that user's default)."""
+    from models_app.models import HubCredential
+
+    if not name:
+        if user is None:
+            # Run by whoever administers this machine.
+            defaults = list(HubCredential.objects.filter(is_default=True)[:2])
+            return defaults[0] if len(defaults) == 1 else None
+        return None
+    found = list(HubCredential.objects.filter(name=name, **({"owner": user} if user else {}))[:2])
+    if not found:
+        raise CommandError(f"credential_not_found: no stored Hub token named {name!r}.")
+    if len(found) > 1:
+        raise CommandError(f"Several users have a token named {name!r}: add --user.")
+    return found[0]

@@ -5,12 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
-from models_app.management.commands._cli import human_duration, human_size, service_error
-from models_app.models import DownloadJob, HubCredential
+from models_app.management.commands._cli import (
+    cli_credential,
+    cli_user,
+    human_duration,
+    human_size,
+    service_error,
+)
+from models_app.models import DownloadJob
 
 POLL_INTERVAL = 0.5
 BAR_WIDTH = 30
@@ -46,8 +51,8 @@ class Command(BaseCommand):
         from models_app.services import hub
         from models_app.services.errors import DownloadError
 
-        user = self._user(options["user"])
-        credential = self._credential(options["credential"], user)
+        user = cli_user(options["user"])
+        credential = cli_credential(options["credential"], user)
         try:
             job = hub.download_model(
                 options["repo_id"],
@@ -78,29 +83,6 @@ class Command(BaseCommand):
             self.stdout.write(f"Pulled {label} ({job.commit_sha[:8]}) into {path}")
             return
         raise self._failure(job)
-
-    def _user(self, username: str | None) -> Any:
-        if not username:
-            return None
-        user = get_user_model().objects.filter(username=username, is_active=True).first()
-        if user is None:
-            raise CommandError(f"No active user {username!r}.")
-        return user
-
-    def _credential(self, name: str | None, user: Any) -> HubCredential | None:
-        if not name:
-            if user is None:
-                # Run by whoever administers this machine: the one default token, when only one user has
-                # marked one (with --user, download_model picks that user's default).
-                defaults = list(HubCredential.objects.filter(is_default=True)[:2])
-                return defaults[0] if len(defaults) == 1 else None
-            return None
-        found = list(HubCredential.objects.filter(name=name, **({"owner": user} if user else {}))[:2])
-        if not found:
-            raise CommandError(f"credential_not_found: no stored Hub token named {name!r}.")
-        if len(found) > 1:
-            raise CommandError(f"Several users have a token named {name!r}: add --user.")
-        return found[0]
 
     @staticmethod
     def _token_line(job: DownloadJob, *, named: bool) -> str:  # job.credential is set
