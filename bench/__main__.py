@@ -135,6 +135,11 @@ def main(argv: list[str]) -> int:
                 models.big_model(models_root, models.TINY),
             ),
             ("20 files of 50 kB", "bench/some-small-files", models.sharded_model(models_root, files=20)),
+            (
+                "one small safetensors file through Xet",
+                "bench/tiny-bf16-xet",
+                models.big_model(models_root, models.TINY),
+            ),
         ]
     elif "downloads" in args.only:
         cases_dirs = [
@@ -144,6 +149,12 @@ def main(argv: list[str]) -> int:
                 models.big_model(models_root),
             ),
             ("200 files of 50 kB", "bench/many-small-files", models.sharded_model(models_root)),
+            # The real Hub serves weights through Xet: the same file from the local Hub's Xet CAS.
+            (
+                "one 988 MB safetensors file through Xet",
+                "bench/Qwen2.5-0.5B-bf16-xet",
+                models.big_model(models_root),
+            ),
         ]
 
     hub = downloads.start_hub(run_dir / "hub")
@@ -151,7 +162,10 @@ def main(argv: list[str]) -> int:
     server: MlxServer | None = None
     try:
         say(f"local hub at {hub.url}; publishing…")
-        cases = [downloads.publish(hub, label, repo_id, path) for label, repo_id, path in cases_dirs]
+        cases = [
+            downloads.publish(hub, label, repo_id, path, xet=repo_id.endswith("-xet"))
+            for label, repo_id, path in cases_dirs
+        ]
 
         needs_product = bool({"downloads", "chat", "multiturn", "openai"} & set(args.only))
         if needs_product:

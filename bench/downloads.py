@@ -7,7 +7,9 @@ first poll that sees `succeeded`. The poll that first sees bytes_done == bytes_t
 transfer, so the rest is (mostly) verification; hashing the same bytes with hashlib is measured too.
 
 Baselines, each in its own process as the product's worker is: a plain Python reader (urllib, 1 MiB
-copies to disk, one file after another) and curl (one process, one connection, the same URLs).
+copies to disk, one file after another) and curl (one process, one connection, the same URLs). A Xet case
+(the repo's weights served through the local Hub's Xet CAS, as the real Hub serves them) has no URL to curl:
+its baseline is huggingface_hub's own snapshot_download, which hands the file to hf_xet as the product does.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Case:
     repo_id: str
     sha: str
     files: dict[str, Path]  # repo path -> local source file
+    xet: bool = False  # served through the local Hub's Xet CAS
 
     @property
     def total_bytes(self) -> int:
@@ -54,12 +57,12 @@ def start_hub(storage: Path) -> Any:
     return localhub.LocalHub(storage, copy_files=False).start()
 
 
-def publish(hub: Any, label: str, repo_id: str, model_dir: Path) -> Case:
+def publish(hub: Any, label: str, repo_id: str, model_dir: Path, *, xet: bool = False) -> Case:
     from bench.models import model_files
 
     files = model_files(model_dir)
-    sha = hub.create_repo(repo_id, files)
-    return Case(label, repo_id, sha, files)
+    sha = hub.create_repo(repo_id, files, xet=xet)
+    return Case(label, repo_id, sha, files, xet=xet)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -81,6 +84,35 @@ def _fetch_main(argv: list[str]) -> None:
             shutil.copyfileobj(response, f, 1 << 20)
             total += f.tell()
     print(json.dumps({"seconds": time.perf_counter() - started, "bytes": total}))
+
+
+def _snapshot_main(argv: list[str]) -> None:
+    """`python -m bench.downloads snapshot HUB REPO SHA CACHE`: huggingface_hub alone, as its own process."""
+    hub_url, repo_id, sha, cache = argv
+    from huggingface_hub import snapshot_download
+
+    started = time.perf_counter()
+    path = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache, endpoint=hub_url, token=False))
+    seconds = time.perf_counter() - started
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    print(json.dumps({"seconds": seconds, "bytes": total}))
+
+
+def raw_snapshot_download(case: Case, hub_url: str, work: Path) -> dict[str, float]:
+    cache = work / "raw-hf-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.downloads", "snapshot", hub_url, case.repo_id, case.sha, str(cache)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TIMEOUT,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    shutil.rmtree(cache, ignore_errors=True)
+    if result["bytes"] != case.total_bytes:
+        raise RuntimeError(f"snapshot_download got {result['bytes']} bytes, expected {case.total_bytes}")
+    return result
 
 
 def plain_reader(case: Case, hub_url: str, work: Path) -> dict[str, float]:
@@ -159,6 +191,8 @@ def forget(product: Product, case: Case) -> None:
 
     Repository.objects.filter(repo_id=case.repo_id).delete()
     shutil.rmtree(product.hf_cache / f"models--{case.repo_id.replace('/', '--')}", ignore_errors=True)
+    if case.xet:  # Xet bytes live once per cache root in the shared store: only the benchmark's are there
+        shutil.rmtree(product.hf_cache / "blobs", ignore_errors=True)
 
 
 def product_pull(product: Product, case: Case) -> dict[str, Any]:
@@ -216,8 +250,21 @@ def run(
             "plain": [],
             "curl": [],
             "product": [],
+            "snapshot_download": [],
         }
         section.raw[case.label] = raw
+        if case.xet:
+            _run_xet(
+                section,
+                case,
+                raw,
+                product=product,
+                unavailable=unavailable,
+                hub_url=hub_url,
+                work=work,
+                rounds=rounds,
+            )
+            continue
         # Interleaved rounds: a burst of noise from elsewhere on the machine hits every side alike.
         for _ in range(rounds):
             raw["plain"].append(plain_reader(case, hub_url, work))
@@ -282,8 +329,52 @@ def run(
                 )
 
 
+def _run_xet(
+    section: Section,
+    case: Case,
+    raw: dict[str, Any],
+    *,
+    product: Product | None,
+    unavailable: str,
+    hub_url: str,
+    work: Path,
+    rounds: int,
+) -> None:
+    """The product against huggingface_hub + hf_xet alone. Not interleaved: the local CAS admits one process
+    at a time, and the product's worker keeps its Xet session once it has one."""
+    mb = case.total_bytes / 1e6
+    for _ in range(rounds):
+        raw["snapshot_download"].append(raw_snapshot_download(case, hub_url, work))
+    if product is not None:
+        for _ in range(rounds):
+            raw["product"].append(product_pull(product, case))
+    bench = f"Download: {case.label}"
+    base_s = min(r["seconds"] for r in raw["snapshot_download"])
+    if not raw["product"]:
+        section.unavailable(bench, unavailable)
+        return
+    product_s = min(r["seconds"] for r in raw["product"])
+    section.add(
+        Row(
+            bench,
+            "throughput, MB/s",
+            mb / product_s,
+            mb / base_s,
+            "huggingface_hub snapshot_download (hf_xet)",
+            target="≥ 0.90",
+            met=base_s / product_s >= 0.90,
+            unit="MB/s",
+            note=f"best of {rounds}; product rounds: "
+            + ", ".join(f"{r['seconds']:.2f}" for r in raw["product"])
+            + " s",
+        )
+    )
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["fetch"]:
         _fetch_main(sys.argv[2:])
+    elif sys.argv[1:2] == ["snapshot"]:
+        _snapshot_main(sys.argv[2:])
     else:
-        raise SystemExit("usage: python -m bench.downloads fetch LIST DEST")
+        raise SystemExit("usage: python -m bench.downloads fetch LIST DEST | snapshot HUB REPO SHA CACHE")

@@ -139,6 +139,7 @@ class Product:
             "REDIS_URL": self._redis.url,
             "REDIS_PREFIX": "mlxcr-bench",
             "DOWNLOAD_DISK_RESERVE": "100MB",
+            "HUB_XET_LOCAL_CAS": "1",  # the benchmark's local Hub serves its Xet case from a local CAS
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }
