@@ -155,8 +155,10 @@ class RequestTooLarge(InvalidOptions):
     """More messages or characters than one request may hold; `param` names the field for the API's 400."""
 
     def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
+        # The message is a whole sentence already, not an option's "problem" to be labelled.
+        ValueError.__init__(self, message)
         self.param = param
+        self.problem = message
 
 
 def _text_size(content: Any) -> int:
