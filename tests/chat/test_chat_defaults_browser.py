@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from models_app.models import Conversation
-from tests.browser.helpers import launch_browser
+from tests.browser.helpers import launch_browser, login, new_page
 from tests.chat.conftest import make_snapshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -19,16 +19,12 @@ def test_saved_defaults_seed_a_new_chat(alice, tiny_model_path, asgi_server, inf
     make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
 
     with launch_browser() as browser:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page = new_page(browser, asgi_server.url)
         page.set_default_timeout(30_000)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-        page.goto(f"{asgi_server.url}/login/?next=/settings/")
-        page.fill("#id_username", "alice")
-        page.fill("#id_password", "alice-password")
-        page.click("button[type=submit]")
-        page.wait_for_url("**/settings/")
+        login(page, "alice", "alice-password")
+        page.goto("/settings/")
         form = page.locator("#defaults form")
         form.locator("[name=temperature]").fill("0.2")
         form.locator("[name=top_p]").fill("0.5")
@@ -37,7 +33,7 @@ def test_saved_defaults_seed_a_new_chat(alice, tiny_model_path, asgi_server, inf
         form.locator("button[type=submit]").click()
         page.wait_for_load_state()
 
-        page.goto(f"{asgi_server.url}/chat/")
+        page.goto("/chat/")
         expect(page.locator("#opt-temperature")).to_have_value("0.2")
         expect(page.locator("#opt-top_p")).to_have_value("0.5")
         expect(page.locator("#opt-max_tokens")).to_have_value("12")

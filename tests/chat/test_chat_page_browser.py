@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from models_app.models import Message
-from tests.browser.helpers import launch_browser
+from tests.browser.helpers import launch_browser, login, new_page
 from tests.chat.conftest import make_snapshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -39,16 +39,12 @@ def test_the_chat_page_renders_and_remembers(alice, tiny_model_path, asgi_server
     make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
 
     with launch_browser() as browser:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page = new_page(browser, asgi_server.url)
         page.set_default_timeout(30_000)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-        page.goto(f"{asgi_server.url}/login/?next=/chat/")
-        page.fill("#id_username", "alice")
-        page.fill("#id_password", "alice-password")
-        page.click("button[type=submit]")
-        page.wait_for_url("**/chat/")
+        login(page, "alice", "alice-password")
+        page.goto("/chat/")
 
         for source, present, absent in CASES:
             html = page.evaluate("(s) => renderMarkdown(s)", source)
