@@ -38,7 +38,9 @@ REPO_ID_PATTERN = (
 REVISION_PATTERN = r"^[A-Za-z0-9_+=]([A-Za-z0-9_+=-]|[.][A-Za-z0-9_+=-]|/[A-Za-z0-9_+=]){0,99}$"
 # Printable ASCII without spaces, as credentials._clean_token requires.
 TOKEN_PATTERN = r"^[!-~]{1,500}$"
-GLOB_PATTERN = r"^[ -~]{1,200}$"
+# What validation.validate_allow_patterns accepts, so a schema-valid pattern is never refused: printable ASCII
+# without a backslash, not blank, not absolute (no leading "/" or drive letter, spaces stripped), no "..".
+GLOB_PATTERN = r"^(?! */)(?! *[A-Za-z]:)(?!.*\.\.)(?=.*[!-~])[ -\[\]-~]{1,200}$"
 # Something besides spaces, and no NUL (DRF refuses those): what a name field takes. The spaces are spelled
 # out, exactly what str.strip() removes (DRF trims with it): `\s` means fewer characters to an ECMA-style
 # reader of the schema (no U+0085, U+001C-U+001F), so a name of U+0085 alone looked valid and was blank here.
@@ -302,7 +304,15 @@ class PullCreateSerializer(serializers.Serializer):
     )
     allow_patterns = serializers.ListField(
         child=StrictCharField(
-            max_length=200, trim_whitespace=False, validators=[RegexValidator(GLOB_PATTERN)]
+            max_length=200,
+            trim_whitespace=False,
+            validators=[
+                RegexValidator(
+                    GLOB_PATTERN,
+                    message="A pattern names files inside the repo: printable ASCII, relative (no leading / or "
+                    "drive letter), no backslash, and '..' is not allowed; like *.safetensors.",
+                )
+            ],
         ),
         required=False,
         allow_null=True,
