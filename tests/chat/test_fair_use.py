@@ -244,19 +244,17 @@ def test_the_chat_page_shows_a_waiting_answers_place(  # type: ignore[no-untyped
     then streams and completes once the worker is free."""
     from playwright.sync_api import expect
 
-    from tests.browser.helpers import launch_browser
+    from tests.browser.helpers import launch_browser, login, new_page
 
     bob_key = ApiKey.issue(user=bob, name="ide")[1]  # database work outside Playwright's event loop
     with worker_held_by(asgi_server.url, bob_key) as hang_up, launch_browser() as browser:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page = new_page(browser, asgi_server.url)
         page.set_default_timeout(60_000)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{asgi_server.url}/login/?next=/chat/")
-        page.fill("#id_username", "alice")
-        page.fill("#id_password", "alice-password")
-        page.click("button[type=submit]")
-        page.wait_for_url("**/chat/")
+        login(page, "alice", "alice-password")
+        page.goto("/chat/")
+        page.wait_for_selector("#chat[data-connected]")  # a send before the socket opens is refused
         page.select_option("#model", str(tiny_snapshot.id))
         page.fill("#prompt", "hi")
         page.press("#prompt", "Enter")
