@@ -22,11 +22,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from dashboard.consumers.client_gone import ClientGoneMixin
 from dashboard.consumers.session import UNAUTHENTICATED, SessionBoundMixin
 from models_app.services import chat, inference, inflight
 
 
-class ChatConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
+class ChatConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.watches: dict[str, inference.ReplyWatch] = {}
         self.leases: dict[str, inflight.Lease] = {}  # the user's slots of this socket's answers in flight

@@ -14,6 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db.models import Q
 from django.utils import timezone
 
+from dashboard.consumers.client_gone import ClientGoneMixin
 from dashboard.consumers.session import SessionBoundMixin
 from models_app.models import DownloadJob
 from models_app.realtime import STAFF_DOWNLOADS_GROUP, user_downloads_group
@@ -46,7 +47,7 @@ def job_payload(job: DownloadJob) -> dict[str, Any]:
     }
 
 
-class DownloadsConsumer(SessionBoundMixin, AsyncJsonWebsocketConsumer):
+class DownloadsConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:

@@ -13,7 +13,11 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
-from models_app.models import Message
+from models_app.models import Message, Usage
+from models_app.services import redis as app_redis
+from models_app.services.engine.sender import cancel_key
+from tests.chat.conftest import make_snapshot
+from tests.chat.test_chat_socket import wait_for_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,3 +83,36 @@ def test_a_foreign_origin_is_refused(alice, asgi_server, run_async):  # type: ig
     with pytest.raises(InvalidStatus) as refused:
         run_async(scenario())
     assert refused.value.response.status_code == 403
+
+
+def test_a_client_that_leaves_while_the_server_answers_stops_its_generation(
+    alice, slow_model_path, asgi_server, inference_worker, run_async
+):  # type: ignore[no-untyped-def]
+    """uvicorn raises ClientDisconnected (an OSError, as the ASGI spec asks) from a send to a socket whose client
+    has gone, and then never delivers websocket.disconnect: a consumer that lets it escape never runs its
+    cleanup, so the answer is generated to the end for nobody. CI saw it as a walk-out finishing 'length'.
+    Here the client sends a request and closes its TCP side at once: the server's `chat.accepted` is the send
+    that finds the client gone."""
+    snapshot = make_snapshot(slow_model_path, repo_id="test/slow")
+    jar = log_in(asgi_server.url, "alice", "alice-password")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+    ws_url = asgi_server.url.replace("http://", "ws://") + "/ws/chat/"
+
+    async def scenario() -> None:
+        async with connect(ws_url, origin=asgi_server.url, additional_headers={"Cookie": cookie}) as ws:
+            request = {"content": "go on", "snapshot_id": snapshot.id, "options": {"max_tokens": 4000}}
+            await ws.send(json.dumps({"type": "chat.send", **request}))
+            ws.transport.close()  # FIN after the request: the server reads it, then finds the socket gone
+
+    run_async(scenario())
+    # Generated to the end it would take ~30 s here: wait that long, so the failure says what happened.
+    ended = Message.objects.filter(role="assistant", status__in=["stopped", "complete"])
+    answer = wait_for_row(ended.first, timeout=120)
+    assert answer.status == "stopped"
+    # Stopped because the server cancelled it, not because the worker's replies overflowed the unread channel
+    # (which also ends it as 'cancelled', after a thousand replies). Cancelled while still queued, it has no
+    # usage row; picked up already, its usage says cancelled.
+    assert app_redis.client().exists(cancel_key(str(answer.request_id)))
+    assert set(
+        Usage.objects.filter(request_id=answer.request_id).values_list("finish_reason", flat=True)
+    ) <= {"cancelled"}
