@@ -99,6 +99,10 @@ class Snapshot(models.Model):
     )
     model_type = models.CharField(max_length=64, blank=True)
     context_length = models.IntegerField(null=True, blank=True)
+    # What the OpenAI API needs to split a reply into content, reasoning and tool calls (the chat template's
+    # markers, `models_app.openai.parsing.Markers`), computed by the worker that has the files when the snapshot
+    # becomes ready: the web server may run on another machine. Null: not computed yet (answers are plain text).
+    markers = models.JSONField(null=True, blank=True)
     downloaded_at = models.DateTimeField(null=True, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, db_index=True)

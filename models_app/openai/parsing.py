@@ -1,10 +1,11 @@
 """Reasoning and tool calls out of a model's streamed text, the way mlx_lm.server does it.
 
 mlx-lm's tokenizer knows each model's markers (`<think>`/`</think>`, `<tool_call>`/`</tool_call>`, ...) and a
-parser per tool-call format (mlx_lm/tool_parsers/*). The web process never loads a tokenizer, so `Markers`
-come either from the worker (if it reports them in `chat.started`, see `Markers.from_payload`) or from the
-snapshot's own files (`markers_for_path`: tokenizer_config.json, chat_template.jinja and the added tokens),
-with the same inference rules as mlx_lm.tokenizer_utils. `StreamParser` then splits the text as it arrives
+parser per tool-call format (mlx_lm/tool_parsers/*). The web process never loads a tokenizer and may not have
+the model's files at all (another machine holds them), so the worker that has the files reads the markers from
+them (`markers_for_path`: tokenizer_config.json, chat_template.jinja and the added tokens, with the same
+inference rules as mlx_lm.tokenizer_utils) into the snapshot's row (models_app/services/model_markers.py), and
+the API reads them back with `Markers.from_payload`. `StreamParser` then splits the text as it arrives
 into content, reasoning and tool calls, holding back only what could be the start of a marker.
 
 Pure Python with no MLX import, so it can run in the worker as well.
@@ -75,12 +76,19 @@ class Markers:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any] | None) -> Markers | None:
-        """Markers as a worker may report them (chat.started["markers"]); None when it did not."""
+        """Markers as a worker stored them (Snapshot.markers); None when it did not. Strings only: the row
+        is ours, but a marker that is not a string would break the stream parser mid-answer."""
         if not isinstance(data, dict):
             return None
-        fields = {f: data.get(f) for f in cls.__dataclass_fields__}
-        fields["starts_in_reasoning"] = bool(fields.get("starts_in_reasoning"))
+        fields: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            value = data.get(name)
+            fields[name] = value if isinstance(value, str) and value else None
+        fields["starts_in_reasoning"] = bool(data.get("starts_in_reasoning"))
         return cls(**fields)
+
+    def as_payload(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 NO_MARKERS = Markers()

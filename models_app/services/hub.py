@@ -28,6 +28,7 @@ from models_app.services import (
     hub_resume,
     jobs,
     mirrors,
+    model_markers,
     shared_store,
     visibility,
     workers,
@@ -598,6 +599,8 @@ def _save_snapshot(
         "missing_files": missing,
         "model_type": str(config.get("model_type") or "")[:64],
         "context_length": context_length(config),
+        # Written here, by the worker that has the files: the API reads them from the row on any machine.
+        "markers": model_markers.read_markers(path),
         "downloaded_at": now,
         "verified_at": now,
     }

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from models_app.models import Repository, Snapshot
-from models_app.services import hub_checks
+from models_app.services import hub_checks, model_markers
 from models_app.services.cache_layout import CacheError, FileRecord, context_length, read_config
 from models_app.services.hub_guard import MetadataError, read_metadata
 
@@ -144,6 +144,7 @@ def register_local_model(name: str, path: str | Path, *, user: Any) -> Snapshot:
                 "status": Snapshot.Status.READY,
                 "model_type": str(config.get("model_type", "")),
                 "context_length": context_length(config),
+                "markers": model_markers.read_markers(model_dir),
                 "downloaded_at": now,
                 "verified_at": now,
             },

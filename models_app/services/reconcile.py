@@ -18,7 +18,7 @@ from django.utils import timezone
 from huggingface_hub.utils._cache_manager import CachedRepoInfo, CachedRevisionInfo
 
 from models_app.models import DownloadJob, Repository, Snapshot
-from models_app.services import hub_checks
+from models_app.services import hub_checks, model_markers
 from models_app.services.cache import snapshot_path
 from models_app.services.cache_layout import (
     CacheError,
@@ -48,6 +48,7 @@ class ReconcileReport:
     roots: dict[str, str] = field(default_factory=dict)  # root name -> "scanned" | "absent"
     warnings: list[str] = field(default_factory=list)  # scan_cache_dir's CorruptedCacheException messages
     partials_removed: list[str] = field(default_factory=list)  # orphaned *.incomplete files deleted
+    markers_filled: int = 0  # rows of this node given their chat-template markers (rows older than the field)
 
     @property
     def imported_repo_ids(self) -> list[str]:
@@ -133,6 +134,7 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
         "missing_files": missing,
         "model_type": str(config.get("model_type", "")),
         "context_length": context_length(config),
+        "markers": model_markers.read_markers(rev.snapshot_path),
         "downloaded_at": datetime.fromtimestamp(rev.last_modified, tz=UTC),
         "verified_at": timezone.now(),
     }
@@ -246,4 +248,6 @@ def reconcile_cache() -> ReconcileReport:
             status=new_status, updated_at=now
         ):
             bucket.append(label)
+    # Rows written before the markers were stored: this node has their files, the web server may not.
+    report.markers_filled = model_markers.backfill_markers()
     return report

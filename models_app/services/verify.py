@@ -116,4 +116,8 @@ def verify_model(snapshot: Snapshot) -> VerifyResult:
         status=result.status, verified_at=result.verified_at, updated_at=result.verified_at
     )
     snapshot.status, snapshot.verified_at = result.status, result.verified_at
+    if result.ok:
+        from models_app.services import model_markers
+
+        model_markers.fill_markers(snapshot)  # a row older than the markers: the files are here, read them
     return result

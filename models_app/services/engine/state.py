@@ -4,6 +4,7 @@ beat, the status its heartbeat publishes)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ import mlx_lm
 from django.conf import settings
 
 from models_app.models import Snapshot
-from models_app.services import inference
+from models_app.services import inference, model_markers
 from models_app.services.engine.prompt_cache import PromptCache
 from models_app.services.engine.registry import ModelLoadError, ModelRegistry, ModelSpec, memory_budget
 
@@ -72,6 +73,9 @@ def spec_for(snapshot_id: int) -> ModelSpec:
         raise ModelLoadError(f"{name} is not ready ({snapshot.get_status_display().lower()}).")
     if snapshot.node != settings.NODE_NAME:
         raise ModelLoadError(f"{name} is on node {snapshot.node}, not on this one ({settings.NODE_NAME}).")
+    # A row older than its markers, on the machine that has the files: the API reads them from the row.
+    with contextlib.suppress(Exception):
+        model_markers.fill_markers(snapshot)
     return ModelSpec(snapshot_id=snapshot.id, repo_id=name, path=snapshot.path)
 
 
