@@ -118,7 +118,9 @@ class ChatConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketConsume
     async def _accepted(self, started: chat.Started) -> None:
         # Replies queue on our channel until this handler returns, so the watch exists before they arrive.
         self.watches[started.request_id] = inference.ReplyWatch(
-            started.request_id, pickup_timeout=settings.INFERENCE_PICKUP_TIMEOUT
+            started.request_id,
+            pickup_timeout=settings.INFERENCE_PICKUP_TIMEOUT,
+            queue=started.queue or inference.QUEUE,  # the answering machine's workers, not any machine's
         )
         if started.lease is not None:
             self.leases[started.request_id] = started.lease

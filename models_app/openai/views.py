@@ -24,9 +24,9 @@ from django.views.decorators.csrf import csrf_exempt
 from models_app.api.auth import authenticate_key, bearer_token
 from models_app.models import ApiKey, Snapshot
 from models_app.openai import schemas
-from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser, markers_for_path
+from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
-from models_app.services import cache, inference, inflight
+from models_app.services import cache, inference, inflight, model_markers, routing
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ ERROR_STATUS: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
     "model_load_failed": (500, "server_error"),
     "no_worker": (503, "server_error"),
+    "node_down": (503, "server_error"),
     "worker_died": (503, "server_error"),
     "cancelled": (500, "server_error"),
     "internal": (500, "server_error"),
@@ -115,12 +116,19 @@ def _model_object(info: cache.ModelInfo) -> dict[str, Any]:
 
 
 def _ready_models(user: Any) -> list[dict[str, Any]]:
-    """One entry per repo with a ready snapshot on this node that the user may see (newest snapshot's date)."""
+    """One entry per repo with a ready snapshot the user may see on a machine that can answer now (any node
+    whose inference worker is alive, and this one), dated by its newest such snapshot. Read from the database
+    and the workers' presence only: the files may all be on other machines."""
+    try:
+        nodes = routing.Cluster.now().live_nodes()
+    except inference.InferenceUnavailable:  # Redis not answering: what this machine holds, as before
+        nodes = set()
+    nodes.add(settings.NODE_NAME)
     seen: dict[str, dict[str, Any]] = {}
-    for info in cache.list_models(user=user, node=settings.NODE_NAME):
-        if info.status == Snapshot.Status.READY and info.repo_id not in seen:
+    for info in cache.list_models(user=user):
+        if info.status == Snapshot.Status.READY and info.node in nodes and info.repo_id not in seen:
             seen[info.repo_id] = _model_object(info)
-    return list(seen.values())
+    return sorted(seen.values(), key=lambda m: m["id"])
 
 
 @endpoint("GET")
@@ -148,15 +156,29 @@ def _model_not_found(model_id: str) -> JsonResponse:
     )
 
 
-def _resolve(model_id: str, user: Any) -> tuple[Snapshot, Markers] | None:
-    """The ready snapshot a model id names (`org/name`, or `org/name@revision`), and its text markers, read
-    from the same stored path the worker loads (never a path from the request)."""
+def _resolve(model_id: str, user: Any) -> tuple[routing.Route, Markers] | None:
+    """The snapshot that answers for a model id (`org/name`, or `org/name@revision`) on whichever machine holds
+    it (routing.choose: loaded, else least busy), and its text markers from its row: the web server reads no
+    model file, it may have none. None when no ready snapshot matches; routing.NodeDown when every machine
+    holding one is down."""
     repo_id, _, revision = model_id.partition("@")
+    rows = list(
+        cache.newest_first(
+            Snapshot.objects.visible_to(user)
+            .select_related("repository")
+            .filter(repository__repo_id=repo_id)
+            .exclude(status=Snapshot.Status.DELETED)
+        )
+    )
     try:
-        snapshot = cache.find_ready_snapshot(repo_id, revision or None, user=user)
+        matching = rows if not revision else cache.match_revision(rows, revision)
     except cache.CacheError:
         return None
-    return snapshot, markers_for_path(snapshot.path) if snapshot.path else NO_MARKERS
+    ready = [s for s in matching if s.status == Snapshot.Status.READY]
+    if not ready:
+        return None
+    route = routing.choose(ready, label=model_id)
+    return route, model_markers.markers_of(route.snapshot)
 
 
 # --- Completions ----------------------------------------------------------------------------------------------
@@ -367,10 +389,14 @@ async def _renewing(
 async def _generate(
     parsed: schemas.CompletionRequest, key: ApiKey, request_id: str, lease: inflight.Lease
 ) -> HttpResponse:
-    resolved = await sync_to_async(_resolve)(parsed.model, key.user)
+    try:
+        resolved = await sync_to_async(_resolve)(parsed.model, key.user)
+    except inference.InferenceUnavailable as exc:  # routing.NodeDown names the machine(s)
+        return error_response(503, str(exc), type="server_error", code=exc.code)
     if resolved is None:
         return _model_not_found(parsed.model)
-    snapshot, markers = resolved
+    route, markers = resolved
+    snapshot = route.snapshot
 
     layer = get_channel_layer()
     channel = await layer.new_channel()
@@ -388,13 +414,20 @@ async def _generate(
     else:
         generation["prompt"] = parsed.prompt
     try:
-        queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(generation)
+        queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(
+            generation, queue=route.queue
+        )
     except inference.InferenceUnavailable as exc:
-        return error_response(503, str(exc), type="server_error", code="no_worker")
+        return error_response(503, str(exc), type="server_error", code=exc.code)
 
     replies = _renewing(
         inference.stream_replies(
-            layer, channel, request_id, settings.INFERENCE_PICKUP_TIMEOUT, keepalive=KEEPALIVE_SECONDS
+            layer,
+            channel,
+            request_id,
+            settings.INFERENCE_PICKUP_TIMEOUT,
+            keepalive=KEEPALIVE_SECONDS,
+            queue=queue,
         ),
         lease,
     )

@@ -25,7 +25,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from models_app.models import Conversation, Message, Snapshot, Usage
-from models_app.services import inference, inflight, workers
+from models_app.services import inference, inflight, routing, workers
 from models_app.services import redis as app_redis
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def post_message(
     clean_options = _options(options)
     conversation = get_conversation(user, conversation_id) if conversation_id not in (None, "") else None
     snapshot = _pick_snapshot(user, snapshot_id, conversation)
-    _ensure_worker(snapshot)
+    route = _route(user, snapshot)
     with _leased(user) as lease, transaction.atomic():
         if conversation is None:
             conversation = Conversation(user=user, title=DEFAULT_TITLE)
@@ -182,14 +182,14 @@ def post_message(
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=content
         )
-        answer = _new_answer(conversation, snapshot, lease)
+        answer = _new_answer(conversation, route.snapshot, lease)
         messages = _checked_messages(conversation, before=answer.id)  # too large: all this is rolled back
     request_options = clean_options if options is not None else _stored_options(conversation)
     return _start(
         user,
         conversation,
         answer,
-        snapshot,
+        route,
         request_options,
         reply_channel,
         messages=messages,
@@ -203,7 +203,7 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
     conversation = get_conversation(user, conversation_id)
     clean_options = _options(options) if options is not None else _stored_options(conversation)
     snapshot = _pick_snapshot(user, None, conversation)
-    _ensure_worker(snapshot)
+    route = _route(user, snapshot)
     with _leased(user) as lease, transaction.atomic():
         rows = list(conversation.messages.order_by("id"))
         if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in rows):
@@ -212,14 +212,14 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
             rows.pop().delete()
         if not rows:
             raise ChatError("invalid_request", "There is no message to answer yet.")
-        answer = _new_answer(conversation, snapshot, lease)
+        answer = _new_answer(conversation, route.snapshot, lease)
         messages = _checked_messages(conversation, before=answer.id)
         conversation.save(update_fields=["updated_at"])
     return _start(
         user,
         conversation,
         answer,
-        snapshot,
+        route,
         clean_options,
         reply_channel,
         messages=messages,
@@ -327,7 +327,7 @@ def _start(
     user,  # type: ignore[no-untyped-def]
     conversation: Conversation,
     answer: Message,
-    snapshot: Snapshot,
+    route: routing.Route,
     options: dict[str, Any],
     reply_channel: str,
     *,
@@ -335,6 +335,7 @@ def _start(
     lease: inflight.Lease,
     user_message_id: int | None,
 ) -> Started:
+    snapshot = route.snapshot
     request = {
         "request_id": str(answer.request_id),
         "reply_channel": reply_channel,
@@ -347,7 +348,7 @@ def _start(
         "assistant_message_id": answer.id,
     }
     try:
-        queue = inference.start_generation(request)
+        queue = inference.start_generation(request, queue=route.queue)
     except inference.InferenceUnavailable as exc:
         inflight.release(lease)
         fail_answer(request_id=str(answer.request_id), code=exc.code, message=str(exc))
@@ -404,11 +405,16 @@ def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) ->
     return snapshot
 
 
-def _ensure_worker(snapshot: Snapshot) -> None:
+def _route(user, snapshot: Snapshot) -> routing.Route:  # type: ignore[no-untyped-def]
+    """The machine that answers: the one holding this commit that has it loaded, else the least busy (the
+    same commit on another machine counts). Checked before anything is saved: a user whose request cannot run
+    keeps their text, and a machine that is down is named at once, not after a pickup timeout."""
     try:
-        inference.ensure_worker(inference.queue_for_snapshot(snapshot.id))
+        route = routing.route_snapshot(snapshot, user)
+        inference.ensure_worker(route.queue)
     except inference.InferenceUnavailable as exc:
         raise ChatError(exc.code, str(exc)) from exc
+    return route
 
 
 def _options(options: Any) -> dict[str, Any]:

@@ -301,11 +301,21 @@ def _logit_bias(bias: Any) -> dict[str, float]:
 
 def queue_for_snapshot(snapshot_id: int) -> str:
     """The inference queue of the machine that holds the snapshot (the shared queue on a single machine
-    whose worker reads no node queue)."""
+    whose worker reads no node queue). Raises routing.NodeDown, naming the machine, when its worker is not
+    alive: the shared queue would hand the request to another machine, which does not have the files."""
     from models_app.models import Snapshot
+    from models_app.services import routing
 
-    node = Snapshot.objects.filter(id=snapshot_id).values_list("node", flat=True).first()
-    return workers.queue_for(workers.node_queue("inference", node or settings.NODE_NAME), QUEUE)
+    snapshot = Snapshot.objects.select_related("repository").filter(id=snapshot_id).first()
+    node = snapshot.node if snapshot is not None else settings.NODE_NAME
+    cluster = routing.Cluster.now()
+    queue = cluster.queue_of(node)
+    if queue is None and node == settings.NODE_NAME and not cluster.has_node_queues():
+        return QUEUE  # one machine: the send's own check says no inference worker is running
+    if queue is None:
+        label = f"{snapshot.repository.repo_id}@{snapshot.short_sha}" if snapshot is not None else "The model"
+        raise routing.node_down(label, [node])
+    return queue
 
 
 def start_generation(request: dict[str, Any], *, queue: str | None = None) -> str:
@@ -468,6 +478,11 @@ class ReplyWatch:
     def silent_for(self) -> float:
         return time.monotonic() - self.last_seen
 
+    def _of_machine(self) -> str:
+        """ " of machine B" when the request went to one machine's own queue: the message names it."""
+        node = self.queue.removeprefix("inference.") if self.queue.startswith("inference.") else ""
+        return f" of machine {node}" if node else ""
+
     def due(self) -> bool:
         """Silent for pickup_timeout, and not checked within the last pickup_timeout."""
         now = time.monotonic()
@@ -490,14 +505,15 @@ class ReplyWatch:
             return error_payload(
                 self.request_id,
                 WORKER_DIED,
-                "The inference worker stopped while handling this request; the answer is incomplete. "
-                "Try again once it is back.",
+                f"The inference worker{self._of_machine()} stopped while handling this request; the answer is "
+                "incomplete. Try again once it is back.",
             )
         if not live:
             return error_payload(
                 self.request_id,
                 NO_WORKER,
-                "No inference worker picked up the request: none is running. Start one (`make run` does).",
+                f"No inference worker{self._of_machine()} picked up the request: none is running. Start one "
+                "(`make run` does).",
             )
         if any(w.extra.get("busy_since") for w in live):
             self._idle_checks = 0
@@ -519,6 +535,7 @@ async def stream_replies(
     pickup_timeout: float,
     *,
     keepalive: float | None = None,
+    queue: str = QUEUE,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield the replies to request_id arriving on channel, until chat.done or chat.error (inclusive).
 
@@ -527,7 +544,7 @@ async def stream_replies(
     {"type": "chat.keepalive"} is yielded after that many silent seconds (for SSE comments during a long
     prompt); it carries no seq and is not a realtime payload.
     """
-    watch = ReplyWatch(request_id, pickup_timeout=pickup_timeout)
+    watch = ReplyWatch(request_id, pickup_timeout=pickup_timeout, queue=queue)
     check = sync_to_async(watch.check, thread_sensitive=False)
     step = min(pickup_timeout, keepalive) if keepalive else pickup_timeout
     # One receive stays pending across quiet periods instead of a wait_for() per step: cancelling a receive

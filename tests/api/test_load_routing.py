@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from kombu import Connection
 
 from dashboard.celery import app
 from models_app.models import Snapshot
+from models_app.services import redis as app_redis
 from models_app.services import workers
 
 pytestmark = pytest.mark.django_db
@@ -30,13 +32,21 @@ def take_message(queue: str) -> dict | None:  # type: ignore[type-arg]
         return {"task": message.headers["task"], "args": message.decode()[0]}
 
 
-def test_load_and_unload_go_to_the_models_machine(staff_api, make_snapshot, settings) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def node_b() -> Iterator[str]:
+    """Another machine's inference worker, as its presence key shows it; gone after the test (a machine's own
+    queue in the presence keys changes how every later test's chats are routed)."""
     node = f"node-b-{uuid.uuid4().hex[:6]}"
+    hostname = f"inference@{node}"
+    workers.beat_once(hostname=hostname, queues=["inference", f"inference.{node}"], started_at=time.time())
+    yield node
+    app_redis.client().delete(app_redis.key("workers", hostname))
+
+
+def test_load_and_unload_go_to_the_models_machine(staff_api, make_snapshot, node_b: str) -> None:  # type: ignore[no-untyped-def]
+    node = node_b
     snapshot = make_snapshot()
     Snapshot.objects.filter(id=snapshot.id).update(node=node)
-    workers.beat_once(
-        hostname=f"inference@{node}", queues=["inference", f"inference.{node}"], started_at=time.time()
-    )
     response = staff_api.post(f"/api/v1/models/{snapshot.id}/load")
     assert response.status_code == 202, response.content
 

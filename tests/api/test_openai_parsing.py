@@ -160,7 +160,12 @@ def post(key: str, body: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def thinker(make_snapshot, thinking_model_dir: Path):  # type: ignore[no-untyped-def]
-    return make_snapshot("test/thinker", path=str(thinking_model_dir))
+    # Its markers as the worker that has the files writes them into the row (the view reads only the row).
+    from models_app.services.model_markers import read_markers
+
+    return make_snapshot(
+        "test/thinker", path=str(thinking_model_dir), markers=read_markers(thinking_model_dir)
+    )
 
 
 @pytest.mark.django_db(transaction=True)
