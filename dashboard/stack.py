@@ -71,14 +71,25 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+WORKERS = ("downloads", "inference")
+
+
 def plan(
-    *, host: str, port: int, node: str, python: str = sys.executable, downloads_concurrency: int = 2
+    *,
+    host: str,
+    port: int,
+    node: str,
+    python: str = sys.executable,
+    downloads_concurrency: int = 2,
+    workers_only: bool = False,
 ) -> list[Service]:
     """Each worker reads the shared queues and this machine's own (`node.<node>`, `inference.<node>`), so
     another machine running the same stack against the same Redis and database shares the work, and what
-    must run where the files are is routed there."""
+    must run where the files are is routed there. `workers_only` is such another machine: its two workers,
+    without a web server (any machine's serves every machine's models) and without beat, which must run once
+    per cluster (two would run every periodic task twice)."""
     celery = [python, "-m", "celery", "-A", "dashboard"]
-    return [
+    services = [
         Service(
             "web",
             [
@@ -131,6 +142,7 @@ def plan(
         ),
         Service("beat", [*celery, "beat", "--loglevel", "INFO"]),
     ]
+    return [s for s in services if s.name in WORKERS] if workers_only else services
 
 
 class Stack:

@@ -46,23 +46,47 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")), help="env PORT")
         parser.add_argument("--downloads-concurrency", type=int, default=2)
         parser.add_argument(
+            "--workers-only",
+            action="store_true",
+            help="another machine of a cluster: only this machine's download and inference workers (no web "
+            "server, no beat), against the first machine's REDIS_URL and DATABASE_URL; NODE_NAME names it",
+        )
+        parser.add_argument(
             "--no-bootstrap",
             action="store_true",
             help="do not create the first admin account on a fresh install",
         )
 
     def handle(
-        self, *args: Any, host: str, port: int, downloads_concurrency: int, no_bootstrap: bool, **options: Any
+        self,
+        *args: Any,
+        host: str,
+        port: int,
+        downloads_concurrency: int,
+        no_bootstrap: bool,
+        workers_only: bool,
+        **options: Any,
     ) -> None:
         env = dict(os.environ)
         # Children must find the same secrets and data this process found (generated into var/ on first run).
         env.setdefault("VAR_DIR", str(settings.VAR_DIR))
         env.setdefault("NODE_NAME", settings.NODE_NAME)  # the node queues below are named after it
+        if workers_only:
+            self._check_joinable(env)
         stack = Stack(
-            plan(host=host, port=port, node=settings.NODE_NAME, downloads_concurrency=downloads_concurrency),
+            plan(
+                host=host,
+                port=port,
+                node=settings.NODE_NAME,
+                downloads_concurrency=downloads_concurrency,
+                workers_only=workers_only,
+            ),
             env=env,
             var_dir=settings.VAR_DIR,
         )
+        if workers_only:
+            self._run_workers(stack)
+            return
         stack.ensure_redis()
         # This process reads the workers' presence (the readiness check) from the Redis its children use, which
         # ensure_redis may have chosen only now.
@@ -90,6 +114,38 @@ class Command(BaseCommand):
         if login is not None and not announced.is_set():
             # Shown once means shown at least once: a stack stopped before it came up still hands over the login.
             say(login_box(urls=[], login=login, notes=["The stack was stopped before it was up."]))
+        say("stopped.")
+        if code:
+            raise SystemExit(code)
+
+    @staticmethod
+    def _check_joinable(env: dict[str, str]) -> None:
+        """A machine that joins a cluster needs the cluster's Redis and database: a private Redis or a SQLite
+        file of its own would make it a cluster of one that nobody sends work to."""
+        if not env.get("REDIS_URL"):
+            raise SystemExit(
+                "--workers-only joins the machine that runs the web server: set REDIS_URL to its Redis "
+                "(and DATABASE_URL to its PostgreSQL). See README, Production."
+            )
+        if connection.vendor == "sqlite":
+            say(
+                "note: DATABASE_URL is a SQLite file; another machine can share it only if it is on this "
+                "machine's disk. Use PostgreSQL for several machines (README, Production)."
+            )
+
+    def _run_workers(self, stack: Stack) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            stack.request_stop()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        stack.start()
+        say(
+            f"\n  Workers of machine {settings.NODE_NAME} are starting; its models appear on the web server.\n"
+        )
+        code = stack.wait()
+        say("stopping…")
+        stack.stop()
         say("stopped.")
         if code:
             raise SystemExit(code)
