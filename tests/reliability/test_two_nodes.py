@@ -4,7 +4,8 @@ one web server (uvicorn, a third NODE_NAME with none of the files) serves them b
 
 A model is pulled on each through the web server's REST API and the local Hub; both are listed by `/v1/models`
 and answered through the web server's chat websocket and its OpenAI API (the real openai SDK), each by a worker
-of the machine that holds it. Then one machine's workers are SIGKILLed: its model is refused at once, naming
+of the machine that holds it. A third model, pulled on both, is answered by the machine that has it loaded,
+whichever copy the chat names. Then one machine's workers are SIGKILLed: its model is refused at once, naming
 the machine (the web server's pickup timeout is set to ten minutes here, so an answer that waited for it would
 never come within the test's wait), while the other machine keeps answering. Its workers start again and its
 model is answered again.
@@ -176,6 +177,13 @@ def answered_by_the_api(client: openai.OpenAI, repo_id: str, node: Node) -> None
     }
 
 
+def loaded_on(node: Node) -> set[int]:
+    """The snapshot ids the machine's inference worker reports loaded in its heartbeat."""
+    raw = redis.Redis.from_url(settings.REDIS_URL).get(node.inference.presence_key())  # type: ignore[union-attr]
+    extra = json.loads(raw).get("extra", {}) if raw else {}
+    return {m["snapshot_id"] for m in extra.get("loaded_models", [])}
+
+
 def presence_gone(node: Node) -> bool:
     client = redis.Redis.from_url(settings.REDIS_URL)
     return not any(client.exists(w.presence_key()) for w in node.workers)
@@ -207,6 +215,21 @@ def test_two_machines_serve_their_models_through_one_web_server_and_one_going_do
     answered_on_the_page_by(asyncio.run(chat_frames(web, cookie, on_b.id)), b)
     answered_by_the_api(client, on_a.repository.repo_id, a)
     answered_by_the_api(client, on_b.repository.repo_id, b)
+
+    # One model on both machines: the first chat loads it on one of them (the less busy, as their heartbeats
+    # said a moment ago); from then on a chat that names the other machine's copy is answered by the machine
+    # that has it loaded, which needs no load.
+    repo_id = publish("on-both")[0]
+    copies = {a.name: pull(web, key, repo_id, a), b.name: pull(web, key, repo_id, b)}
+    assert copies[a.name].commit_sha == copies[b.name].commit_sha
+    first = asyncio.run(chat_frames(web, cookie, copies[a.name].id))
+    loader, other = (a, b) if taken_by(first[0]["request_id"]) == a.inference.hostname else (b, a)  # type: ignore[union-attr]
+    answered_on_the_page_by(first, loader)
+    wait_for(lambda: copies[loader.name].id in loaded_on(loader), 30, "the heartbeat never showed it loaded")
+    assert copies[other.name].id not in loaded_on(other)
+    answered_on_the_page_by(asyncio.run(chat_frames(web, cookie, copies[other.name].id)), loader)
+    answered_by_the_api(client, repo_id, loader)
+    assert copies[other.name].id not in loaded_on(other)
 
     # Machine B goes away without a word. It counts as down once its workers' presence has expired.
     b.kill()
