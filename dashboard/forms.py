@@ -15,6 +15,7 @@ from models_app.models import HubCredential, Snapshot
 from models_app.services import credentials, errors, workers
 from models_app.services.errors import DownloadError
 from models_app.services.inference import DEFAULT_GENERATION
+from models_app.services.nodes import ANY_NODE
 from models_app.services.validation import parse_hub_url, repo_and_revision, validate_allow_patterns
 
 GB = 10**9
@@ -136,6 +137,8 @@ class PullForm(PagesForm):
         self.fields["node"].choices = [(settings.NODE_NAME, f"{settings.NODE_NAME} (this one)")] + [
             (n, n) for n in others
         ]
+        if others:
+            self.fields["node"].choices.append((ANY_NODE, "Any machine with room (picked for you)"))
         self.fields["node"].initial = settings.NODE_NAME
 
     @property

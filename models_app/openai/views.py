@@ -27,6 +27,7 @@ from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser, markers_for_path
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
 from models_app.services import cache, inference, inflight
+from models_app.services.nodes import down_nodes
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,9 @@ def _model_object(info: cache.ModelInfo) -> dict[str, Any]:
 def _ready_models(user: Any) -> list[dict[str, Any]]:
     """One entry per repo with a ready snapshot on this node that the user may see (newest snapshot's date)."""
     seen: dict[str, dict[str, Any]] = {}
+    down = down_nodes()  # a machine whose workers stopped offers nothing until it is back
     for info in cache.list_models(user=user, node=settings.NODE_NAME):
-        if info.status == Snapshot.Status.READY and info.repo_id not in seen:
+        if info.status == Snapshot.Status.READY and info.repo_id not in seen and info.node not in down:
             seen[info.repo_id] = _model_object(info)
     return list(seen.values())
 
@@ -155,6 +157,8 @@ def _resolve(model_id: str, user: Any) -> tuple[Snapshot, Markers] | None:
     try:
         snapshot = cache.find_ready_snapshot(repo_id, revision or None, user=user)
     except cache.CacheError:
+        return None
+    if snapshot.node in down_nodes():
         return None
     return snapshot, markers_for_path(snapshot.path) if snapshot.path else NO_MARKERS
 
