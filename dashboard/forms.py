@@ -134,11 +134,10 @@ class PullForm(PagesForm):
         # This machine first, then every other one with a live download worker (the page shows the choice
         # only when there is one to make).
         others = [n for n in workers.node_names("downloads") if n != settings.NODE_NAME]
-        self.fields["node"].choices = [(settings.NODE_NAME, f"{settings.NODE_NAME} (this one)")] + [
-            (n, n) for n in others
-        ]
+        choices = [(settings.NODE_NAME, f"{settings.NODE_NAME} (this one)")] + [(n, n) for n in others]
         if others:
-            self.fields["node"].choices.append((ANY_NODE, "Any machine with room (picked for you)"))
+            choices.append((ANY_NODE, "Any machine with room (picked for you)"))
+        self.fields["node"].choices = choices
         self.fields["node"].initial = settings.NODE_NAME
 
     @property

@@ -304,11 +304,15 @@ def pick_node(options: list[NodeOption]) -> tuple[NodeOption | None, str]:
     )
     others = [o for o in options if o is not best]
     if others:
-        reason += " Others: " + "; ".join(
-            f"{o.node} ({'memory ' + o.memory.level if o.fits_disk else 'not enough disk'})" for o in others
-        )
+        reason += " Others: " + "; ".join(f"{o.node} ({_standing(o)})" for o in others)
         reason += "."
     return best, reason
+
+
+def _standing(option: NodeOption) -> str:
+    if option.fits_disk:
+        return f"memory {option.memory.level}"
+    return "free disk unknown" if option.disk_free_bytes is None else "not enough disk"
 
 
 def _gb(n: int) -> str:
