@@ -190,5 +190,6 @@ def remove_node(name: str) -> Removal:
         _, deleted = Snapshot.objects.filter(node=name).delete()
         snapshots = deleted.get(Snapshot._meta.label, 0)
         Node.objects.filter(name=name).delete()
+    workers.forget_node(name)
     log.warning("node %s removed: %d snapshot rows forgotten, %d jobs cancelled", name, snapshots, cancelled)
     return Removal(node=name, snapshots=snapshots, jobs_cancelled=cancelled)

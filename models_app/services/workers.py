@@ -96,6 +96,11 @@ def beat_once(
     pipe.execute()
 
 
+def forget_node(node: str) -> None:
+    """Drop a removed machine's "last seen" (its presence keys are gone already)."""
+    app_redis.client().hdel(_last_seen_key(), node)
+
+
 def nodes_last_seen() -> dict[str, float]:
     """When each machine's workers last beat, as far as Redis remembers. Raises redis.RedisError."""
     raw = app_redis.client().hgetall(_last_seen_key())
