@@ -227,6 +227,8 @@ def test_removing_a_node_for_good_forgets_its_snapshots_not_its_files(  # type: 
     admin = Client()
     admin.force_login(staff)
     delete_url = f"/admin/models_app/node/{node_row.id}/delete/"
+    listing = admin.get("/admin/models_app/node/").content.decode()
+    assert node_b.name in listing and f"/admin/models_app/node/{node_row.id}/" in listing
     assert admin.get(delete_url).status_code == 403  # a machine that is up cannot be removed
 
     node_b.kill()
