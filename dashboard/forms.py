@@ -15,6 +15,7 @@ from models_app.models import HubCredential, Snapshot
 from models_app.services import credentials, errors, workers
 from models_app.services.errors import DownloadError
 from models_app.services.inference import DEFAULT_GENERATION
+from models_app.services.nodes import ANY_NODE
 from models_app.services.validation import parse_hub_url, repo_and_revision, validate_allow_patterns
 
 GB = 10**9
@@ -133,9 +134,10 @@ class PullForm(PagesForm):
         # This machine first, then every other one with a live download worker (the page shows the choice
         # only when there is one to make).
         others = [n for n in workers.node_names("downloads") if n != settings.NODE_NAME]
-        self.fields["node"].choices = [(settings.NODE_NAME, f"{settings.NODE_NAME} (this one)")] + [
-            (n, n) for n in others
-        ]
+        choices = [(settings.NODE_NAME, f"{settings.NODE_NAME} (this one)")] + [(n, n) for n in others]
+        if others:
+            choices.append((ANY_NODE, "Any machine with room (picked for you)"))
+        self.fields["node"].choices = choices
         self.fields["node"].initial = settings.NODE_NAME
 
     @property

@@ -97,14 +97,14 @@ def reconcile_on_worker_start(sender: Any, **_kwargs: Any) -> None:
     died with the worker it replaces (their pids are gone: no need to wait DOWNLOAD_HEARTBEAT_TIMEOUT, and
     their partial files are resumed), then by indexing the cache: models pulled by other tools while it was
     down appear, and rows whose files went away are flagged."""
-    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()}
-    if "maintenance" not in queues:
-        return
-    # With several machines, both must run where the processes and the cache are: on this node's own queue
-    # if the worker has one.
     from models_app.services.workers import node_queue
 
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()}
+    # With several machines, both must run where the processes and the cache are: on this node's own queue
+    # if the worker has one (a worker reading only that queue maintains its machine too).
     own = node_queue("maintenance", settings.NODE_NAME)
+    if "maintenance" not in queues and own not in queues:
+        return
     queue = own if own in queues else "maintenance"
     reap_jobs.apply_async(queue=queue)
     reconcile_cache.apply_async(queue=queue)

@@ -5,6 +5,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
+from dashboard.views.nodes_view import node_cards
 from models_app.services.health import health_for
 
 
@@ -19,4 +20,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @login_required
 def health_page(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboard/health.html", {"health": health_for(request.user)})
+    health = health_for(request.user)
+    nodes = node_cards(health["nodes"])
+    context = {"health": health, "nodes": nodes, "nodes_down": any(n["state"] != "up" for n in nodes)}
+    return render(request, "dashboard/health.html", context)

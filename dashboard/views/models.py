@@ -17,6 +17,7 @@ from models_app.models import DownloadJob, Snapshot
 from models_app.services import cache, hub, inference
 from models_app.services.cache_layout import CacheError, file_record
 from models_app.services.errors import DownloadError
+from models_app.services.nodes import down_nodes
 from models_app.services.usage import usage_report
 from models_app.services.verify import verify_model
 
@@ -56,6 +57,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
             "query": query,
             "sort_query": f"{sort_query.urlencode()}&" if sort_query else "",
             "loaded": loaded,
+            "down": down_nodes(),
             "sort": (form.cleaned_data.get("sort") if form.is_valid() else "") or "name",
             "filtered": bool(request.GET.get("q") or request.GET.get("status") or request.GET.get("updates")),
         },
@@ -89,6 +91,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "jobs": jobs,
             "files": files,
             "loaded": loaded,
+            "node_down": snapshot.node in down_nodes(),
             "usage": report,
             "usage_chart": report.chart_data(),
         },

@@ -12,6 +12,7 @@ from django.shortcuts import render
 
 from dashboard.views.downloads import TEMPLATE_JOB
 from dashboard.views.inference_status import loaded_models
+from dashboard.views.nodes_view import node_cards
 from models_app.models import DownloadJob, Repository, Snapshot
 from models_app.services.health import health_for
 from models_app.services.usage import usage_report
@@ -64,6 +65,13 @@ def overview(request: HttpRequest) -> HttpResponse:
     )
     active = list(DownloadJob.objects.visible_to(user).active().select_related("repository")[:ACTIVE_LIMIT])
     updates = list(Repository.objects.visible_to(user).filter(update_available=True)[:UPDATES_LIMIT])
+    ready_by_node = dict(
+        Snapshot.objects.visible_to(user)
+        .filter(status=Snapshot.Status.READY)
+        .values("node")
+        .annotate(n=Count("id"))
+        .values_list("node", "n")
+    )
     report = usage_report(user=user, days=7)
     queues = health["queues"]
     context = {
@@ -75,6 +83,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "active_jobs": active,
         "template_job": TEMPLATE_JOB,
         "loaded": loaded_models(user),
+        "nodes": node_cards(health["nodes"], ready_by_node),
         "updates": updates,
         "usage": report,
         "usage_chart": report.chart_data(),

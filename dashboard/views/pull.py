@@ -49,7 +49,8 @@ def pull(request: HttpRequest) -> HttpResponse:
                     node=data["node"] or None,
                 )
                 token = f" with the Hub token {credentials.label(credential)}" if credential else ""
-                messages.success(request, f"Pulling {repo_id}@{revision}{token}.")
+                picked = f" on {job.node}. {job.node_choice}" if job.node_choice else "."
+                messages.success(request, f"Pulling {repo_id}@{revision}{token}{picked}")
                 return redirect(f"/downloads/?job={job.id}#job-{job.id}")
             plan = plan_service.plan_pull(
                 repo_id,

@@ -1,3 +1,3 @@
 """Admin registrations, one module per area. No secret is ever displayed or editable as text."""
 
-from models_app.admin import chat, downloads, keys, limits  # noqa: F401
+from models_app.admin import chat, downloads, keys, limits, nodes  # noqa: F401

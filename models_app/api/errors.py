@@ -45,6 +45,7 @@ CODE_STATUS: dict[str, int] = {
     "not_retryable": 409,
     "pull_in_progress": 409,
     "disk_full": 507,
+    "no_node_with_room": 507,
     "integrity": 502,
     "network": 502,
     "hub_error": 502,

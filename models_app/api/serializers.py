@@ -197,6 +197,11 @@ class PullSerializer(serializers.ModelSerializer):
     percent = serializers.FloatField()
     eta_seconds = serializers.FloatField(allow_null=True)
     error = serializers.SerializerMethodField()
+    node_choice = serializers.CharField(
+        read_only=True,
+        help_text='For a pull to node "any" (when it created or joined the job): which machine was picked '
+        "and why; empty otherwise",
+    )
 
     class Meta:
         model = DownloadJob
@@ -205,6 +210,7 @@ class PullSerializer(serializers.ModelSerializer):
             "repo_id",
             "revision",
             "node",
+            "node_choice",
             "cache_root",
             "state",
             "commit_sha",
@@ -300,7 +306,8 @@ class PullCreateSerializer(serializers.Serializer):
         allow_blank=True,
         max_length=200,
         validators=[RegexValidator(NODE_PATTERN)],
-        help_text="The machine to download to, by its NODE_NAME (default: the server's own)",
+        help_text='The machine to download to, by its NODE_NAME (default: the server\'s own); "any": the live '
+        "machine whose cache root has room (the answer's node_choice says which and why)",
     )
     allow_patterns = serializers.ListField(
         child=StrictCharField(

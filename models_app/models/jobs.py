@@ -75,6 +75,8 @@ class DownloadJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     objects = DownloadJobQuerySet.as_manager()
+    # Not stored: set by hub.download_model on a pull to "any" machine, which it picked and why.
+    node_choice = ""
 
     class Meta:
         ordering = ["-created_at"]

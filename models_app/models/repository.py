@@ -62,6 +62,14 @@ class SnapshotQuerySet(models.QuerySet["Snapshot"]):
     def ready(self) -> SnapshotQuerySet:
         return self.filter(status=Snapshot.Status.READY)
 
+    def on_up_nodes(self) -> SnapshotQuerySet:
+        """Without the snapshots of machines that are down (their workers stopped heartbeating): those are
+        not offered for chat, the API or pulls until the machine is back (nodes.py)."""
+        from models_app.services.nodes import down_nodes
+
+        down = down_nodes()
+        return self.exclude(node__in=down) if down else self
+
     def visible_to(self, user) -> SnapshotQuerySet:  # type: ignore[no-untyped-def]
         if user.is_staff:
             return self

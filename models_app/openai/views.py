@@ -27,6 +27,7 @@ from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
 from models_app.services import cache, inference, inflight, model_markers, routing
+from models_app.services.nodes import down_nodes
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,9 @@ def _ready_models(user: Any) -> list[dict[str, Any]]:
         nodes = set()
     nodes.add(settings.NODE_NAME)
     seen: dict[str, dict[str, Any]] = {}
+    down = down_nodes()  # a machine whose workers stopped offers nothing until it is back
     for info in cache.list_models(user=user):
-        if info.status == Snapshot.Status.READY and info.node in nodes and info.repo_id not in seen:
+        if info.status == Snapshot.Status.READY and info.node in nodes - down and info.repo_id not in seen:
             seen[info.repo_id] = _model_object(info)
     return sorted(seen.values(), key=lambda m: m["id"])
 

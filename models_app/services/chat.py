@@ -78,16 +78,18 @@ class Started:
 # --- Reading ---------------------------------------------------------------------------------------------------
 
 
-def usable_snapshots(user) -> QuerySet[Snapshot]:  # type: ignore[no-untyped-def]
-    """Ready snapshots the user may chat with, newest first within a repo."""
-    return Snapshot.objects.ready().visible_to(user).select_related("repository")
+def usable_snapshots(user, *, include_down: bool = False) -> QuerySet[Snapshot]:  # type: ignore[no-untyped-def]
+    """Ready snapshots the user may chat with, newest first within a repo; not those of a machine that is
+    down unless `include_down` (to say why a chat cannot start)."""
+    snapshots = Snapshot.objects.ready().visible_to(user).select_related("repository")
+    return snapshots if include_down else snapshots.on_up_nodes()
 
 
-def resolve_snapshot(user, ref: Any) -> Snapshot | None:  # type: ignore[no-untyped-def]
+def resolve_snapshot(user, ref: Any, *, include_down: bool = False) -> Snapshot | None:  # type: ignore[no-untyped-def]
     """A snapshot id or a repo id (its newest ready snapshot), among those the user may use."""
     if ref in (None, ""):
         return None
-    snapshots = usable_snapshots(user)
+    snapshots = usable_snapshots(user, include_down=include_down)
     text = str(ref).strip()
     if text.isdigit():
         return snapshots.filter(id=int(text)).first()
@@ -401,6 +403,12 @@ def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) ->
     )
     snapshot = resolve_snapshot(user, ref)
     if snapshot is None:
+        if (held := resolve_snapshot(user, ref, include_down=True)) is not None:
+            raise ChatError(
+                "node_down",
+                f"{held.repository.repo_id} is on machine {held.node}, which is down (its workers stopped): "
+                "pick a model of a running machine, or start that machine's workers.",
+            )
         raise ChatError("model_unavailable", "Pick a model that is downloaded and ready.")
     return snapshot
 

@@ -25,6 +25,7 @@ INVALID_REPO_ID = "invalid_repo_id"
 INVALID_REVISION = "invalid_revision"
 INVALID_REQUEST = "invalid_request"  # a bad cache root name or allow pattern: the caller's mistake
 UNKNOWN_NODE = "unknown_node"  # a pull for a machine that runs no download worker
+NO_NODE_WITH_ROOM = "no_node_with_room"  # a pull for "any" node: no live one has the disk for it
 INTERNAL = "internal"  # a bug of ours: never retried, the traceback is in the worker log
 # Another user's active pull of the same repo, revision and node, which this user may not see (a private or
 # gated repo pulled with their token): it cannot be joined, and the constraint allows no second job.
@@ -56,6 +57,9 @@ CODES: dict[str, _Code] = {
     INVALID_REVISION: _Code(False, "Use a branch or tag name, or a 40-character commit SHA."),
     INVALID_REQUEST: _Code(False, "Fix the request and try again."),
     UNKNOWN_NODE: _Code(False, "Start the workers on that machine (make run there), or pick another node."),
+    NO_NODE_WITH_ROOM: _Code(
+        False, "Free some space on one of the machines (delete unused models), or start a machine with room."
+    ),
     INTERNAL: _Code(False, "Retry; if it happens again, report it with the worker log."),
     PULL_IN_PROGRESS: _Code(
         False, "Pull again once it has ended: your pull then runs with your own access to the Hub."

@@ -18,12 +18,14 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from models_app.services import nodes, workers
 from models_app.services import redis as app_redis
-from models_app.services import workers
 
 QUEUES = ("downloads", "maintenance", "inference")
 # What a loaded model's entry shows a user who may see the model (who loaded it is for staff).
 PUBLIC_MODEL_FIELDS = ("snapshot_id", "repo_id", "memory_bytes", "context_length", "idle_seconds", "busy")
+# What a machine's entry shows a signed-in user (its worker names are for staff).
+PUBLIC_NODE_FIELDS = ("name", "state", "last_seen", "this", "can_download", "can_infer", "disk", "memory")
 
 
 def _timed(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -114,6 +116,11 @@ def system_health() -> dict[str, Any]:
             }
         )
     queue_status = {q: {"ok": bool(ws), "worker_count": len(ws), "workers": ws} for q, ws in queues.items()}
+    try:
+        cluster = [n.as_json() for n in nodes.cluster()]
+    except Exception as exc:  # the database answered above or it is red already: never a 500 here
+        cluster = []
+        database = {**database, "ok": False, "error": database["error"] or f"{type(exc).__name__}: {exc}"}
     ok = database["ok"] and redis_check["ok"] and all(s["ok"] for s in queue_status.values())
     return {
         "ok": ok,
@@ -128,6 +135,9 @@ def system_health() -> dict[str, Any]:
             "ok": bool(mlx_backends),
         },
         "cache": caches,
+        # Every machine: up (a worker of it beats) or down (remembered, no worker beats). A down machine
+        # does not make this report red: the others still serve (its snapshots are unavailable meanwhile).
+        "nodes": cluster,
         "versions": {"huggingface_hub": _version("huggingface-hub"), "django": _version("django")},
     }
 
@@ -158,6 +168,11 @@ def health_for(user: Any, report: dict[str, Any] | None = None) -> dict[str, Any
         "queues": {q: _component(s) for q, s in report["queues"].items()},
         "mlx": _component(report["mlx"]),
         "cache": _caches(report, disk=False),
+        # Counts only: machine names map the cluster.
+        "nodes": {
+            "up": sum(1 for n in report["nodes"] if n["state"] == nodes.UP),
+            "down": sum(1 for n in report["nodes"] if n["state"] == nodes.DOWN),
+        },
     }
     if user is None or not user.is_authenticated:
         return summary
@@ -166,8 +181,21 @@ def health_for(user: Any, report: dict[str, Any] | None = None) -> dict[str, Any
     summary["queues"] = {q: _component(s, "worker_count") for q, s in report["queues"].items()}
     summary["cache"] = _caches(report, disk=True)
     visible = inference.visible_loaded(
-        user, [m for b in report["mlx"]["workers"] for m in b["loaded_models"]]
+        user,
+        [m for b in report["mlx"]["workers"] for m in b["loaded_models"]]
+        + [m for n in report["nodes"] for m in n["loaded_models"]],
     )
+    summary["nodes"] = [
+        {k: n[k] for k in PUBLIC_NODE_FIELDS}
+        | {
+            "loaded_models": [
+                {k: m[k] for k in PUBLIC_MODEL_FIELDS if k in m}
+                for m in n["loaded_models"]
+                if m.get("snapshot_id") in visible
+            ]
+        }
+        for n in report["nodes"]
+    ]
     summary["mlx"] = {
         "ok": report["mlx"]["ok"],
         "workers": [

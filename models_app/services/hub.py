@@ -29,6 +29,7 @@ from models_app.services import (
     jobs,
     mirrors,
     model_markers,
+    nodes,
     shared_store,
     visibility,
     workers,
@@ -40,6 +41,7 @@ from models_app.services.errors import (
     INTERNAL,
     INVALID_REQUEST,
     NETWORK,
+    NO_NODE_WITH_ROOM,
     NOT_FOUND,
     PULL_IN_PROGRESS,
     UNKNOWN_NODE,
@@ -96,7 +98,8 @@ def download_model(
 ) -> DownloadJob:
     """Queue a pull of repo_id@revision into the cache root named `cache` of machine `node` (default: this
     one), or join the active job for the same (repo, revision, node). Validates everything before any I/O;
-    raises DownloadError."""
+    raises DownloadError. `node="any"`: the live machine with room for it (one metadata call to plan it); the
+    returned job's `node_choice` then says which and why (empty otherwise)."""
     repo_id, revision = repo_and_revision(repo_id, revision)
     cache = cache or "default"
     if cache not in settings.CACHE_ROOTS:
@@ -120,6 +123,11 @@ def download_model(
         raise DownloadError(
             INVALID_REQUEST, f"{repo_id} is a locally registered model, not a Hub repository."
         )
+    node_choice = ""
+    if node == nodes.ANY_NODE:
+        node, node_choice = _pick_node(
+            repo_id, revision, credential=credential, cache=cache, patterns=patterns
+        )
     node = _check_node(node)
     while True:
         active = DownloadJob.objects.active().filter(repository=repo, revision=revision, node=node).first()
@@ -129,6 +137,7 @@ def download_model(
                     PULL_IN_PROGRESS,
                     f"{repo_id}@{revision} is being downloaded for another user right now.",
                 )
+            active.node_choice = node_choice
             return active
         try:
             # The partial unique constraint decides between concurrent callers; the savepoint keeps an outer
@@ -150,7 +159,23 @@ def download_model(
     jobs.publish_state(job)
     job_id = job.id
     transaction.on_commit(lambda: jobs.enqueue_or_fail(job_id))
+    job.node_choice = node_choice
     return job
+
+
+def _pick_node(
+    repo_id: str, revision: str, *, credential: HubCredential | None, cache: str, patterns: list[str] | None
+) -> tuple[str, str]:
+    """A pull to "any" machine: the plan (one metadata call to the Hub) picks the live machine whose cache
+    root has room, and says why. Raises DownloadError (no_node_with_room, or the Hub's own refusal)."""
+    from models_app.services import plan
+
+    chosen = plan.plan_pull(
+        repo_id, revision, credential=credential, cache=cache, allow_patterns=patterns, node=nodes.ANY_NODE
+    )
+    if not chosen.node:
+        raise DownloadError(NO_NODE_WITH_ROOM, chosen.node_reason, repo_id=repo_id)
+    return chosen.node, chosen.node_reason
 
 
 def _may_join(job: DownloadJob, user: Any) -> bool:

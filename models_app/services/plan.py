@@ -7,7 +7,6 @@ reconcile). Failures are the same DownloadError codes the download itself would 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,20 +16,21 @@ from django.conf import settings
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.utils import filter_repo_objects
 
-from models_app.models import HubCredential
-from models_app.services import errors, hub_checks, hub_guard, validation
+from models_app.models import HubCredential, Snapshot
+from models_app.services import errors, hub_checks, hub_guard, nodes, validation
 from models_app.services.cache_layout import cache_root_path, context_length, repo_path
 from models_app.services.errors import DownloadError
 from models_app.services.health import disk_usage
 from models_app.services.hub_progress import install_http_guard
+from models_app.services.node_facts import DEFAULT_BUDGET_SHARE, memory_budget, physical_memory
 
 # The context the memory verdict assumes when the model allows more: chats rarely fill 128k tokens, and
 # counting the full window would call every modern model "too big".
 PLAN_CONTEXT_TOKENS = 8192
 KV_BYTES_PER_VALUE = 2  # fp16/bf16 keys and values
 WEIGHT_SUFFIXES = (".safetensors",)
-# Share of the machine's memory used for models when INFERENCE_MEMORY_BUDGET is unset (as the worker does).
-DEFAULT_BUDGET_SHARE = 0.6
+__all__ = ["DEFAULT_BUDGET_SHARE", "memory_budget", "physical_memory"]  # where they used to live
+ANY_NODE = nodes.ANY_NODE
 # Beyond this share of physical memory the machine swaps or the load fails.
 RED_SHARE = 0.9
 
@@ -55,6 +55,27 @@ class MemoryVerdict:
 
 
 @dataclass
+class NodeOption:
+    """One machine a pull could go to, as its workers' heartbeats describe it (this machine: read here)."""
+
+    node: str
+    this: bool
+    disk_free_bytes: int | None  # None: no worker of it publishes the disk of that cache root
+    cached_bytes: int
+    to_download_bytes: int
+    memory: MemoryVerdict
+
+    @property
+    def free_after_bytes(self) -> int | None:
+        return None if self.disk_free_bytes is None else self.disk_free_bytes - self.to_download_bytes
+
+    @property
+    def fits_disk(self) -> bool:
+        free_after = self.free_after_bytes
+        return free_after is not None and free_after >= settings.DOWNLOAD_DISK_RESERVE
+
+
+@dataclass
 class PullPlan:
     repo_id: str
     revision: str
@@ -71,9 +92,16 @@ class PullPlan:
     model_type: str
     memory: MemoryVerdict
     warnings: list[str] = field(default_factory=list)
-    # Another machine's pull: its disk and cache are not visible from here; its worker checks the disk
-    # before writing a byte (disk_full), so the plan does not claim either way.
+    # Another machine's pull: its disk and memory as its workers publish them, what it has cached as the
+    # database knows it. A worker of an older version publishes no disk: then the plan does not claim either
+    # way (its worker checks the disk before writing a byte: disk_full).
     remote_node: str = ""
+    disk_known: bool = True
+    # The machine it goes to ("" when the pull asked for any machine and none has room), and why that one.
+    node: str = ""
+    node_reason: str = ""
+    # Every live machine with a download worker, as a pull there would look.
+    options: list[NodeOption] = field(default_factory=list)
 
     @property
     def to_download_bytes(self) -> int:
@@ -85,23 +113,15 @@ class PullPlan:
 
     @property
     def disk_ok(self) -> bool:
-        return bool(self.remote_node) or self.free_after_bytes >= settings.DOWNLOAD_DISK_RESERVE
+        if not self.node:
+            return False
+        if not self.disk_known:
+            return True
+        return self.free_after_bytes >= settings.DOWNLOAD_DISK_RESERVE
 
     @property
     def can_start(self) -> bool:
         return self.is_mlx and self.disk_ok
-
-
-def physical_memory() -> int:
-    """Bytes of RAM (unified memory on Apple silicon), without psutil."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def memory_budget(total: int) -> int:
-    return settings.INFERENCE_MEMORY_BUDGET or int(total * DEFAULT_BUDGET_SHARE)
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -123,15 +143,23 @@ def kv_cache_bytes(config: dict[str, Any], context: int) -> int:
     return 2 * layers * kv_heads * head_dim * context * KV_BYTES_PER_VALUE
 
 
-def memory_verdict(config: dict[str, Any], weights_bytes: int, *, total: int | None = None) -> MemoryVerdict:
+def memory_verdict(
+    config: dict[str, Any],
+    weights_bytes: int,
+    *,
+    total: int | None = None,
+    budget: int | None = None,
+    machine: str = "this machine",
+) -> MemoryVerdict:
+    """`total`/`budget`: another machine's, as its workers publish them (default: this machine's)."""
     total = physical_memory() if total is None else total
-    budget = memory_budget(total)
+    budget = memory_budget(total) if budget is None else budget
     model_context = context_length(config)
     context = min(model_context or PLAN_CONTEXT_TOKENS, PLAN_CONTEXT_TOKENS)
     kv = kv_cache_bytes(config, context)
     needed = weights_bytes + kv
     if not total:
-        level, reason = "amber", "This machine's memory size is unknown."
+        level, reason = "amber", f"The memory size of {machine} is unknown."
     elif needed <= budget:
         level, reason = "green", "Fits in the inference memory budget."
     elif needed <= total * RED_SHARE:
@@ -140,7 +168,7 @@ def memory_verdict(config: dict[str, Any], weights_bytes: int, *, total: int | N
             "Fits in memory, but over the inference budget: other models will be unloaded.",
         )
     else:
-        level, reason = "red", "Needs more memory than this machine has: loading it would fail or swap."
+        level, reason = "red", f"Needs more memory than {machine} has: loading it would fail or swap."
     return MemoryVerdict(level, reason, weights_bytes, kv, context, needed, budget, total)
 
 
@@ -197,6 +225,100 @@ def _read_config(repo_id: str, commit_sha: str, token: str | None, size: int | N
     return config if isinstance(config, dict) else None
 
 
+def _etag(sibling: Any) -> str:
+    lfs = sibling.lfs
+    return (lfs.sha256 if lfs is not None else None) or sibling.blob_id or ""
+
+
+def _blobs_by_node(repo_id: str, cache: str) -> dict[str, set[str]]:
+    """The blobs (sha256 and git ids) of this repo each machine holds in that cache root, from the database:
+    another machine's files cannot be looked at from here. One query."""
+    held: dict[str, set[str]] = {}
+    rows = Snapshot.objects.filter(
+        repository__repo_id=repo_id,
+        cache_root=cache,
+        status__in=[Snapshot.Status.READY, Snapshot.Status.PARTIAL],
+    ).values_list("node", "files")
+    for node, files in rows:
+        ids = held.setdefault(node, set())
+        for entry in files or []:
+            if isinstance(entry, dict):
+                ids.update(str(entry[k]) for k in ("sha256", "blob_id") if entry.get(k))
+    return held
+
+
+MEMORY_RANK = {"green": 0, "amber": 1, "red": 2}
+
+
+def _options(
+    statuses: list[nodes.NodeStatus],
+    *,
+    cache: str,
+    sizes: list[tuple[Any, int, bool]],
+    held: dict[str, set[str]],
+    config: dict[str, Any],
+    weights: int,
+) -> list[NodeOption]:
+    """`sizes`: (sibling, size, cached here) per planned file."""
+    total = sum(size for _, size, _ in sizes)
+    options = []
+    for status in statuses:
+        if status.this:
+            cached = sum(size for _, size, here in sizes if here)
+            free: int | None = disk_usage(cache_root_path(cache))["free"]
+            verdict = memory_verdict(config, weights)
+        else:
+            ids = held.get(status.name, set())
+            cached = sum(size for sibling, size, _ in sizes if {_etag(sibling), sibling.blob_id} & ids)
+            root = status.disk.get(cache)
+            free = root["free"] if root else None
+            memory = status.memory
+            verdict = memory_verdict(
+                config,
+                weights,
+                total=memory.get("total", 0),
+                budget=memory.get("budget") or None,
+                machine=status.name,
+            )
+        options.append(NodeOption(status.name, status.this, free, cached, total - cached, verdict))
+    return options
+
+
+def pick_node(options: list[NodeOption]) -> tuple[NodeOption | None, str]:
+    """For a pull to "any" machine: among those whose cache root has room for the download plus the reserve,
+    the one where the model fits in memory best (green, then amber, then red), then the most disk left."""
+    fitting = [o for o in options if o.fits_disk]
+    if not fitting:
+        if not options:
+            return None, "No machine has a download worker running."
+        sizes = "; ".join(
+            f"{o.node}: "
+            + ("disk unknown" if o.disk_free_bytes is None else f"{_gb(o.disk_free_bytes)} free")
+            for o in options
+        )
+        return None, f"No machine has room for {_gb(options[0].to_download_bytes)} ({sizes})."
+    best = min(fitting, key=lambda o: (MEMORY_RANK[o.memory.level], -(o.free_after_bytes or 0), o.node))
+    reason = (
+        f"Picked {best.node}: {_gb(best.free_after_bytes or 0)} free after the download, memory "
+        f"{best.memory.level} ({_gb(best.memory.needed_bytes)} needed, budget {_gb(best.memory.budget_bytes)})."
+    )
+    others = [o for o in options if o is not best]
+    if others:
+        reason += " Others: " + "; ".join(f"{o.node} ({_standing(o)})" for o in others)
+        reason += "."
+    return best, reason
+
+
+def _standing(option: NodeOption) -> str:
+    if option.fits_disk:
+        return f"memory {option.memory.level}"
+    return "free disk unknown" if option.disk_free_bytes is None else "not enough disk"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
 def plan_pull(
     repo_id: str,
     revision: str = "main",
@@ -208,10 +330,10 @@ def plan_pull(
 ) -> PullPlan:
     """What pulling repo_id@revision would download, whether it fits on disk and in memory, and whether
     mlx-lm can load it. Raises DownloadError (auth_required, gated, not_found, revision_not_found, network...).
-    For another machine (`node`), what is cached there and its free disk are left to its worker."""
+    `node`: the machine (default: this one), or "any": the live machine with room (pick_node), saying why."""
     cache = cache or "default"
     root = cache_root_path(cache)
-    remote_node = node if node not in (None, "", settings.NODE_NAME) else ""
+    node = node or settings.NODE_NAME
     token = _token(credential)
     install_http_guard()
     config: dict[str, Any] | None = None
@@ -245,13 +367,43 @@ def plan_pull(
         raise errors.classify(exc, repo_id, has_token=token is not None, revision=revision) from exc
 
     repo_dir = repo_path(root, repo_id)
-    files = [
-        PlanFile(s.rfilename, s.size or 0, not remote_node and _blob_cached(repo_dir, s)) for s in siblings
-    ]
-    total = sum(f.size for f in files)
-    cached = sum(f.size for f in files if f.cached)
+    sizes = [(s, s.size or 0, _blob_cached(repo_dir, s)) for s in siblings]
+    total = sum(size for _, size, _ in sizes)
     is_mlx, reason = mlx_check(config, every_path, config_problem=config_problem)
-    weights = sum(f.size for f in files if f.path.endswith(WEIGHT_SUFFIXES))
+    weights = sum(size for s, size, _ in sizes if s.rfilename.endswith(WEIGHT_SUFFIXES))
+    statuses = [s for s in nodes.cluster() if s.up and s.can_download]
+    if not any(s.this for s in statuses):
+        # This machine is planned for even with its download worker stopped (the pull waits in the queue).
+        statuses.insert(
+            0, nodes.NodeStatus(name=settings.NODE_NAME, state=nodes.UP, last_seen=None, this=True)
+        )
+    held = _blobs_by_node(repo_id, cache)
+    options = _options(
+        statuses,
+        cache=cache,
+        sizes=sizes,
+        held=held,
+        config=config or {},
+        weights=weights,
+    )
+    if node == ANY_NODE:
+        chosen, node_reason = pick_node(
+            [o for o in options if o.node in {s.name for s in statuses if s.can_download}]
+        )
+    else:
+        chosen = next((o for o in options if o.node == node), None)
+        node_reason = ""
+        if chosen is None:  # a machine without a live download worker: the pull itself says so
+            chosen = NodeOption(
+                node, False, None, 0, total, memory_verdict(config or {}, weights, total=0, machine=node)
+            )
+    target = chosen or next(o for o in options if o.this)
+    remote = chosen is not None and not chosen.this
+    held_there = held.get(target.node, set())
+    files = [
+        PlanFile(s.rfilename, size, here if target.this else bool({_etag(s), s.blob_id} & held_there))
+        for s, size, here in sizes
+    ]
     plan = PullPlan(
         repo_id=repo_id,
         revision=revision,
@@ -261,15 +413,21 @@ def plan_pull(
         gated=bool(info.gated),
         files=files,
         total_bytes=total,
-        cached_bytes=cached,
-        disk_free_bytes=0 if remote_node else disk_usage(root)["free"],
+        cached_bytes=target.cached_bytes,
+        disk_free_bytes=target.disk_free_bytes or 0,
         is_mlx=is_mlx,
         mlx_reason=reason,
         model_type=str((config or {}).get("model_type") or ""),
-        memory=memory_verdict(config or {}, weights),
-        remote_node=remote_node,
+        memory=target.memory,
+        remote_node=target.node if remote else "",
+        disk_known=target.disk_free_bytes is not None,
+        node=chosen.node if chosen else "",
+        node_reason=node_reason,
+        options=options,
     )
-    if not plan.disk_ok:
+    if chosen is None:
+        plan.warnings.append(node_reason)
+    elif not plan.disk_ok:
         plan.warnings.append("Not enough free disk space: free some (delete unused models) first.")
     if allow_patterns and (missing := hub_checks.mlx_missing(paths, every_path)):
         plan.warnings.append(

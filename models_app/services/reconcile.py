@@ -18,7 +18,7 @@ from django.utils import timezone
 from huggingface_hub.utils._cache_manager import CachedRepoInfo, CachedRevisionInfo
 
 from models_app.models import DownloadJob, Repository, Snapshot
-from models_app.services import hub_checks, model_markers
+from models_app.services import hub_checks, model_markers, nodes
 from models_app.services.cache import snapshot_path
 from models_app.services.cache_layout import (
     CacheError,
@@ -182,6 +182,8 @@ def _pull_ended_badly(repo_id: str, commit_sha: str, root_name: str) -> str:
 def reconcile_cache() -> ReconcileReport:
     report = ReconcileReport()
     node = settings.NODE_NAME
+    # Remembered from now on: if its workers stop, the pages say this machine is down.
+    nodes.record_seen(node)
     rows = list(Snapshot.objects.select_related("repository").filter(node=node))
     known = {
         (s.repository.repo_id, s.commit_sha, s.cache_root)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from django.conf import settings
 
+from models_app.services import node_facts
 from models_app.services import redis as app_redis
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ class WorkerInfo:
     last_seen: float
     started_at: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # Its machine's NODE_NAME ("" from a worker of an older version).
+    node: str = ""
 
     @property
     def age(self) -> float:
@@ -63,17 +67,44 @@ def _extra() -> dict[str, Any]:
     return extra
 
 
-def beat_once(*, hostname: str, queues: list[str], started_at: float) -> None:
+def _last_seen_key() -> str:
+    return app_redis.key("nodes", "last_seen")
+
+
+def beat_once(
+    *, hostname: str, queues: list[str], started_at: float, node: str | None = None, facts: bool = False
+) -> None:
+    """One heartbeat. `facts`: add the machine's memory and (for a cache-writing worker) disk per cache root,
+    as real workers do; tests that stand in for a worker of another machine pass `node`."""
+    node = node or settings.NODE_NAME
+    now = time.time()
+    extra = node_facts.facts(queues) if facts else {}
     payload = {
         "hostname": hostname,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "queues": queues,
-        "last_seen": time.time(),
+        "last_seen": now,
         "started_at": started_at,
-        "extra": _extra(),
+        "node": node,
+        "extra": {**extra, **_extra()},
     }
-    app_redis.client().set(_presence_key(hostname), json.dumps(payload), ex=TTL)
+    pipe = app_redis.client().pipeline(transaction=False)
+    pipe.set(_presence_key(hostname), json.dumps(payload), ex=TTL)
+    # Outlives the presence key: when a machine's workers stop, the pages can still say since when.
+    pipe.hset(_last_seen_key(), node, now)
+    pipe.execute()
+
+
+def forget_node(node: str) -> None:
+    """Drop a removed machine's "last seen" (its presence keys are gone already)."""
+    app_redis.client().hdel(_last_seen_key(), node)
+
+
+def nodes_last_seen() -> dict[str, float]:
+    """When each machine's workers last beat, as far as Redis remembers. Raises redis.RedisError."""
+    raw = app_redis.client().hgetall(_last_seen_key())
+    return {name: float(value) for name, value in raw.items()}
 
 
 def start_presence(*, hostname: str, queues: list[str]) -> None:
@@ -86,7 +117,7 @@ def start_presence(*, hostname: str, queues: list[str]) -> None:
     def beat() -> None:
         while not _stop.is_set():
             try:
-                beat_once(hostname=hostname, queues=queues, started_at=started)
+                beat_once(hostname=hostname, queues=queues, started_at=started, facts=True)
             except redis.RedisError as exc:  # Redis restarting: keep beating, it comes back by itself
                 log.warning("worker presence beat failed: %s", exc)
             _stop.wait(BEAT_INTERVAL)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from models_app.models import Conversation, Message, Usage
+from models_app.models import Conversation, Message, Node, Usage
 from tests.chat.conftest import (
     assert_well_formed,
     communicator,
@@ -265,6 +265,9 @@ def test_no_inference_worker_is_said_at_once_and_nothing_is_saved(
 ):  # type: ignore[no-untyped-def]
     # Another key prefix: this process sees no worker presence, even with the session's worker running.
     settings.REDIS_PREFIX = "mlxcr-test-no-worker"
+    # A machine never seen (the session worker's reconcile may have remembered this one): no worker, rather
+    # than a machine that is down (tests/downloads/test_node_state.py).
+    Node.objects.all().delete()
     cookie = session_cookie(client, alice)
 
     async def scenario():  # type: ignore[no-untyped-def]

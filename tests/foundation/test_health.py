@@ -163,7 +163,8 @@ def test_health_shows_each_user_only_what_they_may_see(  # type: ignore[no-untyp
     report = anonymous.json()
     assert anonymous.status_code == 200, report
     assert report["ok"] is True
-    assert set(report) == {"ok", "database", "redis", "queues", "mlx", "cache"}
+    assert set(report) == {"ok", "database", "redis", "queues", "mlx", "cache", "nodes"}
+    assert report["nodes"] == {"up": 1, "down": 0}  # counts: machine names map the cluster
     assert report["database"] == {"ok": True} and report["redis"] == {"ok": True}
     assert report["mlx"] == {"ok": True}
     assert report["queues"] == {q: {"ok": True} for q in ("downloads", "maintenance", "inference")}
@@ -186,6 +187,16 @@ def test_health_shows_each_user_only_what_they_may_see(  # type: ignore[no-untyp
     assert bob_report["queues"]["inference"] == {"ok": True, "worker_count": 1}
     assert bob_report["cache"][0]["disk"]["free"] > 0 and "path" not in bob_report["cache"][0]
     assert bob_report["mlx"]["workers"][0]["loaded_models"] == []
+    # Every machine with what a pull plan needs (disk per cache root, memory), never its workers' names.
+    [node] = bob_report["nodes"]
+    assert (node["name"], node["state"], node["can_download"], node["can_infer"]) == (
+        settings.NODE_NAME,
+        "up",
+        True,
+        True,
+    )
+    assert node["disk"]["default"]["free"] > 0 and node["memory"]["budget"] > 0 and "workers" not in node
+    assert node["loaded_models"] == []  # Alice's private model is not Bob's business
 
     # Alice sees her own model (she loaded it, so she may unload it), still no path or worker name.
     alice_client = Client()

@@ -100,6 +100,10 @@ class PullListView(ApiView):
             node=data.get("node") or None,
         )
         visible = visible_jobs(request.user).filter(pk=job.pk).first()
+        if visible is not None:
+            visible.node_choice = (
+                job.node_choice
+            )  # not a column: the picked machine's reason, for this answer
         body = PullSerializer(visible or job).data
         if visible is None:
             # Joined someone else's job: the caller learns its progress, not who asked or with which token.

@@ -43,7 +43,11 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="Pull on behalf of this user (owner of the job and credential).")
         parser.add_argument("--force", action="store_true", help="Download again even if cached.")
         parser.add_argument("--cache", help="Cache root name (default: default).")
-        parser.add_argument("--node", help="The machine to download to, by NODE_NAME (default: this one).")
+        parser.add_argument(
+            "--node",
+            help='The machine to download to, by NODE_NAME (default: this one); "any": the live machine whose '
+            "cache root has room (it says which it picked and why).",
+        )
         parser.add_argument("--no-wait", action="store_true", help="Queue the job and return.")
         parser.add_argument("--timeout", type=float, help="Give up waiting after this many seconds.")
 
@@ -69,6 +73,8 @@ class Command(BaseCommand):
             raise CommandError(f"forbidden: {exc}") from exc
         label = f"{job.repository.repo_id}@{job.revision}"
         self.stdout.write(f"Job {job.id}: {label} ({job.state})")
+        if job.node_choice:
+            self.stdout.write(job.node_choice)
         if job.credential is not None:
             self.stdout.write(self._token_line(job, named=credential is not None))
         if options["no_wait"]:
