@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('models_app', '0009_userlimits'),
+        ('models_app', '0010_nodesapi_snapshot_markers'),
     ]
 
     operations = [
