@@ -432,7 +432,9 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     _check_inside(repo_dir, [Path(config_path)], repo_id)
     # Checked before it is parsed: corrupted bytes are an integrity error (and their blob is deleted so the
     # next pull fetches it again), not a repo that "is not MLX" for as long as the bad blob stays cached.
-    if problems := hub_checks.verify_files(repo_dir, sha, config_spec, check=monitor.check):
+    if problems := hub_checks.verify_files(
+        repo_dir, sha, config_spec, check=monitor.check, just_written=True
+    ):
         raise hub_checks.integrity_error(repo_id, problems)
     try:
         config = hub_guard.read_metadata(Path(config_path), "config.json")
@@ -466,7 +468,9 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     def skip(spec: FileSpec, blob: Path) -> bool:
         return before(spec, blob) or checked_ok(spec, blob)
 
-    problems = hub_checks.verify_files(repo_dir, sha, files, skip=skip, check=monitor.check)
+    problems = hub_checks.verify_files(
+        repo_dir, sha, files, skip=skip, check=monitor.check, just_written=True
+    )
     if problems:
         Snapshot.objects.filter(
             repository=repo, commit_sha=sha, node=job.node, cache_root=job.cache_root
