@@ -26,6 +26,7 @@ from models_app.services import (
     hub_checks,
     hub_guard,
     hub_resume,
+    hub_tree,
     jobs,
     mirrors,
     shared_store,
@@ -201,6 +202,7 @@ def run_download(job_id: int, *, task_id: str, worker_name: str) -> None:
         return
     install_http_guard()
     hub_resume.install()
+    hub_tree.install()
     install_xet_guard()
     monitor = JobMonitor(
         job_id=job.id,
