@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
 import threading
 from collections import OrderedDict
@@ -93,28 +94,81 @@ def digest_kind(temp_name: str) -> str | None:
     return SHA256 if len(match["etag"]) == 64 else GIT_SHA1
 
 
+class _Hasher:
+    """A digest updated on its own thread: hashlib releases the GIL, so on a machine with a spare core the
+    hashing of one chunk overlaps the receiving and writing of the next instead of adding to them (about
+    1 s per GB of sha256 here). At most QUEUE chunks wait (a few MB)."""
+
+    QUEUE = 16
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUE)
+        self._thread = threading.Thread(target=self._run, name="blob-hasher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self.digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def finish(self) -> Any:
+        """Wait for every queued chunk; the digest. Idempotent."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self.digest
+
+
+class _InlineHasher:
+    """For a small file a thread costs more than the hashing it would move."""
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+
+    def update(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+
+    def finish(self) -> Any:
+        return self.digest
+
+
+# From this size on, a blob is hashed on a thread of its own.
+THREADED_FROM = 8 << 20
+
+
+def _hasher(digest: Any, size: int) -> _Hasher | _InlineHasher:
+    return _Hasher(digest) if size >= THREADED_FROM else _InlineHasher(digest)
+
+
 class HashingFile:
     """The temporary file handed to http_get, hashing what is written to it. http_get only writes, tells,
     and, when a server ignores a Range, seeks back to where its transfer began and truncates: back to byte
-    0 restarts the digest; anywhere else makes it unusable (the blob is then hashed from disk)."""
+    0 restarts the digest; anywhere else makes it unusable (the blob is then hashed from disk). `close_hasher`
+    must follow, whatever happens (`record` does it)."""
 
     def __init__(self, file: IO[bytes], kind: str, size: int, *, digest: Any = None) -> None:
         self._file = file
         self._kind = kind
         self._size = size
-        self._digest = digest if digest is not None else new_digest(kind, size)
+        self._hasher = _hasher(digest if digest is not None else new_digest(kind, size), size)
         self._valid = True
 
     def write(self, data: bytes) -> int:
         written = self._file.write(data)
         if self._valid:
-            self._digest.update(data if written is None or written == len(data) else data[:written])
+            if not isinstance(data, bytes):
+                data = bytes(data)  # the hasher reads it later: it must not change meanwhile
+            self._hasher.update(data if written is None or written == len(data) else data[:written])
         return written
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         position = self._file.seek(offset, whence)
+        self._hasher.finish()
         if position == 0:
-            self._digest, self._valid = new_digest(self._kind, self._size), True
+            self._hasher, self._valid = _hasher(new_digest(self._kind, self._size), self._size), True
         else:
             self._valid = False
         return position
@@ -125,16 +179,20 @@ class HashingFile:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
 
+    def close_hasher(self) -> None:
+        self._hasher.finish()
+
     def record(self) -> None:
         """After the transfer: flush (so closing writes nothing more and the mtime stays) and remember the
         digest against the file's identity."""
+        digest = self._hasher.finish()
         if not self._valid:
             return
         self._file.flush()
         identity = _Identity.of(os.fstat(self._file.fileno()))
         if identity.size != self._file.tell():
             return  # something else writes this file too: trust nothing recorded here
-        _remember(identity, self._kind, self._digest.hexdigest())
+        _remember(identity, self._kind, digest.hexdigest())
 
 
 def hashing(temp_file: IO[bytes], expected_size: int | None) -> HashingFile | None:

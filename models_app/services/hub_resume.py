@@ -115,9 +115,13 @@ def _hashed_get(
 ) -> None:
     """http_get into `file`, through `hashed` when there is one; its digest is recorded once every byte is
     in (never after an error: the caller deletes that file)."""
-    http_get(url, hashed if hashed is not None else file, **kwargs)
-    if hashed is not None:
+    if hashed is None:
+        return http_get(url, file, **kwargs)
+    try:
+        http_get(url, hashed, **kwargs)
         hashed.record()
+    finally:
+        hashed.close_hasher()
 
 
 def install() -> None:

@@ -9,6 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.file_download import repo_folder_name
 
@@ -17,6 +18,16 @@ from models_app.services.hub_checks import FileSpec
 from tests.downloads.conftest import new_repo_id, resolve_requests
 
 DATA = os.urandom(3_000_000)
+
+
+@pytest.fixture(autouse=True, params=["inline", "threaded"])
+def hashing_mode(request, monkeypatch):  # type: ignore[no-untyped-def]
+    """Small blobs are hashed on the writing thread, big ones on a thread of their own: both, every test."""
+    if request.param == "threaded":
+        monkeypatch.setattr(hub_digest, "THREADED_FROM", 0)
+    return request.param
+
+
 SHA256 = hashlib.sha256(DATA).hexdigest()
 SMALL = b'{"model_type": "llama"}\n' * 10  # under the LFS threshold: checked by git blob sha1
 SMALL_BLOB_ID = hashlib.sha1(b"blob %d\0" % len(SMALL) + SMALL).hexdigest()
