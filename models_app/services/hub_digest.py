@@ -109,7 +109,12 @@ class _Hasher:
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:
-            self.digest.update(chunk)
+            if self.digest is None:
+                continue  # keep draining: the writer must never block on a full queue
+            try:
+                self.digest.update(chunk)
+            except Exception:  # never expected; the blob is then hashed from disk
+                self.digest = None
 
     def update(self, chunk: bytes) -> None:
         self._queue.put(chunk)
@@ -186,7 +191,7 @@ class HashingFile:
         """After the transfer: flush (so closing writes nothing more and the mtime stays) and remember the
         digest against the file's identity."""
         digest = self._hasher.finish()
-        if not self._valid:
+        if not self._valid or digest is None:
             return
         self._file.flush()
         identity = _Identity.of(os.fstat(self._file.fileno()))
