@@ -10,7 +10,9 @@ small files the HEADs were about 40% of the time spent in hf_hub_download (bench
 `install()` wraps huggingface_hub's metadata lookup so that, for such a file, it answers from the cached
 listing: the download URL is the file's /resolve URL (its GET follows the same redirects the HEAD would
 have, each hop checked by the HTTP guard), the ETag is checked as a HEAD's would be, and Xet files, files
-missing from the listing and revisions that are not commit ids go to huggingface_hub as before. Nothing is
+missing from the listing and revisions that are not commit ids go to huggingface_hub as before. A file is a
+Xet file when the listing gives its `xetHash`, as the real Hub does; a mirror that drops it has the file
+fetched over HTTP, which the Hub serves too (same bytes, same verification, no Xet deduplication). Nothing is
 trusted more than before: the listing was checked by the guard when it arrived (hub_guard.check_tree_listing),
 and every file is verified against model info's ids after the download.
 """
