@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models_app.services import hub_digest
 from models_app.services.errors import DISK_FULL, INTEGRITY, NOT_MLX, DownloadError
 from models_app.services.validation import safe_relpath
 
@@ -207,8 +208,18 @@ def file_hash(path: Path, size: int, *, git_sha1: bool, check: Callable[[], None
     return digest.hexdigest()
 
 
+def _digest(blob: Path, size: int, *, git_sha1: bool, just_written: bool, check: Callable[[], None]) -> str:
+    if just_written and (known := hub_digest.known_digest(blob, git_sha1=git_sha1)) is not None:
+        return known  # hashed as it was written, and not written since (hub_digest)
+    return file_hash(blob, size, git_sha1=git_sha1, check=check)
+
+
 def _problem(
-    snapshot_dir: Path, spec: FileSpec, skip: Callable[[FileSpec, Path], bool], check: Callable[[], None]
+    snapshot_dir: Path,
+    spec: FileSpec,
+    skip: Callable[[FileSpec, Path], bool],
+    check: Callable[[], None],
+    just_written: bool,
 ) -> str | None:
     link = snapshot_dir / spec.path
     if not link.is_file():
@@ -220,10 +231,10 @@ def _problem(
     if skip(spec, blob):
         return None
     if spec.sha256:
-        ok = file_hash(blob, size, git_sha1=False, check=check) == spec.sha256
+        ok = _digest(blob, size, git_sha1=False, just_written=just_written, check=check) == spec.sha256
         return None if ok else "sha256 differs from the Hub's"
     if spec.blob_id:
-        ok = file_hash(blob, size, git_sha1=True, check=check) == spec.blob_id
+        ok = _digest(blob, size, git_sha1=True, just_written=just_written, check=check) == spec.blob_id
         return None if ok else "git blob sha1 differs from the Hub's"
     return None
 
@@ -235,14 +246,19 @@ def verify_files(
     *,
     skip: Callable[[FileSpec, Path], bool] = lambda spec, blob: False,
     check: Callable[[], None] = lambda: None,
+    just_written: bool = False,
 ) -> dict[str, str]:
     """Check every file of a downloaded snapshot; returns {path: problem}. A bad file's blob and snapshot
-    symlink are deleted, so the next pull fetches it again instead of trusting the cache."""
+    symlink are deleted, so the next pull fetches it again instead of trusting the cache. `just_written`:
+    right after this process downloaded them, so a digest hub_digest recorded while a blob was written stands
+    for it as long as the blob is unchanged since (any other check, e.g. for bit rot, reads the bytes)."""
     snapshot_dir = repo_dir / "snapshots" / commit_sha
     blobs_dir = (repo_dir / "blobs").resolve()
     workers = min(4, os.cpu_count() or 1, max(1, len(files)))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # hashlib releases the GIL
-        results = list(pool.map(lambda spec: (spec, _problem(snapshot_dir, spec, skip, check)), files))
+        results = list(
+            pool.map(lambda spec: (spec, _problem(snapshot_dir, spec, skip, check, just_written)), files)
+        )
     problems: dict[str, str] = {}
     for spec, problem in results:
         if problem is None:

@@ -91,7 +91,11 @@ def check_response_headers(
     commit = headers.get("x-repo-commit")
     if commit is not None:
         check_commit(commit)
-    if method == "HEAD":
+    # A GET of a file at the Hub's own origin says the same as the HEAD that hub_tree spares (a CDN's answers
+    # carry the CDN's own ETags: not checked).
+    if method == "HEAD" or (
+        method == "GET" and "/resolve/" in url and _origin(url) == _origin(settings.HF_ENDPOINT)
+    ):
         # X-Linked-Etag wins over ETag in get_hf_file_metadata: check the one it will use.
         etag = headers.get("x-linked-etag") or headers.get("etag")
         if etag is not None:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # Body chunk huggingface_hub writes and reports per progress update. Its default (10 MiB) makes progress
 # jumpy on slow links; 256 KiB measured no slower against the local hub (httpx joins fewer buffers).
 CHUNK_SIZE = 256 * 1024
+READ_BYTES = 1024 * 1024  # per socket read (see _WatchedNetworkStream.read)
 TICK = 0.2  # watcher period: cancel polling and realtime messages (<= 5/s)
 DB_WRITE_INTERVAL = 1.0  # <= 1 row write per second
 EMA_ALPHA = 0.3
@@ -400,7 +401,9 @@ class _WatchedNetworkStream(httpcore2.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return hub_guard.watched_read(self._stream.read, max_bytes, timeout)
+        # httpcore asks for 64 KiB at a time; a body at wire speed fills more than that between two reads,
+        # and each read is a syscall plus a trip through the deadline checks: take what is there, up to 1 MiB.
+        return hub_guard.watched_read(self._stream.read, max(max_bytes, READ_BYTES), timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, timeout)

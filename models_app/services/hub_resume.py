@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from models_app.services import hub_digest
 from models_app.services.hub_progress import note_resumed
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,28 @@ def _resuming(http_get: Any) -> Any:
             return http_get(url, temp_file, resume_size=resume_size, expected_size=expected_size, **kwargs)
         found = _leftover(Path(name), expected_size)
         if found is None:
-            return http_get(url, temp_file, expected_size=expected_size, **kwargs)
+            return _hashed_get(
+                http_get,
+                url,
+                temp_file,
+                hub_digest.hashing(temp_file, expected_size),
+                expected_size=expected_size,
+                **kwargs,
+            )
         leftover, size = found
         try:
             # Atomic: of two takers, one gets the file. The empty file we were handed is replaced; the caller
             # closes its handle and moves (or, on an error, deletes) this path as usual.
             os.replace(leftover, name)
         except FileNotFoundError:
-            return http_get(url, temp_file, expected_size=expected_size, **kwargs)
+            return _hashed_get(
+                http_get,
+                url,
+                temp_file,
+                hub_digest.hashing(temp_file, expected_size),
+                expected_size=expected_size,
+                **kwargs,
+            )
         # Written now, whatever the old mtime says: verification must hash it (hub_checks.verified_before).
         os.utime(name)
         log.info(
@@ -86,10 +101,27 @@ def _resuming(http_get: Any) -> Any:
         with open(name, "r+b") as resumed:
             resumed.seek(size)
             note_resumed(urlsplit(url).path, size)
-            return http_get(url, resumed, resume_size=size, expected_size=expected_size, **kwargs)
+            hashed = hub_digest.hashing_resumed(resumed, size, expected_size)
+            return _hashed_get(
+                http_get, url, resumed, hashed, resume_size=size, expected_size=expected_size, **kwargs
+            )
 
     resuming_http_get.wrapped = http_get  # type: ignore[attr-defined]
     return resuming_http_get
+
+
+def _hashed_get(
+    http_get: Any, url: str, file: IO[bytes], hashed: hub_digest.HashingFile | None, **kwargs: Any
+) -> None:
+    """http_get into `file`, through `hashed` when there is one; its digest is recorded once every byte is
+    in (never after an error: the caller deletes that file)."""
+    if hashed is None:
+        return http_get(url, file, **kwargs)
+    try:
+        http_get(url, hashed, **kwargs)
+        hashed.record()
+    finally:
+        hashed.close_hasher()
 
 
 def install() -> None:

@@ -1092,6 +1092,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "size": entry.blob.size,
                     "pointerSize": entry.pointer_size,
                 }
+                if entry.xet_hash:  # as the real Hub lists its Xet files (HUB_PROTOCOL.md §3)
+                    item["xetHash"] = entry.xet_hash
                 for fault in self.hub.faults.matching("bad_tree_lfs_oid", [entry.path]):
                     item["lfs"]["oid"] = fault.value
                     item["xetHash"] = hashlib.sha256(entry.blob.sha256.encode()).hexdigest()
