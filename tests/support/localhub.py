@@ -161,6 +161,11 @@ class Fault:
     reset: bool = False  # drop with a TCP RST instead of a clean FIN
     value: str = ""  # the hostile value: an ETag, a commit id, a redirect target
     hits: int = 0
+    # hold: the matching requests wait for this (release()), so a test sees what a client shows meanwhile.
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.gate.set()
 
     def matches(self, method: str, url_path: str, file_path: str | None) -> bool:
         if method not in self.methods or (self.times is not None and self.hits >= self.times):
@@ -194,6 +199,10 @@ class FaultPlan:
         """Send the headers, wait `seconds` (cut short by stop()), then send the body. With `path` (fnmatch
         on the URL path of an /api/ route, e.g. "*/xet-read-token/*"), wait before answering that route."""
         return self._add(Fault("stall", pattern, times, path=path, amount=seconds))
+
+    def hold(self, path: str) -> Fault:
+        """Requests to /api/ routes matching `path` wait, unanswered, until the fault's release() (or stop())."""
+        return self._add(Fault("hold", "*", None, frozenset({"GET", "HEAD", "POST"}), path))
 
     def wrong_bytes(self, pattern: str = "*", times: int | None = None) -> Fault:
         """Serve the right number of bytes, every one of them wrong (bits flipped)."""
@@ -761,6 +770,9 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _HubError(500, None, f"Internal Error (injected fault #{fault.hits})")
                 if stall := self._faults.get("stall"):
                     self.hub._stopping.wait(stall.amount)
+                if hold := self._faults.get("hold"):
+                    while not hold.gate.wait(0.05) and not self.hub._stopping.is_set():
+                        pass
                 if fault := self._faults.get("redirect"):
                     return self._send(302, b"", {"Location": fault.value})
                 self._api(url.path)
@@ -937,10 +949,12 @@ class _Handler(BaseHTTPRequestHandler):
         if (sort := q.get("sort")) in self._SORT_KEYS:
             # Stable sort on top of repo-id order; direction -1 (what the Hub defaults to) is descending.
             found.sort(key=lambda i: i.get(sort) or 0, reverse=q.get("direction", "-1") == "-1")
-        limit = int(q["limit"]) if q.get("limit", "").isdigit() else None
-        found = found[:limit]
+        # As on the Hub, `limit` is the page size (bounded by the Hub's own); the Link header leads on.
+        size = self.hub.list_page_size
+        if q.get("limit", "").isdigit() and int(q["limit"]) > 0:
+            size = min(size, int(q["limit"]))
         start = int(q["cursor"]) if q.get("cursor", "").isdigit() else 0
-        page = found[start : start + self.hub.list_page_size]
+        page = found[start : start + size]
         keep = set(self._LIST_FIELDS) if not (full or expand) else None
         if expand:
             keep = {"_id", "id", *expand}
@@ -949,9 +963,9 @@ class _Handler(BaseHTTPRequestHandler):
             for item in shaped:
                 item.pop("siblings", None)
         headers = {"Content-Type": "application/json; charset=utf-8"}
-        if start + self.hub.list_page_size < len(found):
+        if start + size < len(found):
             query = [(k, v) for k, vs in self._query.items() if k != "cursor" for v in vs]
-            query.append(("cursor", str(start + self.hub.list_page_size)))
+            query.append(("cursor", str(start + size)))
             host = self.headers.get("Host", "127.0.0.1")
             headers["Link"] = f'<http://{host}/api/models?{urlencode(query)}>; rel="next"'
         self._send(200, json.dumps(shaped).encode(), headers)
