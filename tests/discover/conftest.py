@@ -30,6 +30,9 @@ def discover_cache_keys() -> list[bytes]:
 
 @pytest.fixture(autouse=True)
 def _empty_discover_cache() -> None:
+    if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        cache.clear()  # CACHE_URL=locmem://: this process's memory only
+        return
     # Not cache.clear(): in Redis that is FLUSHDB, every test worker's keys (and Celery's) gone.
     if keys := discover_cache_keys():
         cache._cache.get_client(write=True).delete(*keys)  # type: ignore[attr-defined]
