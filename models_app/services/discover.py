@@ -346,7 +346,9 @@ def _fetch_listing(
     for _ in range(MAX_LISTING_REQUESTS):
         ask = {**params, "limit": wanted - len(items), **({"cursor": cursor} if cursor else {})}
         response = http_backoff("GET", url, params=ask, headers=headers)
-        if response.status_code in (404, 405, 501):
+        if response.status_code in (404, 405, 501) or response.headers.get("X-Error-Code") == "RepoNotFound":
+            # olah (online) takes /api/models for a repo named "api/models": 401 RepoNotFound, whatever the
+            # token; a token the Hub refuses is a 401 without that code.
             raise NoListing(f"HTTP {response.status_code}")
         hf_raise_for_status(response)
         try:

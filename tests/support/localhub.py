@@ -755,9 +755,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(err.status, json.dumps({"error": err.message}).encode(), headers)
 
     def _dispatch(self) -> None:
-        # Drain any request body so keep-alive stays in sync (the hub ignores uploads).
+        # Drain any request body so keep-alive stays in sync (only paths-info reads it; no uploads).
+        self._body = b""
         if length := int(self.headers.get("Content-Length") or 0):
-            self.rfile.read(length)
+            self._body = self.rfile.read(length)
         self._started = False
         self._faults: dict[str, Fault] = {}
         url = urlsplit(self.path)
@@ -855,6 +856,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif rest[0] == "tree" and len(rest) > 1:
                 commit, base = self._split_rev(repo, rest[1:], need_path=False)
                 data = self._tree(repo, commit, base.strip("/"))
+            elif rest[0] == "paths-info" and len(rest) > 1 and self.command == "POST":
+                data = self._paths_info(repo, self._commit(repo, unquote("/".join(rest[1:]))))
             else:
                 raise _HubError(404, None, "Not Found")
         if data is None:
@@ -1067,6 +1070,33 @@ class _Handler(BaseHTTPRequestHandler):
             "converts": [],
             "pullRequests": [ref(n, "heads", s) for n, s in branches if n.startswith("refs/pr/")],
         }
+
+    def _paths_info(self, repo: Repo, commit: Commit) -> list[dict[str, Any]]:
+        """POST paths-info (form or JSON body: paths, expand): the named files that exist, as the tree lists
+        them (what olah, online, asks before serving a file)."""
+        body = self._body.decode("utf-8", "replace")
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            paths = list((json.loads(body or "{}") or {}).get("paths") or [])
+        else:
+            paths = parse_qs(body).get("paths", [])
+        out = []
+        for path in paths:
+            entry = commit.files.get(str(path))
+            if entry is not None:
+                item: dict[str, Any] = {
+                    "type": "file",
+                    "oid": entry.oid,
+                    "size": entry.blob.size,
+                    "path": path,
+                }
+                if entry.lfs:
+                    item["lfs"] = {
+                        "oid": entry.blob.sha256,
+                        "size": entry.blob.size,
+                        "pointerSize": entry.pointer_size,
+                    }
+                out.append(item)
+        return out
 
     def _tree(self, repo: Repo, commit: Commit, base: str) -> list[dict[str, Any]]:
         recursive = self._query.get("recursive", [""])[-1].lower() in ("1", "true")
