@@ -506,7 +506,11 @@ class DiscoverQuerySerializer(serializers.Serializer):
 
 
 class DiscoverDetailsQuerySerializer(serializers.Serializer):
-    repo_id = StrictCharField(max_length=200, help_text="The repo to check, e.g. mlx-community/Qwen3-8B-4bit")
+    repo_id = StrictCharField(
+        max_length=200,
+        validators=[RegexValidator(REPO_ID_PATTERN)],
+        help_text="The repo to check, e.g. mlx-community/Qwen3-8B-4bit",
+    )
 
 
 class DiscoverResultSerializer(serializers.Serializer):
