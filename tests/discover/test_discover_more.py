@@ -199,3 +199,19 @@ def test_a_search_in_one_process_is_answered_from_the_cache_in_another(
     assert body["from_cache"] is True and len(body["results"]) == 2
     assert listing_requests(hub) == []
     assert hub.url == settings.HF_ENDPOINT
+
+
+def test_a_cache_that_is_down_is_a_miss_never_an_error(family, hub, settings) -> None:
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:9/0",  # nothing listens on the discard port
+            "KEY_PREFIX": "down",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+    hub.clear_requests()
+    for _ in range(2):  # nothing kept: each search asks the Hub, and answers
+        page = discover.search(family.word)
+        assert not page.from_cache and [r.hub.repo_id for r in page.results] == [family.full, family.q4]
+    assert len(listing_requests(hub)) == 2
