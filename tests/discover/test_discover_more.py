@@ -106,7 +106,9 @@ def test_private_repos_of_every_stored_token_are_merged_once_and_marked(family, 
     assert not {mine, work, both} & {r.hub.repo_id for r in discover.search(family.word).results}
 
 
-def test_a_refused_second_token_costs_its_private_repos_not_the_search(family, hub, alice) -> None:
+def test_a_refused_second_token_costs_its_private_repos_not_the_search(
+    family, hub, alice, alice_client
+) -> None:
     from models_app.services.credentials import search_credentials
 
     secret = f"mlx-test/Tiny{family.word}-secret-8bit"
@@ -118,6 +120,14 @@ def test_a_refused_second_token_costs_its_private_repos_not_the_search(family, h
     assert secret in [r.hub.repo_id for r in page.results]
     [warning] = page.warnings
     assert "“revoked”" in warning and f"hf_{family.word}gone" not in warning
+    # The page and the API say it too (the cached answers, the same warning).
+    html = alice_client.get("/discover/", {"q": family.word, "mlx": "1"}).content.decode()
+    assert 'data-testid="discover-warning"' in html and "revoked" in html and secret in html
+    assert f"hf_{family.word}gone" not in html
+    body = (
+        KeyClient(ApiKey.issue(user=alice, name="warn")[1]).get("/api/v1/discover", {"q": family.word}).json()
+    )
+    assert body["warnings"] == [warning] and secret in [r["repo_id"] for r in body["results"]]
 
 
 def test_a_repo_the_listing_leaves_without_sizes_is_checked_on_its_own(
