@@ -239,6 +239,24 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Django's cache (Discover's Hub answers, its outage backoff): in Redis by default, so the web processes, the
+# CLI and the workers share one cache and a search made in one is answered from the cache in another.
+# CACHE_URL=locmem:// keeps it in each process's memory instead (no Redis needed for it, nothing shared).
+CACHE_URL = env_str("CACHE_URL", REDIS_URL)
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        if CACHE_URL.startswith("locmem:")
+        else {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": f"{REDIS_PREFIX}:cache",
+            # A Redis that is down must not hold a page: the callers treat a cache error as a miss.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    )
+}
+
 
 # The Hub to talk to. Passed explicitly (endpoint=...) to every huggingface_hub call, so it can differ per
 # process and tests can point at their local Hub.
@@ -295,12 +313,14 @@ HUB_HEADER_TIMEOUT = env_duration("HUB_HEADER_TIMEOUT", 30)
 HUB_REQUEST_TIMEOUT = env_duration("HUB_REQUEST_TIMEOUT", 60)
 # The Pull page's preview (model info + config.json, in the web process) ends by then, whatever the Hub does.
 HUB_PREVIEW_TIMEOUT = env_duration("HUB_PREVIEW_TIMEOUT", 30)
-# Discover (search the Hub): listings are cached this long per query and token, a search gives at most
-# DISCOVER_MAX_RESULTS models (one listing, its pages followed only that far, no call per model), and it gives
-# up on the Hub after DISCOVER_TIMEOUT ("search unavailable").
+# Discover (search the Hub): Hub answers are cached (CACHES) this long per query, page and token, a page of
+# results has at most DISCOVER_MAX_RESULTS models (the Hub's pages followed only that far; "More results" goes
+# on from its cursor), a repo whose listing lacks its sizes is checked on its own, DISCOVER_DETAILS_CONCURRENCY
+# at a time per page, and it gives up on the Hub after DISCOVER_TIMEOUT ("search unavailable").
 DISCOVER_CACHE_TTL = env_duration("DISCOVER_CACHE_TTL", 600)
 DISCOVER_MAX_RESULTS = env_int("DISCOVER_MAX_RESULTS", 50, minimum=1)
 DISCOVER_TIMEOUT = env_duration("DISCOVER_TIMEOUT", 15)
+DISCOVER_DETAILS_CONCURRENCY = env_int("DISCOVER_DETAILS_CONCURRENCY", 4, minimum=1)
 
 CACHE_CLEANUP_MAX_AGE = env_duration("CACHE_CLEANUP_MAX_AGE", 0) or None
 CACHE_CLEANUP_MAX_SIZE = env_size("CACHE_CLEANUP_MAX_SIZE", 0) or None

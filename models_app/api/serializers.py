@@ -502,6 +502,22 @@ class DiscoverQuerySerializer(serializers.Serializer):
         help_text="Only this Hub user or organisation",
     )
     mlx_only = serializers.BooleanField(default=True, help_text="Only repos tagged for the mlx library")
+    cursor = StrictCharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=1000,
+        validators=[RegexValidator(r"^[A-Za-z0-9_=.+/%-]*$")],
+        help_text="The page after the one that gave this next_cursor ('' for the first page)",
+    )
+
+
+class DiscoverDetailsQuerySerializer(serializers.Serializer):
+    repo_id = StrictCharField(
+        max_length=200,
+        validators=[RegexValidator(REPO_ID_PATTERN)],
+        help_text="The repo to check, e.g. mlx-community/Qwen3-8B-4bit",
+    )
 
 
 class DiscoverResultSerializer(serializers.Serializer):
@@ -527,6 +543,10 @@ class DiscoverResultSerializer(serializers.Serializer):
     verdict = serializers.ChoiceField(choices=["green", "amber", "red"])
     verdict_reason = serializers.CharField()
     pull_url = serializers.CharField(help_text="The Pull page, prefilled with this repo")
+    details_pending = serializers.BooleanField(
+        help_text="The listing said nothing of its weights: GET details_url for its sizes and verdict"
+    )
+    details_url = serializers.CharField(help_text="GET /api/v1/discover/details for this repo")
 
 
 class DiscoverGroupSerializer(serializers.Serializer):
@@ -542,3 +562,8 @@ class DiscoverPageSerializer(serializers.Serializer):
     )
     results = DiscoverResultSerializer(many=True)
     groups = DiscoverGroupSerializer(many=True, help_text="Results by base model, variants side by side")
+    next_cursor = serializers.CharField(help_text="Pass as cursor for more results; '' when there are none")
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Stored Hub tokens the Hub refused (their private repos missing)",
+    )

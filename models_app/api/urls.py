@@ -41,6 +41,7 @@ v1 = [
     path("cache/cleanup", cache.CleanupView.as_view(), name="api-cache-cleanup"),
     path("usage", usage.UsageView.as_view(), name="api-usage"),
     path("discover", discover.DiscoverView.as_view(), name="api-discover"),
+    path("discover/details", discover.DiscoverDetailsView.as_view(), name="api-discover-details"),
     path("health", health.HealthView.as_view(), name="api-health"),
     path("keys", keys.KeyListView.as_view(), name="api-keys"),
     path("keys/<str:id>", keys.KeyDetailView.as_view(), name="api-key"),

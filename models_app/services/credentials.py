@@ -88,6 +88,14 @@ def default_credential(user) -> HubCredential | None:  # type: ignore[no-untyped
     return HubCredential.objects.filter(owner=user, is_default=True).first()
 
 
+def search_credentials(user) -> list[HubCredential]:  # type: ignore[no-untyped-def]
+    """Every token `user` stored, the default first (then by name): Discover lists with the first and adds the
+    private repos each of the others can read."""
+    if getattr(user, "pk", None) is None:
+        return []
+    return list(HubCredential.objects.filter(owner=user).order_by("-is_default", "name", "pk"))
+
+
 def label(credential: HubCredential) -> str:
     """How a token is named to people: its name and masked form, never the token."""
     return f"“{credential.name}” ({credential.masked})"

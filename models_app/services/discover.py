@@ -1,10 +1,12 @@
 """Discover: search the Hub for MLX models, each with what it weighs, whether it is already here and whether
 it fits this machine (the pull plan's memory verdict and the default cache's free disk).
 
-One listing call per search (huggingface_hub `list_models`, its pages followed only up to
-DISCOVER_MAX_RESULTS), never a call per model: sizes and quantization come from the listing's `safetensors`
-and `config` fields. The Hub's answer is cached (Django cache, DISCOVER_CACHE_TTL) per query and token; what
-is local (already here, verdicts) is worked out on every call, so a pull or a full disk shows at once.
+One listing per search and token (the Hub's `/api/models`, its `Link` pages followed only up to
+DISCOVER_MAX_RESULTS; "More results" goes on from the Hub's cursor), never a call per model when the listing
+says enough: sizes and quantization come from its `safetensors` and `config` fields. A repo the listing leaves
+without sizes is checked on its own (`discover_details`), after the page shows. Every Hub answer is cached
+(Django's cache: Redis, shared by every process; DISCOVER_CACHE_TTL) per query, page and token; what is local
+(already here, verdicts) is worked out on every call, so a pull or a full disk shows at once.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
-from huggingface_hub import HfApi
+from huggingface_hub.hf_api import ModelInfo
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
 
 from models_app.models import HubCredential, Snapshot
 from models_app.services import discover_meta as meta
@@ -30,8 +35,8 @@ from models_app.services.plan import memory_verdict
 
 log = logging.getLogger(__name__)
 
-# What the page offers -> huggingface_hub's sort names (the Hub sorts descending).
-SORTS = {"downloads": "downloads", "trending": "trending_score", "recent": "last_modified", "likes": "likes"}
+# What the page offers -> the Hub's sort keys (descending: the Hub's default direction).
+SORTS = {"downloads": "downloads", "trending": "trendingScore", "recent": "lastModified", "likes": "likes"}
 MAX_QUERY_LENGTH = 200
 # The listing fields a result is built from (expand= keeps the Hub's answer small).
 EXPAND = [
@@ -53,6 +58,10 @@ EXPAND = [
 # After the Hub failed a search, searches answer "unavailable" at once for this long instead of each waiting
 # out DISCOVER_TIMEOUT (huggingface_hub retries 5xx and refused connections with backoff).
 OUTAGE_BACKOFF_SECONDS = 30
+# The Hub's cursors are opaque base64-ish strings (the local Hub's are offsets): nothing else is passed on.
+_CURSOR = re.compile(r"[A-Za-z0-9_=.+/%-]{1,1000}")
+# Listing requests per search page and token at most, however small the Hub's pages.
+MAX_LISTING_REQUESTS = 10
 
 
 class DiscoverError(Exception):
@@ -61,6 +70,10 @@ class DiscoverError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class NoListing(Exception):
+    """The endpoint answers, but serves no model listing (a mirror that knows repos only by name)."""
 
 
 @dataclass
@@ -116,6 +129,10 @@ class DiscoverPage:
     author: str
     results: list[DiscoverResult] = field(default_factory=list)
     from_cache: bool = False
+    cursor: str = ""  # the page this is ("" for the first)
+    next_cursor: str = ""  # "More results" from here; "" when the Hub has no more
+    # Tokens the Hub refused while their private repos were being looked for (named, never shown).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def groups(self) -> list[VariantGroup]:
@@ -138,28 +155,85 @@ def search(
     sort: str = "downloads",
     author: str = "",
     mlx_only: bool = True,
-    credential: HubCredential | None = None,
+    credentials: Sequence[HubCredential] = (),
+    cursor: str = "",
     user: Any = None,
 ) -> DiscoverPage:
-    """Search the Hub (an empty query lists the top models for the sort). Raises DiscoverError("invalid") for
-    bad input, DiscoverError("unavailable") when the Hub cannot be asked now."""
+    """Search the Hub (an empty query lists the top models for the sort), one page of results from `cursor`.
+
+    `credentials` are the user's stored tokens, the default one first: the first token's listing is the
+    results; on the first page, each other token's listing adds the private repos only it can read (merged by
+    the sort, each repo once). Raises DiscoverError("invalid") for bad input, ("invalid_credential") when the
+    Hub refuses the first token, ("unavailable") when the Hub cannot be asked now."""
     query, author = _check(query, sort, author)
-    page = DiscoverPage(query=query, sort=sort, mlx_only=mlx_only, author=author)
-    key = _cache_key(query, sort, author, mlx_only, credential)
-    cached = cache.get(key)
-    if cached is not None:
-        models = [HubModel(**m) for m in cached]
-        page.from_cache = True
-    else:
-        models = _list(query, sort, author, mlx_only, credential)
-        cache.set(key, [asdict(m) for m in models], settings.DISCOVER_CACHE_TTL)
+    cursor = (cursor or "").strip()
+    if cursor and not _CURSOR.fullmatch(cursor):
+        raise DiscoverError("invalid", "That page cursor is not one this search gave.")
+    page = DiscoverPage(query=query, sort=sort, mlx_only=mlx_only, author=author, cursor=cursor)
+    first, others = (credentials[0], list(credentials[1:])) if credentials else (None, [])
+    models, page.next_cursor, page.from_cache = _listing(query, sort, author, mlx_only, first, cursor)
+    if not cursor and others:
+        models = _with_private_repos_of(others, models, page, (query, sort, author, mlx_only))
     page.results = _local_view(models, user)
     return page
+
+
+def _with_private_repos_of(
+    others: list[HubCredential], models: list[HubModel], page: DiscoverPage, ask: tuple[str, str, str, bool]
+) -> list[HubModel]:
+    """Add what each other token lists as private (and the first did not list), placed by the sort."""
+    from models_app.services.credentials import label
+
+    found = {m.repo_id: m for m in models}
+    added = False
+    for credential in others:
+        try:
+            theirs, _next, cached = _listing(*ask, credential, "")
+        except DiscoverError as err:
+            # Their private repos are missing, the search is not: say which token, never what it is.
+            page.warnings.append(f"Your Hub token {label(credential)} was not searched: {err.message}")
+            continue
+        page.from_cache = page.from_cache and cached
+        for m in theirs:
+            if m.private and m.repo_id not in found:
+                found[m.repo_id] = m
+                models.append(m)
+                added = True
+    if added:  # a stable sort keeps the Hub's order among the first token's results
+        models.sort(key=_sort_value(page.sort), reverse=True)
+    return models
+
+
+def _sort_value(sort: str) -> Any:
+    if sort == "recent":
+        return lambda m: m.last_modified
+    return lambda m: {"downloads": m.downloads, "likes": m.likes, "trending": m.trending}[sort]
+
+
+def cache_get(key: str) -> Any:
+    """The cached value, or None; a cache that is down (Redis restarting) is a miss, never an error."""
+    try:
+        return cache.get(key)
+    except Exception as exc:
+        log.warning("discover: cache unavailable (%s): asking the Hub", type(exc).__name__)
+        return None
+
+
+def cache_set(key: str, value: Any, ttl: int) -> None:
+    try:
+        cache.set(key, value, ttl)
+    except Exception as exc:
+        log.warning("discover: cache unavailable (%s): answer not kept", type(exc).__name__)
 
 
 def pull_url(repo_id: str) -> str:
     """The Pull page prefilled with this repo, its plan shown at once (?repo=&preview=1)."""
     return f"/pull/?{urlencode({'repo': repo_id, 'preview': '1'})}"
+
+
+def details_url(repo_id: str) -> str:
+    """Where the page (and API clients) get one result's sizes and verdict checked on its own."""
+    return f"/api/v1/discover/details?{urlencode({'repo_id': repo_id})}"
 
 
 def _check(query: str, sort: str, author: str) -> tuple[str, str]:
@@ -173,7 +247,7 @@ def _check(query: str, sort: str, author: str) -> tuple[str, str]:
     return query, author
 
 
-def _cache_key(query: str, sort: str, author: str, mlx_only: bool, credential: HubCredential | None) -> str:
+def _cache_key(*parts: Any, credential: HubCredential | None) -> str:
     # Per token: private repos one token sees must not show up in another's results. The credential's id and
     # its ciphertext (which changes with the token) name it without the token itself reaching the cache.
     who = (
@@ -181,7 +255,7 @@ def _cache_key(query: str, sort: str, author: str, mlx_only: bool, credential: H
         if credential is not None
         else "anonymous"
     )
-    raw = json.dumps([settings.HF_ENDPOINT, query.lower(), sort, author.lower(), mlx_only, who])
+    raw = json.dumps([settings.HF_ENDPOINT, *parts, who])
     return "discover:" + hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -205,25 +279,30 @@ def _outage_key() -> str:
     return "discover:outage:" + hashlib.sha256(settings.HF_ENDPOINT.encode()).hexdigest()
 
 
-def _list(
-    query: str, sort: str, author: str, mlx_only: bool, credential: HubCredential | None
-) -> list[HubModel]:
-    if cache.get(_outage_key()):
+def _listing(
+    query: str, sort: str, author: str, mlx_only: bool, credential: HubCredential | None, cursor: str
+) -> tuple[list[HubModel], str, bool]:
+    """One page of the Hub's listing for one token: (models, next cursor, from the cache)."""
+    key = _cache_key("list", query.lower(), sort, author.lower(), mlx_only, cursor, credential=credential)
+    cached = cache_get(key)
+    if cached is not None:
+        return [HubModel(**m) for m in cached["models"]], cached["next"], True
+    if cache_get(_outage_key()):
         raise _unavailable()
     token = _token(credential)
     install_http_guard()
     try:
         with hub_guard.deadline(float(settings.DISCOVER_TIMEOUT), "DISCOVER_TIMEOUT"):
-            listing = HfApi(endpoint=settings.HF_ENDPOINT).list_models(
-                search=query or None,
-                author=author or None,
-                filter="mlx" if mlx_only else None,
-                sort=SORTS[sort],  # type: ignore[arg-type]
-                limit=settings.DISCOVER_MAX_RESULTS,
-                expand=EXPAND,  # type: ignore[arg-type]
-                token=token or False,
-            )
-            return [_hub_model(info) for info in listing]
+            items, next_cursor = _fetch_listing(_listing_params(query, sort, author, mlx_only), token, cursor)
+            models = [_hub_model(ModelInfo(**{"siblings": None, **item})) for item in items]
+    except NoListing as exc:
+        log.warning("discover: %s serves no model listing (%s)", settings.HF_ENDPOINT, exc)
+        cache_set(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
+        raise DiscoverError(
+            "unavailable",
+            f"Search is unavailable: the Hub endpoint ({settings.HF_ENDPOINT}) serves no model listing (a "
+            "mirror such as olah knows repos only by name). Pull a repo you know by its id.",
+        ) from exc
     except Exception as exc:
         status = _hub_status(exc)
         log.warning("discover: Hub search failed: %s (HTTP %s)", type(exc).__name__, status)
@@ -231,11 +310,66 @@ def _list(
             # This user's token, not the Hub: no backoff for everyone else.
             raise DiscoverError(
                 "invalid_credential",
-                "The Hub refused your default Hub token: replace it in Settings, or make none default to "
+                "The Hub refused your Hub token: replace it in Settings, or make none default to "
                 "search without it.",
             ) from exc
-        cache.set(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
+        cache_set(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
         raise _unavailable() from exc
+    cache_set(key, {"models": [asdict(m) for m in models], "next": next_cursor}, settings.DISCOVER_CACHE_TTL)
+    return models, next_cursor, False
+
+
+def _listing_params(query: str, sort: str, author: str, mlx_only: bool) -> dict[str, Any]:
+    """The query huggingface_hub's `list_models` sends for these arguments (sort descending)."""
+    params: dict[str, Any] = {"sort": SORTS[sort], "expand": EXPAND}
+    if query:
+        params["search"] = query
+    if author:
+        params["author"] = author
+    if mlx_only:
+        params["filter"] = ["mlx"]
+    return params
+
+
+def _fetch_listing(
+    params: dict[str, Any], token: str | None, cursor: str
+) -> tuple[list[dict[str, Any]], str]:
+    """Up to DISCOVER_MAX_RESULTS listing entries from `cursor`, following the Hub's `Link: rel="next"` pages
+    (`limit` is the Hub's page size). Returns them and the cursor after the last one ("" at the end).
+
+    huggingface_hub's `list_models` follows the pages too, but never says where it stopped: paging on needs the
+    cursor. Each next page is asked of HF_ENDPOINT with that cursor, never at the URL the Hub named."""
+    wanted = settings.DISCOVER_MAX_RESULTS
+    headers = build_hf_headers(token=token or False)
+    url = f"{settings.HF_ENDPOINT}/api/models"
+    items: list[dict[str, Any]] = []
+    for _ in range(MAX_LISTING_REQUESTS):
+        ask = {**params, "limit": wanted - len(items), **({"cursor": cursor} if cursor else {})}
+        response = http_backoff("GET", url, params=ask, headers=headers)
+        if response.status_code in (404, 405, 501) or response.headers.get("X-Error-Code") == "RepoNotFound":
+            # olah (online) takes /api/models for a repo named "api/models": 401 RepoNotFound, whatever the
+            # token; a token the Hub refuses is a 401 without that code.
+            raise NoListing(f"HTTP {response.status_code}")
+        hf_raise_for_status(response)
+        try:
+            page = response.json()
+        except ValueError:
+            page = None
+        if not isinstance(page, list):
+            # olah answers /api/models with an empty 200 (its file route): it serves repos by name only.
+            raise NoListing("not a JSON list")
+        items.extend(i for i in page[: wanted - len(items)] if isinstance(i, dict) and i.get("id"))
+        cursor = _next_cursor(response.links.get("next", {}).get("url"))
+        if not cursor or len(items) >= wanted:
+            break
+    return items, cursor
+
+
+def _next_cursor(next_url: str | None) -> str:
+    if not next_url:
+        return ""
+    cursor = parse_qs(urlsplit(next_url).query).get("cursor", [""])[-1]
+    return cursor if _CURSOR.fullmatch(cursor or "") else ""
 
 
 def _hub_status(exc: BaseException) -> int | None:

@@ -85,3 +85,71 @@ def test_search_filter_open_plan_pull_and_see_it_here(
         assert page.locator(f"[data-repo='{full}'] [data-testid=here]").count() == 0
     finally:
         shutil.rmtree(cached, ignore_errors=True)
+
+
+def test_results_fill_in_as_each_is_checked_a_bounded_few_at_a_time_and_more_results_page_on(
+    browser, staff, hub, tiny_model_path: Path, stack_env, process_log_dir
+) -> None:
+    """The listing shows at once; the rows it left without sizes say "checking…" and fill in as each answer
+    arrives (one at a time here: DISCOVER_DETAILS_CONCURRENCY=1), while the Hub holds the first one back; then
+    "More results" brings the next page (DISCOVER_MAX_RESULTS=3)."""
+    from tests.support.processes import AsgiServer
+    from tests.support.tinymodel import tiny_model_dir, tiny_model_files
+
+    word = f"fill{uuid.uuid4().hex[:8]}"
+    quantized = tiny_model_files(tiny_model_dir(tiny_model_path.parent, quantize=True))
+    sized, quiet_a, quiet_b, last = (
+        f"mlx-demo/Sized{word}-4bit",
+        f"mlx-demo/QuietA{word}-4bit",
+        f"mlx-demo/QuietB{word}-bf16",
+        f"mlx-demo/Last{word}-4bit",
+    )
+    hub.create_repo(sized, quantized, info={"downloads": 300})
+    # Their listing entries say nothing of their weights: the page checks each on its own.
+    hub.create_repo(quiet_a, quantized, info={"downloads": 200, "safetensors": None})
+    hub.create_repo(quiet_b, tiny_model_files(tiny_model_path), info={"downloads": 100, "safetensors": None})
+    hub.create_repo(last, quantized, info={"downloads": 1})
+    held = hub.faults.hold(f"/api/models/{quiet_a}/*")
+    server = AsgiServer(
+        env={**stack_env, "DISCOVER_MAX_RESULTS": "3", "DISCOVER_DETAILS_CONCURRENCY": "1"},
+        log_dir=process_log_dir,
+    ).wait_ready()
+    try:
+        page = new_page(browser, server.url)
+        login(page, "root", "root-password")
+        page.goto(f"/discover/?q={word}&mlx=1")
+        row_a, row_b = page.locator(f"[data-repo='{quiet_a}']"), page.locator(f"[data-repo='{quiet_b}']")
+        # The listing is on the page while the Hub still holds quiet_a's details back.
+        page.locator(f"[data-repo='{quiet_a}'][data-details=checking]").wait_for()
+        assert "checking" in row_a.locator("[data-testid=verdict]").inner_text()
+        assert row_a.locator("[data-cell=size]").inner_text() == "—"
+        sized_row = page.locator(f"[data-repo='{sized}']")
+        assert (
+            sized_row.get_attribute("data-verdict") == "green"
+            and sized_row.get_attribute("data-details") is None
+        )
+        # One check at a time: quiet_b waits its turn, and the Hub has not been asked about it.
+        assert row_b.get_attribute("data-details") == "pending"
+        assert not [r for r in hub.requests if r.path.startswith(f"/api/models/{quiet_b}")]
+
+        held.release()
+        page.locator(f"[data-repo='{quiet_a}'][data-details=done]").wait_for()
+        page.locator(f"[data-repo='{quiet_b}'][data-details=done]").wait_for()
+        assert row_a.get_attribute("data-verdict") == "green"
+        assert row_a.locator("[data-testid=verdict]").inner_text() == "green"
+        # The same weights as its listed 4-bit twin, to the byte, shown the same way.
+        size = row_a.locator("[data-cell=size]").inner_text()
+        assert size != "—" and size == sized_row.locator("[data-cell=size]").inner_text()
+        assert row_a.locator("[data-cell=quantization]").inner_text() == "4-bit"
+        assert row_b.locator("[data-cell=quantization]").inner_text() == "bf16"
+        assert row_b.locator("[data-cell=size]").inner_text() != "—"
+        assert page.locator(f"[data-repo='{last}']").count() == 0
+
+        page.get_by_role("link", name="More results").click()
+        page.locator(f"[data-repo='{last}']").wait_for()
+        assert page.locator("[data-testid=discover-result]").count() == 1
+        assert page.locator("[data-testid=discover-more]").count() == 0
+    finally:
+        held.release()
+        hub.faults.clear()
+        server.stop()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.cache import cache
 
 
@@ -19,9 +20,22 @@ class Family:
     other: str  # another model matching the search, not MLX
 
 
+def discover_cache_keys() -> list[bytes]:
+    """This test worker's Discover entries in the shared Redis cache (its KEY_PREFIX keeps other workers' and
+    Celery's keys out of reach)."""
+    client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    return list(client.scan_iter(match=f"{prefix}:*:discover:*", count=1000))
+
+
 @pytest.fixture(autouse=True)
 def _empty_discover_cache() -> None:
-    cache.clear()
+    if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        cache.clear()  # CACHE_URL=locmem://: this process's memory only
+        return
+    # Not cache.clear(): in Redis that is FLUSHDB, every test worker's keys (and Celery's) gone.
+    if keys := discover_cache_keys():
+        cache._cache.get_client(write=True).delete(*keys)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ def test_private_repos_are_found_with_the_users_token_only(family, hub, alice) -
     hub.add_token(token, "alice")
     credential = credential_create(owner=alice, name="mine", token=token)
     assert secret not in [r.hub.repo_id for r in discover.search(family.word).results]
-    mine = discover.search(family.word, credential=credential)
+    mine = discover.search(family.word, credentials=[credential])
     assert secret in [r.hub.repo_id for r in mine.results] and not mine.from_cache
     assert any(r.headers.get("Authorization") == f"Bearer {token}" for r in hub.requests)
 
@@ -224,7 +224,7 @@ def test_a_refused_token_is_that_users_problem_not_an_outage(family, hub, alice)
         owner=alice, name="old", token=f"hf_{family.word}revoked"
     )  # the Hub never knew it
     with pytest.raises(DiscoverError) as caught:
-        discover.search(family.word, credential=revoked)
+        discover.search(family.word, credentials=[revoked])
     assert caught.value.code == "invalid_credential" and "Settings" in caught.value.message
     assert f"hf_{family.word}revoked" not in caught.value.message
     # Everyone else still searches: no backoff was set for the Hub.

@@ -161,6 +161,11 @@ class Fault:
     reset: bool = False  # drop with a TCP RST instead of a clean FIN
     value: str = ""  # the hostile value: an ETag, a commit id, a redirect target
     hits: int = 0
+    # hold: the matching requests wait for this (release()), so a test sees what a client shows meanwhile.
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.gate.set()
 
     def matches(self, method: str, url_path: str, file_path: str | None) -> bool:
         if method not in self.methods or (self.times is not None and self.hits >= self.times):
@@ -194,6 +199,10 @@ class FaultPlan:
         """Send the headers, wait `seconds` (cut short by stop()), then send the body. With `path` (fnmatch
         on the URL path of an /api/ route, e.g. "*/xet-read-token/*"), wait before answering that route."""
         return self._add(Fault("stall", pattern, times, path=path, amount=seconds))
+
+    def hold(self, path: str) -> Fault:
+        """Requests to /api/ routes matching `path` wait, unanswered, until the fault's release() (or stop())."""
+        return self._add(Fault("hold", "*", None, frozenset({"GET", "HEAD", "POST"}), path))
 
     def wrong_bytes(self, pattern: str = "*", times: int | None = None) -> Fault:
         """Serve the right number of bytes, every one of them wrong (bits flipped)."""
@@ -746,9 +755,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(err.status, json.dumps({"error": err.message}).encode(), headers)
 
     def _dispatch(self) -> None:
-        # Drain any request body so keep-alive stays in sync (the hub ignores uploads).
+        # Drain any request body so keep-alive stays in sync (only paths-info reads it; no uploads).
+        self._body = b""
         if length := int(self.headers.get("Content-Length") or 0):
-            self.rfile.read(length)
+            self._body = self.rfile.read(length)
         self._started = False
         self._faults: dict[str, Fault] = {}
         url = urlsplit(self.path)
@@ -761,6 +771,9 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _HubError(500, None, f"Internal Error (injected fault #{fault.hits})")
                 if stall := self._faults.get("stall"):
                     self.hub._stopping.wait(stall.amount)
+                if hold := self._faults.get("hold"):
+                    while not hold.gate.wait(0.05) and not self.hub._stopping.is_set():
+                        pass
                 if fault := self._faults.get("redirect"):
                     return self._send(302, b"", {"Location": fault.value})
                 self._api(url.path)
@@ -843,6 +856,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif rest[0] == "tree" and len(rest) > 1:
                 commit, base = self._split_rev(repo, rest[1:], need_path=False)
                 data = self._tree(repo, commit, base.strip("/"))
+            elif rest[0] == "paths-info" and len(rest) > 1 and self.command == "POST":
+                data = self._paths_info(repo, self._commit(repo, unquote("/".join(rest[1:]))))
             else:
                 raise _HubError(404, None, "Not Found")
         if data is None:
@@ -937,10 +952,12 @@ class _Handler(BaseHTTPRequestHandler):
         if (sort := q.get("sort")) in self._SORT_KEYS:
             # Stable sort on top of repo-id order; direction -1 (what the Hub defaults to) is descending.
             found.sort(key=lambda i: i.get(sort) or 0, reverse=q.get("direction", "-1") == "-1")
-        limit = int(q["limit"]) if q.get("limit", "").isdigit() else None
-        found = found[:limit]
+        # As on the Hub, `limit` is the page size (bounded by the Hub's own); the Link header leads on.
+        size = self.hub.list_page_size
+        if q.get("limit", "").isdigit() and int(q["limit"]) > 0:
+            size = min(size, int(q["limit"]))
         start = int(q["cursor"]) if q.get("cursor", "").isdigit() else 0
-        page = found[start : start + self.hub.list_page_size]
+        page = found[start : start + size]
         keep = set(self._LIST_FIELDS) if not (full or expand) else None
         if expand:
             keep = {"_id", "id", *expand}
@@ -949,9 +966,9 @@ class _Handler(BaseHTTPRequestHandler):
             for item in shaped:
                 item.pop("siblings", None)
         headers = {"Content-Type": "application/json; charset=utf-8"}
-        if start + self.hub.list_page_size < len(found):
+        if start + size < len(found):
             query = [(k, v) for k, vs in self._query.items() if k != "cursor" for v in vs]
-            query.append(("cursor", str(start + self.hub.list_page_size)))
+            query.append(("cursor", str(start + size)))
             host = self.headers.get("Host", "127.0.0.1")
             headers["Link"] = f'<http://{host}/api/models?{urlencode(query)}>; rel="next"'
         self._send(200, json.dumps(shaped).encode(), headers)
@@ -1053,6 +1070,33 @@ class _Handler(BaseHTTPRequestHandler):
             "converts": [],
             "pullRequests": [ref(n, "heads", s) for n, s in branches if n.startswith("refs/pr/")],
         }
+
+    def _paths_info(self, repo: Repo, commit: Commit) -> list[dict[str, Any]]:
+        """POST paths-info (form or JSON body: paths, expand): the named files that exist, as the tree lists
+        them (what olah, online, asks before serving a file)."""
+        body = self._body.decode("utf-8", "replace")
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            paths = list((json.loads(body or "{}") or {}).get("paths") or [])
+        else:
+            paths = parse_qs(body).get("paths", [])
+        out = []
+        for path in paths:
+            entry = commit.files.get(str(path))
+            if entry is not None:
+                item: dict[str, Any] = {
+                    "type": "file",
+                    "oid": entry.oid,
+                    "size": entry.blob.size,
+                    "path": path,
+                }
+                if entry.lfs:
+                    item["lfs"] = {
+                        "oid": entry.blob.sha256,
+                        "size": entry.blob.size,
+                        "pointerSize": entry.pointer_size,
+                    }
+                out.append(item)
+        return out
 
     def _tree(self, repo: Repo, commit: Commit, base: str) -> list[dict[str, Any]]:
         recursive = self._query.get("recursive", [""])[-1].lower() in ("1", "true")

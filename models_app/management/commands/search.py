@@ -15,7 +15,7 @@ from models_app.management.commands._cli import (
     service_error,
     table,
 )
-from models_app.services import credentials, discover
+from models_app.services import credentials, discover, discover_details
 
 
 class Command(BaseCommand):
@@ -28,26 +28,33 @@ class Command(BaseCommand):
         parser.add_argument("--all", action="store_true", help="Not only repos tagged for mlx.")
         parser.add_argument("--credential", help="Name of a stored Hub token (private repos it reads).")
         parser.add_argument("--user", help="Search as this user (their default token, their cache view).")
+        parser.add_argument("--cursor", default="", help="The next_cursor a previous --json search gave.")
         parser.add_argument("--json", action="store_true", help="Machine-readable output.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = cli_user(options["user"])
         credential = cli_credential(options["credential"], user)
-        if credential is None and user is not None:
-            credential = credentials.default_credential(user)
+        # --credential names the one token to search with; else all the user's, the default first.
+        tokens = [credential] if credential is not None else credentials.search_credentials(user)
         try:
             page = discover.search(
                 options["query"],
                 sort=options["sort"],
                 author=options["author"],
                 mlx_only=not options["all"],
-                credential=credential,
+                credentials=tokens,
+                cursor=options["cursor"],
                 user=user,
             )
         except discover.DiscoverError as exc:
             raise service_error(exc) from exc
+        page.results = discover_details.complete(page.results, credentials=tokens, user=user)
+        for warning in page.warnings:
+            self.stderr.write(warning)
         if options["json"]:
             self.stdout.write(dumps([r.as_json() for r in page.results]))
+            if page.next_cursor:
+                self.stderr.write(f"More results: --cursor {page.next_cursor}")
             return
         if not page.results:
             self.stdout.write(f"No MLX models on the Hub match {page.query!r}.")
@@ -69,6 +76,8 @@ class Command(BaseCommand):
                 )
         headers = ("REPO", "QUANT", "PARAMS", "SIZE", "DOWNLOADS", "LIKES", "FITS", "CACHED")
         self.stdout.write(table(headers, rows))
+        if page.next_cursor:
+            self.stdout.write(f"More results: search ... --cursor {page.next_cursor}")
 
 
 def _params(n: int | None) -> str:
