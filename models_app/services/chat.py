@@ -247,13 +247,13 @@ def _leased(user) -> Iterator[inflight.Lease]:  # type: ignore[no-untyped-def]
         raise
 
 
-def _checked_messages(conversation: Conversation, *, before: int) -> list[dict[str, str]]:
-    messages = _request_messages(conversation, before=before)
+def _checked_messages(conversation: Conversation, *, before: int) -> History:
+    history = _request_messages(conversation, before=before)
     try:
-        inference.check_request_size(messages=messages)
+        inference.check_request_size(messages=history.messages)
     except inference.RequestTooLarge as exc:
         raise ChatError("invalid_request", f"{exc}") from exc
-    return messages
+    return history
 
 
 def stop(*, user, request_id: Any) -> bool:  # type: ignore[no-untyped-def]
@@ -331,7 +331,7 @@ def _start(
     options: dict[str, Any],
     reply_channel: str,
     *,
-    messages: list[dict[str, str]],
+    messages: History,
     lease: inflight.Lease,
     user_message_id: int | None,
 ) -> Started:
@@ -339,13 +339,15 @@ def _start(
         "request_id": str(answer.request_id),
         "reply_channel": reply_channel,
         "snapshot_id": snapshot.id,
-        "messages": messages,
+        "messages": messages.messages,
         "options": options,
         "user_id": user.id,
         "api_key_id": None,
         "source": Usage.Source.BROWSER,
         "assistant_message_id": answer.id,
     }
+    if previous_tokens := messages.tokens_for(snapshot):
+        request["previous_tokens"] = previous_tokens
     try:
         queue = inference.start_generation(request)
     except inference.InferenceUnavailable as exc:
@@ -374,24 +376,43 @@ def _new_answer(conversation: Conversation, snapshot: Snapshot, lease: inflight.
     )
 
 
-def _request_messages(conversation: Conversation, *, before: int) -> list[dict[str, str]]:
+@dataclass
+class History:
+    messages: list[dict[str, str]]
+    # The latest answer's prompt and answer as token ids, and the model that wrote them (Message.token_ids).
+    previous_tokens: list[int] | None = None
+    previous_snapshot_id: int | None = None
+
+    def tokens_for(self, snapshot: Snapshot) -> list[int] | None:
+        """Token ids mean something to the model that wrote them only."""
+        return self.previous_tokens if self.previous_snapshot_id == snapshot.id else None
+
+
+def _request_messages(conversation: Conversation, *, before: int) -> History:
     """The conversation as the model sees it: the system prompt, then every user message and every answer
     that has text (a failed answer is left out). Consecutive messages of one role are merged, since many
     chat templates insist that roles alternate."""
     result: list[dict[str, str]] = []
+    history = History(result)
     if conversation.system_prompt.strip():
         result.append({"role": "system", "content": conversation.system_prompt})
-    rows = conversation.messages.filter(id__lt=before).order_by("id").values_list("role", "content", "status")
-    for role, content, status in rows:
+    rows = (
+        conversation.messages.filter(id__lt=before)
+        .order_by("id")
+        .values_list("role", "content", "status", "token_ids", "snapshot_id")
+    )
+    for role, content, status, token_ids, snapshot_id in rows:
         if role == Message.Role.ASSISTANT and (
             status in IN_FLIGHT or status == Message.Status.ERROR or not content
         ):
             continue
+        if token_ids:
+            history.previous_tokens, history.previous_snapshot_id = token_ids, snapshot_id
         if result and result[-1]["role"] == role and role != "system":
             result[-1] = {"role": role, "content": f"{result[-1]['content']}\n\n{content}"}
         else:
             result.append({"role": role, "content": content})
-    return result
+    return history
 
 
 def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) -> Snapshot:  # type: ignore[no-untyped-def]

@@ -37,6 +37,7 @@ from models_app.services.engine.prompt import (
     answer_reserve,
     build_chat_prompt,
     build_text_prompt,
+    decode_exact,
 )
 from models_app.services.engine.registry import LoadedModel, ModelLoadError
 from models_app.services.engine.sender import ReplyStream, cancel_key
@@ -74,6 +75,15 @@ class Request:
     source: str
     assistant_message_id: int | None
     enqueued_at: float | None
+    previous_tokens: list[int] | None = None
+
+    @staticmethod
+    def _token_ids(value: Any) -> list[int] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(type(t) is int and t >= 0 for t in value):
+            raise GenerationError("invalid_request", "previous_tokens must be a list of token ids.")
+        return value
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Request:
@@ -105,6 +115,7 @@ class Request:
             source=raw.get("source") or Usage.Source.API,
             assistant_message_id=raw.get("assistant_message_id"),
             enqueued_at=raw.get("enqueued_at"),
+            previous_tokens=cls._token_ids(raw.get("previous_tokens")),
         )
 
 
@@ -121,6 +132,8 @@ class Outcome:
     peak_memory_bytes: int = 0
     load_ms: float = 0.0
     queue_ms: float | None = None
+    # The prompt, then the answer, as token ids (kept with a chat page answer for the next turn's prompt).
+    token_ids: list[int] | None = None
 
     def usage(self) -> dict[str, Any]:
         return {
@@ -210,7 +223,7 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
         outcome.load_ms = round((time.perf_counter() - load_started) * 1000, 1)
         if stream.should_stop:
             raise Cancelled
-        prompt = _build_prompt(loaded, request)
+        prompt = _build_prompt(loaded, request, engine)
         outcome.prompt_tokens = len(prompt.tokens)
         remaining = loaded.context_length - len(prompt.tokens)
         max_tokens = min(options.get("max_tokens") or remaining, remaining)
@@ -234,6 +247,7 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
             loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens, extra
         )
         if generated is not None:
+            outcome.token_ids = prompt.tokens + generated
             engine.prompt_cache.insert(
                 spec.snapshot_id, prompt.tokens + generated, cache, prompt_length=len(prompt.tokens)
             )
@@ -244,8 +258,7 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
 
 def _extra_processors(loaded: LoadedModel, options: dict[str, Any], prompt_tokens: list[int]) -> list[Any]:
     """logit_bias, then the response_format grammar (last, so its mask has the final word)."""
-    config = loaded.config.get("text_config") or loaded.config
-    vocab_size = int(config.get("vocab_size") or len(loaded.tokenizer))
+    vocab_size = _vocab_size(loaded)
     processors = []
     try:
         if options.get("logit_bias"):
@@ -262,7 +275,7 @@ def _extra_processors(loaded: LoadedModel, options: dict[str, Any], prompt_token
     return processors
 
 
-def _build_prompt(loaded: LoadedModel, request: Request) -> Any:
+def _build_prompt(loaded: LoadedModel, request: Request, engine: EngineState) -> Any:
     reserve = answer_reserve(loaded.context_length, request.options.get("max_tokens"))
     if request.messages is not None:
         return build_chat_prompt(
@@ -271,10 +284,34 @@ def _build_prompt(loaded: LoadedModel, request: Request) -> Any:
             context_length=loaded.context_length,
             reserve=reserve,
             tools=request.options.get("tools"),
+            prefixes=_prefixes(loaded, request, engine),
         )
     return build_text_prompt(
         loaded.tokenizer, request.prompt or "", context_length=loaded.context_length, reserve=reserve
     )
+
+
+def _prefixes(
+    loaded: LoadedModel, request: Request, engine: EngineState
+) -> list[tuple[list[int], str | None]]:
+    """Earlier turns the prompt may start with, as the model saw and wrote them: the chat page's last answer
+    (stored with its message, so a cold cache or another worker builds the same prompt), then what the
+    prompt cache holds (an API client sends the history back as text)."""
+    found: list[tuple[list[int], str | None]] = []
+    vocabulary = _vocab_size(loaded)
+    if request.previous_tokens and max(request.previous_tokens) < vocabulary:
+        found.append((request.previous_tokens, None))
+    found.extend(
+        engine.prompt_cache.prefixes(
+            request.snapshot_id, lambda tokens: decode_exact(loaded.tokenizer, tokens)
+        )
+    )
+    return found
+
+
+def _vocab_size(loaded: LoadedModel) -> int:
+    config = loaded.config.get("text_config") or loaded.config
+    return int(config.get("vocab_size") or len(loaded.tokenizer))
 
 
 def _stream_tokens(
@@ -453,7 +490,14 @@ def _save(request: Request, outcome: Outcome) -> None:
                 tokens_per_second=outcome.tokens_per_second,
                 finish_reason=outcome.finish_reason,
                 snapshot_id=request.snapshot_id,
+                token_ids=outcome.token_ids,
             )
+            if outcome.token_ids:
+                # Only the latest answer's ids are read (the next turn's prompt starts with them): a
+                # conversation keeps one copy, not one per turn.
+                Message.objects.filter(
+                    conversation__messages__id=request.assistant_message_id, token_ids__isnull=False
+                ).exclude(id=request.assistant_message_id).update(token_ids=None)
 
 
 def _fail(

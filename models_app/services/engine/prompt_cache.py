@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
@@ -38,6 +38,7 @@ class _Entry:
     cache: list[Any]
     nbytes: int
     prompt_length: int  # tokens[:prompt_length] was the prompt, the rest was generated
+    text: str | None = None  # tokens decoded, once asked for (see prefixes)
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -98,6 +99,22 @@ class PromptCache:
             cache = copy.deepcopy(entry.cache)
         trim_prompt_cache(cache, len(entry.tokens) - usable)
         return cache, usable
+
+    def prefixes(
+        self, snapshot_id: int, decode: Callable[[Sequence[int]], str], *, limit: int = 4
+    ) -> list[tuple[list[int], str]]:
+        """The token sequences held for snapshot_id, most recently used first, each with its text (decoded
+        once per entry): the earlier turns a new prompt may start with (engine.prompt.splice)."""
+        found: list[tuple[list[int], str]] = []
+        for entry in reversed(self._entries.values()):
+            if entry.snapshot_id != snapshot_id:
+                continue
+            if entry.text is None:
+                entry.text = decode(entry.tokens.tolist())
+            found.append((entry.tokens.tolist(), entry.text))
+            if len(found) >= limit:
+                break
+        return found
 
     def insert(
         self, snapshot_id: int, tokens: Sequence[int], cache: list[Any], *, prompt_length: int | None = None
