@@ -346,8 +346,8 @@ def _start(
         "source": Usage.Source.BROWSER,
         "assistant_message_id": answer.id,
     }
-    if previous_tokens := messages.tokens_for(snapshot):
-        request["previous_tokens"] = previous_tokens
+    if previous_turn := messages.turn_for(snapshot):
+        request["previous_turn"] = previous_turn
     try:
         queue = inference.start_generation(request)
     except inference.InferenceUnavailable as exc:
@@ -379,13 +379,13 @@ def _new_answer(conversation: Conversation, snapshot: Snapshot, lease: inflight.
 @dataclass
 class History:
     messages: list[dict[str, str]]
-    # The latest answer's prompt and answer as token ids, and the model that wrote them (Message.token_ids).
-    previous_tokens: list[int] | None = None
+    # The latest answer's prompt and answer as token ids (Message.turn_tokens), and the model that wrote them.
+    previous_turn: dict[str, Any] | None = None
     previous_snapshot_id: int | None = None
 
-    def tokens_for(self, snapshot: Snapshot) -> list[int] | None:
+    def turn_for(self, snapshot: Snapshot) -> dict[str, Any] | None:
         """Token ids mean something to the model that wrote them only."""
-        return self.previous_tokens if self.previous_snapshot_id == snapshot.id else None
+        return self.previous_turn if self.previous_snapshot_id == snapshot.id else None
 
 
 def _request_messages(conversation: Conversation, *, before: int) -> History:
@@ -399,15 +399,15 @@ def _request_messages(conversation: Conversation, *, before: int) -> History:
     rows = (
         conversation.messages.filter(id__lt=before)
         .order_by("id")
-        .values_list("role", "content", "status", "token_ids", "snapshot_id")
+        .values_list("role", "content", "status", "turn_tokens", "snapshot_id")
     )
-    for role, content, status, token_ids, snapshot_id in rows:
+    for role, content, status, turn_tokens, snapshot_id in rows:
         if role == Message.Role.ASSISTANT and (
             status in IN_FLIGHT or status == Message.Status.ERROR or not content
         ):
             continue
-        if token_ids:
-            history.previous_tokens, history.previous_snapshot_id = token_ids, snapshot_id
+        if turn_tokens:
+            history.previous_turn, history.previous_snapshot_id = turn_tokens, snapshot_id
         if result and result[-1]["role"] == role and role != "system":
             result[-1] = {"role": role, "content": f"{result[-1]['content']}\n\n{content}"}
         else:

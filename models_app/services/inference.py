@@ -23,10 +23,11 @@ The generation request (a JSON-able dict, the Celery task's only argument; it ne
     api_key_id            int | None. The API key used, if any (Usage.api_key).
     source                "browser" | "api" (Usage.source).
     assistant_message_id  int | None. Chat page only: the worker saves the final text, status and figures
-                          into this Message, and the prompt and answer as token ids (Message.token_ids).
-    previous_tokens       list[int] | None. Chat page only: the latest answer's Message.token_ids (same
-                          model). The prompt keeps them as they are when they spell the start of the rendered
-                          conversation, so the previous answer is never re-encoded (engine.prompt.splice).
+                          into this Message, and the prompt and answer as token ids (Message.turn_tokens).
+    previous_turn         {ids: list[int], text: str} | None. Chat page only: the latest answer's
+                          Message.turn_tokens (same model). The prompt keeps those ids as they are when their
+                          text starts the rendered conversation, so the previous answer is never re-encoded
+                          (engine.prompt.splice).
     enqueued_at           float, set by start_generation (epoch seconds), for the queue time in usage.
     queue                 str, set by start_generation: the queue it went to; the worker takes the request
                           out of that queue's waiting line (`places_ahead`) when it picks it up.

@@ -312,6 +312,21 @@ def test_a_spliced_prompt_spells_exactly_what_the_template_writes(engine, tiny_s
     assert splice(tokenizer, edited_text, prompt + answer_ids) is None
 
 
+def test_an_answer_whose_first_space_the_stream_dropped_is_still_reused(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    """mlx-lm's streaming detokenizer drops the space that starts an answer's first token: the client gets
+    "the the", the model wrote " the the". The next turn still starts with the tokens the model wrote."""
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    [spaced] = tokenizer.encode(" the", add_special_tokens=False)
+    options = {"temperature": 0, "max_tokens": 6, "logit_bias": {str(spaced): 100}}
+    messages = [{"role": "user", "content": "hello there"}]
+    first, replies = run_generate(engine, chat_request(tiny_snapshot.id, messages, options=options))
+    answer = replies[-1]["text"]
+    assert answer.startswith("the") and first["completion_tokens"] == 6
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "and then?"}]
+    second, _ = run_generate(engine, chat_request(tiny_snapshot.id, messages, options={"max_tokens": 2}))
+    assert second["cached_tokens"] == first["prompt_tokens"] + first["completion_tokens"]
+
+
 def test_an_edited_history_is_encoded_afresh(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
     tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
     options = {"temperature": 0, "max_tokens": 6}
@@ -327,11 +342,13 @@ def test_an_edited_history_is_encoded_afresh(engine, tiny_snapshot) -> None:  # 
     assert again["cached_tokens"] < usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-def test_previous_tokens_must_be_token_ids(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
-    usage, replies = run_generate(engine, chat_request(tiny_snapshot.id, previous_tokens=["<|im_start|>", 3]))
+def test_a_previous_turn_must_be_token_ids_and_text(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    bad = {"ids": ["<|im_start|>", 3], "text": "<|im_start|>"}
+    usage, replies = run_generate(engine, chat_request(tiny_snapshot.id, previous_turn=bad))
     assert usage is None and replies[-1]["code"] == "invalid_request"
     # Ids the model does not have are not used (and nothing fails).
-    usage, replies = run_generate(engine, chat_request(tiny_snapshot.id, previous_tokens=[10**9]))
+    unknown = {"ids": [10**9], "text": "<|im_start|>"}
+    usage, replies = run_generate(engine, chat_request(tiny_snapshot.id, previous_turn=unknown))
     assert usage is not None and usage["cached_tokens"] == 0
 
 

@@ -65,8 +65,8 @@ def test_five_turns_reuse_every_previous_exchange_and_answer_as_a_cold_worker_do
     # The latest answer keeps its ids (the next turn starts with them); earlier ones were let go.
     last = Message.objects.get(id=warm[-1]["answer_id"])
     usage = warm[-1]["done"]["usage"]
-    assert len(last.token_ids) == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert Message.objects.filter(token_ids__isnull=False).count() == 1
+    assert len(last.turn_tokens["ids"]) == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert Message.objects.filter(turn_tokens__isnull=False).count() == 1
 
     # Unloading drops the model's prompt cache; the solo worker takes the unload before the next request.
     # keep_alive 0 then unloads the model after each answer: every turn is cold.

@@ -23,6 +23,7 @@ class Prompt:
     tokens: list[int]
     dropped_messages: int = 0
     spliced: int = 0  # tokens[:spliced] are an earlier turn's, kept as the model saw and wrote them
+    text: str | None = None  # the chat template's text these tokens stand for (chat prompts that fit whole)
 
     @property
     def notice(self) -> str:
@@ -82,15 +83,17 @@ def splice(
     tokenizer: Any, text: str, prefix: Sequence[int], prefix_text: str | None = None
 ) -> list[int] | None:
     """`prefix` (the tokens of an earlier turn: its prompt, then the answer as the model generated it) followed
-    by the tokens of the rest of `text` (the rendered conversation), when `prefix` spells the start of `text`
-    exactly; else None.
+    by the tokens of the rest of `text` (the rendered conversation), when `prefix_text` (what `prefix` stands
+    for; decoded from it when None) is the start of `text`; else None.
 
     Re-encoding an answer does not always give back the ids the model sampled (the tokenizer prefers other
     merges), so a conversation rendered and encoded anew diverges from the KV cache inside the previous answer,
     and the answer is processed again. Keeping the sampled ids and encoding only what follows them (the end of
     that turn, the new message, the generation prompt) lets turn N process its new message only. The text is
     the template's own rendering, so the model sees exactly the conversation it would without the cache; only
-    the previous answer keeps the ids it was written in. `prefix_text` is `prefix` decoded, when known."""
+    the previous answer keeps the ids it was written in. An earlier turn's text is its prompt's text and the
+    answer as the client received it: mlx-lm's streaming detokenizer drops the space an answer's first token
+    starts with, so the model wrote " Hello" and the conversation says "Hello"; the ids stay the model's."""
     if not prefix:
         return None
     if prefix_text is None:
@@ -137,15 +140,15 @@ def build_chat_prompt(
     as the model saw and wrote them, best first; the first that spells the start of the rendered conversation
     is kept as it is (see `splice`), and only what follows it is encoded."""
     limit = context_length - reserve
-    text = render_chat(tokenizer, messages, tools) if prefixes else None
+    text = render_chat(tokenizer, messages, tools)
     if text is not None:
         for prefix, prefix_text in prefixes:
             spliced = splice(tokenizer, text, prefix, prefix_text)
             if spliced is not None and len(spliced) <= limit:
-                return Prompt(spliced, spliced=len(prefix))
+                return Prompt(spliced, spliced=len(prefix), text=text)
     tokens = encode_chat(tokenizer, messages, tools)
     if len(tokens) <= limit:
-        return Prompt(tokens)
+        return Prompt(tokens, text=text)
     leading = 0
     while leading < len(messages) and messages[leading].get("role") == "system":
         leading += 1
