@@ -478,3 +478,22 @@ def test_a_long_prompt_reports_its_progress(engine, long_context_model_path) -> 
     progress = [m for m in replies if m["type"] == "chat.progress"]
     assert all(0 < m["processed"] < m["total"] == usage["prompt_tokens"] for m in progress)
     assert [m["processed"] for m in progress] == sorted(m["processed"] for m in progress)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "the quick brown fox"},
+            {"role": "assistant", "content": " jumps over"},
+            {"role": "user", "content": "<|im_start|> and then?"},
+        ],
+    ],
+)
+def test_a_prompt_is_the_tokens_apply_chat_template_gives(engine, tiny_snapshot, messages) -> None:  # type: ignore[no-untyped-def]
+    """The template is rendered once and its text encoded: the same ids as apply_chat_template(tokenize=True)."""
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    prompt = build_chat_prompt(tokenizer, messages, context_length=4096, reserve=16)
+    assert prompt.tokens == tokenizer.apply_chat_template(messages, add_generation_prompt=True)

@@ -79,6 +79,11 @@ def encode_chat(
     return list(tokenizer.encode(text))
 
 
+def encode_rendered(tokenizer: Any, text: str) -> list[int]:
+    """A chat template's text as tokens: its special tokens are in the text, none is added."""
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
 def splice(
     tokenizer: Any, text: str, prefix: Sequence[int], prefix_text: str | None = None
 ) -> list[int] | None:
@@ -101,7 +106,7 @@ def splice(
     if not prefix_text or not text.startswith(prefix_text):
         return None
     rest = text[len(prefix_text) :]
-    tail = list(tokenizer.encode(rest, add_special_tokens=False)) if rest else []
+    tail = encode_rendered(tokenizer, rest) if rest else []
     if rest and decode_exact(tokenizer, tail) != rest:
         return None
     return [*prefix, *tail]
@@ -146,7 +151,8 @@ def build_chat_prompt(
             spliced = splice(tokenizer, text, prefix, prefix_text)
             if spliced is not None and len(spliced) <= limit:
                 return Prompt(spliced, spliced=len(prefix), text=text)
-    tokens = encode_chat(tokenizer, messages, tools)
+    # The text rendered once: what apply_chat_template(tokenize=True) does, without rendering it again.
+    tokens = encode_chat(tokenizer, messages, tools) if text is None else encode_rendered(tokenizer, text)
     if len(tokens) <= limit:
         return Prompt(tokens, text=text)
     leading = 0
