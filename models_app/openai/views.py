@@ -388,7 +388,9 @@ async def _generate(
     else:
         generation["prompt"] = parsed.prompt
     try:
-        queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(generation)
+        queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(
+            generation, node=snapshot.node
+        )
     except inference.InferenceUnavailable as exc:
         return error_response(503, str(exc), type="server_error", code="no_worker")
 

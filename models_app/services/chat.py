@@ -349,7 +349,7 @@ def _start(
     if previous_turn := messages.turn_for(snapshot):
         request["previous_turn"] = previous_turn
     try:
-        queue = inference.start_generation(request)
+        queue = inference.start_generation(request, node=snapshot.node)
     except inference.InferenceUnavailable as exc:
         inflight.release(lease)
         fail_answer(request_id=str(answer.request_id), code=exc.code, message=str(exc))
@@ -427,7 +427,7 @@ def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) ->
 
 def _ensure_worker(snapshot: Snapshot) -> None:
     try:
-        inference.ensure_worker(inference.queue_for_snapshot(snapshot.id))
+        inference.ensure_worker(inference.queue_for_snapshot(snapshot.id, node=snapshot.node))
     except inference.InferenceUnavailable as exc:
         raise ChatError(exc.code, str(exc)) from exc
 

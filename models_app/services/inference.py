@@ -303,27 +303,43 @@ def _logit_bias(bias: Any) -> dict[str, float]:
 # --- Web side: enqueue, cancel, read replies ------------------------------------------------------------------
 
 
-def queue_for_snapshot(snapshot_id: int) -> str:
-    """The inference queue of the machine that holds the snapshot (the shared queue on a single machine
-    whose worker reads no node queue)."""
+def _snapshot_node(snapshot_id: int) -> str:
     from models_app.models import Snapshot
 
     node = Snapshot.objects.filter(id=snapshot_id).values_list("node", flat=True).first()
-    return workers.queue_for(workers.node_queue("inference", node or settings.NODE_NAME), QUEUE)
+    return node or settings.NODE_NAME
 
 
-def start_generation(request: dict[str, Any], *, queue: str | None = None) -> str:
-    """Enqueue a generation on the inference queue of the snapshot's machine; returns that queue. Raises
-    InferenceUnavailable when no live worker consumes the queue (checked in Redis in about a millisecond) or
-    when the broker is down."""
-    queue = queue or queue_for_snapshot(request["snapshot_id"])
+def queue_for_snapshot(snapshot_id: int, *, node: str | None = None) -> str:
+    """The inference queue of the machine that holds the snapshot (the shared queue on a single machine
+    whose worker reads no node queue). `node`: the snapshot's, when the caller has the row already."""
+    return workers.queue_for(workers.node_queue("inference", node or _snapshot_node(snapshot_id)), QUEUE)
+
+
+def start_generation(request: dict[str, Any], *, node: str | None = None) -> str:
+    """Enqueue a generation on the inference queue of the snapshot's machine (`node`: the snapshot's, when the
+    caller has the row; else read); returns that queue. Raises InferenceUnavailable when no live worker
+    consumes the queue or when the broker is down.
+
+    On the path to the first token: one read of the workers' presence picks the queue and proves a worker
+    reads it (it was one database query and three presence scans)."""
+    try:
+        live = workers.live_workers()
+    except redis.RedisError as exc:
+        raise InferenceUnavailable(f"Redis is not answering ({exc}); no generation can start.") from exc
+    own = workers.node_queue("inference", node or _snapshot_node(request["snapshot_id"]))
+    queue = own if any(own in w.queues for w in live) else QUEUE
+    if not any(queue in w.queues for w in live):
+        raise InferenceUnavailable(NO_WORKER_MESSAGE)
     enqueued_at = time.time()
     request_id = str(request["request_id"])
     # Its place in the queue, for "N ahead" while it waits: the worker takes it out when it picks it up.
     with contextlib.suppress(redis.RedisError):
         app_redis.client().zadd(queued_key(queue), {request_id: enqueued_at})
     try:
-        _send("inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue)
+        _send_checked(
+            "inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue
+        )
     except InferenceUnavailable:
         leave_queue({"request_id": request_id, "queue": queue})
         raise
@@ -417,15 +433,23 @@ def ensure_worker(queue: str = QUEUE) -> None:
     except redis.RedisError as exc:
         raise InferenceUnavailable(f"Redis is not answering ({exc}); no generation can start.") from exc
     if not live:
-        raise InferenceUnavailable(
-            "No inference worker is running, so nothing can answer. Start one (`make run` does) and try again."
-        )
+        raise InferenceUnavailable(NO_WORKER_MESSAGE)
+
+
+NO_WORKER_MESSAGE = (
+    "No inference worker is running, so nothing can answer. Start one (`make run` does) and try again."
+)
 
 
 def _send(task: str, args: list[Any], *, queue: str = QUEUE) -> None:
+    ensure_worker(queue)
+    _send_checked(task, args, queue=queue)
+
+
+def _send_checked(task: str, args: list[Any], *, queue: str) -> None:
+    """Send to a queue a live worker was just seen reading."""
     from dashboard.celery import app
 
-    ensure_worker(queue)
     try:
         app.send_task(task, args=args, queue=queue, expires=QUEUE_EXPIRY)
     except Exception as exc:  # the broker refused: say so now, the request would never run
