@@ -440,6 +440,8 @@ def _stream_tokens(
             # The first text goes out at once (time to first token: last_flush is 0), the rest in batches.
             if (pending or entries) and last_at - last_flush >= interval:
                 _emit_delta(stream, pending, entries, len(generated))
+                if not last_flush:
+                    stream.flush()  # see ReplyStream.flush: on its way before the next token is computed
                 last_flush = last_at
     finally:
         if hasattr(token_stream, "close"):
