@@ -205,7 +205,7 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
     snapshot = _pick_snapshot(user, None, conversation)
     _ensure_worker(snapshot)
     with _leased(user) as lease, transaction.atomic():
-        rows = list(conversation.messages.order_by("id"))
+        rows = list(conversation.messages.defer("turn_tokens").order_by("id"))
         if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in rows):
             raise ChatError("busy", "Wait for the current answer to finish, or stop it.")
         while rows and rows[-1].role == Message.Role.ASSISTANT:
@@ -306,7 +306,10 @@ def reconcile_pending(conversation: Conversation) -> None:
 
 def history(conversation: Conversation) -> list[Message]:
     # Each answer names the model that wrote it: one join, whatever the length of the history.
-    return list(conversation.messages.select_related("snapshot__repository").order_by("id"))
+    # Not turn_tokens: the prompt of the latest answer as token ids, for the worker only.
+    return list(
+        conversation.messages.select_related("snapshot__repository").defer("turn_tokens").order_by("id")
+    )
 
 
 def message_figures(message: Message) -> dict[str, Any]:
