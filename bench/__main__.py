@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from bench import chat, downloads, models, openai_api, pages, report
 from bench.report import Section
@@ -30,6 +31,7 @@ SECTIONS = ("downloads", "chat", "multiturn", "openai", "pages")
 # none, and `--model DIR` takes any local MLX model instead.
 REAL_MODEL = ROOT.parent / "shared" / "models" / "SmolLM2-135M-Instruct-mlx"
 CHAT_REPO = "bench/chat-model"
+REAL_REPO = "bench/real-model"
 _started = time.monotonic()
 
 
@@ -82,6 +84,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="CI's check that the benchmark still runs: --quick, the tiny model, small downloads, one round; "
         "exits 1 when any product row could not be measured (figures not comparable)",
+    )
+    parser.add_argument(
+        "--real-model",
+        default="",
+        help=f"the real model the multi-turn section also measures (default {REAL_MODEL}; skipped when absent)",
     )
     args = parser.parse_args(argv)
     if args.smoke:
@@ -229,6 +236,10 @@ def main(argv: list[str]) -> int:
         if "multiturn" in args.only and raw is not None:
             with timed(Section("Multi-turn chat")) as section:
                 sections.append(section)
+                turn_options = {
+                    "turn_tokens": 4 if args.quick else chat.TURN_TOKENS,
+                    "rounds": 1 if args.quick else chat.TURN_ROUNDS,
+                }
                 chat.run_multi_turn(
                     section,
                     tokenizer=raw.tokenizer,
@@ -237,8 +248,16 @@ def main(argv: list[str]) -> int:
                     unavailable=down,
                     server=server,
                     server_model=str(chat_dir),
-                    turn_tokens=4 if args.quick else chat.TURN_TOKENS,
+                    label=chat_dir.name,
+                    **turn_options,
                 )
+                # A real model's answers end where it chooses and re-encode as real text does: measured
+                # beside the random one whenever it is here.
+                real = Path(args.real_model).expanduser().resolve() if args.real_model else REAL_MODEL
+                if not args.smoke and chat_dir.resolve() != real.resolve():
+                    # ~10 tokens/s on a shared 2-core CPU: shorter answers, one conversation.
+                    real_options = {"turn_tokens": min(turn_options["turn_tokens"], 24), "rounds": 1}
+                    multi_turn_real(section, real, live, down, run_dir, real_options)
         if "openai" in args.only and raw is not None:
             with timed(Section("OpenAI-compatible API")) as section:
                 sections.append(section)
@@ -281,6 +300,55 @@ def main(argv: list[str]) -> int:
     print(table)
     print(f"\nSaved {path.relative_to(ROOT)} and var/bench/latest.json; logs in {run_dir.relative_to(ROOT)}/")
     return smoke_verdict(sections) if args.smoke else 0
+
+
+def multi_turn_real(
+    section: Section,
+    model_dir: Path,
+    product: Product | None,
+    down: str,
+    run_dir: Path,
+    options: dict[str, Any],
+) -> None:
+    label = model_dir.name
+    if not (model_dir / "config.json").is_file():
+        for side in ("product (websocket)", "mlx_lm.server"):
+            section.unavailable(
+                f"Multi-turn TTFT, {side} ({label})",
+                f"skipped: no real model at {model_dir} (give one with --real-model DIR)",
+            )
+        return
+    from mlx_lm import load
+
+    say(f"multi-turn with the real model {model_dir}…")
+    snapshot_id = None
+    if product is not None:
+        down = attempt("registering the real model", lambda: product.register_model(REAL_REPO, model_dir))
+        if not down:
+            from models_app.models import Snapshot
+
+            snapshot_id = Snapshot.objects.get(repository__repo_id=REAL_REPO, status="ready").id
+    _, tokenizer = load(str(model_dir))
+    try:
+        server: MlxServer | None = MlxServer(model_dir, run_dir / "logs-real").start()
+    except Exception:
+        say(f"mlx_lm.server failed to start:\n{traceback.format_exc()}")
+        server = None
+    try:
+        chat.run_multi_turn(
+            section,
+            tokenizer=tokenizer,
+            product=product if not down else None,
+            snapshot_id=snapshot_id,
+            unavailable=down,
+            server=server,
+            server_model=str(model_dir),
+            label=label,
+            **options,
+        )
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def smoke_verdict(sections: list[Section]) -> int:

@@ -53,6 +53,10 @@ class Message(models.Model):
     ttft_ms = models.FloatField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
     finish_reason = models.CharField(max_length=20, blank=True)
+    # The latest answer only: {"ids": its prompt then the answer as the model's token ids, "text": what they
+    # stand for}. The next turn's prompt starts with them, so the answer is not re-encoded into other ids and
+    # processed again (models_app.services.engine.prompt.splice).
+    turn_tokens = models.JSONField(null=True, blank=True, editable=False)
     # The generation that wrote (or is writing) this answer: Stop after a page reload finds it by this id.
     request_id = models.UUIDField(null=True, blank=True, db_index=True)
     snapshot = models.ForeignKey(

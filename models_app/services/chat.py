@@ -207,7 +207,7 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
     snapshot = _pick_snapshot(user, None, conversation)
     route = _route(user, snapshot)
     with _leased(user) as lease, transaction.atomic():
-        rows = list(conversation.messages.order_by("id"))
+        rows = list(conversation.messages.defer("turn_tokens").order_by("id"))
         if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in rows):
             raise ChatError("busy", "Wait for the current answer to finish, or stop it.")
         while rows and rows[-1].role == Message.Role.ASSISTANT:
@@ -249,13 +249,13 @@ def _leased(user) -> Iterator[inflight.Lease]:  # type: ignore[no-untyped-def]
         raise
 
 
-def _checked_messages(conversation: Conversation, *, before: int) -> list[dict[str, str]]:
-    messages = _request_messages(conversation, before=before)
+def _checked_messages(conversation: Conversation, *, before: int) -> History:
+    history = _request_messages(conversation, before=before)
     try:
-        inference.check_request_size(messages=messages)
+        inference.check_request_size(messages=history.messages)
     except inference.RequestTooLarge as exc:
         raise ChatError("invalid_request", f"{exc}") from exc
-    return messages
+    return history
 
 
 def stop(*, user, request_id: Any) -> bool:  # type: ignore[no-untyped-def]
@@ -308,7 +308,10 @@ def reconcile_pending(conversation: Conversation) -> None:
 
 def history(conversation: Conversation) -> list[Message]:
     # Each answer names the model that wrote it: one join, whatever the length of the history.
-    return list(conversation.messages.select_related("snapshot__repository").order_by("id"))
+    # Not turn_tokens: the prompt of the latest answer as token ids, for the worker only.
+    return list(
+        conversation.messages.select_related("snapshot__repository").defer("turn_tokens").order_by("id")
+    )
 
 
 def message_figures(message: Message) -> dict[str, Any]:
@@ -333,7 +336,7 @@ def _start(
     options: dict[str, Any],
     reply_channel: str,
     *,
-    messages: list[dict[str, str]],
+    messages: History,
     lease: inflight.Lease,
     user_message_id: int | None,
 ) -> Started:
@@ -342,13 +345,15 @@ def _start(
         "request_id": str(answer.request_id),
         "reply_channel": reply_channel,
         "snapshot_id": snapshot.id,
-        "messages": messages,
+        "messages": messages.messages,
         "options": options,
         "user_id": user.id,
         "api_key_id": None,
         "source": Usage.Source.BROWSER,
         "assistant_message_id": answer.id,
     }
+    if previous_turn := messages.turn_for(snapshot):
+        request["previous_turn"] = previous_turn
     try:
         queue = inference.start_generation(request, queue=route.queue)
     except inference.InferenceUnavailable as exc:
@@ -377,24 +382,43 @@ def _new_answer(conversation: Conversation, snapshot: Snapshot, lease: inflight.
     )
 
 
-def _request_messages(conversation: Conversation, *, before: int) -> list[dict[str, str]]:
+@dataclass
+class History:
+    messages: list[dict[str, str]]
+    # The latest answer's prompt and answer as token ids (Message.turn_tokens), and the model that wrote them.
+    previous_turn: dict[str, Any] | None = None
+    previous_snapshot_id: int | None = None
+
+    def turn_for(self, snapshot: Snapshot) -> dict[str, Any] | None:
+        """Token ids mean something to the model that wrote them only."""
+        return self.previous_turn if self.previous_snapshot_id == snapshot.id else None
+
+
+def _request_messages(conversation: Conversation, *, before: int) -> History:
     """The conversation as the model sees it: the system prompt, then every user message and every answer
     that has text (a failed answer is left out). Consecutive messages of one role are merged, since many
     chat templates insist that roles alternate."""
     result: list[dict[str, str]] = []
+    history = History(result)
     if conversation.system_prompt.strip():
         result.append({"role": "system", "content": conversation.system_prompt})
-    rows = conversation.messages.filter(id__lt=before).order_by("id").values_list("role", "content", "status")
-    for role, content, status in rows:
+    rows = (
+        conversation.messages.filter(id__lt=before)
+        .order_by("id")
+        .values_list("role", "content", "status", "turn_tokens", "snapshot_id")
+    )
+    for role, content, status, turn_tokens, snapshot_id in rows:
         if role == Message.Role.ASSISTANT and (
             status in IN_FLIGHT or status == Message.Status.ERROR or not content
         ):
             continue
+        if turn_tokens:
+            history.previous_turn, history.previous_snapshot_id = turn_tokens, snapshot_id
         if result and result[-1]["role"] == role and role != "system":
             result[-1] = {"role": role, "content": f"{result[-1]['content']}\n\n{content}"}
         else:
             result.append({"role": role, "content": content})
-    return result
+    return history
 
 
 def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) -> Snapshot:  # type: ignore[no-untyped-def]

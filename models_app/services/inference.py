@@ -23,7 +23,11 @@ The generation request (a JSON-able dict, the Celery task's only argument; it ne
     api_key_id            int | None. The API key used, if any (Usage.api_key).
     source                "browser" | "api" (Usage.source).
     assistant_message_id  int | None. Chat page only: the worker saves the final text, status and figures
-                          into this Message.
+                          into this Message, and the prompt and answer as token ids (Message.turn_tokens).
+    previous_turn         {ids: list[int], text: str} | None. Chat page only: the latest answer's
+                          Message.turn_tokens (same model). The prompt keeps those ids as they are when their
+                          text starts the rendered conversation, so the previous answer is never re-encoded
+                          (engine.prompt.splice).
     enqueued_at           float, set by start_generation (epoch seconds), for the queue time in usage.
     queue                 str, set by start_generation: the queue it went to; the worker takes the request
                           out of that queue's waiting line (`places_ahead`) when it picks it up.
@@ -319,17 +323,20 @@ def queue_for_snapshot(snapshot_id: int) -> str:
 
 
 def start_generation(request: dict[str, Any], *, queue: str | None = None) -> str:
-    """Enqueue a generation on the inference queue of the snapshot's machine; returns that queue. Raises
-    InferenceUnavailable when no live worker consumes the queue (checked in Redis in about a millisecond) or
-    when the broker is down."""
+    """Enqueue a generation on the inference queue of the snapshot's machine (`queue`: the route's, when the
+    caller routed it); returns that queue. Raises InferenceUnavailable when no live worker consumes the queue
+    (checked in Redis in about a millisecond) or when the broker is down."""
     queue = queue or queue_for_snapshot(request["snapshot_id"])
+    ensure_worker(queue)
     enqueued_at = time.time()
     request_id = str(request["request_id"])
     # Its place in the queue, for "N ahead" while it waits: the worker takes it out when it picks it up.
     with contextlib.suppress(redis.RedisError):
         app_redis.client().zadd(queued_key(queue), {request_id: enqueued_at})
     try:
-        _send("inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue)
+        _send_checked(
+            "inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue
+        )
     except InferenceUnavailable:
         leave_queue({"request_id": request_id, "queue": queue})
         raise
@@ -423,15 +430,23 @@ def ensure_worker(queue: str = QUEUE) -> None:
     except redis.RedisError as exc:
         raise InferenceUnavailable(f"Redis is not answering ({exc}); no generation can start.") from exc
     if not live:
-        raise InferenceUnavailable(
-            "No inference worker is running, so nothing can answer. Start one (`make run` does) and try again."
-        )
+        raise InferenceUnavailable(NO_WORKER_MESSAGE)
+
+
+NO_WORKER_MESSAGE = (
+    "No inference worker is running, so nothing can answer. Start one (`make run` does) and try again."
+)
 
 
 def _send(task: str, args: list[Any], *, queue: str = QUEUE) -> None:
+    ensure_worker(queue)
+    _send_checked(task, args, queue=queue)
+
+
+def _send_checked(task: str, args: list[Any], *, queue: str) -> None:
+    """Send to a queue a live worker was just seen reading."""
     from dashboard.celery import app
 
-    ensure_worker(queue)
     try:
         app.send_task(task, args=args, queue=queue, expires=QUEUE_EXPIRY)
     except Exception as exc:  # the broker refused: say so now, the request would never run

@@ -227,7 +227,7 @@ def test_no_inference_worker_is_a_503(alice_key: str, tiny_snapshot, monkeypatch
 
     from models_app.services import workers
 
-    monkeypatch.setattr(workers, "workers_for_queue", lambda queue: [])
+    monkeypatch.setattr(workers, "live_workers", lambda: [])
     client = AsyncClient()
     response = asyncio.run(
         client.post(

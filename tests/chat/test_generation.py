@@ -11,7 +11,7 @@ import pytest
 from models_app.models import Message, Usage
 from models_app.services import inference
 from models_app.services.engine.logprobs import LogprobRelease
-from models_app.services.engine.prompt import build_chat_prompt
+from models_app.services.engine.prompt import build_chat_prompt, decode_exact, splice
 from models_app.services.engine.stops import StopMatcher
 from tests.chat.conftest import (
     RecordingLayer,
@@ -260,13 +260,15 @@ def test_a_raw_prompt_is_completed_without_the_chat_template(engine, tiny_snapsh
 
 
 def test_turn_five_processes_only_its_new_tokens(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
-    """Each follow-up reuses the KV cache of the turn before: only the new tokens (the previous answer as
-    the template re-encodes it, and the new question) go through the model."""
+    """Each follow-up reuses the KV cache of the turn before, the answer as the model generated it included
+    (an API client sends the answer back as text; the prompt cache recognises it): only the end of that turn,
+    the new question and the generation prompt go through the model."""
     tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
     messages = [{"role": "system", "content": "Be brief."}]
     previous: dict | None = None
     for turn in range(5):
-        messages.append({"role": "user", "content": f"turn {turn}: {words(12, turn)}"})
+        question = f"turn {turn}: {words(12, turn)}"
+        messages.append({"role": "user", "content": question})
         usage, replies = run_generate(
             engine,
             chat_request(tiny_snapshot.id, list(messages), options={"temperature": 0, "max_tokens": 10}),
@@ -274,23 +276,80 @@ def test_turn_five_processes_only_its_new_tokens(engine, tiny_snapshot) -> None:
         if previous is None:
             assert usage["cached_tokens"] == 0
         else:
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-            before = previous["prompt"] + previous["generated"]
-            common = next(
-                (i for i, (a, b) in enumerate(zip(before, prompt, strict=False)) if a != b),
-                min(len(before), len(prompt)),
+            assert usage["cached_tokens"] == previous["prompt_tokens"] + previous["completion_tokens"]
+            # The new turn as the template writes it after the answer: <|im_end|>, the question, the
+            # generation prompt.
+            new_text = f"<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+            assert usage["prompt_tokens"] - usage["cached_tokens"] == len(
+                tokenizer.encode(new_text, add_special_tokens=False)
             )
-            assert usage["cached_tokens"] == common  # the longest common prefix, exactly
-            assert usage["cached_tokens"] >= len(previous["prompt"])  # at least the whole previous prompt
-            new_tokens = len(prompt) - len(previous["prompt"])
-            assert usage["prompt_tokens"] - usage["cached_tokens"] <= new_tokens
-        text = replies[-1]["text"]
-        previous = {
-            "prompt": tokenizer.apply_chat_template(messages, add_generation_prompt=True),
-            "generated": tokenizer.encode(text, add_special_tokens=False),
-        }
-        messages.append({"role": "assistant", "content": text})
-    assert turn == 4 and usage["cached_tokens"] > 4 * 12
+        previous = usage
+        messages.append({"role": "assistant", "content": replies[-1]["text"]})
+    assert turn == 4
+
+
+def test_a_spliced_prompt_spells_exactly_what_the_template_writes(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    """The previous turn keeps its ids, the rest is encoded: decoded, the prompt is the template's text."""
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    first = [{"role": "user", "content": "hello there"}]
+    prompt = tokenizer.apply_chat_template(first, add_generation_prompt=True)
+    # An answer in ids the tokenizer would not choose itself: one character at a time.
+    answer = "the quick fox"
+    answer_ids = [tokenizer.encode(c, add_special_tokens=False)[0] for c in answer]
+    assert answer_ids != tokenizer.encode(answer, add_special_tokens=False)
+    second = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "and then?"}]
+    text = tokenizer.apply_chat_template(second, add_generation_prompt=True, tokenize=False)
+    spliced = splice(tokenizer, text, prompt + answer_ids)
+    assert spliced is not None and spliced[: len(prompt) + len(answer_ids)] == prompt + answer_ids
+    assert decode_exact(tokenizer, spliced) == text
+    # A history that does not start with those tokens' text (an edited answer) is not spliced.
+    edited = [
+        *first,
+        {"role": "assistant", "content": "the slow fox"},
+        {"role": "user", "content": "and then?"},
+    ]
+    edited_text = tokenizer.apply_chat_template(edited, add_generation_prompt=True, tokenize=False)
+    assert splice(tokenizer, edited_text, prompt + answer_ids) is None
+
+
+def test_an_answer_whose_first_space_the_stream_dropped_is_still_reused(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    """mlx-lm's streaming detokenizer drops the space that starts an answer's first token: the client gets
+    "the the", the model wrote " the the". The next turn still starts with the tokens the model wrote."""
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    [spaced] = tokenizer.encode(" the", add_special_tokens=False)
+    options = {"temperature": 0, "max_tokens": 6, "logit_bias": {str(spaced): 100}}
+    messages = [{"role": "user", "content": "hello there"}]
+    first, replies = run_generate(engine, chat_request(tiny_snapshot.id, messages, options=options))
+    answer = replies[-1]["text"]
+    assert answer.startswith("the") and first["completion_tokens"] == 6
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "and then?"}]
+    second, _ = run_generate(engine, chat_request(tiny_snapshot.id, messages, options={"max_tokens": 2}))
+    assert second["cached_tokens"] == first["prompt_tokens"] + first["completion_tokens"]
+
+
+def test_an_edited_history_is_encoded_afresh(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    options = {"temperature": 0, "max_tokens": 6}
+    first = [{"role": "user", "content": "hello there"}]
+    usage, _ = run_generate(engine, chat_request(tiny_snapshot.id, first, options=options))
+    edited = [
+        *first,
+        {"role": "assistant", "content": "not what it said"},
+        {"role": "user", "content": "so?"},
+    ]
+    again, _ = run_generate(engine, chat_request(tiny_snapshot.id, edited, options=options))
+    assert again["prompt_tokens"] == len(tokenizer.apply_chat_template(edited, add_generation_prompt=True))
+    assert again["cached_tokens"] < usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_a_previous_turn_must_be_token_ids_and_text(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    bad = {"ids": ["<|im_start|>", 3], "text": "<|im_start|>"}
+    usage, replies = run_generate(engine, chat_request(tiny_snapshot.id, previous_turn=bad))
+    assert usage is None and replies[-1]["code"] == "invalid_request"
+    # Ids the model does not have are not used (and nothing fails).
+    unknown = {"ids": [10**9], "text": "<|im_start|>"}
+    usage, replies = run_generate(engine, chat_request(tiny_snapshot.id, previous_turn=unknown))
+    assert usage is not None and usage["cached_tokens"] == 0
 
 
 def test_a_regenerated_answer_reuses_the_prompt(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
@@ -419,3 +478,22 @@ def test_a_long_prompt_reports_its_progress(engine, long_context_model_path) -> 
     progress = [m for m in replies if m["type"] == "chat.progress"]
     assert all(0 < m["processed"] < m["total"] == usage["prompt_tokens"] for m in progress)
     assert [m["processed"] for m in progress] == sorted(m["processed"] for m in progress)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "the quick brown fox"},
+            {"role": "assistant", "content": " jumps over"},
+            {"role": "user", "content": "<|im_start|> and then?"},
+        ],
+    ],
+)
+def test_a_prompt_is_the_tokens_apply_chat_template_gives(engine, tiny_snapshot, messages) -> None:  # type: ignore[no-untyped-def]
+    """The template is rendered once and its text encoded: the same ids as apply_chat_template(tokenize=True)."""
+    tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
+    prompt = build_chat_prompt(tokenizer, messages, context_length=4096, reserve=16)
+    assert prompt.tokens == tokenizer.apply_chat_template(messages, add_generation_prompt=True)

@@ -37,6 +37,7 @@ from models_app.services.engine.prompt import (
     answer_reserve,
     build_chat_prompt,
     build_text_prompt,
+    decode_exact,
 )
 from models_app.services.engine.registry import LoadedModel, ModelLoadError
 from models_app.services.engine.sender import ReplyStream, cancel_key
@@ -74,6 +75,20 @@ class Request:
     source: str
     assistant_message_id: int | None
     enqueued_at: float | None
+    previous_turn: dict[str, Any] | None = None
+
+    @staticmethod
+    def _turn(value: Any) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        ids = value.get("ids") if isinstance(value, dict) else None
+        if (
+            not isinstance(ids, list)
+            or not all(type(t) is int and t >= 0 for t in ids)
+            or not isinstance(value.get("text"), str)
+        ):
+            raise GenerationError("invalid_request", "previous_turn must be {ids: [token ids], text}.")
+        return {"ids": ids, "text": value["text"]}
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Request:
@@ -105,6 +120,7 @@ class Request:
             source=raw.get("source") or Usage.Source.API,
             assistant_message_id=raw.get("assistant_message_id"),
             enqueued_at=raw.get("enqueued_at"),
+            previous_turn=cls._turn(raw.get("previous_turn")),
         )
 
 
@@ -121,6 +137,9 @@ class Outcome:
     peak_memory_bytes: int = 0
     load_ms: float = 0.0
     queue_ms: float | None = None
+    # {"ids": the prompt then the answer as token ids, "text": what they stand for}, when the answer is
+    # whole: kept with a chat page answer, the next turn's prompt starts with it (engine.prompt.splice).
+    turn: dict[str, Any] | None = None
 
     def usage(self) -> dict[str, Any]:
         return {
@@ -210,7 +229,7 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
         outcome.load_ms = round((time.perf_counter() - load_started) * 1000, 1)
         if stream.should_stop:
             raise Cancelled
-        prompt = _build_prompt(loaded, request)
+        prompt = _build_prompt(loaded, request, engine)
         outcome.prompt_tokens = len(prompt.tokens)
         remaining = loaded.context_length - len(prompt.tokens)
         max_tokens = min(options.get("max_tokens") or remaining, remaining)
@@ -230,12 +249,19 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
         if prompt.notice:
             started["notice"] = prompt.notice
         stream.emit("chat.started", **started)
-        generated = _stream_tokens(
+        generated, shown = _stream_tokens(
             loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens, extra
         )
         if generated is not None:
+            text = prompt.text + shown if prompt.text is not None and shown is not None else None
+            if text is not None:
+                outcome.turn = {"ids": prompt.tokens + generated, "text": text}
             engine.prompt_cache.insert(
-                spec.snapshot_id, prompt.tokens + generated, cache, prompt_length=len(prompt.tokens)
+                spec.snapshot_id,
+                prompt.tokens + generated,
+                cache,
+                prompt_length=len(prompt.tokens),
+                text=text,
             )
     _save(request, outcome)
     stream.emit("chat.done", text=outcome.text, finish_reason=outcome.finish_reason, usage=outcome.usage())
@@ -244,8 +270,7 @@ def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Ou
 
 def _extra_processors(loaded: LoadedModel, options: dict[str, Any], prompt_tokens: list[int]) -> list[Any]:
     """logit_bias, then the response_format grammar (last, so its mask has the final word)."""
-    config = loaded.config.get("text_config") or loaded.config
-    vocab_size = int(config.get("vocab_size") or len(loaded.tokenizer))
+    vocab_size = _vocab_size(loaded)
     processors = []
     try:
         if options.get("logit_bias"):
@@ -262,7 +287,7 @@ def _extra_processors(loaded: LoadedModel, options: dict[str, Any], prompt_token
     return processors
 
 
-def _build_prompt(loaded: LoadedModel, request: Request) -> Any:
+def _build_prompt(loaded: LoadedModel, request: Request, engine: EngineState) -> Any:
     reserve = answer_reserve(loaded.context_length, request.options.get("max_tokens"))
     if request.messages is not None:
         return build_chat_prompt(
@@ -271,10 +296,34 @@ def _build_prompt(loaded: LoadedModel, request: Request) -> Any:
             context_length=loaded.context_length,
             reserve=reserve,
             tools=request.options.get("tools"),
+            prefixes=_prefixes(loaded, request, engine),
         )
     return build_text_prompt(
         loaded.tokenizer, request.prompt or "", context_length=loaded.context_length, reserve=reserve
     )
+
+
+def _prefixes(
+    loaded: LoadedModel, request: Request, engine: EngineState
+) -> list[tuple[list[int], str | None]]:
+    """Earlier turns the prompt may start with, as the model saw and wrote them: the chat page's last answer
+    (stored with its message, so a cold cache or another worker builds the same prompt), then what the
+    prompt cache holds (an API client sends the history back as text)."""
+    found: list[tuple[list[int], str | None]] = []
+    previous = request.previous_turn
+    if previous and previous["ids"] and max(previous["ids"]) < _vocab_size(loaded):
+        found.append((previous["ids"], previous["text"]))
+    found.extend(
+        engine.prompt_cache.prefixes(
+            request.snapshot_id, lambda tokens: decode_exact(loaded.tokenizer, tokens)
+        )
+    )
+    return found
+
+
+def _vocab_size(loaded: LoadedModel) -> int:
+    config = loaded.config.get("text_config") or loaded.config
+    return int(config.get("vocab_size") or len(loaded.tokenizer))
 
 
 def _stream_tokens(
@@ -287,8 +336,11 @@ def _stream_tokens(
     cache: list[Any],
     max_tokens: int,
     extra: list[Any],
-) -> list[int] | None:
-    """The token loop. Returns the generated token ids when the KV cache is consistent (worth keeping)."""
+) -> tuple[list[int] | None, str | None]:
+    """The token loop. Returns the generated token ids when the KV cache is consistent (worth keeping), and
+    what they stand for in the conversation when the client received the whole answer: its text, and the
+    end-of-sequence token's, which the stream leaves out. (Stopped by a stop string or by Stop, the ids hold
+    more than the text.)"""
     options = request.options
     if options.get("seed") is not None:
         mx.random.seed(options["seed"])
@@ -336,6 +388,7 @@ def _stream_tokens(
     started = time.perf_counter()
     uncached = prompt_tokens[cached:]
     consistent = True
+    whole = False
     try:
         # The prompt goes in paced chunks (Stop is noticed between them within ~CHUNK_SECONDS), then
         # mlx-lm generates from its last token.
@@ -379,6 +432,7 @@ def _stream_tokens(
                 break
             if response.finish_reason:
                 finish = response.finish_reason
+                whole = True
                 break
             if stream.should_stop:
                 finish = "cancelled"
@@ -386,6 +440,8 @@ def _stream_tokens(
             # The first text goes out at once (time to first token: last_flush is 0), the rest in batches.
             if (pending or entries) and last_at - last_flush >= interval:
                 _emit_delta(stream, pending, entries, len(generated))
+                if not last_flush:
+                    stream.flush()  # see ReplyStream.flush: on its way before the next token is computed
                 last_flush = last_at
     finally:
         if hasattr(token_stream, "close"):
@@ -407,7 +463,12 @@ def _stream_tokens(
         if len(generated) > 1 and last_at and last_at > first_at:
             outcome.tokens_per_second = round((len(generated) - 1) / (last_at - first_at), 1)
     outcome.peak_memory_bytes = mx.get_peak_memory()
-    return generated if consistent else None
+    if not consistent:
+        return None, None
+    if not whole or not generated:
+        return generated, None
+    ended = generated[-1] in loaded.tokenizer.eos_token_ids
+    return generated, outcome.text + (decode_exact(loaded.tokenizer, generated[-1:]) if ended else "")
 
 
 def _emit_delta(stream: ReplyStream, pending: list[str], entries: list[dict[str, Any]], tokens: int) -> None:
@@ -453,7 +514,14 @@ def _save(request: Request, outcome: Outcome) -> None:
                 tokens_per_second=outcome.tokens_per_second,
                 finish_reason=outcome.finish_reason,
                 snapshot_id=request.snapshot_id,
+                turn_tokens=outcome.turn,
             )
+            if outcome.turn:
+                # Only the latest answer's turn is read (the next prompt starts with it): a conversation
+                # keeps one copy, not one per turn.
+                Message.objects.filter(
+                    conversation__messages__id=request.assistant_message_id, turn_tokens__isnull=False
+                ).exclude(id=request.assistant_message_id).update(turn_tokens=None)
 
 
 def _fail(

@@ -22,6 +22,8 @@ class PromptError(Exception):
 class Prompt:
     tokens: list[int]
     dropped_messages: int = 0
+    spliced: int = 0  # tokens[:spliced] are an earlier turn's, kept as the model saw and wrote them
+    text: str | None = None  # the chat template's text these tokens stand for (chat prompts that fit whole)
 
     @property
     def notice(self) -> str:
@@ -41,6 +43,24 @@ def answer_reserve(context_length: int, max_tokens: int | None) -> int:
     return max(1, min(wanted, context_length // 4))
 
 
+def render_chat(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> str | None:
+    """The chat template's text for messages (with the generation prompt), or None for a model without one."""
+    if not getattr(tokenizer, "has_chat_template", False):
+        return None
+    try:
+        return str(
+            tokenizer.apply_chat_template(
+                list(messages), tools=tools or None, add_generation_prompt=True, tokenize=False
+            )
+        )
+    except Exception as exc:  # jinja raises on what a template refuses (e.g. roles that do not alternate)
+        raise PromptError(
+            "invalid_request", f"The model's chat template refused the messages: {exc}"
+        ) from exc
+
+
 def encode_chat(
     tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None
 ) -> list[int]:
@@ -57,6 +77,44 @@ def encode_chat(
     # A base model without a template: plain text, one message per paragraph.
     text = "\n\n".join(str(m.get("content") or "") for m in messages)
     return list(tokenizer.encode(text))
+
+
+def encode_rendered(tokenizer: Any, text: str) -> list[int]:
+    """A chat template's text as tokens: its special tokens are in the text, none is added."""
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def splice(
+    tokenizer: Any, text: str, prefix: Sequence[int], prefix_text: str | None = None
+) -> list[int] | None:
+    """`prefix` (the tokens of an earlier turn: its prompt, then the answer as the model generated it) followed
+    by the tokens of the rest of `text` (the rendered conversation), when `prefix_text` (what `prefix` stands
+    for; decoded from it when None) is the start of `text`; else None.
+
+    Re-encoding an answer does not always give back the ids the model sampled (the tokenizer prefers other
+    merges), so a conversation rendered and encoded anew diverges from the KV cache inside the previous answer,
+    and the answer is processed again. Keeping the sampled ids and encoding only what follows them (the end of
+    that turn, the new message, the generation prompt) lets turn N process its new message only. The text is
+    the template's own rendering, so the model sees exactly the conversation it would without the cache; only
+    the previous answer keeps the ids it was written in. An earlier turn's text is its prompt's text and the
+    answer as the client received it: mlx-lm's streaming detokenizer drops the space an answer's first token
+    starts with, so the model wrote " Hello" and the conversation says "Hello"; the ids stay the model's."""
+    if not prefix:
+        return None
+    if prefix_text is None:
+        prefix_text = decode_exact(tokenizer, prefix)
+    if not prefix_text or not text.startswith(prefix_text):
+        return None
+    rest = text[len(prefix_text) :]
+    tail = encode_rendered(tokenizer, rest) if rest else []
+    if rest and decode_exact(tokenizer, tail) != rest:
+        return None
+    return [*prefix, *tail]
+
+
+def decode_exact(tokenizer: Any, tokens: Sequence[int]) -> str:
+    """Tokens as text with their special tokens and spacing kept, as a template writes them."""
+    return str(tokenizer.decode(list(tokens), skip_special_tokens=False, clean_up_tokenization_spaces=False))
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
@@ -81,11 +139,22 @@ def build_chat_prompt(
     context_length: int,
     reserve: int,
     tools: list[dict[str, Any]] | None = None,
+    prefixes: Sequence[tuple[Sequence[int], str | None]] = (),
 ) -> Prompt:
+    """The prompt for messages. `prefixes`: (tokens, their text or None) of earlier turns of this conversation
+    as the model saw and wrote them, best first; the first that spells the start of the rendered conversation
+    is kept as it is (see `splice`), and only what follows it is encoded."""
     limit = context_length - reserve
-    tokens = encode_chat(tokenizer, messages, tools)
+    text = render_chat(tokenizer, messages, tools)
+    if text is not None:
+        for prefix, prefix_text in prefixes:
+            spliced = splice(tokenizer, text, prefix, prefix_text)
+            if spliced is not None and len(spliced) <= limit:
+                return Prompt(spliced, spliced=len(prefix), text=text)
+    # The text rendered once: what apply_chat_template(tokenize=True) does, without rendering it again.
+    tokens = encode_chat(tokenizer, messages, tools) if text is None else encode_rendered(tokenizer, text)
     if len(tokens) <= limit:
-        return Prompt(tokens)
+        return Prompt(tokens, text=text)
     leading = 0
     while leading < len(messages) and messages[leading].get("role") == "system":
         leading += 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
@@ -38,6 +38,7 @@ class _Entry:
     cache: list[Any]
     nbytes: int
     prompt_length: int  # tokens[:prompt_length] was the prompt, the rest was generated
+    text: str | None = None  # what the tokens stand for in the conversation (see engine.prompt.splice)
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -99,17 +100,40 @@ class PromptCache:
         trim_prompt_cache(cache, len(entry.tokens) - usable)
         return cache, usable
 
+    def prefixes(
+        self, snapshot_id: int, decode: Callable[[Sequence[int]], str], *, limit: int = 4
+    ) -> list[tuple[list[int], str]]:
+        """The token sequences held for snapshot_id, most recently used first, each with its text (given at
+        insert, else decoded once): the earlier turns a new prompt may start with (engine.prompt.splice)."""
+        found: list[tuple[list[int], str]] = []
+        for entry in reversed(self._entries.values()):
+            if entry.snapshot_id != snapshot_id:
+                continue
+            if entry.text is None:
+                entry.text = decode(entry.tokens.tolist())
+            found.append((entry.tokens.tolist(), entry.text))
+            if len(found) >= limit:
+                break
+        return found
+
     def insert(
-        self, snapshot_id: int, tokens: Sequence[int], cache: list[Any], *, prompt_length: int | None = None
+        self,
+        snapshot_id: int,
+        tokens: Sequence[int],
+        cache: list[Any],
+        *,
+        prompt_length: int | None = None,
+        text: str | None = None,
     ) -> bool:
         """Keep cache, which holds the KV of tokens: the prompt (its first prompt_length tokens; all of them
-        by default), then what was generated. Returns whether it was kept."""
+        by default), then what was generated; `text`: what they stand for in the conversation, when known.
+        Returns whether it was kept."""
         held = cache_length(cache)
         trimmable = can_trim_prompt_cache(cache)
         if held is None or held == 0:
             return False
         if held < len(tokens):
-            tokens = tokens[:held]
+            tokens, text = tokens[:held], None
         elif held > len(tokens):
             # The generation loop runs one step ahead of what it yields, so the cache may hold an extra token.
             if not trimmable:
@@ -129,7 +153,7 @@ class PromptCache:
                 ):
                     self._pop(key)
         prompt_length = len(array) if prompt_length is None else min(prompt_length, len(array))
-        self._entries[next(self._ids)] = _Entry(snapshot_id, array, cache, nbytes, prompt_length)
+        self._entries[next(self._ids)] = _Entry(snapshot_id, array, cache, nbytes, prompt_length, text)
         self.nbytes += nbytes
         while self._entries and (len(self._entries) > self.max_entries or self.nbytes > self.max_bytes):
             self._pop(next(iter(self._entries)))

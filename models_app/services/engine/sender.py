@@ -29,6 +29,8 @@ from models_app.services import redis as app_redis
 log = logging.getLogger(__name__)
 
 CANCEL_POLL = 0.05
+# A flush waits no longer than this for a slow Redis: the answer goes on, and close() reports what was lost.
+FLUSH_TIMEOUT = 1.0
 _CLOSE = object()
 
 
@@ -95,6 +97,15 @@ class ReplyStream:
         self._runner.loop.call_soon_threadsafe(self._wake_up)
         return payload
 
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """Wait until everything emitted so far was handed to the channel layer (or failed); False after
+        `timeout`. The generation thread waits here once, after the first answer text: waiting releases the
+        GIL, so the sender sends at once instead of between the token loop's turns with it."""
+        done = threading.Event()
+        self._pending.append(done)
+        self._runner.loop.call_soon_threadsafe(self._wake_up)
+        return done.wait(timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Wait until everything emitted was sent (or failed), and stop polling."""
         self._closing = True
@@ -125,6 +136,9 @@ class ReplyStream:
                 payload = self._pending.popleft()
                 if payload is _CLOSE:
                     return
+                if isinstance(payload, threading.Event):  # a flush: everything before it is sent
+                    payload.set()
+                    continue
                 if self.send_error is not None:
                     continue
                 try:
