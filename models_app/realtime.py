@@ -3,13 +3,14 @@
 Groups: `downloads.user.<id>` (a user's own jobs), `downloads.staff` (every job) and `session.<hash>` (every
 socket of one login session, closed at logout). Chat streams are not
 grouped: the worker sends straight to the requesting consumer's channel (a group send drops silently when a
-channel is over capacity; a direct send raises, and we want to know)."""
+channel is over capacity; a direct send raises, and we want to know); their frames (`chat.*`) are made by
+`engine/sender.py`'s `ReplyStream.emit` and, on the web side, `inference.error_payload`."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -58,63 +59,6 @@ class DownloadState(TypedDict):
     error_message: str
     snapshot_id: int | None
     commit_sha: str
-
-
-class ChatDelta(TypedDict):
-    type: Literal["chat.delta"]
-    request_id: str
-    seq: int
-    text: str
-    tokens: int  # tokens generated so far
-
-
-class ChatProgress(TypedDict):
-    type: Literal["chat.progress"]
-    request_id: str
-    seq: int
-    processed: int  # prompt tokens processed so far
-    total: int
-
-
-class ChatStarted(TypedDict):
-    type: Literal["chat.started"]
-    request_id: str
-    seq: int
-    notice: NotRequired[str]  # e.g. "The 3 oldest turns were dropped to fit the context window."
-    prompt_tokens: NotRequired[int]
-    cached_tokens: NotRequired[int]  # of prompt_tokens, served from the prompt cache
-    max_tokens: NotRequired[int]
-    model: NotRequired[str]  # repo id
-    worker: NotRequired[str]  # Celery hostname of the inference worker that took the request
-
-
-class ChatDone(TypedDict):
-    type: Literal["chat.done"]
-    request_id: str
-    seq: int
-    text: str
-    finish_reason: str  # stop | length | cancelled | tool_calls
-    usage: dict[str, Any]
-
-
-class ChatQueued(TypedDict):
-    """From the web side (the chat consumer), while the request waits for the worker; sent when it changes."""
-
-    type: Literal["chat.queued"]
-    request_id: str
-    seq: int  # -1: not part of the worker's sequence
-    ahead: int  # requests the worker takes first, the answer it is writing included
-
-
-class ChatError(TypedDict):
-    type: Literal["chat.error"]
-    request_id: str
-    seq: int  # -1 when made by the web side (no_worker, worker_died), not by the worker
-    # model_load_failed | context_too_long | invalid_request | cancelled | internal (worker);
-    # no_worker | worker_died (web side)
-    code: str
-    message: str
-    worker: NotRequired[str]
 
 
 def group_send(group: str, payload: dict[str, Any]) -> None:

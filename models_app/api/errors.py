@@ -15,6 +15,10 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from models_app.services.apikeys import ApiKeyError
+from models_app.services.cache_layout import CacheError
+from models_app.services.errors import DownloadError
+
 log = logging.getLogger(__name__)
 
 # HTTP status for each service error code (DESIGN.md, "Downloads" step 8, and the cache service's codes).
@@ -66,19 +70,8 @@ class ApiError(exceptions.APIException):
         self.status_code = status_code or CODE_STATUS.get(code, status.HTTP_400_BAD_REQUEST)
 
 
-def _service_error_types() -> tuple[type[Exception], ...]:
-    """Service error classes, imported late: the API must load even while a service module is broken."""
-    types: list[type[Exception]] = []
-    for module, name in (
-        ("models_app.services.errors", "DownloadError"),
-        ("models_app.services.cache_layout", "CacheError"),
-        ("models_app.services.apikeys", "ApiKeyError"),
-    ):
-        try:
-            types.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(types)
+# The service exceptions whose `code`, `message` and `action` this handler turns into the error body.
+SERVICE_ERRORS: tuple[type[Exception], ...] = (DownloadError, CacheError, ApiKeyError)
 
 
 def error_body(code: str, message: str, action: str = "", details: Any = None) -> dict[str, Any]:
@@ -103,8 +96,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         response = Response(error_body(exc.code, exc.message, exc.action), status=exc.status_code)
         return response
     if not isinstance(exc, exceptions.APIException | Http404 | PermissionDenied):
-        service_errors = _service_error_types()
-        if service_errors and isinstance(exc, service_errors):
+        if isinstance(exc, SERVICE_ERRORS):
             return service_error_response(exc)
         return None  # a bug: Django's 500 handling, never a traceback in the body (DEBUG is off)
     response = drf_exception_handler(exc, context)

@@ -318,24 +318,6 @@ def verified_before(repository_id: int, *, node: str, cache_root: str) -> Callab
     return skip
 
 
-def verify_snapshot(snapshot: Any) -> dict[str, str]:
-    """Hash every file of a hub snapshot against its stored file list; mark it ready or invalid (bad blobs
-    are deleted). Returns {path: problem}. The admin uses this when the cache service has no verifier."""
-    from django.conf import settings
-    from django.utils import timezone
-
-    root = Path(settings.CACHE_ROOTS[snapshot.cache_root])
-    files = [
-        FileSpec(e["path"], int(e.get("size") or 0), e.get("blob_id", ""), e.get("sha256", ""))
-        for e in snapshot.files
-    ]
-    problems = verify_files(repo_dir_path(root, snapshot.repository.repo_id), snapshot.commit_sha, files)
-    snapshot.status = "invalid" if problems else ("partial" if snapshot.missing_files else "ready")
-    snapshot.verified_at = timezone.now()
-    snapshot.save(update_fields=["status", "verified_at", "updated_at"])
-    return problems
-
-
 def integrity_error(repo_id: str, problems: dict[str, str]) -> DownloadError:
     listed = "; ".join(f"{path}: {why}" for path, why in sorted(problems.items())[:5])
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
