@@ -12,6 +12,7 @@ from django.conf import settings
 
 from models_app.models import HubCredential, Snapshot
 from models_app.services import credentials, errors, workers
+from models_app.services.cleanup import configured_policy
 from models_app.services.errors import DownloadError
 from models_app.services.inference import DEFAULT_GENERATION
 from models_app.services.validation import parse_hub_url, repo_and_revision, validate_allow_patterns
@@ -208,14 +209,11 @@ class CleanupForm(PagesForm):
 
     @classmethod
     def initial_from_settings(cls) -> dict[str, Any]:
+        policy = configured_policy()
         return {
-            "keep_revisions": settings.CACHE_CLEANUP_KEEP_REVISIONS,
-            "max_age_days": round(Decimal(settings.CACHE_CLEANUP_MAX_AGE) / DAY, 2)
-            if settings.CACHE_CLEANUP_MAX_AGE
-            else None,
-            "max_size_gb": round(Decimal(settings.CACHE_CLEANUP_MAX_SIZE) / GB, 3)
-            if settings.CACHE_CLEANUP_MAX_SIZE
-            else None,
+            "keep_revisions": policy.keep_revisions,
+            "max_age_days": round(Decimal(policy.max_age) / DAY, 2) if policy.max_age else None,
+            "max_size_gb": round(Decimal(policy.max_size) / GB, 3) if policy.max_size else None,
         }
 
     def policy(self) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Groups: `downloads.user.<id>` (a user's own jobs), `downloads.staff` (every job) and `session.<hash>` (every
 socket of one login session, closed at logout). Chat streams are not
 grouped: the worker sends straight to the requesting consumer's channel (a group send drops silently when a
-channel is over capacity; a direct send raises, and we want to know); their frames (`chat.*`) are made by
-`engine/sender.py`'s `ReplyStream.emit` and, on the web side, `inference.error_payload`."""
+channel is over capacity; a direct send raises, and we want to know); their frames (`chat.*`) are listed in
+`services/inference.py`'s docstring, with the generation request."""
 
 from __future__ import annotations
 
@@ -59,6 +59,78 @@ class DownloadState(TypedDict):
     error_message: str
     snapshot_id: int | None
     commit_sha: str
+
+
+# --- Download payloads: built here only -------------------------------------------------------------------
+
+
+def download_state(job: Any) -> DownloadState:
+    """A DownloadJob's state change (the job's repository loaded)."""
+    return {
+        "type": "download.state",
+        "job_id": job.id,
+        "repo_id": job.repository.repo_id,
+        "revision": job.revision,
+        "state": job.state,
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "snapshot_id": job.snapshot_id,
+        "commit_sha": job.commit_sha,
+    }
+
+
+def download_progress(
+    *,
+    job_id: int,
+    repo_id: str,
+    revision: str,
+    bytes_done: int,
+    bytes_total: int,
+    files_done: int,
+    files_total: int,
+    current_file: str,
+    speed_bps: float,
+    eta_seconds: float | None,
+) -> DownloadProgress:
+    """A running job's progress, from the worker's counters (not the row: it is written less often)."""
+    done = min(bytes_done, bytes_total) if bytes_total else bytes_done
+    return {
+        "type": "download.progress",
+        "job_id": job_id,
+        "repo_id": repo_id,
+        "revision": revision,
+        "state": "running",
+        "bytes_done": done,
+        "bytes_total": bytes_total,
+        "files_done": files_done,
+        "files_total": files_total,
+        "current_file": current_file,
+        "speed_bps": round(speed_bps, 1),
+        "eta_seconds": eta_seconds,
+        "percent": round(100.0 * done / bytes_total, 1) if bytes_total else 0.0,
+    }
+
+
+def download_snapshot(job: Any) -> dict[str, Any]:
+    """A job as one object carrying both the progress and the state fields (what a socket gets on connect)."""
+    return {
+        "job_id": job.id,
+        "repo_id": job.repository.repo_id,
+        "revision": job.revision,
+        "state": job.state,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "files_done": job.files_done,
+        "files_total": job.files_total,
+        "current_file": job.current_file,
+        "speed_bps": job.speed_bps,
+        "eta_seconds": job.eta_seconds,
+        "percent": round(job.percent, 1),
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "snapshot_id": job.snapshot_id,
+        "commit_sha": job.commit_sha,
+    }
 
 
 def group_send(group: str, payload: dict[str, Any]) -> None:
