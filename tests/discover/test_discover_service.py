@@ -8,7 +8,7 @@ import pytest
 from models_app.models import Repository
 from models_app.services import discover
 from models_app.services.discover import DiscoverError
-from tests.pages.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from models_app.models import ApiKey, HubCredential, UserPreferences
-from tests.pages.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 TOKEN = "hf_abcdefghijklmnopqrstuvwxyz1234"
 

@@ -7,7 +7,7 @@ import pytest
 
 from models_app.models import ApiKey, DownloadJob
 from models_app.services.credentials import credential_create
-from tests.pages.conftest import make_job, make_snapshot
+from tests.factories import make_job, make_snapshot
 
 
 @pytest.fixture
