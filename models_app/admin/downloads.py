@@ -299,7 +299,7 @@ class HubCredentialAdmin(OwnRowsUnlessSuperuser):
         self.check_owner(request, obj, form)
         token = form.cleaned_data.get("token")  # validated by the form
         if not change:
-            created = credentials.credential_create(owner=obj.owner, name=obj.name, token=token)
+            created = credentials.create_credential(owner=obj.owner, name=obj.name, token=token)
             # The admin redirects after this; point obj at the new row so its links and log entry are right.
             obj.pk, obj.token_ciphertext, obj.token_last4 = (
                 created.pk,
@@ -311,12 +311,12 @@ class HubCredentialAdmin(OwnRowsUnlessSuperuser):
             return
         super().save_model(request, obj, form, change)
         if token:
-            credentials.credential_set_token(obj, token=token)
+            credentials.set_credential_token(obj, token=token)
 
     @admin.action(description="Check with the Hub (whoami)")
     def check_tokens(self, request: HttpRequest, queryset: QuerySet[HubCredential]) -> None:
         for credential in queryset:
-            result = credentials.credential_test(credential)
+            result = credentials.check_credential(credential)
             if result["ok"]:
                 self.message_user(request, f"{credential.name}: {result['username']}", messages.SUCCESS)
             else:
