@@ -1,8 +1,8 @@
 """One error body for the whole automation API: {"error": {"code", "message", "action"?, "details"?}}.
 
 Services raise their own errors (DownloadError, CacheError, ...) with a stable `code`, a `message` and maybe an
-`action`; this handler turns them into that body with the HTTP status their code means (`services/errors.py`), so views never
-translate errors one by one."""
+`action`; this handler turns them into that body with the HTTP status their code means (the one table in
+`services/errors.py`), so views never translate errors one by one."""
 
 from __future__ import annotations
 
