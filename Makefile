@@ -44,9 +44,10 @@ browser:
 test: $(VENV)/.installed-dev migrations-check
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-# The inner loop: skips the slow fault-injection and browser suites.
+# The inner loop: in-process tests only. It skips the fault-injection and browser suites and every test that
+# starts a process (a worker, a server, manage.py: the `processes` marker, set in tests/conftest.py).
 test-fast: $(VENV)/.installed-dev
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not reliability and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not reliability and not browser and not processes" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -9,10 +9,10 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.urls import reverse
 
 from models_app.models import HubCredential, Snapshot
 from models_app.services import credentials, errors, workers
+from models_app.services.cleanup import configured_policy
 from models_app.services.errors import DownloadError
 from models_app.services.inference import DEFAULT_GENERATION
 from models_app.services.nodes import ANY_NODE
@@ -32,26 +32,9 @@ class Action:
     link: str = ""
 
 
-# Which field a download error belongs next to. Codes not listed are shown above the form.
-ERROR_FIELDS = {
-    errors.INVALID_REPO_ID: "repo",
-    errors.NOT_FOUND: "repo",
-    errors.GATED: "repo",
-    errors.AUTH_REQUIRED: "credential",
-    errors.INVALID_REVISION: "revision",
-    errors.REVISION_NOT_FOUND: "revision",
-    errors.INVALID_REQUEST: "allow_patterns",
-}
-
-
 def error_action(err: DownloadError, repo_id: str = "") -> Action:
-    if err.code == errors.AUTH_REQUIRED:
-        return Action(err.action, reverse("settings") + "#credentials", "Add a Hub token in Settings")
-    if err.code == errors.GATED and repo_id:
-        return Action(err.action, f"{settings.HF_ENDPOINT}/{repo_id}", "Accept the licence on the Hub")
-    if err.code == errors.DISK_FULL:
-        return Action(err.action, reverse("cache"), "Open the cache page")
-    return Action(err.action)
+    url, link = errors.link_for(err.code, repo_id)
+    return Action(err.action, url, link)
 
 
 class PagesForm(forms.Form):
@@ -65,7 +48,8 @@ class PagesForm(forms.Form):
             field.action = None  # type: ignore[attr-defined]
 
     def add_download_error(self, err: DownloadError, repo_id: str = "") -> None:
-        name = ERROR_FIELDS.get(err.code)
+        spec = errors.CODES.get(err.code)
+        name = spec.field if spec is not None and spec.field else None
         if name not in self.fields:
             name = None
         self.add_error(name, err.message)
@@ -227,14 +211,11 @@ class CleanupForm(PagesForm):
 
     @classmethod
     def initial_from_settings(cls) -> dict[str, Any]:
+        policy = configured_policy()
         return {
-            "keep_revisions": settings.CACHE_CLEANUP_KEEP_REVISIONS,
-            "max_age_days": round(Decimal(settings.CACHE_CLEANUP_MAX_AGE) / DAY, 2)
-            if settings.CACHE_CLEANUP_MAX_AGE
-            else None,
-            "max_size_gb": round(Decimal(settings.CACHE_CLEANUP_MAX_SIZE) / GB, 3)
-            if settings.CACHE_CLEANUP_MAX_SIZE
-            else None,
+            "keep_revisions": policy.keep_revisions,
+            "max_age_days": round(Decimal(policy.max_age) / DAY, 2) if policy.max_age else None,
+            "max_size_gb": round(Decimal(policy.max_size) / GB, 3) if policy.max_size else None,
         }
 
     def policy(self) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 Groups: `downloads.user.<id>` (a user's own jobs), `downloads.staff` (every job) and `session.<hash>` (every
 socket of one login session, closed at logout). Chat streams are not
 grouped: the worker sends straight to the requesting consumer's channel (a group send drops silently when a
-channel is over capacity; a direct send raises, and we want to know)."""
+channel is over capacity; a direct send raises, and we want to know); their frames (`chat.*`) are listed in
+`services/inference.py`'s docstring, with the generation request."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -60,61 +61,76 @@ class DownloadState(TypedDict):
     commit_sha: str
 
 
-class ChatDelta(TypedDict):
-    type: Literal["chat.delta"]
-    request_id: str
-    seq: int
-    text: str
-    tokens: int  # tokens generated so far
+# --- Download payloads: built here only -------------------------------------------------------------------
 
 
-class ChatProgress(TypedDict):
-    type: Literal["chat.progress"]
-    request_id: str
-    seq: int
-    processed: int  # prompt tokens processed so far
-    total: int
+def download_state(job: Any) -> DownloadState:
+    """A DownloadJob's state change (the job's repository loaded)."""
+    return {
+        "type": "download.state",
+        "job_id": job.id,
+        "repo_id": job.repository.repo_id,
+        "revision": job.revision,
+        "state": job.state,
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "snapshot_id": job.snapshot_id,
+        "commit_sha": job.commit_sha,
+    }
 
 
-class ChatStarted(TypedDict):
-    type: Literal["chat.started"]
-    request_id: str
-    seq: int
-    notice: NotRequired[str]  # e.g. "The 3 oldest turns were dropped to fit the context window."
-    prompt_tokens: NotRequired[int]
-    cached_tokens: NotRequired[int]  # of prompt_tokens, served from the prompt cache
-    max_tokens: NotRequired[int]
-    model: NotRequired[str]  # repo id
-    worker: NotRequired[str]  # Celery hostname of the inference worker that took the request
+def download_progress(
+    *,
+    job_id: int,
+    repo_id: str,
+    revision: str,
+    bytes_done: int,
+    bytes_total: int,
+    files_done: int,
+    files_total: int,
+    current_file: str,
+    speed_bps: float,
+    eta_seconds: float | None,
+) -> DownloadProgress:
+    """A running job's progress, from the worker's counters (not the row: it is written less often)."""
+    done = min(bytes_done, bytes_total) if bytes_total else bytes_done
+    return {
+        "type": "download.progress",
+        "job_id": job_id,
+        "repo_id": repo_id,
+        "revision": revision,
+        "state": "running",
+        "bytes_done": done,
+        "bytes_total": bytes_total,
+        "files_done": files_done,
+        "files_total": files_total,
+        "current_file": current_file,
+        "speed_bps": round(speed_bps, 1),
+        "eta_seconds": eta_seconds,
+        "percent": round(100.0 * done / bytes_total, 1) if bytes_total else 0.0,
+    }
 
 
-class ChatDone(TypedDict):
-    type: Literal["chat.done"]
-    request_id: str
-    seq: int
-    text: str
-    finish_reason: str  # stop | length | cancelled | tool_calls
-    usage: dict[str, Any]
-
-
-class ChatQueued(TypedDict):
-    """From the web side (the chat consumer), while the request waits for the worker; sent when it changes."""
-
-    type: Literal["chat.queued"]
-    request_id: str
-    seq: int  # -1: not part of the worker's sequence
-    ahead: int  # requests the worker takes first, the answer it is writing included
-
-
-class ChatError(TypedDict):
-    type: Literal["chat.error"]
-    request_id: str
-    seq: int  # -1 when made by the web side (no_worker, worker_died), not by the worker
-    # model_load_failed | context_too_long | invalid_request | cancelled | internal (worker);
-    # no_worker | worker_died (web side)
-    code: str
-    message: str
-    worker: NotRequired[str]
+def download_snapshot(job: Any) -> dict[str, Any]:
+    """A job as one object carrying both the progress and the state fields (what a socket gets on connect)."""
+    return {
+        "job_id": job.id,
+        "repo_id": job.repository.repo_id,
+        "revision": job.revision,
+        "state": job.state,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "files_done": job.files_done,
+        "files_total": job.files_total,
+        "current_file": job.current_file,
+        "speed_bps": job.speed_bps,
+        "eta_seconds": job.eta_seconds,
+        "percent": round(job.percent, 1),
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+        "snapshot_id": job.snapshot_id,
+        "commit_sha": job.commit_sha,
+    }
 
 
 def group_send(group: str, payload: dict[str, Any]) -> None:

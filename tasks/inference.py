@@ -1,7 +1,9 @@
 """Celery tasks for the inference queue (one worker per host, `-P solo`: the loaded models live in the
 worker's own process, so generations run one at a time next to them).
 
-Thin: each task calls one function of models_app.services.inference, which imports MLX lazily."""
+Thin: each task calls one function of the engine (models_app.services.engine), imported inside the task: MLX
+is imported by the inference worker only, never by the web process or the downloads worker, which import this
+module too."""
 
 from __future__ import annotations
 
@@ -17,34 +19,34 @@ log = logging.getLogger(__name__)
 # At most once: a redelivered generation would stream a second answer, from seq 0, into the same channel.
 @shared_task(name="inference.generate", acks_late=False, ignore_result=True)
 def generate(request: dict[str, Any]) -> None:
-    from models_app.services import inference
+    from models_app.services.engine import generation
 
-    inference.generate(request)
+    generation.generate(request)
 
 
 @shared_task(name="inference.load", acks_late=False, ignore_result=True)
 def load(snapshot_id: int, keep_alive: Any = None, user_id: int | None = None) -> None:
-    from models_app.services import inference
+    from models_app.services.engine import state
     from models_app.services.engine.registry import ModelLoadError
 
     try:
-        inference.load_model(snapshot_id, keep_alive=keep_alive, user_id=user_id)
+        state.load_model(snapshot_id, keep_alive=keep_alive, user_id=user_id)
     except ModelLoadError as exc:
         log.warning("load of snapshot %s failed: %s", snapshot_id, exc)
 
 
 @shared_task(name="inference.unload", acks_late=False, ignore_result=True)
 def unload(snapshot_id: int, by_user: int | None = None) -> None:
-    from models_app.services import inference
+    from models_app.services.engine import state
 
-    inference.unload_model(snapshot_id, by_user=by_user)
+    state.unload_model(snapshot_id, by_user=by_user)
 
 
 @shared_task(name="inference.expire_idle", acks_late=False, ignore_result=True)
 def expire_idle() -> None:
-    from models_app.services import inference
+    from models_app.services.engine import state
 
-    inference.expire_idle()
+    state.expire_idle()
 
 
 @worker_init.connect
@@ -54,9 +56,9 @@ def _setup_inference_worker(sender: Any, **_kwargs: Any) -> None:
     queues = set(sender.app.amqp.queues.consume_from)
     if "inference" not in queues:
         return
-    from models_app.services import inference, workers
+    from models_app.services import workers
     from models_app.services.engine import state
 
     state.state().hostname = sender.hostname
-    workers.add_extra_provider(inference.worker_status)
-    log.info("inference worker %s ready: %s", sender.hostname, inference.worker_status()["mlx"])
+    workers.add_extra_provider(state.worker_status)
+    log.info("inference worker %s ready: %s", sender.hostname, state.worker_status()["mlx"])

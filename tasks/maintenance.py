@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
@@ -19,12 +19,11 @@ def on_every_node(task_name: str, kind: str = "maintenance") -> list[str]:
     """Beat runs once for the whole cluster, but a cache reconcile or cleanup works on one machine's disk and
     an idle-model unload on one machine's memory: send the task to every machine's own queue of that kind
     (the shared queue when no worker reads a node queue: one machine, workers started by hand)."""
-    from dashboard.celery import app
     from models_app.services import workers
 
     queues = workers.node_queues(kind) or [workers.SHARED_QUEUE[kind]]
     for queue in queues:
-        app.send_task(task_name, queue=queue)
+        current_app.send_task(task_name, queue=queue)
     return queues
 
 
@@ -74,15 +73,12 @@ def check_updates(repo_ids: list[str] | None = None) -> dict[str, Any]:
 def clean_cache() -> dict[str, Any] | None:
     """The retention policy from settings; nothing at all unless an age or a size limit is configured."""
     from models_app.services.cleanup import clean_cache as clean
+    from models_app.services.cleanup import configured_policy
 
-    if not settings.CACHE_CLEANUP_MAX_AGE and not settings.CACHE_CLEANUP_MAX_SIZE:
+    policy = configured_policy()
+    if not policy.limits_anything:
         return None
-    plan = clean(
-        max_age=settings.CACHE_CLEANUP_MAX_AGE,
-        max_size=settings.CACHE_CLEANUP_MAX_SIZE,
-        keep_revisions=settings.CACHE_CLEANUP_KEEP_REVISIONS,
-        dry_run=False,
-    )
+    plan = clean(**policy.as_kwargs(), dry_run=False)
     if plan.deleted or plan.skipped:
         log.info(
             "cache cleanup: freed %d bytes (%d items), skipped %s",

@@ -17,6 +17,21 @@ def test_var_dir() -> Path:
     return Path(settings.VAR_DIR)
 
 
+# --- Markers -----------------------------------------------------------------------------------------------
+
+# Every fixture that starts a worker, a server or a mirror builds on one of these (the subprocesses' environment
+# and their log directory), so a test that uses them, however indirectly, starts processes. A test that starts
+# one in its own body says so with @pytest.mark.processes (or a module's pytestmark).
+PROCESS_FIXTURES = {"stack_env", "process_log_dir"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `processes` every test that starts real processes, so `make test-fast` can leave them out."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.processes)
+
+
 # --- Users -------------------------------------------------------------------------------------------------
 
 

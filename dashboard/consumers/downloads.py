@@ -17,34 +17,12 @@ from django.utils import timezone
 from dashboard.consumers.client_gone import ClientGoneMixin
 from dashboard.consumers.session import SessionBoundMixin
 from models_app.models import DownloadJob
-from models_app.realtime import STAFF_DOWNLOADS_GROUP, user_downloads_group
+from models_app.realtime import STAFF_DOWNLOADS_GROUP, download_snapshot, user_downloads_group
 
 # Jobs that finished this recently are in the snapshot too, so a page that was offline while a job ended
 # still learns how it ended.
 RECENT = dt.timedelta(minutes=10)
 SNAPSHOT_LIMIT = 200
-
-
-def job_payload(job: DownloadJob) -> dict[str, Any]:
-    """A job as one object carrying both the progress and the state fields of the realtime payloads."""
-    return {
-        "job_id": job.id,
-        "repo_id": job.repository.repo_id,
-        "revision": job.revision,
-        "state": job.state,
-        "bytes_done": job.bytes_done,
-        "bytes_total": job.bytes_total,
-        "files_done": job.files_done,
-        "files_total": job.files_total,
-        "current_file": job.current_file,
-        "speed_bps": job.speed_bps,
-        "eta_seconds": job.eta_seconds,
-        "percent": round(job.percent, 1),
-        "error_code": job.error_code,
-        "error_message": job.error_message,
-        "snapshot_id": job.snapshot_id,
-        "commit_sha": job.commit_sha,
-    }
 
 
 class DownloadsConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketConsumer):
@@ -104,4 +82,4 @@ class DownloadsConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketCo
             .select_related("repository")
             .order_by("-created_at")[:SNAPSHOT_LIMIT]
         )
-        return [job_payload(job) for job in jobs]
+        return [download_snapshot(job) for job in jobs]

@@ -16,7 +16,7 @@ from dashboard.forms import CleanupForm
 from models_app.models import Snapshot
 from models_app.services import shared_store
 from models_app.services.cache_layout import CacheError
-from models_app.services.cleanup import ORPHANED_SHARED, clean_cache
+from models_app.services.cleanup import ORPHANED_SHARED, clean_cache, configured_policy
 from models_app.services.health import disk_usage
 
 TOP_REPOS = 15
@@ -84,7 +84,7 @@ def cache_page(request: HttpRequest) -> HttpResponse:
     elif request.method != "POST":
         # Partial files left by killed downloads show whatever the policy: preview with the saved policy.
         try:
-            plan = clean_cache(**_settings_policy(), dry_run=True)
+            plan = clean_cache(**configured_policy().as_kwargs(), dry_run=True)
         except CacheError:
             plan = None
     context.update(
@@ -96,11 +96,3 @@ def cache_page(request: HttpRequest) -> HttpResponse:
         previewed=request.method == "POST" and plan is not None,
     )
     return render(request, "dashboard/cache.html", context, status=400 if form.errors else 200)
-
-
-def _settings_policy() -> dict:
-    return {
-        "keep_revisions": settings.CACHE_CLEANUP_KEEP_REVISIONS,
-        "max_age": settings.CACHE_CLEANUP_MAX_AGE,
-        "max_size": settings.CACHE_CLEANUP_MAX_SIZE,
-    }

@@ -25,7 +25,7 @@ def _render(request: HttpRequest, *, status: int = 200, **forms: Any) -> HttpRes
     user = request.user
     context = {
         "credentials": HubCredential.objects.filter(owner=user).order_by("name"),
-        "keys": apikeys.apikey_list(user=user),
+        "keys": apikeys.list_apikeys(user=user),
         "credential_form": forms.get("credential_form") or CredentialForm(owner=user),
         "key_form": forms.get("key_form") or ApiKeyForm(),
         "defaults_form": forms.get("defaults_form")
@@ -45,13 +45,13 @@ def credential_add(request: HttpRequest) -> HttpResponse:
     form = CredentialForm(request.POST, owner=request.user)
     if form.is_valid():
         try:
-            credential = credentials.credential_create(
+            credential = credentials.create_credential(
                 owner=request.user, name=form.cleaned_data["name"], token=form.cleaned_data["token"]
             )
         except credentials.CredentialError as err:
             form.add_error("token", str(err))
         else:
-            _report_test(request, credential, credentials.credential_test(credential))
+            _report_test(request, credential, credentials.check_credential(credential))
             return redirect("/settings/#credentials")
     return _render(request, credential_form=form, status=400)
 
@@ -67,7 +67,7 @@ def _report_test(request: HttpRequest, credential: HubCredential, result: dict[s
 @require_POST
 def credential_test(request: HttpRequest, pk: int) -> HttpResponse:
     credential = get_object_or_404(HubCredential, pk=pk, owner=request.user)
-    _report_test(request, credential, credentials.credential_test(credential))
+    _report_test(request, credential, credentials.check_credential(credential))
     return redirect("/settings/#credentials")
 
 
@@ -77,7 +77,7 @@ def credential_default(request: HttpRequest, pk: int) -> HttpResponse:
     """Make the token the default (the one pulls that name none use), or with default=0 stop using it so."""
     credential = get_object_or_404(HubCredential, pk=pk, owner=request.user)
     make = request.POST.get("default", "1") != "0"
-    credentials.credential_set_default(credential, default=make)
+    credentials.set_default_credential(credential, default=make)
     if make:
         messages.success(request, f"Pulls that name no token now use {credentials.label(credential)}.")
     else:
@@ -100,7 +100,7 @@ def apikey_create(request: HttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST)
     if form.is_valid():
         try:
-            key, raw = apikeys.apikey_create(user=request.user, name=form.cleaned_data["name"])
+            key, raw = apikeys.create_apikey(user=request.user, name=form.cleaned_data["name"])
         except apikeys.ApiKeyError as err:
             form.add_error("name", str(err))
         else:
@@ -125,7 +125,7 @@ def apikey_created(request: HttpRequest) -> HttpResponse:
 @require_POST
 def apikey_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey, pk=pk, user=request.user)
-    apikeys.apikey_revoke(key)
+    apikeys.revoke_apikey(key)
     messages.success(request, f"Revoked the key “{key.name}” ({key.display}).")
     return redirect("/settings/#api-keys")
 

@@ -5,10 +5,6 @@ a password field and stores only its ciphertext; neither is ever displayed."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
-
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
@@ -16,17 +12,12 @@ from django.http import HttpRequest
 
 from models_app.admin.ownership import OwnRowsUnlessSuperuser
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
-from models_app.services import credentials, hub, hub_checks
+from models_app.services import credentials, hub
+from models_app.services.cache import delete_model
+from models_app.services.cache_layout import CacheError
 from models_app.services.errors import DownloadError
 from models_app.services.hub_checks import human
-
-
-def _service(module: str, name: str) -> Callable[..., Any] | None:
-    """A service function that another area may or may not have shipped yet, looked up at call time."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
+from models_app.services.verify import verify_model
 
 
 def _pull(
@@ -141,21 +132,10 @@ class SnapshotAdmin(admin.ModelAdmin):
 
     @admin.action(description="Verify files (hash against the Hub's checksums)")
     def verify(self, request: HttpRequest, queryset: QuerySet[Snapshot]) -> None:
-        verifier = _service("models_app.services.cache", "verify_model") or _service(
-            "models_app.services.verify", "verify_model"
-        )
         for snapshot in queryset.select_related("repository"):
-            if verifier is not None:
-                result = verifier(snapshot)
-                ok = getattr(result, "ok", None)
-                problems = {
-                    **getattr(result, "mismatched", {}),
-                    **dict.fromkeys(getattr(result, "missing", []), "missing"),
-                }
-            else:
-                problems = hub_checks.verify_snapshot(snapshot)
-                ok = not problems
-            if ok:
+            result = verify_model(snapshot)
+            problems = {**result.mismatched, **dict.fromkeys(result.missing, "missing")}
+            if result.ok:
                 self.message_user(request, f"{snapshot}: all files match.", messages.SUCCESS)
             else:
                 listed = ", ".join(sorted(problems)[:5]) or snapshot.get_status_display()
@@ -175,15 +155,11 @@ class SnapshotAdmin(admin.ModelAdmin):
 
     @admin.action(description="Delete files from the cache")
     def delete_files(self, request: HttpRequest, queryset: QuerySet[Snapshot]) -> None:
-        delete = _service("models_app.services.cache", "delete_model")
-        if delete is None:
-            self.message_user(request, "The cache service is not available on this install.", messages.ERROR)
-            return
         for snapshot in queryset.select_related("repository"):
             try:
-                delete(snapshot.repository.repo_id, snapshot.commit_sha, user=request.user)
-            except Exception as exc:  # the cache service's refusals (in use, active job...) carry a message
-                self.message_user(request, f"{snapshot}: {getattr(exc, 'message', exc)}", messages.ERROR)
+                delete_model(snapshot.repository.repo_id, snapshot.commit_sha, user=request.user)
+            except CacheError as exc:  # the cache service's refusals (in use, active job...)
+                self.message_user(request, f"{snapshot}: {exc.message}", messages.ERROR)
             else:
                 self.message_user(request, f"{snapshot}: deleted.", messages.SUCCESS)
 
@@ -323,7 +299,7 @@ class HubCredentialAdmin(OwnRowsUnlessSuperuser):
         self.check_owner(request, obj, form)
         token = form.cleaned_data.get("token")  # validated by the form
         if not change:
-            created = credentials.credential_create(owner=obj.owner, name=obj.name, token=token)
+            created = credentials.create_credential(owner=obj.owner, name=obj.name, token=token)
             # The admin redirects after this; point obj at the new row so its links and log entry are right.
             obj.pk, obj.token_ciphertext, obj.token_last4 = (
                 created.pk,
@@ -335,12 +311,12 @@ class HubCredentialAdmin(OwnRowsUnlessSuperuser):
             return
         super().save_model(request, obj, form, change)
         if token:
-            credentials.credential_set_token(obj, token=token)
+            credentials.set_credential_token(obj, token=token)
 
     @admin.action(description="Check with the Hub (whoami)")
     def check_tokens(self, request: HttpRequest, queryset: QuerySet[HubCredential]) -> None:
         for credential in queryset:
-            result = credentials.credential_test(credential)
+            result = credentials.check_credential(credential)
             if result["ok"]:
                 self.message_user(request, f"{credential.name}: {result['username']}", messages.SUCCESS)
             else:

@@ -71,7 +71,7 @@ class ApiKeyAdmin(OwnRowsUnlessSuperuser):
         if change:
             super().save_model(request, obj, form, change)
             return
-        key, raw = apikeys.apikey_create(user=form.cleaned_data["user"], name=form.cleaned_data["name"])
+        key, raw = apikeys.create_apikey(user=form.cleaned_data["user"], name=form.cleaned_data["name"])
         # The admin logs the addition and builds links from obj: point it at the new row.
         obj.pk, obj.prefix, obj.key_hash, obj.created_at = key.pk, key.prefix, key.key_hash, key.created_at
         obj._state.adding = False
@@ -101,6 +101,6 @@ class ApiKeyAdmin(OwnRowsUnlessSuperuser):
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            apikeys.apikey_revoke(key)
+            apikeys.revoke_apikey(key)
             count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

@@ -1,8 +1,8 @@
 """One error body for the whole automation API: {"error": {"code", "message", "action"?, "details"?}}.
 
 Services raise their own errors (DownloadError, CacheError, ...) with a stable `code`, a `message` and maybe an
-`action`; this handler turns them into that body with the HTTP status their code means, so views never
-translate errors one by one."""
+`action`; this handler turns them into that body with the HTTP status their code means (the one table in
+`services/errors.py`), so views never translate errors one by one."""
 
 from __future__ import annotations
 
@@ -11,75 +11,30 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-log = logging.getLogger(__name__)
+from models_app.services.apikeys import ApiKeyError
+from models_app.services.cache_layout import CacheError
+from models_app.services.errors import DownloadError, http_status
 
-# HTTP status for each service error code (DESIGN.md, "Downloads" step 8, and the cache service's codes).
-# Codes not listed are 400: the request asked for something the service refuses.
-CODE_STATUS: dict[str, int] = {
-    "invalid": 400,
-    "invalid_id": 400,
-    "invalid_repo_id": 400,
-    "invalid_revision": 400,
-    "invalid_credential": 400,
-    "invalid_request": 400,
-    "auth_required": 401,
-    "gated": 403,
-    "forbidden": 403,
-    "permission_denied": 403,
-    "not_found": 404,
-    "model_not_found": 404,
-    "revision_not_found": 404,
-    "credential_not_found": 404,
-    "unknown_node": 404,  # like an unknown credential id: the thing named does not exist (now)
-    "unknown_cache_root": 400,
-    "ambiguous_revision": 400,
-    "not_mlx": 422,
-    "in_use": 409,
-    "conflict": 409,
-    "too_many_keys": 409,  # a valid request the user's current keys rule out: revoke one, then it works
-    "not_active": 409,
-    "not_retryable": 409,
-    "pull_in_progress": 409,
-    "disk_full": 507,
-    "no_node_with_room": 507,
-    "integrity": 502,
-    "network": 502,
-    "hub_error": 502,
-    "cancelled": 409,
-    "unavailable": 503,
-    "inference_unavailable": 503,
-    "internal": 500,
-}
+log = logging.getLogger(__name__)
 
 
 class ApiError(exceptions.APIException):
     """An error raised by a view, in the same shape as service errors."""
 
-    def __init__(self, code: str, message: str, *, action: str = "", status_code: int | None = None) -> None:
+    def __init__(self, code: str, message: str, *, action: str = "") -> None:
         super().__init__(detail=message, code=code)
         self.code = code
         self.message = message
         self.action = action
-        self.status_code = status_code or CODE_STATUS.get(code, status.HTTP_400_BAD_REQUEST)
+        self.status_code = http_status(code)
 
 
-def _service_error_types() -> tuple[type[Exception], ...]:
-    """Service error classes, imported late: the API must load even while a service module is broken."""
-    types: list[type[Exception]] = []
-    for module, name in (
-        ("models_app.services.errors", "DownloadError"),
-        ("models_app.services.cache_layout", "CacheError"),
-        ("models_app.services.apikeys", "ApiKeyError"),
-    ):
-        try:
-            types.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(types)
+# The service exceptions whose `code`, `message` and `action` this handler turns into the error body.
+SERVICE_ERRORS: tuple[type[Exception], ...] = (DownloadError, CacheError, ApiKeyError)
 
 
 def error_body(code: str, message: str, action: str = "", details: Any = None) -> dict[str, Any]:
@@ -95,8 +50,7 @@ def service_error_response(exc: Exception) -> Response:
     code = str(getattr(exc, "code", "") or "invalid")
     message = str(getattr(exc, "message", "") or exc)
     action = str(getattr(exc, "action", "") or "")
-    http_status = getattr(exc, "http_status", None) or CODE_STATUS.get(code, status.HTTP_400_BAD_REQUEST)
-    return Response(error_body(code, message, action), status=http_status)
+    return Response(error_body(code, message, action), status=http_status(code))
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -104,8 +58,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         response = Response(error_body(exc.code, exc.message, exc.action), status=exc.status_code)
         return response
     if not isinstance(exc, exceptions.APIException | Http404 | PermissionDenied):
-        service_errors = _service_error_types()
-        if service_errors and isinstance(exc, service_errors):
+        if isinstance(exc, SERVICE_ERRORS):
             return service_error_response(exc)
         return None  # a bug: Django's 500 handling, never a traceback in the body (DEBUG is off)
     response = drf_exception_handler(exc, context)

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from models_app.models import ApiKey, DownloadJob, HubCredential, Snapshot
 from models_app.services import validation
 from models_app.services.credentials import label as credential_label
-from models_app.services.errors import CODES, action_for_job
+from models_app.services.errors import action_for_job
 
 
 class StrictCharField(serializers.CharField):
@@ -245,14 +245,7 @@ class PullSerializer(serializers.ModelSerializer):
     def get_error(self, obj: DownloadJob) -> dict[str, str] | None:
         if not obj.error_code:
             return None
-        return {"code": obj.error_code, "message": obj.error_message, "action": _action_for(obj)}
-
-
-def _action_for(job: DownloadJob) -> str:
-    """The downloads service words each code's action (a refused token's names the stored tokens)."""
-    if job.error_code not in CODES:  # a code that service no longer knows
-        return ""
-    return action_for_job(job)
+        return {"code": obj.error_code, "message": obj.error_message, "action": action_for_job(obj)}
 
 
 # A model's Hub URL as validation.parse_hub_url takes it (huggingface.co or hf.co; the configured

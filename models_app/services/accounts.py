@@ -1,5 +1,5 @@
 """The first admin account of a fresh install. Its password exists only in the return value of
-`first_admin_create`: the caller shows it once (runstack, after the stack is up; `manage.py bootstrap`)."""
+`create_first_admin`: the caller shows it once (runstack, after the stack is up; `manage.py bootstrap`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class FirstLogin:
     password: str
 
 
-def first_admin_create(*, username: str = "admin") -> FirstLogin | None:
+def create_first_admin(*, username: str = "admin") -> FirstLogin | None:
     """Create a superuser with a random password when the install has no user yet; None when it has one."""
     User = get_user_model()
     with transaction.atomic():

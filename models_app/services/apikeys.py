@@ -1,4 +1,4 @@
-"""API keys: issue, list and revoke. The raw key exists only in the return value of `apikey_create`;
+"""API keys: issue, list and revoke. The raw key exists only in the return value of `create_apikey`;
 the database keeps a sha256 of it (ApiKey.issue)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class TooManyKeys(ApiKeyError):
     code = "too_many_keys"
 
 
-def apikey_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
+def create_apikey(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
     """Issue a key for `user`. Returns the row and the raw key, which the caller shows once."""
     name = (name or "").strip()
     if not name:
@@ -48,7 +48,7 @@ def check_key_cap(user: AbstractBaseUser) -> None:
         )
 
 
-def apikey_list(*, user: AbstractBaseUser | None = None, include_revoked: bool = True) -> QuerySet[ApiKey]:
+def list_apikeys(*, user: AbstractBaseUser | None = None, include_revoked: bool = True) -> QuerySet[ApiKey]:
     """Keys of `user` (every user's when None), newest first."""
     keys = ApiKey.objects.select_related("user")
     if user is not None:
@@ -58,7 +58,7 @@ def apikey_list(*, user: AbstractBaseUser | None = None, include_revoked: bool =
     return keys.order_by("-created_at", "-id")
 
 
-def apikey_revoke(key: ApiKey) -> ApiKey:
+def revoke_apikey(key: ApiKey) -> ApiKey:
     """Revoke a key; idempotent, so a revoked key keeps its first revocation time. Authentication reads
     the row on every request, so the key stops working at once."""
     if key.is_active:
@@ -66,7 +66,7 @@ def apikey_revoke(key: ApiKey) -> ApiKey:
     return key
 
 
-def apikey_find(prefix: str) -> ApiKey:
+def find_apikey(prefix: str) -> ApiKey:
     """The key with this prefix; accepts the bare prefix or the displayed form `mlxcr_<prefix>_…`."""
     prefix = prefix.strip().removeprefix(ApiKey.PREFIX).split("_", 1)[0].rstrip("…")
     try:

@@ -56,8 +56,18 @@ def cache_root_path(name: str) -> Path:
         ) from None
 
 
+def repo_folder(repo_id: str) -> str:
+    """The folder of a model repo in a cache root, `models--org--name` (HUB_PROTOCOL.md §6)."""
+    return repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def repo_id_from_folder(folder: str) -> str:
+    """`models--org--name` -> `org/name`: the inverse of repo_folder."""
+    return folder.split("--", 1)[-1].replace("--", "/")
+
+
 def repo_path(root: Path, repo_id: str) -> Path:
-    return root / repo_folder_name(repo_id=repo_id, repo_type="model")
+    return root / repo_folder(repo_id)
 
 
 def hub_snapshot_path(*, cache_root: str, repo_id: str, commit_sha: str) -> Path:

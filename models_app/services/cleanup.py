@@ -29,6 +29,7 @@ from models_app.services.cache_layout import (
     execute_delete,
     marginal_freed,
     repo_cache_info,
+    repo_id_from_folder,
     scan,
 )
 
@@ -60,6 +61,32 @@ class CleanupItem:
     reason: str
     bytes: int
     snapshot_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CleanupPolicy:
+    """What a cleanup removes (None: that rule is off). The keyword arguments of `clean_cache`."""
+
+    max_age: float | None = None  # seconds since last use
+    max_size: int | None = None  # bytes per cache root
+    keep_revisions: int | None = 1  # the newest N ready revisions of each repo stay
+
+    @property
+    def limits_anything(self) -> bool:
+        """Whether it removes anything beyond superseded revisions (the scheduled cleanup runs only then)."""
+        return bool(self.max_age or self.max_size)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def configured_policy() -> CleanupPolicy:
+    """The CACHE_CLEANUP_* settings: the scheduled cleanup's policy and every manual cleanup's defaults."""
+    return CleanupPolicy(
+        max_age=settings.CACHE_CLEANUP_MAX_AGE,
+        max_size=settings.CACHE_CLEANUP_MAX_SIZE,
+        keep_revisions=settings.CACHE_CLEANUP_KEEP_REVISIONS,
+    )
 
 
 @dataclass
@@ -100,11 +127,6 @@ def _last_used(snapshot: Snapshot):  # type: ignore[no-untyped-def]
     return snapshot.last_used_at or snapshot.downloaded_at or snapshot.created_at
 
 
-def _repo_id_from_folder(folder: str) -> str:
-    # models--org--name -> org/name (the cache layout's folder naming, HUB_PROTOCOL.md §6)
-    return folder.split("--", 1)[-1].replace("--", "/")
-
-
 def _owned_partials_guard(root_name: str) -> tuple[set[str], float]:
     """Repos a download on this node is writing into (running, heartbeat fresh) or will resume (queued: a
     crashed attempt's partial file is where the next one starts, hub_resume), and the mtime after which a
@@ -122,7 +144,7 @@ def _owned_partials_guard(root_name: str) -> tuple[set[str], float]:
 
 
 def _is_orphan(path: Path, owners: set[str], fresh_ts: float) -> bool:
-    if _repo_id_from_folder(path.parent.parent.name) in owners:
+    if repo_id_from_folder(path.parent.parent.name) in owners:
         return False
     try:
         return path.stat().st_mtime < fresh_ts
@@ -209,7 +231,7 @@ def _plan_root(plan: CleanupPlan, root_name: str, snapshots: list[Snapshot], bus
     owners, fresh_ts = _owned_partials_guard(root_name)
     writing: set[str] = set()  # repos with a partial file someone may be writing: their folder stays whole
     for partial in sorted(info.incomplete_files, key=lambda f: str(f.file_path)):
-        repo_id = _repo_id_from_folder(partial.file_path.parent.parent.name)
+        repo_id = repo_id_from_folder(partial.file_path.parent.parent.name)
         if not _is_orphan(partial.file_path, owners, fresh_ts):
             writing.add(repo_id)
             continue

@@ -55,7 +55,7 @@ def normalize_token(token: str) -> str:
     return token
 
 
-def credential_create(*, owner, name: str, token: str) -> HubCredential:  # type: ignore[no-untyped-def]
+def create_credential(*, owner, name: str, token: str) -> HubCredential:  # type: ignore[no-untyped-def]
     """Store a token for `owner`: only the ciphertext and the last 4 characters are kept. A user's first
     token becomes their default: someone who adds one token means their pulls to use it."""
     token = normalize_token(token)
@@ -69,7 +69,7 @@ def credential_create(*, owner, name: str, token: str) -> HubCredential:  # type
     )
 
 
-def credential_set_default(credential: HubCredential, *, default: bool = True) -> HubCredential:
+def set_default_credential(credential: HubCredential, *, default: bool = True) -> HubCredential:
     """Make this the owner's default token (the one pulls that name none use), or unset it."""
     with transaction.atomic():
         if default:
@@ -118,7 +118,7 @@ def selection_hint(repo_id: str, *, user_id: int | None, used_id: int | None) ->
     )
 
 
-def credential_set_token(credential: HubCredential, *, token: str) -> HubCredential:
+def set_credential_token(credential: HubCredential, *, token: str) -> HubCredential:
     """Replace the token of an existing credential (its verification is reset)."""
     token = normalize_token(token)
     credential.token_ciphertext = encrypt(token)
@@ -160,7 +160,7 @@ def _without_tokens(data: Any, token: str) -> Any:
     return data
 
 
-def credential_test(credential: HubCredential) -> dict[str, Any]:
+def check_credential(credential: HubCredential) -> dict[str, Any]:
     """Ask the Hub who the token belongs to; store the username and the (token-free) answer.
 
     Returns {"ok": bool, "username": str, "error": str}."""

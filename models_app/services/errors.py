@@ -33,38 +33,116 @@ PULL_IN_PROGRESS = "pull_in_progress"
 
 
 @dataclass(frozen=True)
-class _Code:
-    retryable: bool
-    action: str  # may use {endpoint} and {repo_id}
+class ErrorCode:
+    """Everything the product says about one error code, in one place: the API's HTTP status, whether the
+    worker retries it, what the user should do, the form field it is shown next to and the link under it.
+    Pages, the API, the CLI and the serializers derive theirs from here (tests/foundation/test_error_codes.py
+    fails when a raised code is missing)."""
+
+    http_status: int
+    action: str = ""  # may use {endpoint} and {repo_id}
+    retryable: bool = False
+    field: str = ""  # the pull form's field the error belongs next to; "" shows it above the form
+    link_text: str = ""
+    # A URL name to reverse (with an optional #fragment), or an address using {endpoint} and {repo_id}.
+    link: str = ""
 
 
-CODES: dict[str, _Code] = {
-    AUTH_REQUIRED: _Code(False, "Add a Hugging Face token that can read {repo_id} and pull again."),
-    GATED: _Code(
-        False,
+# The download codes: each has an action (a job row stores code and message; the action is derived from here).
+CODES: dict[str, ErrorCode] = {
+    AUTH_REQUIRED: ErrorCode(
+        401,
+        "Add a Hugging Face token that can read {repo_id} and pull again.",
+        field="credential",
+        link_text="Add a Hub token in Settings",
+        link="settings#credentials",
+    ),
+    GATED: ErrorCode(
+        403,
         "Accept the licence at {endpoint}/{repo_id} with the Hub account of your token, then pull again.",
+        field="repo",
+        link_text="Accept the licence on the Hub",
+        link="{endpoint}/{repo_id}",
     ),
-    NOT_FOUND: _Code(False, "Check the repository id (org/name) on {endpoint}."),
-    REVISION_NOT_FOUND: _Code(False, "Check the branch, tag or commit on {endpoint}/{repo_id}."),
-    DISK_FULL: _Code(False, "Free some space (delete unused models) or pull into another cache root."),
-    NOT_MLX: _Code(False, "Pick an MLX conversion of this model (for example from mlx-community)."),
-    INTEGRITY: _Code(
-        False, "Pull again; if it fails again, the files on the Hub do not match their metadata."
+    NOT_FOUND: ErrorCode(404, "Check the repository id (org/name) on {endpoint}.", field="repo"),
+    REVISION_NOT_FOUND: ErrorCode(
+        404, "Check the branch, tag or commit on {endpoint}/{repo_id}.", field="revision"
     ),
-    NETWORK: _Code(True, "Check the connection to {endpoint} and retry."),
-    CANCELLED: _Code(False, "Pull again to restart the download."),
-    INVALID_REPO_ID: _Code(False, "Use a Hub repository id like mlx-community/SmolLM2-135M-Instruct-8bit."),
-    INVALID_REVISION: _Code(False, "Use a branch or tag name, or a 40-character commit SHA."),
-    INVALID_REQUEST: _Code(False, "Fix the request and try again."),
-    UNKNOWN_NODE: _Code(False, "Start the workers on that machine (make run there), or pick another node."),
-    NO_NODE_WITH_ROOM: _Code(
-        False, "Free some space on one of the machines (delete unused models), or start a machine with room."
+    DISK_FULL: ErrorCode(
+        507,
+        "Free some space (delete unused models) or pull into another cache root.",
+        link_text="Open the cache page",
+        link="cache",
     ),
-    INTERNAL: _Code(False, "Retry; if it happens again, report it with the worker log."),
-    PULL_IN_PROGRESS: _Code(
-        False, "Pull again once it has ended: your pull then runs with your own access to the Hub."
+    NOT_MLX: ErrorCode(422, "Pick an MLX conversion of this model (for example from mlx-community)."),
+    INTEGRITY: ErrorCode(
+        502, "Pull again; if it fails again, the files on the Hub do not match their metadata."
+    ),
+    NETWORK: ErrorCode(502, "Check the connection to {endpoint} and retry.", retryable=True),
+    CANCELLED: ErrorCode(409, "Pull again to restart the download."),
+    INVALID_REPO_ID: ErrorCode(
+        400, "Use a Hub repository id like mlx-community/SmolLM2-135M-Instruct-8bit.", field="repo"
+    ),
+    INVALID_REVISION: ErrorCode(
+        400, "Use a branch or tag name, or a 40-character commit SHA.", field="revision"
+    ),
+    INVALID_REQUEST: ErrorCode(400, "Fix the request and try again.", field="allow_patterns"),
+    # Like an unknown credential id: the thing named does not exist (now).
+    UNKNOWN_NODE: ErrorCode(404, "Start the workers on that machine (make run there), or pick another node."),
+    NO_NODE_WITH_ROOM: ErrorCode(
+        507, "Free some space on one of the machines (delete unused models), or start a machine with room."
+    ),
+    INTERNAL: ErrorCode(500, "Retry; if it happens again, report it with the worker log."),
+    PULL_IN_PROGRESS: ErrorCode(
+        409, "Pull again once it has ended: your pull then runs with your own access to the Hub."
     ),
 }
+
+# The codes of the other services' errors and of the API's own refusals; their action, when they have one, is
+# written where they are raised.
+OTHER_CODES: dict[str, ErrorCode] = {
+    "invalid": ErrorCode(400),  # the request asked for something the service refuses
+    "invalid_id": ErrorCode(400),
+    "invalid_credential": ErrorCode(400),
+    "invalid_local_model": ErrorCode(400),
+    "cache_error": ErrorCode(400),
+    "unknown_cache_root": ErrorCode(400),
+    "ambiguous_revision": ErrorCode(400),
+    "forbidden": ErrorCode(403),
+    "permission_denied": ErrorCode(403),
+    "model_not_found": ErrorCode(404),
+    "conflict": ErrorCode(409),
+    "in_use": ErrorCode(409),
+    "not_ready": ErrorCode(409),  # a snapshot that cannot be loaded yet (partial, downloading, invalid)
+    "too_many_keys": ErrorCode(409),  # a valid request the user's current keys rule out: revoke one
+    "model_load_failed": ErrorCode(500),
+    "unavailable": ErrorCode(503),
+    "inference_unavailable": ErrorCode(503),
+}
+
+ALL_CODES: dict[str, ErrorCode] = CODES | OTHER_CODES
+
+
+def http_status(code: str) -> int:
+    """The API's HTTP status for an error code; 400 for one not in the table (the test keeps that empty)."""
+    spec = ALL_CODES.get(code)
+    return spec.http_status if spec is not None else 400
+
+
+def link_for(code: str, repo_id: str = "") -> tuple[str, str]:
+    """(address, text) of the link shown under an error on a page, or ("", "") when it has none. An address
+    that needs the repo id has none without one."""
+    from django.urls import reverse
+
+    spec = CODES.get(code)
+    if spec is None or not spec.link:
+        return "", ""
+    if "{" in spec.link:
+        if "{repo_id}" in spec.link and not repo_id:
+            return "", ""
+        return spec.link.format(endpoint=settings.HF_ENDPOINT, repo_id=repo_id), spec.link_text
+    name, _, fragment = spec.link.partition("#")
+    return reverse(name) + (f"#{fragment}" if fragment else ""), spec.link_text
 
 
 class DownloadError(Exception):

@@ -35,7 +35,7 @@ from models_app.services import (
     visibility,
     workers,
 )
-from models_app.services.cache_layout import context_length
+from models_app.services.cache_layout import FileRecord, context_length, repo_path
 from models_app.services.errors import (
     AUTH_REQUIRED,
     INTEGRITY,
@@ -50,7 +50,6 @@ from models_app.services.errors import (
     DownloadError,
     classify,
 )
-from models_app.services.hub_checks import FileSpec, repo_dir_path
 from models_app.services.hub_progress import JobLost, JobMonitor, install_http_guard, progress_bar_class
 from models_app.services.validation import (
     no_match_error,
@@ -246,7 +245,7 @@ def run_download(job_id: int, *, task_id: str, worker_name: str) -> None:
 def _cache_before(job: DownloadJob) -> frozenset[str]:
     """What the repo folder holds before this delivery writes anything: a failed pull leaves it alone."""
     try:
-        return shared_store.present(repo_dir_path(_cache_root(job), job.repository.repo_id))
+        return shared_store.present(repo_path(_cache_root(job), job.repository.repo_id))
     except DownloadError:
         return frozenset()
 
@@ -360,7 +359,7 @@ def _cleanup_partial(job: DownloadJob) -> None:
         root = _cache_root(job)
     except DownloadError:
         return
-    repo_dir = repo_dir_path(root, job.repository.repo_id)
+    repo_dir = repo_path(root, job.repository.repo_id)
     if repo_dir.name not in jobs.busy_repo_dirs(exclude_job=job.id):
         jobs.remove_incomplete(repo_dir)
 
@@ -374,7 +373,7 @@ def _discard_failed_pull(job: DownloadJob, before: frozenset[str]) -> None:
     delivery fetched)."""
     sha = DownloadJob.objects.filter(id=job.id).values_list("commit_sha", flat=True).first() or ""
     try:
-        repo_dir = repo_dir_path(_cache_root(job), job.repository.repo_id)
+        repo_dir = repo_path(_cache_root(job), job.repository.repo_id)
     except DownloadError:
         return
     if not sha or not repo_dir.is_dir() or repo_dir.name in jobs.busy_repo_dirs(exclude_job=job.id):
@@ -404,7 +403,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     repo = job.repository
     repo_id = repo.repo_id
     root = _cache_root(job)
-    repo_dir = repo_dir_path(root, repo_id)
+    repo_dir = repo_path(root, repo_id)
     token = _token(job)
     stall = float(settings.DOWNLOAD_STALL_TIMEOUT)
 
@@ -494,7 +493,7 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
 
     before = hub_checks.verified_before(job.repository_id, node=job.node, cache_root=job.cache_root)
 
-    def skip(spec: FileSpec, blob: Path) -> bool:
+    def skip(spec: FileRecord, blob: Path) -> bool:
         return before(spec, blob) or checked_ok(spec, blob)
 
     problems = hub_checks.verify_files(
@@ -546,10 +545,10 @@ def _drop_known_bad(
     job: DownloadJob,
     sha: str,
     repo_dir: Path,
-    files: list[FileSpec],
+    files: list[FileRecord],
     fetching: set[str],
     monitor: JobMonitor,
-) -> Callable[[FileSpec, Path], bool]:
+) -> Callable[[FileRecord, Path], bool]:
     """A snapshot that failed verification (invalid or missing) holds files huggingface_hub would trust as
     cached: check them now and delete the bad ones, so this pull fetches them again in one go instead of
     failing `integrity` and leaving the repair to the next pull. Returns a skip rule for the final check:
@@ -575,7 +574,7 @@ def _drop_known_bad(
         jobs.update_running(job.id, task_id=monitor.task_id, error_message=note)
     sound = {f.etag for f in files if f.path not in bad}
 
-    def checked(spec: FileSpec, blob: Path) -> bool:
+    def checked(spec: FileRecord, blob: Path) -> bool:
         return spec.etag in sound and blob.name == spec.etag and blob.stat().st_mtime < started
 
     return checked
@@ -603,7 +602,7 @@ def _record_visibility(repo: Repository, info: Any, *, token_used: bool, user_id
 
 
 def _held_record(
-    job: DownloadJob, sha: str, snapshot_dir: Path, files: list[FileSpec]
+    job: DownloadJob, sha: str, snapshot_dir: Path, files: list[FileRecord]
 ) -> list[dict[str, Any]]:
     """The snapshot's file list after this pull: what it fetched and verified, plus what an earlier pull of
     the same commit recorded and is still on disk. A filtered pull adds files; it never drops any."""
@@ -623,10 +622,10 @@ def _held_record(
 
 
 def _save_snapshot(
-    job: DownloadJob, sha: str, files: list[FileSpec], config: dict[str, Any], repo_paths: list[str]
+    job: DownloadJob, sha: str, files: list[FileRecord], config: dict[str, Any], repo_paths: list[str]
 ) -> Snapshot:
     now = timezone.now()
-    path = repo_dir_path(_cache_root(job), job.repository.repo_id) / "snapshots" / sha
+    path = repo_path(_cache_root(job), job.repository.repo_id) / "snapshots" / sha
     record = _held_record(job, sha, path, files)
     missing = hub_checks.mlx_missing([e["path"] for e in record], repo_paths, path)
     values = {

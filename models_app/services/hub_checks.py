@@ -12,11 +12,11 @@ import re
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models_app.services import hub_digest
+from models_app.services.cache_layout import FileRecord
 from models_app.services.errors import DISK_FULL, INTEGRITY, NOT_MLX, DownloadError
 from models_app.services.validation import safe_relpath
 
@@ -31,36 +31,8 @@ TOKENIZER_FILES = (
 _MODEL_TYPE_RE = re.compile(r"[a-z0-9_]{1,64}")
 
 
-def repo_dir_path(root: Path, repo_id: str) -> Path:
-    """models--org--name under a cache root (HUB_PROTOCOL.md §6)."""
-    from huggingface_hub.file_download import repo_folder_name
-
-    return root / repo_folder_name(repo_id=repo_id, repo_type="model")
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One file as the Hub describes it."""
-
-    path: str
-    size: int
-    blob_id: str  # git object id (of the LFS pointer, for LFS files)
-    sha256: str = ""  # LFS content hash
-
-    @property
-    def etag(self) -> str:
-        """The blob's file name in the cache (HUB_PROTOCOL.md §3)."""
-        return self.sha256 or self.blob_id
-
-    def as_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"path": self.path, "size": self.size, "blob_id": self.blob_id}
-        if self.sha256:
-            data["sha256"] = self.sha256
-        return data
-
-
-def plan_files(siblings: Iterable[Any]) -> list[FileSpec]:
-    """FileSpecs from model_info(files_metadata=True).siblings. Paths are checked: they become file names."""
+def plan_files(siblings: Iterable[Any]) -> list[FileRecord]:
+    """FileRecords from model_info(files_metadata=True).siblings. Paths are checked: they become file names."""
     files = []
     for sibling in siblings:
         lfs = getattr(sibling, "lfs", None)
@@ -68,14 +40,14 @@ def plan_files(siblings: Iterable[Any]) -> list[FileSpec]:
         size = getattr(lfs, "size", None) if lfs is not None else None
         size = size if size is not None else sibling.size
         blob_id = sibling.blob_id or ""
-        # Ids name blobs in the cache (FileSpec.etag): a malformed one must not become a path.
+        # Ids name blobs in the cache (FileRecord.etag): a malformed one must not become a path.
         if blob_id and not re.fullmatch(r"[0-9a-f]{40}", blob_id):
             raise DownloadError(INTEGRITY, f"Refused: the Hub answered an invalid file id {blob_id[:80]!r}.")
         if sha256 and not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise DownloadError(
                 INTEGRITY, f"Refused: the Hub answered an invalid LFS sha256 {sha256[:80]!r}."
             )
-        files.append(FileSpec(safe_relpath(sibling.rfilename), int(size or 0), blob_id, sha256))
+        files.append(FileRecord(safe_relpath(sibling.rfilename), int(size or 0), blob_id, sha256))
     return files
 
 
@@ -216,8 +188,8 @@ def _digest(blob: Path, size: int, *, git_sha1: bool, just_written: bool, check:
 
 def _problem(
     snapshot_dir: Path,
-    spec: FileSpec,
-    skip: Callable[[FileSpec, Path], bool],
+    spec: FileRecord,
+    skip: Callable[[FileRecord, Path], bool],
     check: Callable[[], None],
     just_written: bool,
 ) -> str | None:
@@ -242,9 +214,9 @@ def _problem(
 def verify_files(
     repo_dir: Path,
     commit_sha: str,
-    files: list[FileSpec],
+    files: list[FileRecord],
     *,
-    skip: Callable[[FileSpec, Path], bool] = lambda spec, blob: False,
+    skip: Callable[[FileRecord, Path], bool] = lambda spec, blob: False,
     check: Callable[[], None] = lambda: None,
     just_written: bool = False,
 ) -> dict[str, str]:
@@ -275,7 +247,7 @@ def verify_files(
     return problems
 
 
-def discard_shared_blob(repo_dir: Path, link: Path, spec: FileSpec) -> str:
+def discard_shared_blob(repo_dir: Path, link: Path, spec: FileRecord) -> str:
     """A bad file whose bytes sit in the shared Xet store: deleting only the repo's link would let every later
     pull link the same bad entry again. The entry goes, with every repo's link to it; the other repos'
     snapshots that listed the file are marked invalid. Returns what was done, for the error message."""
@@ -308,7 +280,7 @@ def discard_shared_blob(repo_dir: Path, link: Path, spec: FileSpec) -> str:
     return f"the local shared Xet store entry {where} holding these bytes was corrupt and was deleted{others}"
 
 
-def verified_before(repository_id: int, *, node: str, cache_root: str) -> Callable[[FileSpec, Path], bool]:
+def verified_before(repository_id: int, *, node: str, cache_root: str) -> Callable[[FileRecord, Path], bool]:
     """Hashing a multi-GB blob again on every no-op pull is waste: skip a blob that a ready snapshot of this
     repo listed with the same id and that has not been written since that snapshot was verified."""
     from models_app.models import Snapshot
@@ -327,29 +299,11 @@ def verified_before(repository_id: int, *, node: str, cache_root: str) -> Callab
             if etag:
                 verified[etag] = max(verified.get(etag, 0.0), verified_at.timestamp())
 
-    def skip(spec: FileSpec, blob: Path) -> bool:
+    def skip(spec: FileRecord, blob: Path) -> bool:
         stamp = verified.get(spec.etag)
         return stamp is not None and blob.name == spec.etag and blob.stat().st_mtime < stamp
 
     return skip
-
-
-def verify_snapshot(snapshot: Any) -> dict[str, str]:
-    """Hash every file of a hub snapshot against its stored file list; mark it ready or invalid (bad blobs
-    are deleted). Returns {path: problem}. The admin uses this when the cache service has no verifier."""
-    from django.conf import settings
-    from django.utils import timezone
-
-    root = Path(settings.CACHE_ROOTS[snapshot.cache_root])
-    files = [
-        FileSpec(e["path"], int(e.get("size") or 0), e.get("blob_id", ""), e.get("sha256", ""))
-        for e in snapshot.files
-    ]
-    problems = verify_files(repo_dir_path(root, snapshot.repository.repo_id), snapshot.commit_sha, files)
-    snapshot.status = "invalid" if problems else ("partial" if snapshot.missing_files else "ready")
-    snapshot.verified_at = timezone.now()
-    snapshot.save(update_fields=["status", "verified_at", "updated_at"])
-    return problems
 
 
 def integrity_error(repo_id: str, problems: dict[str, str]) -> DownloadError:

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from tqdm import tqdm
 
-from models_app.realtime import DownloadProgress, publish_download
+from models_app.realtime import download_progress, publish_download
 from models_app.services import hub_guard, jobs
 from models_app.services.errors import NETWORK, DownloadCancelled, DownloadError
 
@@ -270,22 +270,18 @@ class JobMonitor:
         return max(0.0, (self.bytes_total - self.bytes_done) / self.speed)
 
     def _publish(self) -> None:
-        done = min(self.bytes_done, self.bytes_total) if self.bytes_total else self.bytes_done
-        payload: DownloadProgress = {
-            "type": "download.progress",
-            "job_id": self.job_id,
-            "repo_id": self.repo_id,
-            "revision": self.revision,
-            "state": "running",
-            "bytes_done": done,
-            "bytes_total": self.bytes_total,
-            "files_done": self.files_done,
-            "files_total": self.files_total,
-            "current_file": self.current_file,
-            "speed_bps": round(self.speed, 1),
-            "eta_seconds": self.eta(),
-            "percent": round(100.0 * done / self.bytes_total, 1) if self.bytes_total else 0.0,
-        }
+        payload = download_progress(
+            job_id=self.job_id,
+            repo_id=self.repo_id,
+            revision=self.revision,
+            bytes_done=self.bytes_done,
+            bytes_total=self.bytes_total,
+            files_done=self.files_done,
+            files_total=self.files_total,
+            current_file=self.current_file,
+            speed_bps=self.speed,
+            eta_seconds=self.eta(),
+        )
         publish_download(payload, owner_id=self.owner_id)
 
 

@@ -1,8 +1,9 @@
 """Inference: the one path from a chat page or an API call to tokens streamed back.
 
 Web processes call `start_generation(request)` and read replies from a channel; the inference worker (Celery
-queue `inference`, solo pool, one per host) runs `generate(request)`, which lives in
-`models_app.services.engine` and is the only code that imports MLX. This module is safe to import anywhere.
+queue `inference`, solo pool, one per host) runs `engine.generation.generate(request)` (tasks/inference.py).
+The engine is the only code that imports MLX. It imports this module (the contract below, the request checks,
+the keys and constants both sides share); this module never imports the engine, so it is safe anywhere.
 
 The generation request (a JSON-able dict, the Celery task's only argument; it never holds a secret)
 --------------------------------------------------------------------------------------------------
@@ -32,7 +33,7 @@ The generation request (a JSON-able dict, the Celery task's only argument; it ne
     queue                 str, set by start_generation: the queue it went to; the worker takes the request
                           out of that queue's waiting line (`places_ahead`) when it picks it up.
 
-Replies (models_app.realtime), sent with `channel_layer.send(reply_channel, ...)`, `seq` from 0, no gaps:
+Replies (made by engine/sender.py's ReplyStream), sent with `channel_layer.send(reply_channel, ...)`, `seq` from 0, no gaps:
     chat.started  {notice?, prompt_tokens, cached_tokens, max_tokens, model, worker}  once, first
     chat.progress {processed, total}            while a long prompt is processed (optional)
     chat.delta    {text, tokens}                batched every CHAT_BATCH_INTERVAL
@@ -60,10 +61,12 @@ from typing import Any
 
 import redis
 from asgiref.sync import sync_to_async
+from celery import current_app
 from django.conf import settings
 
 from models_app.services import redis as app_redis
 from models_app.services import workers
+from models_app.units import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +204,6 @@ def check_request_size(*, messages: list[dict[str, Any]] | None = None, prompt: 
 def parse_keep_alive(value: Any) -> float | None:
     """Ollama's keep_alive: seconds, or a duration string ("5m", "1h"); 0 unloads right after the request;
     negative keeps the model loaded until evicted (None). Raises InvalidOptions."""
-    from dashboard.env import parse_duration
-
     if isinstance(value, bool):
         raise InvalidOptions("keep_alive", "must be a number of seconds or a duration like 5m")
     if isinstance(value, int | float):
@@ -327,16 +328,13 @@ def start_generation(request: dict[str, Any], *, queue: str | None = None) -> st
     caller routed it); returns that queue. Raises InferenceUnavailable when no live worker consumes the queue
     (checked in Redis in about a millisecond) or when the broker is down."""
     queue = queue or queue_for_snapshot(request["snapshot_id"])
-    ensure_worker(queue)
     enqueued_at = time.time()
     request_id = str(request["request_id"])
     # Its place in the queue, for "N ahead" while it waits: the worker takes it out when it picks it up.
     with contextlib.suppress(redis.RedisError):
         app_redis.client().zadd(queued_key(queue), {request_id: enqueued_at})
     try:
-        _send_checked(
-            "inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue
-        )
+        _send("inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue)
     except InferenceUnavailable:
         leave_queue({"request_id": request_id, "queue": queue})
         raise
@@ -440,15 +438,8 @@ NO_WORKER_MESSAGE = (
 
 def _send(task: str, args: list[Any], *, queue: str = QUEUE) -> None:
     ensure_worker(queue)
-    _send_checked(task, args, queue=queue)
-
-
-def _send_checked(task: str, args: list[Any], *, queue: str) -> None:
-    """Send to a queue a live worker was just seen reading."""
-    from dashboard.celery import app
-
     try:
-        app.send_task(task, args=args, queue=queue, expires=QUEUE_EXPIRY)
+        current_app.send_task(task, args=args, queue=queue, expires=QUEUE_EXPIRY)
     except Exception as exc:  # the broker refused: say so now, the request would never run
         raise InferenceUnavailable(f"The task queue is not answering: {exc}") from exc
 
@@ -590,41 +581,6 @@ async def stream_replies(
     finally:
         if receiving is not None:
             receiving.cancel()  # not awaited: a cancellation of our own caller must stay one
-
-
-# --- Worker side: thin, lazy entry points (MLX is imported only here, inside the worker) ---------------------
-
-
-def generate(request: dict[str, Any]) -> dict[str, Any] | None:
-    """Run one generation (inference worker only). Returns the usage dict, or None when it failed."""
-    from models_app.services.engine import generation
-
-    return generation.generate(request)
-
-
-def load_model(snapshot_id: int, *, keep_alive: Any = None, user_id: int | None = None) -> dict[str, Any]:
-    from models_app.services.engine import state
-
-    return state.load_model(snapshot_id, keep_alive=keep_alive, user_id=user_id)
-
-
-def unload_model(snapshot_id: int, *, by_user: int | None = None) -> bool:
-    from models_app.services.engine import state
-
-    return state.unload_model(snapshot_id, by_user=by_user)
-
-
-def expire_idle() -> list[int]:
-    from models_app.services.engine import state
-
-    return state.expire_idle()
-
-
-def worker_status() -> dict[str, Any]:
-    """What the inference worker publishes with its heartbeat: {"mlx": {...}, "loaded_models": [...]}."""
-    from models_app.services.engine import state
-
-    return state.worker_status()
 
 
 def loaded_models() -> dict[int, dict[str, Any]]:

@@ -16,15 +16,17 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from models_app.models import DownloadJob
-from models_app.realtime import DownloadState, publish_download
+from models_app.realtime import download_state, publish_download
 from models_app.services import redis as app_redis
 from models_app.services import workers
+from models_app.services.cache_layout import repo_folder
 from models_app.services.errors import CANCELLED, NETWORK, DownloadError
 
 log = logging.getLogger(__name__)
@@ -53,17 +55,7 @@ State = DownloadJob.State
 
 def publish_state(job: DownloadJob) -> None:
     """Publish the job's state once the transaction that changed it commits."""
-    payload: DownloadState = {
-        "type": "download.state",
-        "job_id": job.id,
-        "repo_id": job.repository.repo_id,
-        "revision": job.revision,
-        "state": job.state,
-        "error_code": job.error_code,
-        "error_message": job.error_message,
-        "snapshot_id": job.snapshot_id,
-        "commit_sha": job.commit_sha,
-    }
+    payload = download_state(job)
     owner_id = job.requested_by_id
     transaction.on_commit(lambda: publish_download(payload, owner_id=owner_id))
 
@@ -85,15 +77,13 @@ def _changed(job_id: int) -> DownloadJob | None:
 def enqueue(job_id: int, *, countdown: float | None = None) -> None:
     """Send the task for a queued job: its id only. The task id is recorded first, so the row always names
     the newest message; an older duplicate that arrives later finds the job taken and does nothing."""
-    from dashboard.celery import app
-
     task_id = str(uuid.uuid4())
     DownloadJob.objects.filter(id=job_id, state=State.QUEUED).update(
         celery_task_id=task_id, enqueued_at=timezone.now()
     )
     node = DownloadJob.objects.filter(id=job_id).values_list("node", flat=True).first() or settings.NODE_NAME
     queue = workers.queue_for(workers.node_queue("downloads", node), QUEUE)  # the files land on that machine
-    app.send_task(TASK_NAME, args=[job_id], task_id=task_id, queue=queue, countdown=countdown)
+    current_app.send_task(TASK_NAME, args=[job_id], task_id=task_id, queue=queue, countdown=countdown)
     with contextlib.suppress(Exception):  # a missing marker only means an earlier re-send, which is a no-op
         app_redis.client().set(_message_marker(job_id), task_id, ex=MESSAGE_MARKER_TTL)
 
@@ -455,12 +445,6 @@ def reap_stalled_jobs(now: datetime | None = None) -> list[int]:
     return changed
 
 
-def _repo_dir_name(repo_id: str) -> str:
-    from huggingface_hub.file_download import repo_folder_name
-
-    return repo_folder_name(repo_id=repo_id, repo_type="model")
-
-
 def busy_repo_dirs(*, exclude_job: int | None = None, now: datetime | None = None) -> set[str]:
     """Cache folder names of repos that a job on this node is writing to (running, heartbeat fresh) or will
     resume (queued: a crashed attempt's partial files are where the next one starts, hub_resume)."""
@@ -469,7 +453,7 @@ def busy_repo_dirs(*, exclude_job: int | None = None, now: datetime | None = Non
     )
     if exclude_job is not None:
         running = running.exclude(id=exclude_job)
-    return {_repo_dir_name(r) for r in running.values_list("repository__repo_id", flat=True)}
+    return {repo_folder(r) for r in running.values_list("repository__repo_id", flat=True)}
 
 
 def remove_incomplete(

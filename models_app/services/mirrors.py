@@ -11,7 +11,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from models_app.services.hub_checks import FileSpec, plan_files
+from models_app.services.cache_layout import FileRecord
+from models_app.services.hub_checks import plan_files
 
 
 def lacks_file_metadata(siblings: list[Any]) -> bool:
@@ -20,8 +21,8 @@ def lacks_file_metadata(siblings: list[Any]) -> bool:
 
 def files_from_tree(
     api: Any, repo_id: str, *, revision: str, token: str | bool, check: Any = lambda: None
-) -> list[FileSpec]:
-    """FileSpecs from the recursive tree listing of `revision` (a commit sha), checked like model info's."""
+) -> list[FileRecord]:
+    """FileRecords from the recursive tree listing of `revision` (a commit sha), checked like model info's."""
     from huggingface_hub.hf_api import RepoFile
 
     entries = []

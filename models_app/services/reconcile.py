@@ -31,7 +31,7 @@ from models_app.services.cache_layout import (
     scan,
 )
 from models_app.services.cleanup import clean_cache
-from models_app.services.hub_checks import FileSpec, verify_files
+from models_app.services.hub_checks import verify_files
 from models_app.services.hub_guard import MetadataError, read_metadata
 from models_app.services.local_models import mlx_problem
 
@@ -105,8 +105,7 @@ def _import(root_name: str, repo: CachedRepoInfo, rev: CachedRevisionInfo, repor
     records = cached_file_records(Path(rev.snapshot_path))
     # Ready means verified: every file hashed against the name its blob carries (an LFS sha256 or a git sha1,
     # or the tree listing's). Bad blobs are deleted, as verify does, and the revision is not imported.
-    specs = [FileSpec(r.path, int(r.size or 0), r.blob_id, r.sha256) for r in records]
-    if problems := verify_files(Path(rev.snapshot_path).parent.parent, rev.commit_hash, specs):
+    if problems := verify_files(Path(rev.snapshot_path).parent.parent, rev.commit_hash, records):
         listed = "; ".join(f"{path}: {why}" for path, why in sorted(problems.items())[:3])
         report.skipped.append(f"{label}: its files failed verification and were deleted ({listed})")
         return

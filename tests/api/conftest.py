@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.test import Client
 
-from models_app.models import ApiKey, Repository, Snapshot
+from models_app.models import ApiKey, Snapshot
+from tests import factories
 from tests.chat.conftest import slow_model_path  # noqa: F401  (a fixture, re-exported for the API tests)
 
 
@@ -55,33 +54,8 @@ def staff_api(staff_key: str) -> KeyClient:
 
 @pytest.fixture
 def make_snapshot() -> Callable[..., Snapshot]:
-    """A snapshot row (no files unless `path` is given): enough for listing and visibility tests."""
-
-    def make(
-        repo_id: str | None = None,
-        *,
-        status: str = Snapshot.Status.READY,
-        private: bool = False,
-        owner: Any = None,
-        path: str = "",
-        commit_sha: str | None = None,
-        **fields: Any,
-    ) -> Snapshot:
-        repo, _ = Repository.objects.get_or_create(
-            repo_id=repo_id or f"test-api/model-{uuid.uuid4().hex[:8]}",
-            defaults={"private": private, "owner": owner},
-        )
-        return Snapshot.objects.create(
-            repository=repo,
-            commit_sha=commit_sha or uuid.uuid4().hex[:40].ljust(40, "0"),
-            ref="main",
-            node=settings.NODE_NAME,
-            path=path,
-            status=status,
-            **fields,
-        )
-
-    return make
+    """tests.factories.make_snapshot, as a fixture: the API tests take it as an argument."""
+    return factories.make_snapshot
 
 
 @pytest.fixture

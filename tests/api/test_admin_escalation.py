@@ -60,7 +60,7 @@ def test_a_staff_user_cannot_mint_a_key_for_the_superuser_and_act_as_him(clerk_c
 
 def test_a_staff_user_sees_only_his_own_keys_and_credentials_in_the_admin(clerk_client, clerk, staff) -> None:  # type: ignore[no-untyped-def]
     root_key, _ = ApiKey.issue(user=staff, name="root-ci")
-    root_credential = credentials.credential_create(owner=staff, name="root-hub", token=TOKEN)
+    root_credential = credentials.create_credential(owner=staff, name="root-hub", token=TOKEN)
     assert "root-ci" not in clerk_client.get("/admin/models_app/apikey/").content.decode()
     assert clerk_client.get(f"/admin/models_app/apikey/{root_key.pk}/change/").status_code == 302
     assert "root-hub" not in clerk_client.get("/admin/models_app/hubcredential/").content.decode()

@@ -19,7 +19,7 @@ from django.conf import settings
 from models_app.models import ApiKey, UserLimits
 from models_app.services import inflight
 from models_app.services import redis as app_redis
-from tests.chat.conftest import make_snapshot
+from tests.factories import make_snapshot
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
@@ -204,7 +204,7 @@ def test_a_queued_stream_gets_bytes_before_the_clients_read_timeout(  # type: ig
     """Issue 13 item 3: a streaming request queued behind a long answer got no byte until the worker took
     it, so an SDK client with a 30 s timeout failed. Now its response starts within a keep-alive period
     (role chunk, then keep-alives), so a client whose read timeout is shorter than the wait is served."""
-    make_snapshot(slow_model_path, repo_id="test/tiny-slow")
+    make_snapshot("test/tiny-slow", path=slow_model_path)
     timeout = 12.0
     client = openai.OpenAI(
         base_url=f"{asgi_server.url}/v1", api_key=alice_key, max_retries=0, timeout=timeout
@@ -230,7 +230,7 @@ def test_a_queued_stream_tells_how_many_requests_are_ahead(  # type: ignore[no-u
 ) -> None:
     """While it waits, a queued stream's keep-alives say its place: `: queued, N ahead` (SSE comments, which
     clients ignore), the answer being written counted."""
-    make_snapshot(slow_model_path, repo_id="test/tiny-slow")
+    make_snapshot("test/tiny-slow", path=slow_model_path)
     body = {"model": MODEL, "messages": HI, "max_tokens": 4, "stream": True}
     headers = {"Authorization": f"Bearer {alice_key}"}
     places: dict[int, list[str]] = {1: [], 2: []}

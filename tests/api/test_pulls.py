@@ -111,9 +111,9 @@ def test_it_rejects_a_bad_repo_id_with_the_download_error_code(alice_api: KeyCli
 
 
 def test_it_refuses_someone_elses_credential_and_unknown_cache_roots(alice_api: KeyClient, bob) -> None:  # type: ignore[no-untyped-def]
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
-    bobs = credential_create(owner=bob, name="bob", token="hf_" + "b" * 30)
+    bobs = create_credential(owner=bob, name="bob", token="hf_" + "b" * 30)
     response = alice_api.post(
         "/api/v1/pulls", {"repo_id": "org/name", "credential_id": bobs.id}, content_type="application/json"
     )
@@ -245,11 +245,11 @@ def test_a_pull_without_credential_id_uses_the_default_token_and_names_it(
     alice_api: KeyClient, alice, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     from models_app.services import jobs
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
     monkeypatch.setattr(jobs, "enqueue_or_fail", lambda job_id: None)  # the request is the subject here
-    first = credential_create(owner=alice, name="first", token="hf_" + "a" * 26 + "1111")
-    second = credential_create(owner=alice, name="second", token="hf_" + "a" * 26 + "2222")
+    first = create_credential(owner=alice, name="first", token="hf_" + "a" * 26 + "1111")
+    second = create_credential(owner=alice, name="second", token="hf_" + "a" * 26 + "2222")
     listed = {c["name"]: c["is_default"] for c in alice_api.get("/api/v1/credentials").json()["results"]}
     assert listed == {"first": True, "second": False}
 

@@ -19,9 +19,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from models_app.models import Conversation, DownloadJob, Message, Snapshot
 from tests.browser.helpers import login, new_page
 from tests.browser.test_dashboard_browser import HUB_TOKEN, seed_history
-from tests.chat.conftest import make_snapshot as make_tiny_snapshot
-from tests.pages.conftest import make_job
-from tests.pages.conftest import make_snapshot as make_listed_snapshot
+from tests.factories import make_job, make_snapshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -67,9 +65,9 @@ class Violations:
 def seed(staff: Any, tiny_model_path: Any) -> dict[str, Any]:
     """One of everything a page can show: a ready model with usage and a conversation, a running and a failed
     download, a Hub token, an API key."""
-    snapshot = make_tiny_snapshot(tiny_model_path, repo_id="demo/tiny-chat")
+    snapshot = make_snapshot("demo/tiny-chat", path=tiny_model_path)
     seed_history(staff, snapshot)
-    running = make_listed_snapshot("demo/still-coming", owner=staff, status=Snapshot.Status.DOWNLOADING)
+    running = make_snapshot("demo/still-coming", owner=staff, status=Snapshot.Status.DOWNLOADING)
     make_job(running, user=staff, state=DownloadJob.State.RUNNING, bytes_done=300_000)
     make_job(running, user=staff, state=DownloadJob.State.FAILED, error_code="network", error_message="gone")
     conversation = Conversation.objects.create(user=staff, title="Hello", snapshot=snapshot)

@@ -54,7 +54,7 @@ def published(hub, demo_model_path: Path) -> str:
 
 def seed_history(user: Any, snapshot: Snapshot) -> None:
     """Two weeks of usage (so the charts have something to draw), a Hub token and an API key."""
-    from models_app.services.credentials import credential_create, credential_test
+    from models_app.services.credentials import check_credential, create_credential
 
     now = timezone.now()
     key, _raw = ApiKey.issue(user=user, name="laptop")
@@ -77,7 +77,7 @@ def seed_history(user: Any, snapshot: Snapshot) -> None:
     Usage.objects.bulk_create(rows)
     for i, row in enumerate(Usage.objects.filter(snapshot=snapshot).order_by("id")):
         Usage.objects.filter(id=row.id).update(created_at=now - timedelta(days=13 - i % 14, hours=i % 5))
-    credential_test(credential_create(owner=user, name="personal", token=HUB_TOKEN))
+    check_credential(create_credential(owner=user, name="personal", token=HUB_TOKEN))
 
 
 def chat_once(page: Any) -> str:

@@ -154,7 +154,7 @@ def test_a_private_repo_is_checked_with_the_credential_it_was_pulled_with(hub, f
     fetch(repo_id, token=token)
     reconcile_cache()
     repo = Repository.objects.get(repo_id=repo_id)
-    credential = credentials.credential_create(owner=alice, name="hub", token=token)
+    credential = credentials.create_credential(owner=alice, name="hub", token=token)
     DownloadJob.objects.create(
         repository=repo,
         node="n",

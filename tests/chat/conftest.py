@@ -16,25 +16,12 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import ROOT
+from tests.factories import make_snapshot
 
 MODELS = ROOT / "var" / "test" / "models"
 ORIGIN = (b"origin", b"http://localhost")
 # The Host a browser sends with it: the Origin check compares the two (dashboard/ws_origin.py).
 HOST = (b"host", b"localhost")
-
-
-def make_snapshot(path: Path | str, repo_id: str = "test/tiny-chat", **fields: Any):  # type: ignore[no-untyped-def]
-    from models_app.models import Repository, Snapshot
-
-    repository, _ = Repository.objects.get_or_create(repo_id=repo_id, defaults=fields.pop("repository", {}))
-    return Snapshot.objects.create(
-        repository=repository,
-        commit_sha=fields.pop("commit_sha", uuid.uuid4().hex[:40].ljust(40, "0")),
-        node=settings.NODE_NAME,
-        path=str(path),
-        status=fields.pop("status", Snapshot.Status.READY),
-        **fields,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +52,7 @@ def broken_model_path(tmp_path_factory: pytest.TempPathFactory, tiny_model_path:
 
 @pytest.fixture
 def tiny_snapshot(db, tiny_model_path):  # type: ignore[no-untyped-def]
-    return make_snapshot(tiny_model_path)
+    return make_snapshot("test/tiny-chat", path=tiny_model_path)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 
 from models_app.models import Message, Usage
 from tests.browser.helpers import launch_browser
-from tests.chat.conftest import make_snapshot
 from tests.conftest import ROOT
+from tests.factories import make_snapshot
 
 SCREENSHOT = ROOT / "docs" / "screenshots" / "chat.png"
 
@@ -20,8 +20,8 @@ def test_chat_in_a_browser(alice, tiny_model_path, slow_model_path, asgi_server,
     from playwright.sync_api import expect
 
     # All database work happens outside Playwright's sync API, which runs an event loop on this thread.
-    make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
-    slow = make_snapshot(slow_model_path, repo_id="test/slow-storyteller")
+    make_snapshot("test/tiny-chat", path=tiny_model_path)
+    slow = make_snapshot("test/slow-storyteller", path=slow_model_path)
 
     with launch_browser() as browser:
         page = browser.new_page(viewport={"width": 1200, "height": 900})

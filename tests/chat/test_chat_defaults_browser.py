@@ -8,7 +8,7 @@ import pytest
 
 from models_app.models import Conversation
 from tests.browser.helpers import launch_browser, login, new_page
-from tests.chat.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 def test_saved_defaults_seed_a_new_chat(alice, tiny_model_path, asgi_server, inference_worker):  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
-    make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
+    make_snapshot("test/tiny-chat", path=tiny_model_path)
 
     with launch_browser() as browser:
         page = new_page(browser, asgi_server.url)

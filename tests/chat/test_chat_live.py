@@ -16,8 +16,8 @@ from websockets.asyncio.client import connect
 from models_app.models import Message, Usage
 from models_app.services import redis as app_redis
 from models_app.services.engine.sender import cancel_key
-from tests.chat.conftest import make_snapshot
 from tests.chat.test_chat_socket import wait_for_row
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,7 +93,7 @@ def test_a_client_that_leaves_while_the_server_answers_stops_its_generation(
     cleanup, so the answer is generated to the end for nobody. CI saw it as a walk-out finishing 'length'.
     Here the client sends a request and closes its TCP side at once: the server's `chat.accepted` is the send
     that finds the client gone."""
-    snapshot = make_snapshot(slow_model_path, repo_id="test/slow")
+    snapshot = make_snapshot("test/slow", path=slow_model_path)
     jar = log_in(asgi_server.url, "alice", "alice-password")
     cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
     ws_url = asgi_server.url.replace("http://", "ws://") + "/ws/chat/"

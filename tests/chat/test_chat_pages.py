@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from models_app.models import Conversation, Message
-from tests.chat.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -64,10 +64,10 @@ def test_only_your_own_conversations_are_listed_or_opened(client, bob, conversat
 
 
 def test_the_model_picker_offers_ready_models_you_may_use(alice_client, alice, bob, tiny_model_path) -> None:  # type: ignore[no-untyped-def]
-    mine = make_snapshot(tiny_model_path, repo_id="test/public")
-    other = make_snapshot(tiny_model_path, repo_id="test/other")
-    make_snapshot(tiny_model_path, repo_id="bob/private", repository={"private": True, "owner": bob})
-    make_snapshot(tiny_model_path, repo_id="test/downloading", status="downloading")
+    mine = make_snapshot("test/public", path=tiny_model_path)
+    other = make_snapshot("test/other", path=tiny_model_path)
+    make_snapshot("bob/private", path=tiny_model_path, private=True, owner=bob)
+    make_snapshot("test/downloading", path=tiny_model_path, status="downloading")
     body = alice_client.get(reverse("chat")).content.decode()
     assert "test/public" in body and "test/other" in body
     assert "bob/private" not in body and "test/downloading" not in body

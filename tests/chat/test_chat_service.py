@@ -7,7 +7,7 @@ import pytest
 
 from models_app.models import Conversation, Message, Repository
 from models_app.services import chat, inference
-from tests.chat.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -116,9 +116,7 @@ def test_nobody_sees_or_uses_someone_elses_conversation(alice, bob, tiny_snapsho
 
 
 def test_private_models_only_for_who_may_see_them(alice, bob, staff, tiny_model_path, enqueued) -> None:  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(
-        tiny_model_path, repo_id="bob/private", repository={"private": True, "owner": bob}
-    )
+    snapshot = make_snapshot("bob/private", path=tiny_model_path, private=True, owner=bob)
     assert Repository.objects.get(repo_id="bob/private").private
     with pytest.raises(chat.ChatError) as refused:
         post(alice, "hi", conversation_id=None, snapshot_id=snapshot.id)
@@ -130,7 +128,7 @@ def test_private_models_only_for_who_may_see_them(alice, bob, staff, tiny_model_
 
 
 def test_a_model_not_ready_cannot_be_picked(alice, tiny_model_path, enqueued) -> None:  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(tiny_model_path, status="downloading")
+    snapshot = make_snapshot("test/tiny-chat", path=tiny_model_path, status="downloading")
     with pytest.raises(chat.ChatError):
         post(alice, "hi", conversation_id=None, snapshot_id=snapshot.id)
     assert not Conversation.objects.exists()

@@ -13,10 +13,10 @@ from tests.chat.conftest import (
     assert_well_formed,
     communicator,
     deltas_text,
-    make_snapshot,
     receive_until_end,
     session_cookie,
 )
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -128,7 +128,7 @@ def test_a_follow_up_turn_reuses_the_prompt_cache(client, alice, tiny_snapshot, 
 def test_stop_ends_the_generation_within_a_few_tokens(
     client, alice, slow_model_path, inference_worker, run_async
 ):  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(slow_model_path, repo_id="test/slow")
+    snapshot = make_snapshot("test/slow", path=slow_model_path)
     cookie = session_cookie(client, alice)
 
     async def scenario():  # type: ignore[no-untyped-def]
@@ -158,7 +158,7 @@ def test_stop_ends_the_generation_within_a_few_tokens(
 def test_closing_the_socket_cancels_the_generation(
     client, alice, slow_model_path, inference_worker, run_async
 ):  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(slow_model_path, repo_id="test/slow")
+    snapshot = make_snapshot("test/slow", path=slow_model_path)
     cookie = session_cookie(client, alice)
 
     async def scenario():  # type: ignore[no-untyped-def]
@@ -226,7 +226,7 @@ def test_two_users_at_once_each_get_their_own_complete_stream(
 def test_a_model_that_fails_to_load_is_reported(
     client, alice, broken_model_path, inference_worker, run_async
 ):  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(broken_model_path, repo_id="test/broken")
+    snapshot = make_snapshot("test/broken", path=broken_model_path)
     cookie = session_cookie(client, alice)
 
     async def scenario():  # type: ignore[no-untyped-def]

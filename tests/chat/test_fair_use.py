@@ -15,7 +15,8 @@ from django.conf import settings
 
 from models_app.models import ApiKey, Conversation, Message
 from models_app.services import inflight
-from tests.chat.conftest import communicator, make_snapshot, receive_until_end, session_cookie
+from tests.chat.conftest import communicator, receive_until_end, session_cookie
+from tests.factories import make_snapshot
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
@@ -25,7 +26,7 @@ LONG = {"max_tokens": 4000, "temperature": 0}
 
 @pytest.fixture
 def slow_snapshot(slow_model_path):  # type: ignore[no-untyped-def]
-    return make_snapshot(slow_model_path, repo_id="test/tiny-slow")
+    return make_snapshot("test/tiny-slow", path=slow_model_path)
 
 
 async def answers_to(comm, count: int) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]

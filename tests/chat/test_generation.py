@@ -18,9 +18,9 @@ from tests.chat.conftest import (
     assert_well_formed,
     chat_request,
     deltas_text,
-    make_snapshot,
     run_generate,
 )
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -118,7 +118,7 @@ def test_a_seed_makes_sampling_reproducible(engine, tiny_snapshot) -> None:  # t
 def test_it_stops_at_eos(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.support.tinymodel import tiny_model_dir
 
-    snapshot = make_snapshot(tiny_model_dir(tmp_path, eos_bias=True), repo_id="test/tiny-eos")
+    snapshot = make_snapshot("test/tiny-eos", path=tiny_model_dir(tmp_path, eos_bias=True))
     usage, messages = run_generate(engine, chat_request(snapshot.id, options={"max_tokens": 50}))
     assert messages[-1]["finish_reason"] == "stop"
     assert usage["completion_tokens"] < 50
@@ -378,7 +378,7 @@ def test_another_conversation_does_not_steal_the_cache(engine, tiny_snapshot) ->
 def test_a_model_that_fails_to_load(engine, broken_model_path, alice) -> None:  # type: ignore[no-untyped-def]
     from models_app.models import Conversation
 
-    snapshot = make_snapshot(broken_model_path, repo_id="test/broken")
+    snapshot = make_snapshot("test/broken", path=broken_model_path)
     answer = Message.objects.create(
         conversation=Conversation.objects.create(user=alice), role="assistant", status="pending"
     )
@@ -392,7 +392,7 @@ def test_a_model_that_fails_to_load(engine, broken_model_path, alice) -> None:  
 
 
 def test_a_snapshot_that_is_not_ready_is_not_loaded(engine, tiny_model_path) -> None:  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(tiny_model_path, status="downloading")
+    snapshot = make_snapshot("test/tiny-chat", path=tiny_model_path, status="downloading")
     _, replies = run_generate(engine, chat_request(snapshot.id))
     assert replies[0]["code"] == "model_load_failed" and "not ready" in replies[0]["message"]
 
@@ -408,7 +408,7 @@ def test_a_request_cancelled_while_queued_never_starts(engine, tiny_snapshot) ->
 # The generation runs in another thread, with its own database connection: the rows must be committed.
 @pytest.mark.django_db(transaction=True)
 def test_cancel_stops_the_token_loop(engine, slow_model_path) -> None:  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(slow_model_path, repo_id="test/slow")
+    snapshot = make_snapshot("test/slow", path=slow_model_path)
     request = chat_request(snapshot.id, options={"temperature": 0, "max_tokens": 5000})
     layer = RecordingLayer()
     result: dict = {}
@@ -468,7 +468,7 @@ def test_the_worker_status_reports_backend_and_loaded_models(engine, tiny_snapsh
 
 
 def test_a_long_prompt_reports_its_progress(engine, long_context_model_path) -> None:  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(long_context_model_path, repo_id="test/long-context")
+    snapshot = make_snapshot("test/long-context", path=long_context_model_path)
     messages = [{"role": "user", "content": words(800)}]  # about 2,000 tokens: four prefill steps
     usage, replies = run_generate(engine, chat_request(snapshot.id, messages, options={"max_tokens": 4}))
     assert_well_formed(replies)

@@ -11,7 +11,8 @@ import pytest
 
 from models_app.models import Message
 from models_app.services.engine.prefill import CHUNK_SECONDS, MAX_STEP, PrefillPace, prefill
-from tests.chat.conftest import communicator, make_snapshot, receive_until_end, session_cookie
+from tests.chat.conftest import communicator, receive_until_end, session_cookie
+from tests.factories import make_snapshot
 
 
 class StopRequested(Exception):
@@ -72,7 +73,7 @@ def test_stop_is_noticed_within_one_paced_chunk_on_a_slow_machine() -> None:
 def test_stop_during_a_long_prompt_on_the_real_worker(
     client, alice, slow_model_path, inference_worker, run_async
 ):  # type: ignore[no-untyped-def]
-    snapshot = make_snapshot(slow_model_path, repo_id="test/slow")
+    snapshot = make_snapshot("test/slow", path=slow_model_path)
     cookie = session_cookie(client, alice)
     prompt = " ".join(["tell me about the blue sea and the old ship"] * 150)
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from models_app.models import ApiKey
 from tests.api.conftest import KeyClient
-from tests.pages.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from django.core.management import call_command
 
 from models_app.models import ApiKey
 from models_app.services import discover, discover_details
-from models_app.services.credentials import credential_create
+from models_app.services.credentials import create_credential
 from models_app.services.discover import DiscoverError
 from tests.api.conftest import KeyClient
 from tests.discover.conftest import discover_cache_keys
@@ -92,8 +92,8 @@ def test_private_repos_of_every_stored_token_are_merged_once_and_marked(family, 
         hub.create_repo(repo_id, {"config.json": b"{}"}, private=True, info={"downloads": downloads})
     hub.add_token(f"hf_{family.word}home", "alice", can_read=[mine, both])
     hub.add_token(f"hf_{family.word}work", "alice-at-work", can_read=[work, both])
-    credential_create(owner=alice, name="home", token=f"hf_{family.word}home")  # the first: default
-    credential_create(owner=alice, name="work", token=f"hf_{family.word}work")
+    create_credential(owner=alice, name="home", token=f"hf_{family.word}home")  # the first: default
+    create_credential(owner=alice, name="work", token=f"hf_{family.word}work")
     tokens = search_credentials(alice)
     assert [c.name for c in tokens] == ["home", "work"]
     page = discover.search(family.word, credentials=tokens)
@@ -114,8 +114,8 @@ def test_a_refused_second_token_costs_its_private_repos_not_the_search(
     secret = f"mlx-test/Tiny{family.word}-secret-8bit"
     hub.create_repo(secret, {"config.json": b"{}"}, private=True)
     hub.add_token(f"hf_{family.word}good", "alice", can_read=[secret])
-    credential_create(owner=alice, name="good", token=f"hf_{family.word}good")
-    credential_create(owner=alice, name="revoked", token=f"hf_{family.word}gone")  # the Hub never knew it
+    create_credential(owner=alice, name="good", token=f"hf_{family.word}good")
+    create_credential(owner=alice, name="revoked", token=f"hf_{family.word}gone")  # the Hub never knew it
     page = discover.search(family.word, credentials=search_credentials(alice))
     assert secret in [r.hub.repo_id for r in page.results]
     [warning] = page.warnings

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from models_app.services import discover, discover_details
-from models_app.services.credentials import credential_create
+from models_app.services.credentials import create_credential
 from models_app.services.discover import DiscoverError
 from tests.support.processes import ManagedProcess, wait_for
 from tests.support.redis_server import free_port
@@ -120,7 +120,7 @@ def test_search_through_olah_says_it_serves_no_listing(through_olah, alice, hub)
     hub.add_token("hf_olahtoken", "alice")
     discover.cache.delete(discover._outage_key())
     with pytest.raises(DiscoverError) as caught:
-        discover.search(word, credentials=[credential_create(owner=alice, name="o", token="hf_olahtoken")])
+        discover.search(word, credentials=[create_credential(owner=alice, name="o", token="hf_olahtoken")])
     assert caught.value.code == "unavailable" and "olah" in caught.value.message
 
 

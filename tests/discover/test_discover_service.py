@@ -8,7 +8,7 @@ import pytest
 from models_app.models import Repository
 from models_app.services import discover
 from models_app.services.discover import DiscoverError
-from tests.pages.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -101,13 +101,13 @@ def test_verdicts_follow_memory_and_disk(family, settings) -> None:
 
 
 def test_private_repos_are_found_with_the_users_token_only(family, hub, alice) -> None:
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
     secret = f"mlx-test/Tiny{family.word}-private-8bit"
     hub.create_repo(secret, {"config.json": b"{}"}, private=True)
     token = f"hf_{family.word}secret"
     hub.add_token(token, "alice")
-    credential = credential_create(owner=alice, name="mine", token=token)
+    credential = create_credential(owner=alice, name="mine", token=token)
     assert secret not in [r.hub.repo_id for r in discover.search(family.word).results]
     mine = discover.search(family.word, credentials=[credential])
     assert secret in [r.hub.repo_id for r in mine.results] and not mine.from_cache
@@ -218,9 +218,9 @@ def test_mlx_community_variants_sit_side_by_side_whatever_names_their_base(hub) 
 
 
 def test_a_refused_token_is_that_users_problem_not_an_outage(family, hub, alice) -> None:
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
-    revoked = credential_create(
+    revoked = create_credential(
         owner=alice, name="old", token=f"hf_{family.word}revoked"
     )  # the Hub never knew it
     with pytest.raises(DiscoverError) as caught:

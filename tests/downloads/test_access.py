@@ -14,7 +14,7 @@ from django.conf import settings
 
 from models_app.models import DownloadJob, HubCredential
 from models_app.services import hub as hub_service
-from models_app.services.credentials import credential_create
+from models_app.services.credentials import create_credential
 from tests.downloads.conftest import wait_job
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("download_worker")]
@@ -72,7 +72,7 @@ def test_a_private_repo_needs_a_token_and_the_token_never_leaks(
     assert (refused.state, refused.error_code) == ("failed", "auth_required")
     assert "token" in refused.error_message
 
-    credential = credential_create(owner=alice, name="hub", token=CANARY)
+    credential = create_credential(owner=alice, name="hub", token=CANARY)
     assert CANARY not in credential.token_ciphertext and credential.token_last4 == CANARY[-4:]
     hub.faults.throttle(200_000, pattern="model.safetensors")  # ~1 s, to look at Redis mid-download
     job = hub_service.download_model(repo_id, credential=credential, user=alice)
@@ -107,7 +107,7 @@ def test_a_private_repo_needs_a_token_and_the_token_never_leaks(
 def test_a_token_without_access_is_not_found(hub, publish, alice) -> None:
     repo_id, _ = publish("private", private=True)
     hub.add_token("hf_SomeoneElse000000000000000", "bob", can_read=[])
-    credential = credential_create(owner=alice, name="other", token="hf_SomeoneElse000000000000000")
+    credential = create_credential(owner=alice, name="other", token="hf_SomeoneElse000000000000000")
 
     job = wait_job(hub_service.download_model(repo_id, credential=credential, user=alice))
 
@@ -132,7 +132,7 @@ def test_a_gated_repo_downloads_once_the_licence_is_accepted(hub, publish, alice
     repo_id, _ = publish("gated", gated=True)
     hub.add_token("hf_GatedGranted0000000000000", "alice", can_read=[])
     hub.grant_gated(repo_id, "alice")
-    credential = credential_create(owner=alice, name="granted", token="hf_GatedGranted0000000000000")
+    credential = create_credential(owner=alice, name="granted", token="hf_GatedGranted0000000000000")
 
     job = wait_job(hub_service.download_model(repo_id, credential=credential, user=alice))
 

@@ -36,7 +36,7 @@ def rows(alice):  # type: ignore[no-untyped-def]
         commit_sha="b" * 40,
         finished_at=timezone.now(),
     )
-    credential = credentials.credential_create(owner=alice, name="hub", token=TOKEN)
+    credential = credentials.create_credential(owner=alice, name="hub", token=TOKEN)
     return repo, snapshot, job, credential
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_it_stores_only_ciphertext_and_the_last_four_characters(alice) -> None:
-    credential = credentials.credential_create(owner=alice, name=" work ", token=f"  {TOKEN}\n")
+    credential = credentials.create_credential(owner=alice, name=" work ", token=f"  {TOKEN}\n")
 
     row = HubCredential.objects.values().get(id=credential.id)
     assert TOKEN not in json.dumps(row, default=str)
@@ -28,13 +28,13 @@ def test_it_stores_only_ciphertext_and_the_last_four_characters(alice) -> None:
 @pytest.mark.parametrize("token", ["", "   ", "hf_with space", "hf_\x00nul", "hf_é", "x" * 501])
 def test_it_refuses_tokens_that_cannot_be_tokens(alice, token: str) -> None:
     with pytest.raises(credentials.CredentialError):
-        credentials.credential_create(owner=alice, name="bad", token=token)
+        credentials.create_credential(owner=alice, name="bad", token=token)
 
 
 def test_keys_rotate_the_first_encrypts_and_all_decrypt(alice, settings) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings.CREDENTIALS_KEYS = [old]
-    credential = credentials.credential_create(owner=alice, name="hub", token=TOKEN)
+    credential = credentials.create_credential(owner=alice, name="hub", token=TOKEN)
     before = credential.token_ciphertext
 
     settings.CREDENTIALS_KEYS = [new, old]  # new key first: it encrypts, the old one still decrypts
@@ -53,9 +53,9 @@ def test_keys_rotate_the_first_encrypts_and_all_decrypt(alice, settings) -> None
 
 def test_check_stores_the_username_and_whoami_without_token_fields(hub, alice) -> None:
     hub.add_token(TOKEN, "alice-on-hub")
-    credential = credentials.credential_create(owner=alice, name="hub", token=TOKEN)
+    credential = credentials.create_credential(owner=alice, name="hub", token=TOKEN)
 
-    result = credentials.credential_test(credential)
+    result = credentials.check_credential(credential)
 
     assert result == {"ok": True, "username": "alice-on-hub", "error": ""}
     credential.refresh_from_db()
@@ -73,9 +73,9 @@ def test_check_stores_the_username_and_whoami_without_token_fields(hub, alice) -
 
 
 def test_check_records_a_refused_token(hub, alice) -> None:
-    credential = credentials.credential_create(owner=alice, name="hub", token="hf_Unknown0000000000000000")
+    credential = credentials.create_credential(owner=alice, name="hub", token="hf_Unknown0000000000000000")
 
-    result = credentials.credential_test(credential)
+    result = credentials.check_credential(credential)
 
     assert result["ok"] is False and "refused" in result["error"]
     credential.refresh_from_db()

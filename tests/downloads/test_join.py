@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from models_app.models import ApiKey, DownloadJob
-from models_app.services.credentials import credential_create
+from models_app.services.credentials import create_credential
 from tests.api.conftest import KeyClient, error_of
 from tests.downloads.conftest import wait_job
 from tests.support.processes import wait_for
@@ -27,7 +27,7 @@ def key_client(user: Any) -> KeyClient:
 def test_another_user_cannot_join_the_owners_pull_of_a_private_repo(hub, publish, alice, bob, staff) -> None:  # type: ignore[no-untyped-def]
     repo_id, sha = publish("join-private", private=True)
     hub.add_token(TOKEN, "alice", can_read=[repo_id])
-    credential = credential_create(owner=alice, name="hub", token=TOKEN)
+    credential = create_credential(owner=alice, name="hub", token=TOKEN)
     hub.faults.throttle(100_000, pattern="model.safetensors")  # a few seconds: a running job to ask about
 
     created = key_client(alice).post(

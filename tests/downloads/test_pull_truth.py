@@ -149,7 +149,7 @@ def test_the_cli_pulls_a_hub_url_with_and_without_a_tree_revision(hub, publish) 
 def test_a_pull_that_names_no_token_uses_the_default_one_and_says_so(hub, publish, alice) -> None:
     repo_id, _ = publish("private", private=True)
     hub.add_token(TOKEN, "alice", can_read=[repo_id])
-    stored = credentials.credential_create(owner=alice, name="work", token=TOKEN)
+    stored = credentials.create_credential(owner=alice, name="work", token=TOKEN)
     out = StringIO()
 
     call_command("pull", repo_id, "--user", "alice", "--timeout", "120", stdout=out)
@@ -165,8 +165,8 @@ def test_a_pull_that_names_no_token_uses_the_default_one_and_says_so(hub, publis
 def test_when_no_stored_token_can_read_the_repo_the_action_names_them(hub, publish, alice) -> None:
     repo_id, _ = publish("private", private=True)
     hub.add_token(OTHER_TOKEN, "alice", can_read=[])
-    first = credentials.credential_create(owner=alice, name="personal", token=OTHER_TOKEN)
-    credentials.credential_create(owner=alice, name="spare", token=OTHER_TOKEN[:-4] + "0000")
+    first = credentials.create_credential(owner=alice, name="personal", token=OTHER_TOKEN)
+    credentials.create_credential(owner=alice, name="spare", token=OTHER_TOKEN[:-4] + "0000")
 
     job = wait_job(hub_service.download_model(repo_id, user=alice))
 

@@ -69,9 +69,9 @@ def test_it_rejects_an_unknown_cache_root_by_name(hub) -> None:
 def test_it_rejects_someone_elses_credential(hub, alice, bob) -> None:
     from django.core.exceptions import PermissionDenied
 
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
-    credential = credential_create(owner=bob, name="bobs", token="hf_BobsToken0000000000")
+    credential = create_credential(owner=bob, name="bobs", token="hf_BobsToken0000000000")
     with pytest.raises(PermissionDenied):
         hub_service.download_model("org/name", credential=credential, user=alice)
 

@@ -12,7 +12,7 @@ from django.conf import settings
 
 from models_app.models import ApiKey, DownloadJob, Repository
 from models_app.services import hub as hub_service
-from models_app.services.credentials import credential_create
+from models_app.services.credentials import create_credential
 from models_app.services.reconcile import reconcile_cache
 from models_app.services.updates import check_updates
 from tests.api.conftest import KeyClient
@@ -62,7 +62,7 @@ def test_a_public_answer_through_a_token_is_not_proof_until_an_anonymous_check( 
     repo_id, _ = publish("vis-token", private=True)
     hub.add_token(TOKEN, "alice", can_read=[repo_id])
     hub.update_info(repo_id, private=False)  # what the token holder is told; anonymous callers get a 401
-    credential = credential_create(owner=alice, name="hub", token=TOKEN)
+    credential = create_credential(owner=alice, name="hub", token=TOKEN)
 
     job = wait_job(hub_service.download_model(repo_id, credential=credential, user=alice))
     assert job.state == "succeeded", job.error_message
@@ -82,7 +82,7 @@ def test_a_public_answer_through_a_token_is_not_proof_until_an_anonymous_check( 
 def test_a_public_repo_pulled_with_a_token_is_public_at_once(hub, publish, alice, bob) -> None:  # type: ignore[no-untyped-def]
     repo_id, _ = publish("vis-public")
     hub.add_token(TOKEN, "alice")
-    credential = credential_create(owner=alice, name="hub", token=TOKEN)
+    credential = create_credential(owner=alice, name="hub", token=TOKEN)
     job = wait_job(hub_service.download_model(repo_id, credential=credential, user=alice))
     assert job.state == "succeeded", job.error_message
     assert sees(bob, repo_id)
@@ -112,7 +112,7 @@ def test_a_failed_pull_does_not_keep_a_private_repo_from_the_user_whose_token_re
     repo_id, _ = publish("vis-handover", private=True)
     hub.add_token(TOKEN, "bob", can_read=[repo_id])
     assert wait_job(hub_service.download_model(repo_id, user=alice)).error_code == "auth_required"
-    credential = credential_create(owner=bob, name="hub", token=TOKEN)
+    credential = create_credential(owner=bob, name="hub", token=TOKEN)
     job = wait_job(hub_service.download_model(repo_id, credential=credential, user=bob))
     assert job.state == "succeeded", job.error_message
     assert sees(bob, repo_id) and not sees(alice, repo_id)

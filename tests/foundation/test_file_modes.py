@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.foundation.test_production_settings import ROOT
+
+pytestmark = pytest.mark.processes  # runs manage.py in subprocesses
 
 # Opens the product's database (as a request would), writes, and reports the files while the connection is
 # open: -wal and -shm only exist then.

@@ -63,6 +63,7 @@ def test_health_page_shows_each_component(client, staff, download_worker, infere
 
 
 @pytest.mark.django_db
+@pytest.mark.processes  # starts and kills a redis-server of its own
 def test_healthz_says_redis_is_down_within_seconds(client, staff, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     server = RedisServer(tmp_path / "redis").start()
     settings.REDIS_URL = server.url

@@ -11,6 +11,10 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.processes  # builds and installs the package in subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

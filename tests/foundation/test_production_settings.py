@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography.fernet import Fernet
+
+pytestmark = pytest.mark.processes  # runs manage.py in subprocesses
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,6 +24,8 @@ from dashboard.welcome import lan_address
 from tests.support.processes import ROOT, ManagedProcess, get_json, wait_for
 from tests.support.redis_server import answers, free_port
 
+pytestmark = pytest.mark.processes  # runs runstack and its children
+
 LOGIN_BOX = re.compile(r"#{20,}\n#\s+#\n#  MLX Control Room is up: open (\S+)\s*#\n(?:.*\n)*?#{20,}\n")
 PASSWORD = re.compile(r"#\s+password: (\S+)\s+#")
 

@@ -505,6 +505,7 @@ def test_path_contents_are_copied_so_later_edits_do_not_leak(
     assert Path(path).read_bytes() == b"original" * 1000
 
 
+@pytest.mark.processes  # runs the local Hub as its own process
 def test_main_serves_a_directory_of_repos(tmp_path: Path, cache: Path) -> None:
     repo_dir = tmp_path / "root" / "mlx-community" / "demo"
     (repo_dir / "sub").mkdir(parents=True)

@@ -10,62 +10,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from models_app.models import ApiKey, DownloadJob, Repository, Snapshot, Usage
+from tests.factories import make_job, make_snapshot
 
 
 def sha(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
-
-
-def make_snapshot(
-    repo_id: str,
-    *,
-    owner: Any = None,
-    private: bool = False,
-    gated: bool = False,
-    status: str = Snapshot.Status.READY,
-    size: int = 10**6,
-    **fields: Any,
-) -> Snapshot:
-    repo, _ = Repository.objects.get_or_create(
-        repo_id=repo_id, defaults={"owner": owner, "private": private, "gated": gated}
-    )
-    return Snapshot.objects.create(
-        repository=repo,
-        commit_sha=fields.pop("commit_sha", sha(repo_id + str(uuid.uuid4()))),
-        ref=fields.pop("ref", "main"),
-        node=settings.NODE_NAME,
-        size_bytes=size,
-        status=status,
-        model_type="llama",
-        files=[
-            {"path": "config.json", "size": 100, "blob_id": sha("c")},
-            {"path": "model.safetensors", "size": size - 100, "sha256": "ab" * 32},
-        ],
-        downloaded_at=timezone.now(),
-        **fields,
-    )
-
-
-def make_job(
-    snapshot: Snapshot, *, user: Any, state: str = DownloadJob.State.SUCCEEDED, **fields: Any
-) -> DownloadJob:
-    return DownloadJob.objects.create(
-        repository=snapshot.repository,
-        revision=fields.pop("revision", f"rev-{uuid.uuid4().hex[:8]}"),
-        node=settings.NODE_NAME,
-        requested_by=user,
-        state=state,
-        snapshot=snapshot if state == DownloadJob.State.SUCCEEDED else None,
-        bytes_total=fields.pop("bytes_total", snapshot.size_bytes),
-        finished_at=None if state in DownloadJob.ACTIVE_STATES else timezone.now(),
-        **fields,
-    )
 
 
 @pytest.fixture

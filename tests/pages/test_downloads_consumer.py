@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from dashboard.asgi import application
 from models_app.models import DownloadJob, Snapshot
 from models_app.realtime import STAFF_DOWNLOADS_GROUP, user_downloads_group
-from tests.pages.conftest import make_job, make_snapshot
+from tests.factories import make_job, make_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://localhost")

@@ -8,7 +8,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from models_app.models import DownloadJob, Repository, Snapshot
-from tests.pages.conftest import make_job, make_snapshot
+from tests.factories import make_job, make_snapshot
 
 
 def test_search_filter_and_sort(alice_client, alice) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pages.conftest import count_queries, make_snapshot
+from tests.factories import make_snapshot
+from tests.pages.conftest import count_queries
 
 PAGES = [
     "/",

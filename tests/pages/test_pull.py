@@ -138,14 +138,14 @@ def test_private_repo_without_token_links_to_settings(alice_client, hub, tiny_mo
 
 
 def test_gated_repo_links_to_the_licence(alice_client, alice, hub, tiny_model_path: Path) -> None:
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
     from tests.support.tinymodel import tiny_model_files
 
     repo_id = new_repo_id("gated")
     hub.create_repo(repo_id, tiny_model_files(tiny_model_path), gated=True)
     token = f"hf_{uuid.uuid4().hex}"
     hub.add_token(token, "alice")
-    credential = credential_create(owner=alice, name="mine", token=token)
+    credential = create_credential(owner=alice, name="mine", token=token)
     response = preview(alice_client, repo=repo_id, credential=credential.id)
     html = response.content.decode()
     assert response.status_code == 400
@@ -155,14 +155,14 @@ def test_gated_repo_links_to_the_licence(alice_client, alice, hub, tiny_model_pa
 
 
 def test_private_repo_with_a_token_previews(alice_client, alice, hub, tiny_model_path: Path) -> None:
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
     from tests.support.tinymodel import tiny_model_files
 
     repo_id = new_repo_id("private-ok")
     hub.create_repo(repo_id, tiny_model_files(tiny_model_path), private=True)
     token = f"hf_{uuid.uuid4().hex}"
     hub.add_token(token, "alice")
-    credential = credential_create(owner=alice, name="mine", token=token)
+    credential = create_credential(owner=alice, name="mine", token=token)
     response = preview(alice_client, repo=repo_id, credential=credential.id)
     html = response.content.decode()
     assert response.status_code == 200, html

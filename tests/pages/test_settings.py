@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from models_app.models import ApiKey, HubCredential, UserPreferences
-from tests.pages.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 TOKEN = "hf_abcdefghijklmnopqrstuvwxyz1234"
 
@@ -47,9 +47,9 @@ def test_a_bad_token_is_reported_next_to_the_field(alice_client, db) -> None:
 
 
 def test_a_duplicate_name_is_reported_next_to_the_field(alice_client, alice, hub) -> None:
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
-    credential_create(owner=alice, name="personal", token=TOKEN)
+    create_credential(owner=alice, name="personal", token=TOKEN)
     response = alice_client.post("/settings/credentials/", {"name": "personal", "token": TOKEN})
     assert response.status_code == 400
     assert "already have a token with this name" in response.content.decode()
@@ -63,10 +63,10 @@ def test_a_refused_token_says_so(alice_client, alice, hub) -> None:
 
 
 def test_test_and_remove_a_credential(alice_client, alice, hub) -> None:
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
     hub.add_token(TOKEN, "alice")
-    credential = credential_create(owner=alice, name="personal", token=TOKEN)
+    credential = create_credential(owner=alice, name="personal", token=TOKEN)
     response = alice_client.post(f"/settings/credentials/{credential.id}/test/", follow=True)
     assert "works: Hub user alice" in response.content.decode()
     alice_client.post(f"/settings/credentials/{credential.id}/delete/")
@@ -76,11 +76,11 @@ def test_test_and_remove_a_credential(alice_client, alice, hub) -> None:
 def test_the_default_token_is_marked_chosen_in_settings_and_offered_by_the_pull_page(
     alice_client, alice, bob, hub
 ) -> None:
-    from models_app.services.credentials import credential_create
+    from models_app.services.credentials import create_credential
 
-    first = credential_create(owner=alice, name="personal", token=TOKEN)
-    work = credential_create(owner=alice, name="work", token="hf_" + "w" * 26 + "9999")
-    bobs = credential_create(owner=bob, name="bobs", token="hf_" + "b" * 30)
+    first = create_credential(owner=alice, name="personal", token=TOKEN)
+    work = create_credential(owner=alice, name="work", token="hf_" + "w" * 26 + "9999")
+    bobs = create_credential(owner=bob, name="bobs", token="hf_" + "b" * 30)
     html = alice_client.get("/settings/").content.decode()
     assert html.count(">default</span>") == 1 and "Make default" in html
     assert "Your default: “personal” (hf_****1234)" in alice_client.get("/pull/").content.decode()

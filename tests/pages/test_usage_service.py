@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from models_app.models import ApiKey, Usage
 from models_app.services.usage import MAX_SERIES, OTHER, usage_report
-from tests.pages.conftest import make_snapshot
+from tests.factories import make_snapshot
 
 
 def _usage(when, **fields) -> Usage:  # type: ignore[no-untyped-def]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from models_app.models import ApiKey, DownloadJob
-from models_app.services.credentials import credential_create
-from tests.pages.conftest import make_job, make_snapshot
+from models_app.services.credentials import create_credential
+from tests.factories import make_job, make_snapshot
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def bobs_things(bob):  # type: ignore[no-untyped-def]
     gated = make_snapshot("bob/gated-model", owner=bob, gated=True)
     public = make_snapshot("org/public-model", owner=bob)
     job = make_job(private, user=bob, state=DownloadJob.State.FAILED, error_message="bob's failure")
-    credential_create(owner=bob, name="bob-token", token="hf_bobsecrettoken9876")
+    create_credential(owner=bob, name="bob-token", token="hf_bobsecrettoken9876")
     ApiKey.issue(user=bob, name="bobs-laptop")
     return {"private": private, "gated": gated, "public": public, "job": job}
 

@@ -15,7 +15,8 @@ from django.conf import settings
 
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import jobs
-from models_app.services.hub_checks import FileSpec, repo_dir_path, verify_files
+from models_app.services.cache_layout import FileRecord, repo_path
+from models_app.services.hub_checks import verify_files
 from tests.chat.conftest import slow_model_path  # noqa: F401  (a fixture, re-exported for this directory)
 from tests.downloads.conftest import (  # noqa: F401  (fixtures, re-exported for this directory)
     FINAL,
@@ -55,11 +56,11 @@ def assert_ready_snapshots_verify(repo_id: str, root: Path | None = None) -> int
     ready = Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY)
     for snapshot in ready:
         files = [
-            FileSpec(e["path"], int(e["size"]), e.get("blob_id", ""), e.get("sha256", ""))
+            FileRecord(e["path"], int(e["size"]), e.get("blob_id", ""), e.get("sha256", ""))
             for e in snapshot.files
         ]
         cache = root or Path(settings.CACHE_ROOTS[snapshot.cache_root])
-        problems = verify_files(repo_dir_path(cache, repo_id), snapshot.commit_sha, files)
+        problems = verify_files(repo_path(cache, repo_id), snapshot.commit_sha, files)
         assert problems == {}, f"{repo_id}@{snapshot.commit_sha} is ready with bad files: {problems}"
     return ready.count()
 

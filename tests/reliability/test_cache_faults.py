@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from models_app.models import Snapshot
 from models_app.services import hub as hub_service
+from models_app.services.cache_layout import repo_path
 from models_app.services.cleanup import clean_cache
-from models_app.services.hub_checks import repo_dir_path
 from tests.downloads.conftest import new_repo_id, wait_job, xet_worker
 from tests.reliability.conftest import assert_ready_snapshots_verify, incomplete_files, repo_dir
 from tests.support.processes import wait_for
@@ -117,7 +117,7 @@ def test_a_disk_that_fills_during_a_download_fails_disk_full_and_damages_nothing
     repo_id, _ = publish("full", extra={"padding.bin": PADDING})
     hub.faults.throttle(1_000_000, pattern="padding.bin")
     job = hub_service.download_model(repo_id, cache="small")
-    folder = repo_dir_path(small_disk, repo_id)
+    folder = repo_path(small_disk, repo_id)
     wait_for(lambda: any((folder / "blobs").glob("*.incomplete")), 30, "padding.bin never started")
 
     filler = fill(small_disk)
@@ -159,7 +159,7 @@ def test_a_disk_that_fills_during_a_xet_transfer_fails_disk_full_and_leaves_noth
     assert job.attempts == 1
     assert list(small_disk.rglob("*.incomplete")) == []
     # Nothing of the pull is left: no repo folder, no shared store entry.
-    assert not repo_dir_path(small_disk, repo_id).exists()
+    assert not repo_path(small_disk, repo_id).exists()
     assert [p for p in (small_disk / "blobs").rglob("*") if p.is_file() and len(p.name) == 64] == []
 
     filler.unlink()

@@ -19,9 +19,10 @@ from websockets.asyncio.client import connect
 from models_app.models import DownloadJob, Message, Usage, UserLimits
 from models_app.services import hub as hub_service
 from models_app.services import workers
-from tests.chat.conftest import assert_well_formed, deltas_text, make_snapshot
+from tests.chat.conftest import assert_well_formed, deltas_text
 from tests.chat.test_chat_live import log_in
 from tests.downloads.conftest import wait_job
+from tests.factories import make_snapshot
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
@@ -58,8 +59,8 @@ def test_twenty_streams_at_once_with_a_download_running(
     # tests/chat/test_fair_use.py); staff raised both users' limits for this load test.
     for user in (alice, bob):
         UserLimits.objects.create(user=user, max_in_flight=STAYING + LEAVING)
-    tiny = make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
-    slow = make_snapshot(slow_model_path, repo_id="test/slow")
+    tiny = make_snapshot("test/tiny-chat", path=tiny_model_path)
+    slow = make_snapshot("test/slow", path=slow_model_path)
     repo_id, _ = publish("during-chat", extra={"padding.bin": os.urandom(2_000_000)})
     hub.faults.throttle(500_000, pattern="padding.bin")  # ~4 s of download
     log_start = len(inference_worker.log())

@@ -10,7 +10,8 @@ import pytest
 from models_app.models import ApiKey, UserLimits
 from models_app.services import inflight
 from models_app.services import redis as app_redis
-from tests.chat.conftest import MODELS, make_snapshot
+from tests.chat.conftest import MODELS
+from tests.factories import make_snapshot
 from tests.support.processes import AsgiServer, wait_for
 from tests.support.tinymodel import tiny_model_dir
 
@@ -27,7 +28,7 @@ def test_a_killed_web_process_leaves_no_slot_taken(  # type: ignore[no-untyped-d
     stack_env, process_log_dir, asgi_server, alice
 ) -> None:
     # The tiny model with an 8k window: an answer long enough to be killed in the middle of.
-    make_snapshot(tiny_model_dir(MODELS, max_position_embeddings=8192), repo_id="test/tiny-long")
+    make_snapshot("test/tiny-long", path=tiny_model_dir(MODELS, max_position_embeddings=8192))
     UserLimits.objects.create(user=alice, max_in_flight=1)  # one slot: a leaked one would lock alice out
     raw = ApiKey.issue(user=alice, name="agent")[1]
     doomed = AsgiServer(env=stack_env, log_dir=process_log_dir).wait_ready()

@@ -24,8 +24,8 @@ import httpx2 as httpx
 import pytest
 
 from models_app.models import ApiKey, DownloadJob
-from tests.chat.conftest import make_snapshot
 from tests.downloads.conftest import resolve_requests
+from tests.factories import make_snapshot
 from tests.reliability.conftest import FINAL, HEARTBEAT_TIMEOUT, incomplete_files
 from tests.support.processes import ROOT, AsgiServer, CeleryWorker, ManagedProcess, wait_for
 from tests.support.redis_server import RedisServer
@@ -110,7 +110,7 @@ def test_a_redis_restart_loses_no_job_and_everything_reconnects(
     running_id, _ = publish("running", extra={"padding.bin": PADDING})
     queued_ids = [publish("queued")[0], publish("queued")[0]]
     hub.faults.throttle(1_000_000, pattern="padding.bin")  # ~3 s: Redis goes away in the middle
-    make_snapshot(tiny_model_path, repo_id="test/tiny-chat")
+    make_snapshot("test/tiny-chat", path=tiny_model_path)
 
     created = [api.post("/api/v1/pulls", json={"repo_id": r}) for r in [running_id, *queued_ids]]
     assert [r.status_code for r in created] == [201, 201, 201], [r.text for r in created]

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from models_app.models import Snapshot
 from models_app.services import hub as hub_service
+from models_app.services.cache_layout import repo_path
 from models_app.services.errors import DownloadError
-from models_app.services.hub_checks import repo_dir_path, write_ref
+from models_app.services.hub_checks import write_ref
 from models_app.services.validation import parse_hub_url, safe_relpath, validate_repo_id, validate_revision
 from tests.downloads.conftest import resolve_requests, wait_job
 from tests.reliability.conftest import incomplete_files, repo_dir
@@ -59,7 +60,7 @@ def test_a_repo_id_is_refused_or_names_one_folder_directly_under_the_cache_root(
         repo_id = validate_repo_id(value)
     except DownloadError as exc:
         return refused(exc, "invalid_repo_id")
-    folder = repo_dir_path(ROOT, repo_id)
+    folder = repo_path(ROOT, repo_id)
     assert folder.parent == ROOT and folder.name.startswith("models--")
     assert inside(folder / "refs" / "main", folder) and ".." not in folder.parts
 

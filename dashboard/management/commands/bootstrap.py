@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from dashboard.welcome import login_box
-from models_app.services.accounts import first_admin_create
+from models_app.services.accounts import create_first_admin
 
 
 class Command(BaseCommand):
@@ -18,6 +18,6 @@ class Command(BaseCommand):
         parser.add_argument("--username", default="admin")
 
     def handle(self, *args: Any, username: str, **options: Any) -> None:
-        login = first_admin_create(username=username)
+        login = create_first_admin(username=username)
         if login is not None:
             self.stdout.write(login_box(urls=[], login=login))

@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from dashboard.stack import Stack, plan, say
 from dashboard.welcome import WILDCARDS, lan_address, local_url, login_box, wait_ready
-from models_app.services.accounts import FirstLogin, first_admin_create
+from models_app.services.accounts import FirstLogin, create_first_admin
 from models_app.services.health import system_health
 
 # On a loaded laptop the inference worker's first MLX import can take a minute; the box waits this long at most.
@@ -93,7 +93,7 @@ class Command(BaseCommand):
         settings.REDIS_URL = env["REDIS_URL"]
         # After Redis: a stack that cannot start must not have created an account whose password nobody saw.
         # The password stays in this process's memory only (never in a child's argv, env or a file).
-        login = None if no_bootstrap else first_admin_create()
+        login = None if no_bootstrap else create_first_admin()
 
         def on_signal(signum: int, _frame: object) -> None:
             stack.request_stop()

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from models_app.api.views.common import ApiView, errors
 from models_app.models import Snapshot
 from models_app.services import shared_store
-from models_app.services.cleanup import clean_cache
+from models_app.services.cleanup import clean_cache, configured_policy
 from models_app.services.health import disk_usage
 
 
@@ -112,17 +112,12 @@ class CleanupPlanSerializer(serializers.Serializer):
 
 def _policy(data: dict[str, Any]) -> dict[str, Any]:
     """The request's parameters, falling back to the configured policy (CACHE_CLEANUP_*) for each one left out."""
-    max_age = (
-        data["max_age_days"] * 86400
-        if data.get("max_age_days") is not None
-        else settings.CACHE_CLEANUP_MAX_AGE
-    )
+    configured = configured_policy()
+    max_age = data["max_age_days"] * 86400 if data.get("max_age_days") is not None else configured.max_age
     return {
         "max_age": max_age,
-        "max_size": data["max_size_bytes"]
-        if data.get("max_size_bytes") is not None
-        else settings.CACHE_CLEANUP_MAX_SIZE,
-        "keep_revisions": data.get("keep_revisions") or settings.CACHE_CLEANUP_KEEP_REVISIONS,
+        "max_size": data["max_size_bytes"] if data.get("max_size_bytes") is not None else configured.max_size,
+        "keep_revisions": data.get("keep_revisions") or configured.keep_revisions,
         "cache": data.get("cache") or None,
     }
 

@@ -48,7 +48,7 @@ class CredentialListView(ApiView):
         data = serializer.validated_data
         try:
             with transaction.atomic():
-                credential = credentials.credential_create(
+                credential = credentials.create_credential(
                     owner=request.user, name=data["name"], token=data["token"]
                 )
         except credentials.CredentialError as exc:
@@ -102,7 +102,7 @@ class CredentialTestView(ApiView):
     )
     def post(self, request: Request, id: str) -> Response:
         credential = get_visible(_own(request), id, "credential")
-        result = credentials.credential_test(credential)
+        result = credentials.check_credential(credential)
         return Response(
             {
                 "ok": result["ok"],
@@ -126,7 +126,7 @@ class CredentialDefaultView(ApiView):
         responses={200: CredentialSerializer, **errors(400, 404)},
     )
     def post(self, request: Request, id: str) -> Response:
-        credential = credentials.credential_set_default(get_visible(_own(request), id, "credential"))
+        credential = credentials.set_default_credential(get_visible(_own(request), id, "credential"))
         return Response(CredentialSerializer(credential).data)
 
     @extend_schema(
@@ -138,5 +138,5 @@ class CredentialDefaultView(ApiView):
     def delete(self, request: Request, id: str) -> Response:
         credential = get_visible(_own(request), id, "credential")
         return Response(
-            CredentialSerializer(credentials.credential_set_default(credential, default=False)).data
+            CredentialSerializer(credentials.set_default_credential(credential, default=False)).data
         )

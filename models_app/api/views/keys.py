@@ -17,7 +17,7 @@ class KeyListView(ApiView):
     serializer_class = ApiKeySerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return apikeys.apikey_list(user=self.request.user)
+        return apikeys.list_apikeys(user=self.request.user)
 
     @extend_schema(
         operation_id="keys_list",
@@ -37,7 +37,7 @@ class KeyListView(ApiView):
     def post(self, request: Request) -> Response:
         serializer = ApiKeySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        key, raw = apikeys.apikey_create(user=request.user, name=serializer.validated_data["name"])
+        key, raw = apikeys.create_apikey(user=request.user, name=serializer.validated_data["name"])
         key.key = raw  # type: ignore[attr-defined]
         return Response(ApiKeyCreatedSerializer(key).data, status=status.HTTP_201_CREATED)
 
@@ -47,7 +47,7 @@ class KeyDetailView(ApiView):
     serializer_class = ApiKeySerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return apikeys.apikey_list(user=self.request.user)
+        return apikeys.list_apikeys(user=self.request.user)
 
     @extend_schema(
         operation_id="keys_retrieve",
@@ -64,5 +64,5 @@ class KeyDetailView(ApiView):
         responses={200: ApiKeySerializer, **errors(400, 404)},
     )
     def delete(self, request: Request, id: str) -> Response:
-        key = apikeys.apikey_revoke(get_visible(self.get_queryset(), id, "API key"))
+        key = apikeys.revoke_apikey(get_visible(self.get_queryset(), id, "API key"))
         return Response(ApiKeySerializer(key).data)

@@ -157,9 +157,7 @@ def _load_or_unload(request: Request, raw_id: str, *, load: bool) -> Response:
             if snapshot.status == Snapshot.Status.PARTIAL
             else ""
         )
-        raise ApiError(
-            "not_ready", f"This snapshot is {snapshot.status}, not ready.", action=action, status_code=409
-        )
+        raise ApiError("not_ready", f"This snapshot is {snapshot.status}, not ready.", action=action)
     loaded = snapshot.id in inference.loaded_models()
     try:
         if load:

@@ -37,7 +37,7 @@ class Command(BaseCommand):
             raise CommandError(f"No user named {username!r}.") from None
 
     def _create(self, options: dict[str, Any]) -> None:
-        key, raw = apikeys.apikey_create(user=self._user(options["user"]), name=options["name"])
+        key, raw = apikeys.create_apikey(user=self._user(options["user"]), name=options["name"])
         # The raw key goes to stdout alone, so `KEY=$(manage.py apikey create ...)` works; the note to stderr.
         self.stdout.write(raw)
         self.stderr.write(
@@ -46,7 +46,7 @@ class Command(BaseCommand):
 
     def _list(self, options: dict[str, Any]) -> None:
         user = self._user(options["user"]) if options.get("user") else None
-        keys = apikeys.apikey_list(user=user, include_revoked=not options.get("active"))
+        keys = apikeys.list_apikeys(user=user, include_revoked=not options.get("active"))
         self.stdout.write(f"{'PREFIX':10} {'NAME':24} {'USER':16} {'CREATED':20} {'LAST USED':20} STATE")
         for key in keys:
             last_used = key.last_used_at.strftime("%Y-%m-%d %H:%M") if key.last_used_at else "never"
@@ -57,5 +57,5 @@ class Command(BaseCommand):
             )
 
     def _revoke(self, options: dict[str, Any]) -> None:
-        key = apikeys.apikey_revoke(apikeys.apikey_find(options["prefix"]))
+        key = apikeys.revoke_apikey(apikeys.find_apikey(options["prefix"]))
         self.stdout.write(f"Revoked {key.display} ({key.name}, {key.user.username}).")

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from dashboard.env import parse_duration, parse_size
 from models_app.management.commands._cli import dumps, human_size, service_error, table
 from models_app.services.cache import CacheError
-from models_app.services.cleanup import clean_cache
+from models_app.services.cleanup import clean_cache, configured_policy
+from models_app.units import parse_duration, parse_size
 
 
 def _duration(text: str) -> int:
@@ -53,10 +52,11 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Machine-readable output.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        max_age = _duration(options["max_age"]) if options["max_age"] else settings.CACHE_CLEANUP_MAX_AGE
-        max_size = _size(options["max_size"]) if options["max_size"] else settings.CACHE_CLEANUP_MAX_SIZE
+        configured = configured_policy()
+        max_age = _duration(options["max_age"]) if options["max_age"] else configured.max_age
+        max_size = _size(options["max_size"]) if options["max_size"] else configured.max_size
         keep = options["keep_revisions"]
-        keep = settings.CACHE_CLEANUP_KEEP_REVISIONS if keep is None else keep
+        keep = configured.keep_revisions if keep is None else keep
         if keep < 0:
             raise CommandError("--keep-revisions must be 0 or more.")
         try:

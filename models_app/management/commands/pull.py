@@ -127,6 +127,6 @@ class Command(BaseCommand):
         from models_app.services import errors
 
         code = job.error_code or job.state
-        action = errors.action_for_job(job) if code in errors.CODES else ""
+        action = errors.action_for_job(job)  # "" for a code without one (a job cancelled by hand)
         message = job.error_message or f"The download ended {job.state}."
         return CommandError(f"{code}: {message}" + (f"\n  -> {action}" if action else ""), returncode=2)

@@ -11,7 +11,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -86,19 +85,6 @@ class LoadedModel:
             "busy": bool(self.busy),
             "loaded_by": self.loaded_by,
         }
-
-
-def machine_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
-
-
-def memory_budget(configured: int) -> int:
-    """INFERENCE_MEMORY_BUDGET, where 0 means 60% of the machine's memory (the rest is the OS, the web
-    processes, the KV caches and the activations)."""
-    return configured if configured > 0 else int(machine_memory() * 0.6)
 
 
 def context_length_of(config: dict[str, Any], tokenizer: Any) -> int:

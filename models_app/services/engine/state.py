@@ -18,7 +18,8 @@ from django.conf import settings
 from models_app.models import Snapshot
 from models_app.services import inference, model_markers
 from models_app.services.engine.prompt_cache import PromptCache
-from models_app.services.engine.registry import ModelLoadError, ModelRegistry, ModelSpec, memory_budget
+from models_app.services.engine.registry import ModelLoadError, ModelRegistry, ModelSpec
+from models_app.services.plan import memory_budget, physical_memory
 
 
 @dataclass
@@ -39,7 +40,8 @@ def state() -> EngineState:
         if _state is None:
             registry = ModelRegistry(
                 max_models=settings.INFERENCE_MAX_MODELS,
-                memory_budget=memory_budget(settings.INFERENCE_MEMORY_BUDGET),
+                # The machine's memory unknown: budget as if it had 8 GiB rather than refuse every model.
+                memory_budget=memory_budget(physical_memory() or 8 * 2**30),
                 keep_alive=float(settings.INFERENCE_KEEP_ALIVE)
                 if settings.INFERENCE_KEEP_ALIVE >= 0
                 else None,

@@ -1,0 +1,54 @@
+"""The packages import in one direction: `dashboard` (the project and web edge) and `tasks` (Celery adapters)
+may import the domain, `models_app`; the domain never imports either. Inside the domain, the inference
+contract (`services/inference.py`, imported by the web side) never imports the engine, which imports MLX."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports(path: Path) -> Iterator[tuple[str, int]]:
+    """Every module an `import` or `from ... import` names, at any depth (inside functions too)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, node.lineno
+            for alias in node.names:
+                yield f"{node.module}.{alias.name}", node.lineno
+
+
+def _offences(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(
+        f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{line} imports {name}"
+        for path in files
+        for name, line in _imports(path)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    )
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import dashboardish\n\ndef f():\n    from dashboard.celery import app\n    import dashboard.env\n"
+    )
+    assert [o.split(":", 1)[1] for o in _offences([sample], ("dashboard",))] == [
+        "4 imports dashboard.celery",
+        "4 imports dashboard.celery.app",
+        "5 imports dashboard.env",
+    ]
+
+
+def test_the_domain_never_imports_the_project_or_the_tasks() -> None:
+    files = [p for p in (ROOT / "models_app").rglob("*.py") if "migrations" not in p.parts]
+    assert _offences(files, ("dashboard", "tasks")) == []
+
+
+def test_the_inference_contract_never_imports_the_engine() -> None:
+    files = [ROOT / "models_app" / "services" / "inference.py"]
+    assert _offences(files, ("models_app.services.engine", "mlx", "mlx_lm")) == []
