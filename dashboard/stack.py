@@ -72,12 +72,21 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
 
 
 def plan(
-    *, host: str, port: int, node: str, python: str = sys.executable, downloads_concurrency: int = 2
+    *,
+    host: str,
+    port: int,
+    node: str,
+    python: str = sys.executable,
+    downloads_concurrency: int = 2,
+    inference_slots: int | None = None,
 ) -> list[Service]:
     """Each worker reads the shared queues and this machine's own (`node.<node>`, `inference.<node>`), so
     another machine running the same stack against the same Redis and database shares the work, and what
     must run where the files are is routed there."""
+    from django.conf import settings
+
     celery = [python, "-m", "celery", "-A", "dashboard"]
+    slots = inference_slots or settings.INFERENCE_SLOTS
     return [
         Service(
             "web",
@@ -113,7 +122,8 @@ def plan(
                 "INFO",
             ],
         ),
-        # One inference process per host: models are big and MLX is not fork-safe, so no prefork pool.
+        # One inference process per host: models are big and MLX is not fork-safe, so no prefork pool. Its
+        # task threads hand requests to the engine's one loop, which batches them (engine/batch.py).
         Service(
             "inference",
             [
@@ -122,7 +132,9 @@ def plan(
                 "-Q",
                 f"inference,inference.{node}",
                 "-P",
-                "solo",
+                "threads",
+                "-c",
+                str(slots),
                 "-n",
                 "inference@%h",
                 "--loglevel",

@@ -220,15 +220,26 @@ class ModelRegistry:
     ) -> Iterator[LoadedModel]:
         """Hold a model for one generation: never evicted (nor unloaded) while in use; keep-alive counts from
         the end."""
-        entry = self.get(spec, keep_alive=keep_alive, user_id=user_id)
-        entry.busy += 1
+        entry = self.acquire(spec, keep_alive=keep_alive, user_id=user_id)
         try:
             yield entry
         finally:
-            entry.busy -= 1
-            entry.last_used = time.time()
-            if entry.keep_alive == 0 and not entry.busy:
-                self.unload(spec.snapshot_id)
+            self.release(entry)
+
+    def acquire(
+        self, spec: ModelSpec, *, keep_alive: float | EllipsisType | None = ..., user_id: int | None = None
+    ) -> LoadedModel:
+        """`use` in two calls, for a generation that ends in a later step of the engine's loop: the model is
+        held (never evicted nor unloaded) until `release`."""
+        entry = self.get(spec, keep_alive=keep_alive, user_id=user_id)
+        entry.busy += 1
+        return entry
+
+    def release(self, entry: LoadedModel) -> None:
+        entry.busy -= 1
+        entry.last_used = time.time()
+        if entry.keep_alive == 0 and not entry.busy:
+            self.unload(entry.spec.snapshot_id)
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
         path = Path(spec.path)
