@@ -1,7 +1,7 @@
 """Inference: the one path from a chat page or an API call to tokens streamed back.
 
 Web processes call `start_generation(request)` and read replies from a channel; the inference worker (Celery
-queue `inference`, solo pool, one per host) runs `generate(request)`, which lives in
+queue `inference`, a threads pool feeding one batching loop, one per host) runs `generate(request)`, which lives in
 `models_app.services.engine` and is the only code that imports MLX. This module is safe to import anywhere.
 
 The generation request (a JSON-able dict, the Celery task's only argument; it never holds a secret)
