@@ -65,6 +65,9 @@ class LoadedModel:
     # The user whose request loaded it (None: the system). Only they (or staff) may unload it, or change its
     # keep-alive: another user's keep_alive=0 would otherwise be an unload by the back door.
     loaded_by: int | None = None
+    # An Unload asked while it was generating: done when its last generation ends (answers are batched, so
+    # the Unload task runs beside them instead of after them).
+    unload_when_idle: bool = False
 
     @property
     def snapshot_id(self) -> int:
@@ -238,7 +241,7 @@ class ModelRegistry:
     def release(self, entry: LoadedModel) -> None:
         entry.busy -= 1
         entry.last_used = time.time()
-        if entry.keep_alive == 0 and not entry.busy:
+        if (entry.keep_alive == 0 or entry.unload_when_idle) and not entry.busy:
             self.unload(entry.spec.snapshot_id)
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
@@ -315,6 +318,17 @@ class ModelRegistry:
             del self._models[snapshot_id]
         self._after_unload(snapshot_id)
         return True
+
+    def unload_after_use(self, snapshot_id: int, *, by_user: int | None = None) -> bool:
+        """The Unload button: unload now if idle, else once its running answers end (never cutting one).
+        Returns whether it was unloaded now."""
+        if self.unload(snapshot_id, by_user=by_user):
+            return True
+        with self._lock:
+            entry = self._models.get(snapshot_id)
+            if entry is not None and entry.busy and (by_user is None or entry.loaded_by == by_user):
+                entry.unload_when_idle = True
+        return False
 
     def _after_unload(self, snapshot_id: int) -> None:
         for listener in self._unload_listeners:

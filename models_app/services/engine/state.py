@@ -98,13 +98,14 @@ def load_model(snapshot_id: int, *, keep_alive: Any = None, user_id: int | None 
     spec = spec_for(snapshot_id)
     # On the engine's loop thread, which owns MLX and the registry, between two generation steps.
     entry = engine_loop().call(lambda: state().registry.get(spec, keep_alive=ttl, user_id=user_id))
+    entry.unload_when_idle = False  # Load after Unload: the later wish wins
     return entry.status(time.time())
 
 
 def unload_model(snapshot_id: int, *, by_user: int | None = None) -> bool:
     from models_app.services.engine.batch import engine_loop
 
-    return engine_loop().call(lambda: state().registry.unload(snapshot_id, by_user=by_user))
+    return engine_loop().call(lambda: state().registry.unload_after_use(snapshot_id, by_user=by_user))
 
 
 def expire_idle() -> list[int]:
