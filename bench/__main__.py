@@ -264,6 +264,7 @@ def main(argv: list[str]) -> int:
                 openai_api.run(
                     section,
                     tokenizer=raw.tokenizer,
+                    raw=raw,
                     product=live,
                     product_model=CHAT_REPO,
                     unavailable=down,

@@ -1,5 +1,7 @@
 """4. The OpenAI-compatible API: the product's `/v1/chat/completions` vs mlx_lm.server's, same model, greedy,
 streaming (SSE, read with the `openai` package as an application would), with 1 and then 4 clients at once.
+With 4 clients, mlx-lm's BatchGenerator in this process on the same prompts is the ceiling continuous batching
+can reach (the product's engine loop runs one).
 
 TTFT is from sending the request to the first chunk with text; decode tokens/s per client is
 (completion tokens - 1) / (last text chunk - first text chunk), with the token count from the final usage
@@ -108,11 +110,54 @@ def measure(base_url: str, api_key: str, model: str, prompts: list[str], max_tok
     }
 
 
+def batch_generator(raw: Any, prompts: list[str], max_tokens: int) -> dict[str, Any]:
+    """The ceiling of continuous batching here: mlx-lm's BatchGenerator in this process, the same prompts
+    (chat template applied) inserted at once, greedy, as the product's loop runs them. No HTTP, no
+    detokenizing, no stop strings."""
+    from mlx_lm.generate import BatchGenerator
+
+    tokenizer = raw.tokenizer
+    encoded = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+        for p in prompts
+    ]
+    generator = BatchGenerator(
+        raw.model,
+        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+        completion_batch_size=max(8, len(prompts)),
+        prefill_batch_size=max(8, len(prompts)),
+    )
+    try:
+        started = time.perf_counter()
+        uids = generator.insert(encoded, max_tokens=[max_tokens] * len(encoded))
+        traces = {uid: Trace(started, prompt_tokens=len(e)) for uid, e in zip(uids, encoded, strict=True)}
+        left = set(uids)
+        while left:
+            for response in generator.next_generated():
+                traces[response.uid].arrivals.append((time.perf_counter(), 1))
+                if response.finish_reason:
+                    traces[response.uid].finish_reason = response.finish_reason
+                    left.discard(response.uid)
+        wall = time.perf_counter() - started
+    finally:
+        generator.close()
+    summaries = [t.summary() for t in traces.values()]
+    tokens = sum(t.tokens for t in traces.values())
+    return {
+        "clients": summaries,
+        "wall_seconds": wall,
+        "ttft_ms_median": median([s["ttft_ms"] for s in summaries if s["ttft_ms"] is not None]),
+        "aggregate_tps": tokens / wall if wall > 0 else None,
+        "tokens": tokens,
+    }
+
+
 def run(
     section: Section,
     *,
     max_tokens: int = MAX_TOKENS,
     tokenizer: Any,
+    raw: Any = None,
     product: Product | None,
     product_model: str,
     unavailable: str,
@@ -146,6 +191,12 @@ def run(
                     results[name] = measure(*side, prompts, max_tokens)
                 except Exception as exc:
                     errors[name] = exc
+        if raw is not None and clients > 1:
+            # The in-process ceiling, measured between the two servers' runs of the same prompts.
+            try:
+                results["BatchGenerator"] = batch_generator(raw, prompts, max_tokens)
+            except Exception as exc:
+                section.failed(f"OpenAI API, {clients} clients (BatchGenerator)", exc)
         section.raw[f"{clients} client(s)"] = results
         bench = f"OpenAI API, {clients} client{'s' if clients > 1 else ''}"
         p, s = results["product"], results["mlx_lm.server"]
@@ -192,3 +243,17 @@ def run(
                 note=f"{p['tokens']} vs {s['tokens']} tokens",
             )
         )
+        b = results.get("BatchGenerator")
+        if b is not None:
+            section.add(
+                Row(
+                    bench,
+                    "aggregate tokens/s vs in-process BatchGenerator",
+                    p["aggregate_tps"],
+                    b["aggregate_tps"],
+                    "mlx-lm BatchGenerator in process",
+                    target="≥ 0.85",
+                    met=p["aggregate_tps"] >= 0.85 * b["aggregate_tps"],
+                    note=f"{p['tokens']} vs {b['tokens']} tokens; its TTFT median {b['ttft_ms_median']:.0f} ms",
+                )
+            )

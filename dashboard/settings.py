@@ -336,6 +336,9 @@ INFERENCE_CAST_FLOAT32 = env_bool("INFERENCE_CAST_FLOAT32", sys.platform != "dar
 PROMPT_CACHE_BYTES = env_size("PROMPT_CACHE_BYTES", 2 * 2**30)
 PROMPT_CACHE_ENTRIES = env_int("PROMPT_CACHE_ENTRIES", 16, minimum=1)
 CHAT_BATCH_INTERVAL = env_float("CHAT_BATCH_INTERVAL", 0.025)
+# Generations the inference worker runs at once (its task threads), batched per model: concurrent answers
+# share each forward pass (models_app/services/engine/batch.py). More wait in the queue.
+INFERENCE_SLOTS = env_int("INFERENCE_SLOTS", 8, minimum=1)
 # How long the web side waits for an inference worker to pick up a request before telling the user.
 INFERENCE_PICKUP_TIMEOUT = env_float("INFERENCE_PICKUP_TIMEOUT", 10.0)
 # Generations one API key may have in flight on the OpenAI-compatible API; more get 429. 0: no limit.

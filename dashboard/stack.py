@@ -82,13 +82,17 @@ def plan(
     python: str = sys.executable,
     downloads_concurrency: int = 2,
     workers_only: bool = False,
+    inference_slots: int | None = None,
 ) -> list[Service]:
     """Each worker reads the shared queues and this machine's own (`node.<node>`, `inference.<node>`), so
     another machine running the same stack against the same Redis and database shares the work, and what
     must run where the files are is routed there. `workers_only` is such another machine: its two workers,
     without a web server (any machine's serves every machine's models) and without beat, which must run once
     per cluster (two would run every periodic task twice)."""
+    from django.conf import settings
+
     celery = [python, "-m", "celery", "-A", "dashboard"]
+    slots = inference_slots or settings.INFERENCE_SLOTS
     services = [
         Service(
             "web",
@@ -124,7 +128,8 @@ def plan(
                 "INFO",
             ],
         ),
-        # One inference process per host: models are big and MLX is not fork-safe, so no prefork pool.
+        # One inference process per host: models are big and MLX is not fork-safe, so no prefork pool. Its
+        # task threads hand requests to the engine's one loop, which batches them (engine/batch.py).
         Service(
             "inference",
             [
@@ -133,7 +138,9 @@ def plan(
                 "-Q",
                 f"inference,inference.{node}",
                 "-P",
-                "solo",
+                "threads",
+                "-c",
+                str(slots),
                 "-n",
                 "inference@%h",
                 "--loglevel",

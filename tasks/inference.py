@@ -1,5 +1,6 @@
-"""Celery tasks for the inference queue (one worker per host, `-P solo`: the loaded models live in the
-worker's own process, so generations run one at a time next to them).
+"""Celery tasks for the inference queue (one worker per host, `-P threads -c INFERENCE_SLOTS`: the loaded
+models live in the worker's own process; each task thread hands its request to the engine's one loop, which
+batches concurrent generations, models_app/services/engine/batch.py).
 
 Thin: each task calls one function of the engine (models_app.services.engine), imported inside the task: MLX
 is imported by the inference worker only, never by the web process or the downloads worker, which import this

@@ -119,13 +119,17 @@ def download_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-
 
 @pytest.fixture(scope="session")
 def inference_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-untyped-def]
-    """A real Celery worker on the inference queue (solo pool, like `make run`)."""
+    """A real Celery worker on the inference queue (a threads pool feeding the engine's batch loop, like
+    `make run`)."""
+    from django.conf import settings
+
     from tests.support.processes import start_worker
 
     worker = start_worker(
         name=f"inf-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
         queues="inference",
-        pool="solo",
+        pool="threads",
+        concurrency=settings.INFERENCE_SLOTS,
         env=stack_env,
         log_dir=process_log_dir,
     )

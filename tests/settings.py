@@ -40,6 +40,10 @@ if "TEST_REDIS_URL" not in os.environ:
     atexit.register(_redis.stop)
 os.environ["REDIS_URL"] = os.environ["TEST_REDIS_URL"]
 
+# The inference worker's slots: as many as one user may have in flight, so the queueing tests can fill them
+# all with one user's long answers (tests/api/test_inflight.py `worker_busy`).
+os.environ.setdefault("INFERENCE_SLOTS", "4")
+
 from dashboard.settings import *  # noqa: E402,F403
 
 # Fast password hashing: tests create many users.

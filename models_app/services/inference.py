@@ -1,9 +1,10 @@
 """Inference: the one path from a chat page or an API call to tokens streamed back.
 
 Web processes call `start_generation(request)` and read replies from a channel; the inference worker (Celery
-queue `inference`, solo pool, one per host) runs `engine.generation.generate(request)` (tasks/inference.py).
-The engine is the only code that imports MLX. It imports this module (the contract below, the request checks,
-the keys and constants both sides share); this module never imports the engine, so it is safe anywhere.
+queue `inference`, a threads pool feeding one batching loop, one per host) runs `engine.generation.generate(request)`
+(tasks/inference.py). The engine is the only code that imports MLX. It imports this module (the contract below,
+the request checks, the keys and constants both sides share); this module never imports the engine, so it is
+safe anywhere.
 
 The generation request (a JSON-able dict, the Celery task's only argument; it never holds a secret)
 --------------------------------------------------------------------------------------------------

@@ -35,32 +35,38 @@ def key_in_flight(raw_key: str) -> int:
 
 @contextmanager
 def worker_busy(url: str, raw_key: str, **request: Any) -> Iterator[None]:
-    """Another user's long generation holds the single inference worker, so requests sent meanwhile queue;
-    leaving the block hangs up on it, which cancels it (if it is still running)."""
-    started, stop = threading.Event(), threading.Event()
+    """Another user's long generations fill every slot of the inference worker (INFERENCE_SLOTS, batched), so
+    requests sent meanwhile queue; leaving the block hangs up on them, which cancels them (if still running)."""
+    slots = settings.INFERENCE_SLOTS
+    started, stop = threading.Semaphore(0), threading.Event()
 
     def hold() -> None:
         body = {"model": "test/tiny-long", "messages": HI, "stream": True, **request}
         headers = {"Authorization": f"Bearer {raw_key}"}
+        streaming = False
         with (
             httpx.Client(timeout=120) as http,
             http.stream("POST", f"{url}/v1/chat/completions", headers=headers, json=body) as response,
         ):
             assert response.status_code == 200
             for chunk in response.iter_text():
-                if '"content":"' in chunk.replace('"content":""', ""):
-                    started.set()
+                if not streaming and '"content":"' in chunk.replace('"content":""', ""):
+                    streaming = True
+                    started.release()
                 if stop.is_set():
                     return
 
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert started.wait(120), "the long generation never started"
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(slots)]
+    for thread in threads:
+        thread.start()
+    for _ in range(slots):
+        assert started.acquire(timeout=120), "the long generations never all started"
     try:
         yield
     finally:
         stop.set()
-        thread.join(120)
+        for thread in threads:
+            thread.join(120)
 
 
 def test_streams_closed_at_every_stage_give_their_slots_back(  # type: ignore[no-untyped-def]
@@ -99,13 +105,15 @@ def test_streams_closed_at_every_stage_give_their_slots_back(  # type: ignore[no
 
     wait_for(lambda: key_in_flight(alice_key) == 0, 60, "in-flight slots were never given back")
 
-    # The full limit runs at once: queued behind another user's answer, so all are in flight together.
-    with worker_busy(asgi_server.url, bob_key), ThreadPoolExecutor(limit) as pool:
-        answers = [pool.submit(read_to_done, i) for i in range(limit)]
-        wait_for(lambda: key_in_flight(alice_key) == limit, 60, "the full limit never was in flight")
-        with pytest.raises(openai.RateLimitError):
-            client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
-    assert all(answer.result(timeout=120) >= 2 for answer in answers)
+    # The full limit runs at once: queued behind another user's answers, so all are in flight together.
+    with ThreadPoolExecutor(limit) as pool:
+        with worker_busy(asgi_server.url, bob_key):
+            answers = [pool.submit(read_to_done, i) for i in range(limit)]
+            wait_for(lambda: key_in_flight(alice_key) == limit, 60, "the full limit never was in flight")
+            with pytest.raises(openai.RateLimitError):
+                client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+        # Leaving worker_busy hangs up on the other user's answers: these run now.
+        assert all(answer.result(timeout=120) >= 2 for answer in answers)
     wait_for(lambda: key_in_flight(alice_key) == 0, 60, "in-flight slots were never given back")
     assert inflight.count("user", alice.id) == 0
     # Every slot was given back by its request: none had to expire (which would take LEASE_SECONDS).

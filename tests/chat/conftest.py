@@ -148,12 +148,21 @@ async def receive_until_end(comm, request_id: str, timeout: float = 60.0) -> lis
     """Frames of one request, up to and including chat.done or chat.error; without chat.queued (the web
     side's place-in-line notes while it waits, tests/chat/test_fair_use.py), which come only when the worker
     is busy long enough."""
+    # Frames of other requests read meanwhile are kept for their own call: answers run batched, so several
+    # requests' frames interleave and may end in any order.
+    stash: dict[str, list[dict[str, Any]]] = comm.__dict__.setdefault("_frames_of_others", {})
     frames: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        frame = await comm.receive_json_from(timeout=max(0.1, deadline - loop.time()))
-        if frame.get("request_id") != request_id or frame["type"] == "chat.queued":
+        if stash.get(request_id):
+            frame = stash[request_id].pop(0)
+        else:
+            frame = await comm.receive_json_from(timeout=max(0.1, deadline - loop.time()))
+        if frame["type"] == "chat.queued":
+            continue
+        if frame.get("request_id") != request_id:
+            stash.setdefault(frame.get("request_id"), []).append(frame)
             continue
         frames.append(frame)
         if frame["type"] in ("chat.done", "chat.error"):

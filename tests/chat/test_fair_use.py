@@ -171,9 +171,11 @@ def test_an_oversized_conversation_is_a_chat_error_and_loses_nothing(  # type: i
 
 @contextmanager
 def worker_held_by(url: str, raw_key: str) -> Iterator[threading.Event]:
-    """Another user's long API answer (longer than any test waits) holds the single inference worker until
-    the returned event is set (or the block ends): then the client hangs up, which stops it."""
-    streaming, hang_up = threading.Event(), threading.Event()
+    """Another user's long API answers (longer than any test waits) fill every slot of the inference worker
+    (INFERENCE_SLOTS, batched) until the returned event is set (or the block ends): then the client hangs up,
+    which stops them."""
+    slots = settings.INFERENCE_SLOTS
+    streaming, hang_up = threading.Semaphore(0), threading.Event()
 
     def ask() -> None:
         stream = openai.OpenAI(
@@ -181,21 +183,26 @@ def worker_held_by(url: str, raw_key: str) -> Iterator[threading.Event]:
         ).chat.completions.create(
             model="test/tiny-slow", messages=[{"role": "user", "content": "hi"}], max_tokens=6000, stream=True
         )
+        started = False
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                streaming.set()
+            if not started and chunk.choices and chunk.choices[0].delta.content:
+                started = True
+                streaming.release()
             if hang_up.is_set():
                 break
         stream.close()
 
-    asker = threading.Thread(target=ask)
-    asker.start()
-    assert streaming.wait(120), "the long answer never started"
+    askers = [threading.Thread(target=ask) for _ in range(slots)]
+    for asker in askers:
+        asker.start()
+    for _ in range(slots):
+        assert streaming.acquire(timeout=120), "the long answers never all started"
     try:
         yield hang_up
     finally:
         hang_up.set()
-        asker.join(300)
+        for asker in askers:
+            asker.join(300)
 
 
 def test_a_queued_answer_tells_the_page_how_many_are_ahead(  # type: ignore[no-untyped-def]

@@ -185,6 +185,24 @@ def test_only_the_loader_or_staff_unloads_and_never_a_model_in_use(tiny_model_pa
     assert models.unload(1) is True  # staff
 
 
+def test_an_unload_asked_during_answers_happens_when_the_last_one_ends(tiny_model_path: Path) -> None:
+    """Answers are batched, so the Unload task runs beside them: it waits for them instead of cutting one,
+    and still happens (only for who may unload)."""
+    alice, bob = 1, 2
+    models = registry()
+    first = models.acquire(spec(tiny_model_path, 1), user_id=alice)
+    second = models.acquire(spec(tiny_model_path, 1), user_id=bob)
+    assert models.unload_after_use(1, by_user=bob) is False and not first.unload_when_idle  # not Bob's
+    assert models.unload_after_use(1) is False and 1 in models  # staff: later
+    models.release(first)
+    assert 1 in models  # Bob's answer still runs
+    models.release(second)
+    assert 1 not in models
+
+    models.get(spec(tiny_model_path, 1), user_id=alice)
+    assert models.unload_after_use(1, by_user=alice) is True and 1 not in models  # idle: at once
+
+
 def test_another_users_keep_alive_does_not_unload_the_loaders_model(tiny_model_path: Path) -> None:
     alice, bob = 1, 2
     models = registry(keep_alive=60.0)

@@ -84,8 +84,8 @@ def stack(tmp_path: Path, stack_env, process_log_dir, settings) -> Iterator[Stac
         inference = CeleryWorker(
             name=f"{tag}-inf",
             queues="inference",
-            pool="solo",
-            concurrency=1,
+            pool="threads",
+            concurrency=4,
             env=env,
             log_dir=process_log_dir,
         )

@@ -1,9 +1,13 @@
 """`generate(request)`: one request, from the snapshot row to the last reply and the usage row.
 
-The contract of `request` and of the replies is in models_app.services.inference. The token loop does no
-database write and no Redis round trip: replies are batched every CHAT_BATCH_INTERVAL and handed to the
-sender thread, the cancel flag is an Event the sender thread sets, and the database is written once at the
-end (before chat.done, so a page that reloads on chat.done reads the final text).
+The contract of `request` and of the replies is in models_app.services.inference. `generate` runs in a task
+thread of the inference worker: it reads the database, hands a `Job` to the engine's loop (engine/batch.py),
+which runs it batched with the other requests of the same model, then writes the database once (before
+chat.done, so a page that reloads on chat.done reads the final text). On the loop thread, `Job.prepare` loads
+the model and builds the prompt; `Job.run_alone` is the single-request token loop, for what cannot be batched.
+
+The token loops do no database write and no Redis round trip: replies are batched every CHAT_BATCH_INTERVAL
+and handed to the sender thread, and the cancel flag is an Event the sender thread sets.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from models_app.models import Message, Snapshot, Usage
 from models_app.services import inference
 from models_app.services import redis as app_redis
+from models_app.services.engine.batch import engine_loop
 from models_app.services.engine.constrained import ConstraintError, grammar_processor, opens_thinking
 from models_app.services.engine.logprobs import (
     InvalidLogitBias,
@@ -35,11 +40,12 @@ from models_app.services.engine.prefill import mlx_forward, prefill, with_prompt
 from models_app.services.engine.prompt import (
     PromptError,
     answer_reserve,
+    as_shown,
     build_chat_prompt,
     build_text_prompt,
     decode_exact,
 )
-from models_app.services.engine.registry import LoadedModel, ModelLoadError
+from models_app.services.engine.registry import LoadedModel, ModelLoadError, ModelSpec
 from models_app.services.engine.sender import ReplyStream, cancel_key
 from models_app.services.engine.state import EngineState, spec_for, state
 from models_app.services.engine.stops import StopMatcher
@@ -179,7 +185,7 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
             stream.close()
         return None
 
-    engine.busy_since = time.time()
+    engine.begin()
     stream = ReplyStream(channel=request.reply_channel, request_id=request.request_id, layer=layer)
     outcome = Outcome()
     try:
@@ -202,7 +208,7 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
         )
     finally:
         stream.close()
-        engine.busy_since = None
+        engine.end()
     return None
 
 
@@ -219,53 +225,142 @@ def _mark_picked(request: Request, hostname: str) -> None:
 def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Outcome) -> Outcome:
     if request.enqueued_at:
         outcome.queue_ms = round(max(0.0, time.time() - request.enqueued_at) * 1000, 1)
-    options = request.options
-    spec = spec_for(request.snapshot_id)
-    keep_alive = options.get("keep_alive", ...)
-    if keep_alive is not ... and keep_alive < 0:
-        keep_alive = None
-    load_started = time.perf_counter()
-    with engine.registry.use(spec, keep_alive=keep_alive, user_id=request.user_id) as loaded:
-        outcome.load_ms = round((time.perf_counter() - load_started) * 1000, 1)
-        if stream.should_stop:
-            raise Cancelled
-        prompt = _build_prompt(loaded, request, engine)
-        outcome.prompt_tokens = len(prompt.tokens)
-        remaining = loaded.context_length - len(prompt.tokens)
-        max_tokens = min(options.get("max_tokens") or remaining, remaining)
-        cache, cached = engine.prompt_cache.fetch(spec.snapshot_id, prompt.tokens)
-        if cache is None:
-            cache = make_prompt_cache(loaded.model)
-        outcome.cached_tokens = cached
-        # Before chat.started: a bad token id or an unusable response_format is a 400, not a 200.
-        extra = _extra_processors(loaded, options, prompt.tokens)
-        started: dict[str, Any] = {
-            "prompt_tokens": outcome.prompt_tokens,
-            "cached_tokens": cached,
-            "max_tokens": max_tokens,
-            "model": spec.repo_id,
-            "worker": engine.hostname,
-        }
-        if prompt.notice:
-            started["notice"] = prompt.notice
-        stream.emit("chat.started", **started)
-        generated, shown = _stream_tokens(
-            loaded, request, stream, outcome, prompt.tokens, cached, cache, max_tokens, extra
-        )
-        if generated is not None:
-            text = prompt.text + shown if prompt.text is not None and shown is not None else None
-            if text is not None:
-                outcome.turn = {"ids": prompt.tokens + generated, "text": text}
-            engine.prompt_cache.insert(
-                spec.snapshot_id,
-                prompt.tokens + generated,
-                cache,
-                prompt_length=len(prompt.tokens),
-                text=text,
-            )
+    engine_loop().run(
+        Job(request=request, stream=stream, outcome=outcome, spec=spec_for(request.snapshot_id))
+    )
     _save(request, outcome)
     stream.emit("chat.done", text=outcome.text, finish_reason=outcome.finish_reason, usage=outcome.usage())
     return outcome
+
+
+@dataclass
+class Prepared:
+    """A request ready to generate: its model (held until the engine loop releases it), prompt and KV cache."""
+
+    loaded: LoadedModel
+    prompt_tokens: list[int]
+    # The text the prompt tokens stand for (None when not known exactly): with a whole answer's text, what the
+    # next turn's prompt may start with (engine.prompt.splice).
+    prompt_text: str | None
+    cached: int  # prompt_tokens[:cached] are in cache already
+    cache: list[Any]
+    max_tokens: int
+    extra: list[Any]  # logit_bias and response_format processors
+    sampler: Any
+    processors: list[Any]
+    batchable: bool
+
+
+@dataclass
+class Job:
+    """One request on its way through the engine loop (engine/batch.py), which calls these on its thread."""
+
+    request: Request
+    stream: ReplyStream
+    outcome: Outcome
+    spec: ModelSpec
+
+    def prepare(self, engine: EngineState) -> Prepared:
+        """Load the model, build the prompt, take a cached KV prefix, send chat.started. Raises
+        GenerationError, ModelLoadError, PromptError, Cancelled (the model is released then)."""
+        request, stream, outcome = self.request, self.stream, self.outcome
+        options = request.options
+        keep_alive = options.get("keep_alive", ...)
+        if keep_alive is not ... and keep_alive < 0:
+            keep_alive = None
+        load_started = time.perf_counter()
+        loaded = engine.registry.acquire(self.spec, keep_alive=keep_alive, user_id=request.user_id)
+        try:
+            outcome.load_ms = round((time.perf_counter() - load_started) * 1000, 1)
+            if stream.should_stop:
+                raise Cancelled
+            prompt = _build_prompt(loaded, request, engine)
+            outcome.prompt_tokens = len(prompt.tokens)
+            remaining = loaded.context_length - len(prompt.tokens)
+            max_tokens = min(options.get("max_tokens") or remaining, remaining)
+            # Before chat.started: a bad token id or an unusable response_format is a 400, not a 200.
+            extra = _extra_processors(loaded, options, prompt.tokens)
+            cache, cached = engine.prompt_cache.fetch(self.spec.snapshot_id, prompt.tokens)
+            if cache is None:
+                cache = make_prompt_cache(loaded.model)
+            outcome.cached_tokens = cached
+            started: dict[str, Any] = {
+                "prompt_tokens": outcome.prompt_tokens,
+                "cached_tokens": cached,
+                "max_tokens": max_tokens,
+                "model": self.spec.repo_id,
+                "worker": engine.hostname,
+            }
+            if prompt.notice:
+                started["notice"] = prompt.notice
+            stream.emit("chat.started", **started)
+        except BaseException:
+            engine.registry.release(loaded)
+            raise
+        return Prepared(
+            loaded=loaded,
+            prompt_tokens=prompt.tokens,
+            prompt_text=prompt.text,
+            cached=cached,
+            cache=cache,
+            max_tokens=max_tokens,
+            extra=extra,
+            sampler=_sampler(options),
+            processors=_processors(options, extra),
+            # A seed needs MLX's one random state to itself; some caches cannot be merged into a batch.
+            batchable=options.get("seed") is None and all(hasattr(c, "merge") for c in cache),
+        )
+
+    def run_alone(self, engine: EngineState, prepared: Prepared) -> None:
+        """The single-request token loop (mlx-lm's stream_generate), for what cannot be batched."""
+        generated, shown = _stream_tokens(
+            prepared.loaded,
+            self.request,
+            self.stream,
+            self.outcome,
+            prepared.prompt_tokens,
+            prepared.cached,
+            prepared.cache,
+            prepared.max_tokens,
+            prepared.extra,
+        )
+        if generated is not None:
+            self.keep(engine, prepared, prepared.prompt_tokens + generated, prepared.cache, shown)
+
+    def keep(
+        self, engine: EngineState, prepared: Prepared, tokens: list[int], cache: list[Any], shown: str | None
+    ) -> None:
+        """Keep the KV cache for the next request, and, when the client got the whole answer (`shown`: its text
+        as the conversation will hold it), the turn the next prompt may start with."""
+        text = (
+            prepared.prompt_text + shown if prepared.prompt_text is not None and shown is not None else None
+        )
+        if text is not None:
+            self.outcome.turn = {"ids": tokens, "text": text}
+        engine.prompt_cache.insert(
+            self.spec.snapshot_id, tokens, cache, prompt_length=len(prepared.prompt_tokens), text=text
+        )
+
+
+def _sampler(options: dict[str, Any]) -> Any:
+    return make_sampler(
+        temp=options.get("temperature", inference.DEFAULT_TEMPERATURE),
+        top_p=options.get("top_p", 0.0),
+        min_p=options.get("min_p", 0.0),
+        top_k=options.get("top_k", 0),
+    )
+
+
+def _processors(options: dict[str, Any], extra: list[Any]) -> list[Any]:
+    return (
+        make_logits_processors(
+            repetition_penalty=options.get("repetition_penalty"),
+            repetition_context_size=options.get("repetition_context_size", 20),
+            presence_penalty=options.get("presence_penalty"),
+            frequency_penalty=options.get("frequency_penalty"),
+        )
+        + extra
+    )
 
 
 def _extra_processors(loaded: LoadedModel, options: dict[str, Any], prompt_tokens: list[int]) -> list[Any]:
@@ -344,21 +439,8 @@ def _stream_tokens(
     options = request.options
     if options.get("seed") is not None:
         mx.random.seed(options["seed"])
-    sampler = make_sampler(
-        temp=options.get("temperature", inference.DEFAULT_TEMPERATURE),
-        top_p=options.get("top_p", 0.0),
-        min_p=options.get("min_p", 0.0),
-        top_k=options.get("top_k", 0),
-    )
-    processors = (
-        make_logits_processors(
-            repetition_penalty=options.get("repetition_penalty"),
-            repetition_context_size=options.get("repetition_context_size", 20),
-            presence_penalty=options.get("presence_penalty"),
-            frequency_penalty=options.get("frequency_penalty"),
-        )
-        + extra
-    )
+    sampler = _sampler(options)
+    processors = _processors(options, extra)
     stops = StopMatcher(options.get("stop", []))
     # Log probabilities only when asked: nothing per token otherwise.
     scorer = TokenLogprobs(loaded.tokenizer, options["logprobs"]) if "logprobs" in options else None
@@ -467,8 +549,7 @@ def _stream_tokens(
         return None, None
     if not whole or not generated:
         return generated, None
-    ended = generated[-1] in loaded.tokenizer.eos_token_ids
-    return generated, outcome.text + (decode_exact(loaded.tokenizer, generated[-1:]) if ended else "")
+    return generated, as_shown(loaded.tokenizer, outcome.text, generated[-1])
 
 
 def _emit_delta(stream: ReplyStream, pending: list[str], entries: list[dict[str, Any]], tokens: int) -> None:

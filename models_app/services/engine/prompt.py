@@ -186,3 +186,10 @@ def build_text_prompt(tokenizer: Any, text: str, *, context_length: int, reserve
     if len(tokens) > context_length - reserve:
         raise _too_long(len(tokens), context_length, reserve)
     return Prompt(tokens)
+
+
+def as_shown(tokenizer: Any, text: str, last_token: int) -> str:
+    """A whole answer as the conversation holds it after the prompt: its text, and the end-of-sequence token's
+    text, which the stream leaves out."""
+    ended = last_token in tokenizer.eos_token_ids
+    return text + (decode_exact(tokenizer, [last_token]) if ended else "")

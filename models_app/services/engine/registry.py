@@ -64,6 +64,9 @@ class LoadedModel:
     # The user whose request loaded it (None: the system). Only they (or staff) may unload it, or change its
     # keep-alive: another user's keep_alive=0 would otherwise be an unload by the back door.
     loaded_by: int | None = None
+    # An Unload asked while it was generating: done when its last generation ends (answers are batched, so
+    # the Unload task runs beside them instead of after them).
+    unload_when_idle: bool = False
 
     @property
     def snapshot_id(self) -> int:
@@ -206,15 +209,26 @@ class ModelRegistry:
     ) -> Iterator[LoadedModel]:
         """Hold a model for one generation: never evicted (nor unloaded) while in use; keep-alive counts from
         the end."""
-        entry = self.get(spec, keep_alive=keep_alive, user_id=user_id)
-        entry.busy += 1
+        entry = self.acquire(spec, keep_alive=keep_alive, user_id=user_id)
         try:
             yield entry
         finally:
-            entry.busy -= 1
-            entry.last_used = time.time()
-            if entry.keep_alive == 0 and not entry.busy:
-                self.unload(spec.snapshot_id)
+            self.release(entry)
+
+    def acquire(
+        self, spec: ModelSpec, *, keep_alive: float | EllipsisType | None = ..., user_id: int | None = None
+    ) -> LoadedModel:
+        """`use` in two calls, for a generation that ends in a later step of the engine's loop: the model is
+        held (never evicted nor unloaded) until `release`."""
+        entry = self.get(spec, keep_alive=keep_alive, user_id=user_id)
+        entry.busy += 1
+        return entry
+
+    def release(self, entry: LoadedModel) -> None:
+        entry.busy -= 1
+        entry.last_used = time.time()
+        if (entry.keep_alive == 0 or entry.unload_when_idle) and not entry.busy:
+            self.unload(entry.spec.snapshot_id)
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
         path = Path(spec.path)
@@ -290,6 +304,17 @@ class ModelRegistry:
             del self._models[snapshot_id]
         self._after_unload(snapshot_id)
         return True
+
+    def unload_after_use(self, snapshot_id: int, *, by_user: int | None = None) -> bool:
+        """The Unload button: unload now if idle, else once its running answers end (never cutting one).
+        Returns whether it was unloaded now."""
+        if self.unload(snapshot_id, by_user=by_user):
+            return True
+        with self._lock:
+            entry = self._models.get(snapshot_id)
+            if entry is not None and entry.busy and (by_user is None or entry.loaded_by == by_user):
+                entry.unload_when_idle = True
+        return False
 
     def _after_unload(self, snapshot_id: int) -> None:
         for listener in self._unload_listeners:

@@ -27,7 +27,22 @@ class EngineState:
     registry: ModelRegistry
     prompt_cache: PromptCache
     hostname: str = field(default_factory=socket.gethostname)
-    busy_since: float | None = None
+    busy_since: float | None = None  # since when at least one request has been in the worker
+    in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def begin(self) -> None:
+        """A request entered the worker (its task threads run several at once)."""
+        with self._lock:
+            self.in_flight += 1
+            if self.busy_since is None:
+                self.busy_since = time.time()
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            if self.in_flight <= 0:
+                self.in_flight, self.busy_since = 0, None
 
 
 _state: EngineState | None = None
@@ -83,17 +98,26 @@ def spec_for(snapshot_id: int) -> ModelSpec:
 
 def load_model(snapshot_id: int, *, keep_alive: Any = None, user_id: int | None = None) -> dict[str, Any]:
     """Load a model now (the Load button) for `user_id`; returns its status entry. Raises ModelLoadError."""
+    from models_app.services.engine.batch import engine_loop
+
     ttl = ... if keep_alive in (None, "") else inference.parse_keep_alive(keep_alive)
-    entry = state().registry.get(spec_for(snapshot_id), keep_alive=ttl, user_id=user_id)
+    spec = spec_for(snapshot_id)
+    # On the engine's loop thread, which owns MLX and the registry, between two generation steps.
+    entry = engine_loop().call(lambda: state().registry.get(spec, keep_alive=ttl, user_id=user_id))
+    entry.unload_when_idle = False  # Load after Unload: the later wish wins
     return entry.status(time.time())
 
 
 def unload_model(snapshot_id: int, *, by_user: int | None = None) -> bool:
-    return state().registry.unload(snapshot_id, by_user=by_user)
+    from models_app.services.engine.batch import engine_loop
+
+    return engine_loop().call(lambda: state().registry.unload_after_use(snapshot_id, by_user=by_user))
 
 
 def expire_idle() -> list[int]:
-    return state().registry.expire_idle()
+    from models_app.services.engine.batch import engine_loop
+
+    return engine_loop().call(lambda: state().registry.expire_idle())
 
 
 def worker_status() -> dict[str, Any]:

@@ -1,0 +1,308 @@
+"""The engine's loop: one thread per inference worker runs every generation of the process, batched.
+
+The worker runs INFERENCE_SLOTS Celery task threads. A task reads its rows (in its own thread), hands a `Job`
+to `engine_loop().run(job)` and waits; then it saves the answer and sends chat.done. The loop thread owns
+everything that touches MLX: loading and unloading models, the prompt cache, every forward pass.
+
+For each loaded model with requests, the loop keeps one mlx-lm `BatchGenerator` (continuous batching, as
+`mlx_lm.server` does): a request joins it as soon as the loop takes it, its prompt processed in paced chunks
+between the decode steps of the others, and leaves it when it ends (end of sequence, max_tokens, a stop string,
+Stop, or a reader gone), the others carrying on. One decode step is one forward pass for every answer of the
+model. Each request keeps its own sampler, penalties, logit_bias and response_format processors, and logprobs.
+
+A request that cannot be batched runs alone, the batches paused meanwhile (as mlx_lm.server does):
+- one with a `seed`: MLX's random state is one per process, so a seeded answer is reproducible only when
+  nothing else samples between its steps;
+- one for a model whose KV cache cannot be merged into a batch (mlx-lm's `merge`; some recurrent layers).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+from django.conf import settings
+from mlx_lm.generate import BatchGenerator
+
+from models_app.services.engine.answer import Answer
+from models_app.services.engine.prefill import MAX_STEP
+from models_app.services.engine.prompt import as_shown
+from models_app.services.engine.state import EngineState, state
+
+if TYPE_CHECKING:  # generation imports this module
+    from models_app.services.engine.generation import Job, Prepared
+    from models_app.services.engine.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.25
+
+
+@dataclass
+class _Work:
+    """Something for the loop thread: a job to run, or a call (load, unload) to make between steps."""
+
+    job: Job | None = None
+    call: Callable[[], Any] | None = None
+    result: Any = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.done.set()
+
+
+@dataclass
+class _Member:
+    """A request inside a model's batch."""
+
+    uid: int
+    work: _Work
+    job: Job
+    prepared: Prepared
+    answer: Answer
+    decoding: bool = False  # past its prompt: its KV cache holds the prompt and the tokens so far
+    last_progress: float = 0.0
+
+
+class _ModelBatch:
+    """The requests of one loaded model, and the BatchGenerator they share."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        slots = settings.INFERENCE_SLOTS
+        self.generator = BatchGenerator(
+            loaded.model,
+            stop_tokens=[[t] for t in loaded.tokenizer.eos_token_ids],
+            completion_batch_size=slots,
+            prefill_batch_size=slots,
+            # The loop sets the chunk size of each step from the model's measured prompt speed (prefill.py);
+            # this is only the ceiling of the prompt batch's own inner loop.
+            prefill_step_size=MAX_STEP,
+        )
+        self.members: dict[int, _Member] = {}
+
+    def add(self, work: _Work, prepared: Prepared) -> None:
+        job = work.job
+        assert job is not None
+        options = job.request.options
+        uncached = prepared.prompt_tokens[prepared.cached :]
+        (uid,) = self.generator.insert(
+            [uncached],
+            max_tokens=[prepared.max_tokens],
+            caches=[prepared.cache],
+            # What the KV cache already holds: the penalties see the whole prompt, as they do unbatched.
+            all_tokens=[prepared.prompt_tokens[: prepared.cached]],
+            samplers=[prepared.sampler],
+            logits_processors=[prepared.processors],
+        )
+        answer = Answer(
+            stream=job.stream,
+            tokenizer=self.loaded.tokenizer,
+            stops=options.get("stop", []),
+            logprobs=options.get("logprobs"),
+            interval=settings.CHAT_BATCH_INTERVAL,
+        )
+        self.members[uid] = _Member(uid, work, job, prepared, answer)
+
+    def step(self, engine: EngineState) -> None:
+        """One step: a decode step for every answer past its prompt, a prompt chunk for the others."""
+        generator = self.generator
+        pace = self.loaded.prefill
+        generator.prefill_step_size = pace.next_step()
+        with generator.stats() as stats:
+            prompt_responses, responses = generator.next()
+        if stats.prompt_tokens:
+            pace.observe(stats.prompt_tokens, stats.prompt_time)
+        now = time.perf_counter()
+        for r in prompt_responses:
+            member = self.members.get(r.uid)
+            if member is not None:
+                self._progress(member, r.progress[0], now)
+        leaving: list[tuple[_Member, str | None]] = []
+        for r in responses:
+            member = self.members.get(r.uid)
+            if member is None:
+                continue
+            member.decoding = True
+            member.answer.add(r.token, r.logprobs, r.finish_reason)
+            if r.finish_reason is not None:  # the generator let it go itself, with its cache
+                self._finish(engine, r.uid, r.prompt_cache, r.all_tokens)
+            elif member.answer.finish is not None:  # a stop string
+                leaving.append((member, None))
+        for member in self.members.values():
+            if member.answer.finish is None and member.job.stream.should_stop:  # Stop, or the reader is gone
+                leaving.append((member, "cancelled"))
+        for member, finish in leaving:
+            uid = member.uid
+            # A cache still inside its prompt is not worth keeping (as unbatched: a half-processed prompt).
+            caches = self.generator.remove([uid], return_prompt_caches=member.decoding)
+            cache, tokens = caches.get(uid, (None, None))
+            self._finish(engine, uid, cache, tokens, finish=finish)
+
+    def _progress(self, member: _Member, processed: int, now: float) -> None:
+        if member.job.stream.should_stop:
+            return
+        started = member.answer.started
+        # Only a prompt that takes a while is worth a progress bar.
+        if now - member.last_progress >= PROGRESS_INTERVAL and (
+            member.last_progress or now - started >= PROGRESS_INTERVAL
+        ):
+            member.last_progress = now
+            prepared = member.prepared
+            member.job.stream.emit(
+                "chat.progress",
+                processed=prepared.cached + processed,
+                total=len(prepared.prompt_tokens),
+            )
+
+    def _finish(
+        self,
+        engine: EngineState,
+        uid: int,
+        cache: list[Any] | None,
+        tokens: list[int] | None,
+        *,
+        finish: str | None = None,
+    ) -> None:
+        member = self.members.pop(uid)
+        answer, prepared, outcome = member.answer, member.prepared, member.job.outcome
+        answer.close(finish)
+        outcome.text = answer.text
+        outcome.finish_reason = answer.finish or "length"
+        outcome.completion_tokens = answer.tokens
+        figures = answer.figures()
+        outcome.ttft_ms, outcome.tokens_per_second = figures["ttft_ms"], figures["tokens_per_second"]
+        if answer.first_at is not None:
+            uncached = len(prepared.prompt_tokens) - prepared.cached
+            outcome.prompt_tps = round(uncached / max(answer.first_at - answer.started, 1e-6), 1)
+        # The process's peak: requests overlap, so none has a peak of its own.
+        outcome.peak_memory_bytes = mx.get_peak_memory()
+        if cache is not None and tokens:
+            # Whole: ended by the model (end of sequence, or max_tokens), not cut by a stop string or Stop.
+            whole = finish is None and not answer.stops.stopped and answer.tokens > 0
+            shown = as_shown(self.loaded.tokenizer, answer.text, tokens[-1]) if whole else None
+            member.job.keep(engine, prepared, list(tokens), cache, shown)
+        engine.registry.release(self.loaded)
+        member.work.end()
+
+    def fail(self, engine: EngineState, error: BaseException) -> None:
+        """The step raised: every request of this batch ends with that error (chat.error internal)."""
+        for member in self.members.values():
+            engine.registry.release(self.loaded)
+            member.work.end(error)
+        self.members.clear()
+
+
+class EngineLoop:
+    def __init__(self) -> None:
+        self._inbox: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._batches: dict[int, _ModelBatch] = {}  # by id() of the LoadedModel
+        self._thread = threading.Thread(target=self._run_forever, name="inference-engine", daemon=True)
+        self._thread.start()
+
+    # --- From task threads -------------------------------------------------------------------------------------
+
+    def run(self, job: Job) -> None:
+        """Run job to its end, filling job.outcome; raises what failed it (model load, prompt, options...)."""
+        self._submit(_Work(job=job))
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        """function() on the loop thread, between two steps (loading and unloading touch MLX)."""
+        if threading.current_thread() is self._thread:
+            return function()
+        return self._submit(_Work(call=function))
+
+    def _submit(self, work: _Work) -> Any:
+        self._inbox.put(work)
+        work.done.wait()
+        if work.error is not None:
+            raise work.error
+        return work.result
+
+    # --- The loop thread ---------------------------------------------------------------------------------------
+
+    def _run_forever(self) -> None:
+        while True:
+            try:
+                self._take_work()
+                engine = state()
+                for key, batch in list(self._batches.items()):
+                    try:
+                        batch.step(engine)
+                    except Exception as exc:
+                        log.exception("a batch step of %s failed", batch.loaded.spec.repo_id)
+                        batch.fail(engine, exc)
+                    if not batch.members:
+                        batch.generator.close()
+                        del self._batches[key]
+            except Exception:  # never let the loop die: every task thread waits on it
+                log.exception("the engine loop failed")
+
+    def _take_work(self) -> None:
+        """Everything waiting; when there is nothing to step, sleep until something arrives."""
+        try:
+            work = self._inbox.get(block=not self._batches)
+        except queue.Empty:
+            return
+        while True:
+            self._do(work)
+            try:
+                work = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _do(self, work: _Work) -> None:
+        if work.call is not None:
+            try:
+                work.result = work.call()
+            except BaseException as exc:
+                work.end(exc)
+            else:
+                work.end()
+            return
+        job = work.job
+        assert job is not None
+        engine = state()
+        try:
+            prepared = job.prepare(engine)  # loads the model, builds the prompt, sends chat.started
+        except BaseException as exc:
+            work.end(exc)
+            return
+        if not prepared.batchable:
+            try:
+                job.run_alone(engine, prepared)
+            except BaseException as exc:
+                work.end(exc)
+            else:
+                work.end()
+            finally:
+                engine.registry.release(prepared.loaded)
+            return
+        batch = self._batches.get(id(prepared.loaded))
+        if batch is None:
+            batch = self._batches[id(prepared.loaded)] = _ModelBatch(prepared.loaded)
+        try:
+            batch.add(work, prepared)
+        except BaseException as exc:
+            engine.registry.release(prepared.loaded)
+            work.end(exc)
+
+
+_loop: EngineLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def engine_loop() -> EngineLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = EngineLoop()
+        return _loop
