@@ -14,7 +14,8 @@ from channels.layers import get_channel_layer
 
 from models_app.models import Usage
 from models_app.services import inference
-from tests.chat.conftest import assert_well_formed, make_snapshot
+from tests.chat.conftest import assert_well_formed
+from tests.factories import make_snapshot
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
 
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 @pytest.fixture
 def long_snapshot(long_context_model_path):  # type: ignore[no-untyped-def]
     """The tiny model with an 8k window: an answer without a small max_tokens runs for seconds."""
-    return make_snapshot(long_context_model_path, repo_id="test/tiny-long")
+    return make_snapshot("test/tiny-long", path=long_context_model_path)
 
 
 def request(snapshot_id: int, content: str, channel: str, **options: Any) -> dict[str, Any]:
