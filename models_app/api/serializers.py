@@ -491,7 +491,7 @@ class DiscoverQuerySerializer(serializers.Serializer):
         default="",
         allow_blank=True,
         max_length=96,
-        validators=[RegexValidator(r"^[A-Za-z0-9._-]*$")],
+        validators=[RegexValidator(r"^[A-Za-z0-9._-]+$")],
         help_text="Only this Hub user or organisation",
     )
     mlx_only = serializers.BooleanField(default=True, help_text="Only repos tagged for the mlx library")
@@ -500,7 +500,7 @@ class DiscoverQuerySerializer(serializers.Serializer):
         default="",
         allow_blank=True,
         max_length=1000,
-        validators=[RegexValidator(r"^[A-Za-z0-9_=.+/%-]*$")],
+        validators=[RegexValidator(r"^[A-Za-z0-9_=.+/%-]+$")],
         help_text="The page after the one that gave this next_cursor ('' for the first page)",
     )
 

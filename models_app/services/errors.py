@@ -118,6 +118,7 @@ OTHER_CODES: dict[str, ErrorCode] = {
     "model_load_failed": ErrorCode(500),
     "unavailable": ErrorCode(503),
     "inference_unavailable": ErrorCode(503),
+    "node_down": ErrorCode(503),  # every machine holding the model is down: said at once, naming them
 }
 
 ALL_CODES: dict[str, ErrorCode] = CODES | OTHER_CODES

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 def enqueued(monkeypatch):  # type: ignore[no-untyped-def]
     requests: list[dict] = []
     monkeypatch.setattr(inference, "ensure_worker", lambda queue=inference.QUEUE: None)
-    monkeypatch.setattr(inference, "start_generation", lambda request, node=None: requests.append(request))
+    monkeypatch.setattr(inference, "start_generation", lambda request, queue=None: requests.append(request))
     return requests
 
 
@@ -161,7 +161,7 @@ def test_deleting_a_conversation_stops_its_answer(alice, tiny_snapshot, enqueued
 
 
 def test_a_failed_enqueue_marks_the_answer(alice, tiny_snapshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    def refuse(request, node=None):  # type: ignore[no-untyped-def]
+    def refuse(request, queue=None):  # type: ignore[no-untyped-def]
         raise inference.InferenceUnavailable("The task queue is not answering: boom")
 
     monkeypatch.setattr(inference, "ensure_worker", lambda queue=inference.QUEUE: None)

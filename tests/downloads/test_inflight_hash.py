@@ -14,7 +14,7 @@ from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.file_download import repo_folder_name
 
 from models_app.services import hub_checks, hub_digest, hub_progress, hub_resume
-from models_app.services.hub_checks import FileSpec
+from models_app.services.cache_layout import FileRecord
 from tests.downloads.conftest import new_repo_id, resolve_requests
 
 DATA = os.urandom(3_000_000)
@@ -46,7 +46,7 @@ def download(hub, repo_id: str, sha: str, cache: Path, name: str = "weights.bin"
     return Path(hf_hub_download(repo_id, name, revision=sha, cache_dir=cache, endpoint=hub.url, token=False))
 
 
-WEIGHTS = FileSpec("weights.bin", len(DATA), "0" * 40, SHA256)
+WEIGHTS = FileRecord("weights.bin", len(DATA), "0" * 40, SHA256)
 
 
 def refuse_reading(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +68,7 @@ def test_a_downloaded_blob_is_verified_from_the_digest_taken_while_it_was_writte
     assert hub_digest.known_digest(weights.resolve(), git_sha1=False) == SHA256
     assert hub_digest.known_digest(small.resolve(), git_sha1=True) == SMALL_BLOB_ID
     refuse_reading(monkeypatch)
-    small_spec = FileSpec("small.json", len(SMALL), SMALL_BLOB_ID)
+    small_spec = FileRecord("small.json", len(SMALL), SMALL_BLOB_ID)
     assert hub_checks.verify_files(repo_dir, sha, [WEIGHTS, small_spec], just_written=True) == {}
 
 

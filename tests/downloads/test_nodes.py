@@ -14,6 +14,7 @@ from models_app.models import Snapshot
 from models_app.services import hub as hub_service
 from models_app.services import inference, workers
 from models_app.services.errors import DownloadError
+from models_app.services.routing import NodeDown
 from tasks.maintenance import on_every_node
 from tests.downloads.conftest import repo_dir, wait_job
 from tests.support.processes import CeleryWorker, start_worker, wait_for
@@ -53,10 +54,11 @@ def test_a_pull_for_another_node_runs_there_and_lands_in_its_cache(
     assert (Path(snapshot.path) / "model.safetensors").is_file()
     assert not repo_dir(repo_id).exists()  # nothing in this machine's cache
 
-    # Chat with it goes to that machine's inference queue when it has a worker there, else the shared one
-    # (whose worker refuses a snapshot of another node with a clear message).
+    # Chat with it goes to that machine's inference queue when it has a worker there; with none, it is down,
+    # said at once and by name (the shared queue would hand it to a machine without the files).
     settings.REDIS_PREFIX = f"mlxcr-test-nodes-{time.monotonic_ns()}"  # presence of our own, none else's
-    assert inference.queue_for_snapshot(snapshot.id) == "inference"
+    with pytest.raises(NodeDown, match=name):
+        inference.queue_for_snapshot(snapshot.id)
     workers.beat_once(hostname=f"inference@{name}", queues=["inference", f"inference.{name}"], started_at=0)
     assert inference.queue_for_snapshot(snapshot.id) == f"inference.{name}"
 
