@@ -66,8 +66,8 @@ def _resuming(http_get: Any) -> Any:
         name = getattr(temp_file, "name", None)
         if resume_size or not expected_size or not isinstance(name, str) or temp_file.tell() != 0:
             return http_get(url, temp_file, resume_size=resume_size, expected_size=expected_size, **kwargs)
-        found = _leftover(Path(name), expected_size)
-        if found is None:
+
+        def fresh() -> None:  # nothing to resume from: the whole file, hashed as it is written
             return _hashed_get(
                 http_get,
                 url,
@@ -76,20 +76,17 @@ def _resuming(http_get: Any) -> Any:
                 expected_size=expected_size,
                 **kwargs,
             )
+
+        found = _leftover(Path(name), expected_size)
+        if found is None:
+            return fresh()
         leftover, size = found
         try:
             # Atomic: of two takers, one gets the file. The empty file we were handed is replaced; the caller
             # closes its handle and moves (or, on an error, deletes) this path as usual.
             os.replace(leftover, name)
         except FileNotFoundError:
-            return _hashed_get(
-                http_get,
-                url,
-                temp_file,
-                hub_digest.hashing(temp_file, expected_size),
-                expected_size=expected_size,
-                **kwargs,
-            )
+            return fresh()
         # Written now, whatever the old mtime says: verification must hash it (hub_checks.verified_before).
         os.utime(name)
         log.info(

@@ -95,12 +95,7 @@ class Command(BaseCommand):
         # The password stays in this process's memory only (never in a child's argv, env or a file).
         login = None if no_bootstrap else create_first_admin()
 
-        def on_signal(signum: int, _frame: object) -> None:
-            stack.request_stop()
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        stack.start()
+        _start_until_signalled(stack)
         say(
             f"\n  MLX Control Room is starting on {local_url(host, port)} (the login follows once it is up)\n"
         )
@@ -134,12 +129,7 @@ class Command(BaseCommand):
             )
 
     def _run_workers(self, stack: Stack) -> None:
-        def on_signal(signum: int, _frame: object) -> None:
-            stack.request_stop()
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        stack.start()
+        _start_until_signalled(stack)
         say(
             f"\n  Workers of machine {settings.NODE_NAME} are starting; its models appear on the web server.\n"
         )
@@ -181,3 +171,14 @@ class Command(BaseCommand):
             )
         say(login_box(urls=urls, login=login, notes=notes))
         announced.set()
+
+
+def _start_until_signalled(stack: Stack) -> None:
+    """Start the children; SIGINT or SIGTERM asks the stack to stop (its wait() returns at the next tick)."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stack.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stack.start()
