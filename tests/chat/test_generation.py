@@ -497,3 +497,19 @@ def test_a_prompt_is_the_tokens_apply_chat_template_gives(engine, tiny_snapshot,
     tokenizer = engine.state().registry.get(engine.spec_for(tiny_snapshot.id)).tokenizer
     prompt = build_chat_prompt(tokenizer, messages, context_length=4096, reserve=16)
     assert prompt.tokens == tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def test_progress_never_reports_a_whole_prompt_however_slow_the_machine(  # type: ignore[no-untyped-def]
+    engine, long_context_model_path, monkeypatch
+) -> None:
+    """CI (PostgreSQL run, a loaded machine) saw a progress frame after the last prompt chunk, processed ==
+    total. With the interval at 0, every chunk's progress goes out, as it does on a slow enough machine."""
+    from models_app.services.engine import batch, generation
+
+    monkeypatch.setattr(batch, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(generation, "PROGRESS_INTERVAL", 0.0)
+    snapshot = make_snapshot("test/long-context", path=long_context_model_path)
+    messages = [{"role": "user", "content": words(800)}]
+    usage, replies = run_generate(engine, chat_request(snapshot.id, messages, options={"max_tokens": 4}))
+    progress = [m for m in replies if m["type"] == "chat.progress"]
+    assert progress and all(0 < m["processed"] < m["total"] == usage["prompt_tokens"] for m in progress)

@@ -148,7 +148,11 @@ class _ModelBatch:
             self._finish(engine, uid, cache, tokens, finish=finish)
 
     def _progress(self, member: _Member, processed: int, now: float) -> None:
-        if member.job.stream.should_stop:
+        prepared = member.prepared
+        processed += prepared.cached
+        # The whole prompt is in: the first token is next, and a full bar says nothing (as unbatched, where the
+        # last chunk goes through the token loop and reports no progress).
+        if member.job.stream.should_stop or processed >= len(prepared.prompt_tokens):
             return
         started = member.answer.started
         # Only a prompt that takes a while is worth a progress bar.
@@ -156,12 +160,7 @@ class _ModelBatch:
             member.last_progress or now - started >= PROGRESS_INTERVAL
         ):
             member.last_progress = now
-            prepared = member.prepared
-            member.job.stream.emit(
-                "chat.progress",
-                processed=prepared.cached + processed,
-                total=len(prepared.prompt_tokens),
-            )
+            member.job.stream.emit("chat.progress", processed=processed, total=len(prepared.prompt_tokens))
 
     def _finish(
         self,
