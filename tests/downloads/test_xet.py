@@ -72,13 +72,12 @@ def test_a_pull_from_a_xet_hub_goes_through_hf_xet_into_the_shared_store(
 
 def bytes_written(worker: CeleryWorker) -> int:
     """Bytes the worker and its pool children have passed to write() so far (Linux's /proc/<pid>/io wchar)."""
+    if not Path("/proc/self/io").exists():  # macOS: no per-process write count to read
+        pytest.skip("counting a process's bytes written needs Linux's /proc/<pid>/io")
     total = 0
     for pid in [worker.pid, *worker.children()]:
-        io = Path(f"/proc/{pid}/io")
-        if not Path("/proc/self/io").exists():
-            pytest.skip("counting a process's bytes written needs Linux's /proc/<pid>/io")
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            fields = dict(line.split(": ") for line in io.read_text().splitlines())
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a pool child that just ended
+            fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
             total += int(fields["wchar"])
     return total
 
