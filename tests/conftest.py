@@ -25,11 +25,43 @@ def test_var_dir() -> Path:
 PROCESS_FIXTURES = {"stack_env", "process_log_dir"}
 
 
+RELIABILITY_DIR = ROOT / "tests" / "reliability"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `processes` every test that starts real processes, so `make test-fast` can leave them out."""
+    """Mark `processes` every test that starts real processes, so `make test-fast` can leave them out, and
+    `reliability` every test under tests/reliability (the rule pytest_ignore_collect relies on)."""
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.processes)
+        if RELIABILITY_DIR in item.path.parents:
+            item.add_marker(pytest.mark.reliability)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Do not even import tests/reliability when -m leaves every reliability test out (CI's PostgreSQL run,
+    `make test-fast`): its schemathesis modules build their examples at import, about half a minute per
+    process, for tests that would all be deselected."""
+    if collection_path == RELIABILITY_DIR and not _selects_reliability(config.option.markexpr):
+        return True
+    return None
+
+
+def _selects_reliability(markexpr: str) -> bool:
+    """Whether the -m expression can select a test marked `reliability`, whatever its other markers."""
+    if not markexpr:
+        return True
+    from itertools import product
+
+    from _pytest.mark.expression import Expression
+
+    expression = Expression.compile(markexpr)
+    others = ("browser", "processes", "django_db")
+    for values in product((False, True), repeat=len(others)):
+        marked = {"reliability", *(name for name, on in zip(others, values, strict=True) if on)}
+        if expression.evaluate(marked.__contains__):
+            return True
+    return False
 
 
 # --- Users -------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,16 @@ def error_of(response: Any) -> dict[str, Any]:
     assert {"code", "message"} <= set(body["error"]), body
     assert set(body["error"]) <= {"code", "message", "action", "details"}, body
     return body["error"]
+
+
+def generated_schema() -> dict:
+    """The schema as /api/schema/ serves it, generated in-process at collection time: schemathesis's lazy
+    (fixture-based) loader does not work with pytest 9, and the operations must be known to parametrize."""
+    from drf_spectacular.generators import SchemaGenerator
+    from drf_spectacular.renderers import OpenApiJsonRenderer
+
+    return json.loads(
+        OpenApiJsonRenderer().render(
+            SchemaGenerator().get_schema(request=None, public=True), "application/json"
+        )
+    )

@@ -1,17 +1,12 @@
-"""The OpenAPI schema: valid OpenAPI 3, accurate (schemathesis checks the running API against it), and the
-Swagger UI served without any CDN."""
+"""The OpenAPI schema: valid OpenAPI 3, accurate (schemathesis checks the running API against it in
+tests/reliability/test_api_schema.py), and the Swagger UI served without any CDN."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import schemathesis
 from drf_spectacular.validation import validate_schema
-from hypothesis import HealthCheck, settings
 
-from models_app.models import ApiKey
-from tests.api.conftest import KeyClient
+from tests.api.conftest import KeyClient, generated_schema
 
 pytestmark = pytest.mark.django_db
 
@@ -60,46 +55,3 @@ def test_swagger_ui_works_offline(alice_client) -> None:  # type: ignore[no-unty
     bundle = html.split('src="', 2)[1].split('"', 1)[0]
     assert bundle.startswith("/static/")
     assert alice_client.get(bundle).status_code == 200
-
-
-# --- Schemathesis against the running server ------------------------------------------------------------------
-
-
-@pytest.fixture
-def fuzz_key(staff) -> str:  # type: ignore[no-untyped-def]
-    """Staff, so the staff-only operations are exercised too."""
-    return ApiKey.issue(user=staff, name="schemathesis")[1]
-
-
-def generated_schema() -> dict:
-    """The schema as /api/schema/ serves it, generated in-process at collection time: schemathesis's lazy
-    (fixture-based) loader does not work with pytest 9, and the operations must be known to parametrize."""
-    from drf_spectacular.generators import SchemaGenerator
-    from drf_spectacular.renderers import OpenApiJsonRenderer
-
-    return json.loads(
-        OpenApiJsonRenderer().render(
-            SchemaGenerator().get_schema(request=None, public=True), "application/json"
-        )
-    )
-
-
-api_schema = schemathesis.openapi.from_dict(generated_schema())
-
-
-# Left out: revoking keys (the fuzzer would revoke its own) and a real cleanup (it deletes from the cache the
-# other tests share). Both have their own tests.
-@pytest.mark.reliability
-@pytest.mark.django_db(transaction=True)
-@(
-    api_schema.exclude(method="DELETE", path="/api/v1/keys/{id}")
-    .exclude(method="POST", path="/api/v1/cache/cleanup")
-    .parametrize()
-)
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_the_api_conforms_to_its_schema(
-    case, asgi_server, fuzz_key: str, download_worker, inference_worker
-) -> None:  # type: ignore[no-untyped-def]
-    case.call_and_validate(
-        base_url=asgi_server.url, headers={"Authorization": f"Bearer {fuzz_key}"}, timeout=30
-    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from datetime import timedelta
 
 import pytest
@@ -33,21 +32,20 @@ def downloading_padding(repo_id: str, timeout: float = 20.0) -> None:
 
 
 @pytest.mark.usefixtures("download_worker")
-def test_cancel_stops_a_running_download_within_two_seconds_and_leaves_no_partial_file(
-    hub, publish, alice
-) -> None:
+def test_cancel_stops_a_running_download_and_leaves_no_partial_file(hub, publish, alice) -> None:
     repo_id, _ = publish("cancel", extra={"padding.bin": PADDING})
-    hub.faults.throttle(2_000_000, pattern="padding.bin")  # 3 s for the padding alone
+    hub.faults.throttle(1_000_000, pattern="padding.bin")  # 6 s for the padding alone
     job = hub_service.download_model(repo_id, user=alice)
     downloading_padding(repo_id)
 
-    asked = time.monotonic()
     hub_service.cancel_job(job, by=alice)
     job = wait_job(job, timeout=5)
-    took = time.monotonic() - asked
 
     assert (job.state, job.error_code) == ("cancelled", "cancelled")
-    assert took < 2.0, f"cancel took {took:.2f} s"
+    # The transfer was cut, not finished and then thrown away: the hub never sent the whole file. (How soon is
+    # `make bench`'s to measure, not a test's: README Reliability gives the figures.)
+    served = hub.served(repo_id, "padding.bin")
+    assert 0 < served < len(PADDING), f"{served} of {len(PADDING)} bytes served"
     assert "alice" in job.error_message
     assert incomplete_files(repo_id) == []
     assert not (repo_dir(repo_id) / "blobs" / PADDING_SHA256).exists()
@@ -129,15 +127,11 @@ def test_a_stalled_server_fails_network_within_the_stall_timeout(hub, publish, d
         30,
         "the weights were never requested",
     )
-    started = time.monotonic()  # the hub has sent the headers and stalls from here
+    # The hub has sent the headers and stalls from here for 60 s, twice the wait: only the stall timeout ends it.
     job = wait_job(job, timeout=30)
-    took = time.monotonic() - started
 
     assert (job.state, job.error_code) == ("failed", "network")
-    assert "stopped sending data" in job.error_message
-    # One read timeout (2 s) and huggingface_hub's 1 s pause before its retry, which the guard refuses.
-    # Left alone, huggingface_hub would try 6 times: 6 x (2 + 1) = 18 s. The margin is for a loaded machine.
-    assert took < 8.0, f"took {took:.1f} s"
+    assert "stopped sending data for more than 2 s" in job.error_message
     weights = [r for r in resolve_requests(hub, repo_id) if r.path.endswith("/model.safetensors")]
     assert len(weights) == 1  # huggingface_hub's retry was refused before it was sent
     assert incomplete_files(repo_id) == []
@@ -150,13 +144,11 @@ def test_a_stall_in_process_honours_the_setting(hub, publish, settings, private_
     hub.faults.stall_after_headers(30, pattern="model.safetensors", times=None)
     job = hub_service.download_model(repo_id)
 
-    started = time.monotonic()
-    hub_service.run_download(job.id, task_id="in-process", worker_name="pytest")
-    took = time.monotonic() - started
+    hub_service.run_download(job.id, task_id="in-process", worker_name="pytest")  # the hub would stall 30 s
 
     job.refresh_from_db()
     assert (job.state, job.error_code) == ("failed", "network")
-    assert took < 5.0, f"took {took:.1f} s"
+    assert "stopped sending data for more than 1 s" in job.error_message  # the setting, not the 60 s default
 
 
 def test_a_killed_worker_is_reaped_and_a_fresh_worker_completes_the_job(

@@ -474,7 +474,8 @@ def test_throttle_limits_the_download_rate(hub: LocalHub, cache: Path) -> None:
     elapsed = time.monotonic() - started
 
     assert Path(path).read_bytes() == data
-    assert 0.3 <= elapsed < 1.5
+    # 30 kB at 100 kB/s: never sooner than 0.3 s (a lower bound only: a loaded machine may take longer).
+    assert elapsed >= 0.3
 
 
 def test_faults_only_hit_matching_files_and_clear(hub: LocalHub) -> None:

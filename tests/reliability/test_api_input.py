@@ -1,7 +1,7 @@
 """Bad input on every write endpoint of both APIs, against the real server: malformed JSON, JSON nested
 thousands deep, bodies over DATA_UPLOAD_MAX_MEMORY_SIZE, wrong content types and wrong types all get a 4xx,
 never a 5xx. Then schemathesis in negative mode (schema-violating parameters and bodies) over the whole REST
-API: never a 5xx, always a rejection (4xx). (Positive-mode conformance: tests/api/test_schema.py::test_the_api_conforms_to_its_schema.)"""
+API: never a 5xx, always a rejection (4xx). (Positive-mode conformance: test_api_schema.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from models_app.models import ApiKey
-from tests.api.test_schema import generated_schema
+from tests.api.conftest import generated_schema
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 
