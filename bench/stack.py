@@ -125,7 +125,7 @@ class Product:
 
     def prepare(self) -> None:
         """Redis, environment, migrations, and Django set up in this process against the same database."""
-        from tests.support.redis_server import RedisServer
+        from devkit.redis_server import RedisServer
 
         self._redis = RedisServer(self.run_dir / "redis").start()
         self.env = {

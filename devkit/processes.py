@@ -17,9 +17,9 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from tests.support.redis_server import free_port
+from devkit.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def database_url() -> str:
