@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # A stopped child has this long after SIGTERM to exit before its group gets SIGKILL.
 STOP_GRACE = 15.0
@@ -56,6 +57,8 @@ class Child:
         log_path: Path | None = None,
         on_line: Callable[[bytes], None] | None = None,
     ) -> None:
+        if log_path is not None and on_line is not None:
+            raise ValueError("a child's output goes to a log file or to a callback, not both")
         self.name = name
         self.log_path = log_path
         if log_path is not None:
@@ -65,14 +68,14 @@ class Child:
                 self.process = self._popen(argv, env, cwd, log)
         else:
             self.process = self._popen(argv, env, cwd, subprocess.PIPE if on_line else subprocess.DEVNULL)
-        if on_line is not None and log_path is None:
+        if on_line is not None:
             threading.Thread(
                 target=self._pump, args=(on_line,), daemon=True, name=f"output of {name}"
             ).start()
 
     @staticmethod
     def _popen(
-        argv: Sequence[str], env: dict[str, str] | None, cwd: Path | None, out: int | object
+        argv: Sequence[str], env: dict[str, str] | None, cwd: Path | None, out: int | IO[bytes]
     ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(argv), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
