@@ -282,7 +282,7 @@ def main(argv: list[str]) -> int:
     if "pages" in args.only:
         with timed(Section("Pages and API")) as section:
             sections.append(section)
-            from tests.support.redis_server import RedisServer
+            from devkit.redis_server import RedisServer
 
             redis = RedisServer(run_dir / "pages-redis").start()
             try:

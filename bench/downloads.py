@@ -52,8 +52,8 @@ class Case:
 
 def start_hub(storage: Path) -> Any:
     """The local hub, serving files in place (no copy of the 1 GB file).
-    Nagle's algorithm is off on its handler (tests.support.localhub), as on the real Hub."""
-    from tests.support import localhub
+    Nagle's algorithm is off on its handler (devkit.localhub), as on the real Hub."""
+    from devkit import localhub
 
     return localhub.LocalHub(storage, copy_files=False).start()
 

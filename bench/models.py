@@ -165,10 +165,10 @@ def model_files(model_dir: Path) -> dict[str, Path]:
 
 
 def _tokenizer_files(dest: Path) -> dict[str, int]:
-    """Copy the tiny test tokenizer (trained by tests.support.tinymodel) into dest; return its special ids.
+    """Copy the tiny test tokenizer (trained by devkit.tinymodel) into dest; return its special ids.
 
     Only its public builder is used: a throwaway two-layer model is built and its tokenizer files kept."""
-    from tests.support import tinymodel
+    from devkit import tinymodel
 
     with tempfile.TemporaryDirectory() as tmp:
         tinymodel.build_tiny_model(Path(tmp))
@@ -253,7 +253,7 @@ def _build_chat_model(dest: Path, shape: Shape, seed: int) -> None:
     model = arch.Model(arch.ModelArgs.from_dict(config))
 
     # numpy's PCG64, not mx.random: the bytes do not depend on the MLX version. N(0, 1/fan_in) keeps
-    # activations O(1) through the layers; the embedding is N(0, 1), as in tests.support.tinymodel.
+    # activations O(1) through the layers; the embedding is N(0, 1), as in devkit.tinymodel.
     rng = np.random.default_rng(seed)
     weights: dict[str, Any] = {}
     for name, param in sorted(tree_flatten(model.parameters())):

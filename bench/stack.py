@@ -1,44 +1,28 @@
 """The processes a benchmark runs against: the product (web + workers, as `make run` starts them, with a
 private Redis, SQLite database and HF cache) and the peer, `mlx_lm.server`.
 
-Every child gets its own process group and log file under the run directory, and is stopped by its pid only.
+Every child is a `dashboard.supervisor.Child` (its own process group, a log file under the run directory);
+the benchmark's policy is to start its children once and stop them once, and a child that dies while it is
+awaited fails the section at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dashboard.supervisor import Child, stop_all, wait_for
+from devkit.redis_server import RedisServer, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -49,45 +33,8 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-class Child:
-    """One subprocess, its output in a log file, stopped through its own process group."""
-
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
-
-    def check(self) -> None:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited with code {self.process.returncode}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        # The group, not just the pid: celery's pool children and uvicorn's reloader live there too.
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self._log.close()
+def start_child(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> Child:
+    return Child(name, argv, env=env, cwd=ROOT, log_path=log_dir / f"{name}.log")
 
 
 # ----------------------------------------------------------------------------- the product
@@ -125,8 +72,6 @@ class Product:
 
     def prepare(self) -> None:
         """Redis, environment, migrations, and Django set up in this process against the same database."""
-        from tests.support.redis_server import RedisServer
-
         self._redis = RedisServer(self.run_dir / "redis").start()
         self.env = {
             **os.environ,
@@ -215,13 +160,23 @@ class Product:
         for service in plan(host="127.0.0.1", port=self.port, node=settings.NODE_NAME):
             if service.name in wanted:
                 self.children.append(
-                    Child(service.name, service.argv, env={**self.env, **service.env}, log_dir=self.log_dir)
+                    start_child(
+                        service.name, service.argv, env={**self.env, **service.env}, log_dir=self.log_dir
+                    )
                 )
-        wait_for(lambda: self._check() and http_ok(f"{self.url}/login/"), 60, "web server")
+        wait_for(
+            lambda: self._check() and http_ok(f"{self.url}/login/"), 60, "web server not ready after 60 s"
+        )
         for queue in ("inference",) * inference + ("downloads",) * downloads:
-            wait_for(lambda q=queue: self._check() and self._worker_up(q), 90, f"{queue} worker", 0.25)
+            wait_for(
+                lambda q=queue: self._check() and self._worker_up(q),
+                90,
+                f"{queue} worker not ready after 90 s",
+                0.25,
+            )
 
     def _check(self) -> bool:
+        """Any child that died fails the wait at once (the benchmark restarts nothing)."""
         for child in self.children:
             child.check()
         return True
@@ -233,8 +188,7 @@ class Product:
         return bool(workers_for_queue(queue))
 
     def stop(self) -> None:
-        for child in reversed(self.children):
-            child.stop()
+        stop_all(self.children)
         self.children.clear()
         if self._redis is not None:
             self._redis.stop()
@@ -270,16 +224,10 @@ class MlxServer:
             str(self.port),
         ]
         argv += ["--log-level", "WARNING"]
-        self.child = Child(
+        self.child = start_child(
             "mlx_lm.server", argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_dir=self.log_dir
         )
-
-        def ready() -> bool:
-            assert self.child is not None
-            self.child.check()
-            return http_ok(f"{self.url}/v1/models")
-
-        wait_for(ready, 120, "mlx_lm.server", 0.25)
+        self.child.wait_until(lambda: http_ok(f"{self.url}/v1/models"), 120, interval=0.25)
         return self
 
     def stop(self) -> None:

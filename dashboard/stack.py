@@ -3,31 +3,27 @@ configured or answering. `manage.py runstack` runs it; Ctrl-C (SIGINT or SIGTERM
 
 A tiny Procfile-style supervisor rather than honcho/supervisord: it needs to decide about Redis first. A child
 that dies (a crash, an OOM kill, kill -9) is started again after a backoff, with a log line, so one crash never
-takes the rest of the product down; only a signal to runstack itself stops everything."""
+takes the rest of the product down; only a signal to runstack itself stops everything. Starting, signalling and
+stopping a child's process group is dashboard/supervisor.py's, shared with the tests and the benchmark; this
+module is the restart policy and the output."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
 from dashboard import local_redis
+from dashboard.supervisor import Backoff, Child, ChildExited, stop_all
 
 COLORS = ["36", "35", "33", "32", "34", "31"]
-# Restart delays double from RESTART_DELAY up to RESTART_DELAY_MAX while a child keeps dying young; a child that
-# ran STABLE_AFTER seconds before dying is restarted after RESTART_DELAY again. A child that cannot start at all
-# (a port in use, a broken setting) so logs every 30 s rather than spinning the CPU.
-RESTART_DELAY = 1.0
-RESTART_DELAY_MAX = 30.0
-STABLE_AFTER = 60.0
 
 # One lock for everything written to our stdout, so a line of one child never cuts through another's (or the
 # login box).
@@ -57,10 +53,10 @@ class _Run:
 
     service: Service
     color: str
-    process: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
     started_at: float = 0.0
     restarts: int = 0
-    delay: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
     restart_at: float | None = None
 
 
@@ -166,7 +162,7 @@ class Stack:
         """Safe from a signal handler: wait() returns at its next tick, then stop() ends the children."""
         self.stop_requested.set()
 
-    def ensure_redis(self) -> subprocess.Popen[bytes] | None:
+    def ensure_redis(self) -> Child | None:
         """Use REDIS_URL when set; else the default port if something answers; else start a private server:
         the machine's redis-server, or the valkey-server the virtualenv has (see dashboard/local_redis.py)."""
         if self.env.get("REDIS_URL"):
@@ -192,40 +188,36 @@ class Stack:
         )
         # First in the dict: started first, and stop() ends it last.
         self._runs = {"redis": run, **self._runs}
-        process = self._spawn(run)
-        deadline = time.monotonic() + 10
-        while not redis_answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{binary.name} did not start; see {data_dir / 'redis.log'}")
-            time.sleep(0.1)
+        child = self._spawn(run)
+        try:
+            child.wait_until(lambda: redis_answers(url), 10)
+        except (ChildExited, TimeoutError):
+            raise SystemExit(f"{binary.name} did not start; see {data_dir / 'redis.log'}") from None
         self.env["REDIS_URL"] = url
         say(f"started {binary.name} on 127.0.0.1:{port} (data in {data_dir})")
-        return process
+        return child
 
-    def _pump(self, name: str, process: subprocess.Popen[bytes], color: str) -> None:
+    @staticmethod
+    def _printer(name: str, color: str) -> Callable[[bytes], None]:
+        """Each line of a child's output, on our stdout after its name."""
         prefix = f"\033[{color}m{name:>10} |\033[0m " if sys.stdout.isatty() else f"{name:>10} | "
-        assert process.stdout is not None
-        for raw in iter(process.stdout.readline, b""):
-            say(prefix + raw.decode(errors="replace"))
+        return lambda raw: say(prefix + raw.decode(errors="replace"))
 
-    def _spawn(self, run: _Run) -> subprocess.Popen[bytes]:
+    def _spawn(self, run: _Run) -> Child:
         service = run.service
-        process = subprocess.Popen(
+        child = Child(
+            service.name,
             service.argv,
             env={**self.env, **service.env},
-            stdout=subprocess.DEVNULL if service.quiet else subprocess.PIPE,
-            stderr=subprocess.DEVNULL if service.quiet else subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            on_line=None if service.quiet else self._printer(service.name, run.color),
         )
-        run.process, run.started_at, run.restart_at = process, time.monotonic(), None
-        if not service.quiet:
-            threading.Thread(target=self._pump, args=(service.name, process, run.color), daemon=True).start()
-        return process
+        run.child, run.started_at, run.restart_at = child, time.monotonic(), None
+        return child
 
     def start(self) -> None:
         with self._lock:
             for run in self._runs.values():
-                if run.process is None:
+                if run.child is None:
                     self._spawn(run)
 
     def wait(self) -> int:
@@ -241,8 +233,8 @@ class Stack:
         return 0
 
     def _supervise(self, run: _Run, now: float) -> None:
-        process = run.process
-        if process is None:
+        child = run.child
+        if child is None:
             return
         if run.restart_at is not None:
             if now >= run.restart_at:
@@ -250,50 +242,27 @@ class Stack:
                 new = self._spawn(run)
                 say(f"{'stack':>10} | {run.service.name} restarted (pid {new.pid}, restart {run.restarts})")
             return
-        code = process.poll()
+        code = child.poll()
         if code is None:
             return
-        # A Celery worker's pool children outlive a killed main process (they share its process group, which
-        # start_new_session made theirs alone): end them before a new worker takes the queues.
-        self._signal(process, signal.SIGKILL)
+        # A Celery worker's pool children outlive a killed main process (they share its process group, a group
+        # of its own): end them before a new worker takes the queues.
+        child.signal_group(signal.SIGKILL)
         lived = now - run.started_at
-        run.delay = (
-            RESTART_DELAY
-            if lived >= STABLE_AFTER
-            else min(RESTART_DELAY_MAX, max(RESTART_DELAY, run.delay * 2))
-        )
-        run.restart_at = now + run.delay
+        delay = run.backoff.next_delay(lived)
+        run.restart_at = now + delay
         say(
             f"{'stack':>10} | {run.service.name} exited with code {code} after {lived:.0f} s; "
-            f"restarting it in {run.delay:g} s"
+            f"restarting it in {delay:g} s"
         )
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_requested.set()
         with self._lock:
-            # Redis last: workers and beat want to say goodbye through it.
-            apps = [run.process for name, run in self._runs.items() if name != "redis" and run.process]
-            self._terminate(apps, timeout)
+            # Redis last: workers and beat want to say goodbye through it. A child waiting for its restart is
+            # gone already, its group with it.
+            apps = [run.child for name, run in self._runs.items() if name != "redis" and run.child]
+            stop_all(apps, timeout)
             redis_run = self._runs.get("redis")
-            if redis_run and redis_run.process:
-                self._terminate([redis_run.process], timeout)
-
-    def _terminate(self, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
-        for process in processes:
-            if process.poll() is None:  # one waiting for its restart is gone already, its group with it
-                self._signal(process, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for process in processes:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._signal(process, signal.SIGKILL)
-                process.wait(5)
-            # A worker's pool children are in its process group: none may outlive the stack.
-            self._signal(process, signal.SIGKILL)
-
-    @staticmethod
-    def _signal(process: subprocess.Popen[bytes], sig: int) -> None:
-        """Signal the child's whole process group (it is the group's leader), even once the leader is gone."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
+            if redis_run and redis_run.child:
+                stop_all([redis_run.child], timeout)

@@ -93,7 +93,7 @@ def alice_client(client, alice):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    from tests.support.localhub import LocalHub
+    from devkit.localhub import LocalHub
 
     hub = LocalHub(tmp_path_factory.mktemp("hub-storage")).start()
     yield hub
@@ -110,7 +110,7 @@ def hub(local_hub, settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from tests.support.tinymodel import tiny_model_dir
+    from devkit.tinymodel import tiny_model_dir
 
     return tiny_model_dir(ROOT / "var" / "test" / "models")
 
@@ -128,7 +128,7 @@ def process_log_dir(test_var_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def stack_env(django_db_setup, local_hub) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Environment for subprocesses: the test database, the private Redis, the local Hub."""
-    from tests.support.processes import child_env
+    from devkit.processes import child_env
 
     return child_env(HF_ENDPOINT=local_hub.url)
 
@@ -136,7 +136,7 @@ def stack_env(django_db_setup, local_hub) -> dict[str, str]:  # type: ignore[no-
 @pytest.fixture(scope="session")
 def download_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-untyped-def]
     """A real Celery worker on the downloads and maintenance queues (prefork, like `make run`)."""
-    from tests.support.processes import start_worker
+    from devkit.processes import start_worker
 
     worker = start_worker(
         name=f"dl-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
@@ -155,7 +155,7 @@ def inference_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no
     `make run`)."""
     from django.conf import settings
 
-    from tests.support.processes import start_worker
+    from devkit.processes import start_worker
 
     worker = start_worker(
         name=f"inf-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
@@ -172,7 +172,7 @@ def inference_worker(stack_env, process_log_dir) -> Iterator:  # type: ignore[no
 @pytest.fixture(scope="session")
 def asgi_server(stack_env, process_log_dir) -> Iterator:  # type: ignore[no-untyped-def]
     """The real ASGI app under uvicorn, on a free port."""
-    from tests.support.processes import AsgiServer
+    from devkit.processes import AsgiServer
 
     server = AsgiServer(env=stack_env, log_dir=process_log_dir).wait_ready()
     yield server

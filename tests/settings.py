@@ -33,7 +33,7 @@ else:
 
 if "TEST_REDIS_URL" not in os.environ:
     # The first process of a test run starts one redis-server; xdist workers and subprocesses inherit its URL.
-    from tests.support.redis_server import RedisServer
+    from devkit.redis_server import RedisServer
 
     _redis = RedisServer(_TEST_VAR / "redis").start()
     os.environ["TEST_REDIS_URL"] = _redis.url

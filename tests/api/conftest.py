@@ -75,8 +75,8 @@ def tiny_snapshot(tiny_model_path: Path, make_snapshot: Callable[..., Snapshot])
 @pytest.fixture
 def long_snapshot(make_snapshot):  # type: ignore[no-untyped-def]
     """The tiny model with an 8k window: without max_tokens it would generate for several seconds."""
+    from devkit.tinymodel import tiny_model_dir
     from tests.conftest import ROOT
-    from tests.support.tinymodel import tiny_model_dir
 
     path = tiny_model_dir(ROOT / "var" / "test" / "models", max_position_embeddings=8192)
     return make_snapshot("test/tiny-long", path=str(path), commit_sha="b" * 40)

@@ -16,11 +16,11 @@ import openai
 import pytest
 from django.conf import settings
 
+from devkit.processes import wait_for
 from models_app.models import ApiKey, UserLimits
 from models_app.services import inflight
 from models_app.services import redis as app_redis
 from tests.factories import make_snapshot
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
 

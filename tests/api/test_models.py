@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.processes import wait_for
 from models_app.models import Snapshot
 from models_app.services import inference
 from tests.api.conftest import KeyClient, error_of
-from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,8 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from devkit.processes import wait_for
 from models_app.models import ApiKey, Usage
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
 

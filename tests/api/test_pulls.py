@@ -37,7 +37,7 @@ def read_events(url: str, key: str, timeout: float = 60.0) -> list[tuple[str, di
 
 @pytest.fixture
 def tiny_repo(hub, tiny_model_path: Path) -> str:  # type: ignore[no-untyped-def]
-    from tests.support.tinymodel import tiny_model_files
+    from devkit.tinymodel import tiny_model_files
 
     repo_id = f"test-api/tiny-{uuid.uuid4().hex[:8]}"
     hub.create_repo(repo_id, dict(tiny_model_files(tiny_model_path)))

@@ -12,10 +12,10 @@ import httpx2 as httpx
 import pytest
 from django.test import Client
 
+from devkit.processes import wait_for
 from models_app.models import Snapshot
 from models_app.services import inference
 from tests.api.conftest import KeyClient, error_of
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
 
@@ -84,8 +84,8 @@ def test_only_the_loader_or_staff_can_unload_a_model(  # type: ignore[no-untyped
 
 @pytest.fixture
 def long_snapshot(make_snapshot) -> Snapshot:  # type: ignore[no-untyped-def]
+    from devkit.tinymodel import tiny_model_dir
     from tests.conftest import ROOT
-    from tests.support.tinymodel import tiny_model_dir
 
     path = tiny_model_dir(ROOT / "var" / "test" / "models", max_position_embeddings=8192)
     return make_snapshot("test/tiny-long", path=str(path), commit_sha="b" * 40)

@@ -106,7 +106,7 @@ def _superuser_request() -> Any:
 def test_no_page_violates_the_content_security_policy(
     browser, hub, staff, tiny_model_path, asgi_server
 ) -> None:
-    from tests.support.tinymodel import tiny_model_files
+    from devkit.tinymodel import tiny_model_files
 
     hub.add_token(HUB_TOKEN, "root")
     seeded = seed(staff, tiny_model_path)

@@ -30,7 +30,7 @@ HUB_TOKEN = "hf_demoTokenForScreenshots0042"
 def demo_model_path() -> Path:
     """A bigger tiny model (~20 MB of weights): progress is reported per 256 KiB chunk, so the default tiny
     model (under 200 KB) would jump from 0 to 100 % in one step."""
-    from tests.support.tinymodel import tiny_model_dir
+    from devkit.tinymodel import tiny_model_dir
 
     root = Path(__file__).resolve().parents[2] / "var" / "test" / "models"
     return tiny_model_dir(root, hidden_size=256, num_layers=8, max_position_embeddings=8192)
@@ -39,7 +39,7 @@ def demo_model_path() -> Path:
 @pytest.fixture
 def published(hub, demo_model_path: Path) -> str:
     """The demo model on the local Hub, absent from the cache (the cache outlives test sessions)."""
-    from tests.support.tinymodel import tiny_model_files
+    from devkit.tinymodel import tiny_model_files
 
     files = tiny_model_files(demo_model_path)
     hub.delete_repo(REPO_ID)

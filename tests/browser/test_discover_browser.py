@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 def test_search_filter_open_plan_pull_and_see_it_here(
     browser, staff, hub, tiny_model_path: Path, asgi_server, download_worker
 ) -> None:
-    from tests.support.tinymodel import tiny_model_dir, tiny_model_files
+    from devkit.tinymodel import tiny_model_dir, tiny_model_files
 
     word = f"find{uuid.uuid4().hex[:8]}"
     q4, full, huge = (
@@ -93,8 +93,8 @@ def test_results_fill_in_as_each_is_checked_a_bounded_few_at_a_time_and_more_res
     """The listing shows at once; the rows it left without sizes say "checking…" and fill in as each answer
     arrives (one at a time here: DISCOVER_DETAILS_CONCURRENCY=1), while the Hub holds the first one back; then
     "More results" brings the next page (DISCOVER_MAX_RESULTS=3)."""
-    from tests.support.processes import AsgiServer
-    from tests.support.tinymodel import tiny_model_dir, tiny_model_files
+    from devkit.processes import AsgiServer
+    from devkit.tinymodel import tiny_model_dir, tiny_model_files
 
     word = f"fill{uuid.uuid4().hex[:8]}"
     quantized = tiny_model_files(tiny_model_dir(tiny_model_path.parent, quantize=True))

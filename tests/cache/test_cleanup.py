@@ -267,7 +267,7 @@ def xet_fetch(tmp_path: Path, cache_root: Path):  # type: ignore[no-untyped-def]
     snapshot_download from it into the test cache: file bytes land in the shared store."""
     from huggingface_hub import snapshot_download
 
-    from tests.support.localhub import LocalHub
+    from devkit.localhub import LocalHub
 
     hub = LocalHub(tmp_path / "xet-hub", xet=True).start()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlx_lm
 import pytest
 
+from devkit.tinymodel import tiny_model_files
 from models_app.models import Repository, Snapshot
 from models_app.services.cache import (
     AmbiguousRevision,
@@ -19,7 +20,6 @@ from models_app.services.cache import (
 )
 from models_app.services.reconcile import reconcile_cache
 from tests.cache.conftest import age, make_public, model_files, snapshot_of
-from tests.support.tinymodel import tiny_model_files
 
 pytestmark = pytest.mark.django_db
 

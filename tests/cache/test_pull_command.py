@@ -9,11 +9,11 @@ import mlx_lm
 import pytest
 from django.core.management import CommandError, call_command
 
+from devkit.processes import wait_for
+from devkit.tinymodel import tiny_model_files
 from models_app.models import DownloadJob
 from models_app.services.cache import delete_model, get_model_path
 from tests.downloads.conftest import wait_job
-from tests.support.processes import wait_for
-from tests.support.tinymodel import tiny_model_files
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("download_worker")]
 

@@ -28,7 +28,7 @@ HOST = (b"host", b"localhost")
 def slow_model_path() -> Path:
     """Wider and deeper than the tiny model (~150 tokens/s here instead of ~1000) with an 8k window: a long
     answer lasts tens of seconds, so Stop and disconnect have something to interrupt."""
-    from tests.support.tinymodel import tiny_model_dir
+    from devkit.tinymodel import tiny_model_dir
 
     return tiny_model_dir(MODELS, hidden_size=256, num_layers=8, max_position_embeddings=8192)
 
@@ -36,7 +36,7 @@ def slow_model_path() -> Path:
 @pytest.fixture(scope="session")
 def long_context_model_path() -> Path:
     """The tiny model with an 8k window: prompts long enough to take several prefill steps, processed fast."""
-    from tests.support.tinymodel import tiny_model_dir
+    from devkit.tinymodel import tiny_model_dir
 
     return tiny_model_dir(MODELS, max_position_embeddings=8192)
 

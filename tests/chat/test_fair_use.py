@@ -13,11 +13,11 @@ import openai
 import pytest
 from django.conf import settings
 
+from devkit.processes import wait_for
 from models_app.models import ApiKey, Conversation, Message
 from models_app.services import inflight
 from tests.chat.conftest import communicator, receive_until_end, session_cookie
 from tests.factories import make_snapshot
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("inference_worker")]
 

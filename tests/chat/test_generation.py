@@ -116,7 +116,7 @@ def test_a_seed_makes_sampling_reproducible(engine, tiny_snapshot) -> None:  # t
 
 
 def test_it_stops_at_eos(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.support.tinymodel import tiny_model_dir
+    from devkit.tinymodel import tiny_model_dir
 
     snapshot = make_snapshot("test/tiny-eos", path=tiny_model_dir(tmp_path, eos_bias=True))
     usage, messages = run_generate(engine, chat_request(snapshot.id, options={"max_tokens": 50}))

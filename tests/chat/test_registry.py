@@ -80,7 +80,7 @@ def test_it_casts_half_precision_parameters_to_float32(half_model_path: Path) ->
 
 
 def test_it_keeps_quantized_weights_as_integers(tmp_path: Path) -> None:
-    from tests.support.tinymodel import tiny_model_dir
+    from devkit.tinymodel import tiny_model_dir
 
     path = tiny_model_dir(tmp_path, quantize=True)
     loaded = registry().get(spec(path))

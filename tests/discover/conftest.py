@@ -40,7 +40,7 @@ def _empty_discover_cache() -> None:
 
 @pytest.fixture
 def family(hub, tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Family:
-    from tests.support.tinymodel import tiny_model_dir, tiny_model_files
+    from devkit.tinymodel import tiny_model_dir, tiny_model_files
 
     word = f"disc{uuid.uuid4().hex[:8]}"
     quantized = tiny_model_dir(tiny_model_path.parent, quantize=True)

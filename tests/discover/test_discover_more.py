@@ -133,7 +133,7 @@ def test_a_refused_second_token_costs_its_private_repos_not_the_search(
 def test_a_repo_the_listing_leaves_without_sizes_is_checked_on_its_own(
     family, hub, alice, tiny_model_path
 ) -> None:
-    from tests.support.tinymodel import tiny_model_dir, tiny_model_files
+    from devkit.tinymodel import tiny_model_dir, tiny_model_files
 
     quiet = f"mlx-test/Tiny{family.word}-quiet-4bit"
     files = tiny_model_files(tiny_model_dir(tiny_model_path.parent, quantize=True))

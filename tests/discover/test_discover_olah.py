@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from devkit.processes import ManagedProcess, wait_for
+from devkit.redis_server import free_port
 from models_app.services import discover, discover_details
 from models_app.services.credentials import create_credential
 from models_app.services.discover import DiscoverError
-from tests.support.processes import ManagedProcess, wait_for
-from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.django_db
 

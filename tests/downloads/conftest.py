@@ -19,9 +19,9 @@ import pytest
 from django.conf import settings
 from huggingface_hub.file_download import repo_folder_name
 
+from devkit.processes import CeleryWorker, start_worker, wait_for
 from models_app.models import DownloadJob
 from models_app.services import jobs
-from tests.support.processes import CeleryWorker, start_worker, wait_for
 
 FINAL = tuple(DownloadJob.FINAL_STATES)
 
@@ -59,7 +59,7 @@ def wait_job(job: DownloadJob | int, states: tuple[str, ...] = FINAL, timeout: f
 
 @pytest.fixture
 def tiny_files(tiny_model_path: Path) -> dict[str, bytes | Path]:
-    from tests.support.tinymodel import tiny_model_files
+    from devkit.tinymodel import tiny_model_files
 
     return dict(tiny_model_files(tiny_model_path))
 
@@ -141,7 +141,7 @@ def xet_local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A local Hub of its own that serves LFS files through a local Xet CAS. The CAS admits one process at a
     time: content is uploaded when a repo is published (new content only), so publish before the (one-child)
     worker that pulls from it starts; a repo made of content already published touches no CAS."""
-    from tests.support.localhub import LocalHub
+    from devkit.localhub import LocalHub
 
     hub = LocalHub(tmp_path_factory.mktemp("xet-hub"), xet=True).start()
     yield hub

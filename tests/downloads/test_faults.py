@@ -11,11 +11,11 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from devkit.processes import wait_for
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
 from models_app.services import jobs
 from tests.downloads.conftest import incomplete_files, kill_hard, repo_dir, resolve_requests, wait_job
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
 

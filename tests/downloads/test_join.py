@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from devkit.processes import wait_for
 from models_app.models import ApiKey, DownloadJob
 from models_app.services.credentials import create_credential
 from tests.api.conftest import KeyClient, error_of
 from tests.downloads.conftest import wait_job
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("download_worker")]
 

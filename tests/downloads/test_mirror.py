@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from devkit.processes import ManagedProcess, wait_for
+from devkit.redis_server import free_port
 from models_app.models import Snapshot
 from models_app.services import hub as hub_service
 from tests.downloads.conftest import new_repo_id, repo_dir, wait_job
-from tests.support.processes import ManagedProcess, wait_for
-from tests.support.redis_server import free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

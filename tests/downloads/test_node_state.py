@@ -13,6 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
+from devkit.processes import CeleryWorker, start_worker, wait_for
 from models_app.models import ApiKey, Node, Snapshot
 from models_app.services import chat, nodes, workers
 from models_app.services import hub as hub_service
@@ -22,7 +23,6 @@ from models_app.services.errors import DownloadError
 from models_app.services.node_facts import physical_memory
 from tests.api.conftest import KeyClient
 from tests.downloads.conftest import kill_hard, repo_dir, wait_job
-from tests.support.processes import CeleryWorker, start_worker, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("download_worker")]
 

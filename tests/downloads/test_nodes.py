@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.processes import CeleryWorker, start_worker, wait_for
 from models_app.models import Snapshot
 from models_app.services import hub as hub_service
 from models_app.services import inference, workers
@@ -17,7 +18,6 @@ from models_app.services.errors import DownloadError
 from models_app.services.routing import NodeDown
 from tasks.maintenance import on_every_node
 from tests.downloads.conftest import repo_dir, wait_job
-from tests.support.processes import CeleryWorker, start_worker, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("download_worker")]
 

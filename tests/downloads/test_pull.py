@@ -14,10 +14,10 @@ from django.conf import settings
 from django.db import connection
 from huggingface_hub import scan_cache_dir
 
+from devkit.processes import wait_for
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
 from tests.downloads.conftest import incomplete_files, repo_dir, resolve_requests, wait_job
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("download_worker")]
 

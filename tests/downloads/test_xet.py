@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from devkit.localhub import LocalHub
+from devkit.processes import wait_for
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
 from models_app.services import jobs
@@ -27,8 +29,6 @@ from tests.downloads.conftest import (
     wait_job,
     xet_worker,
 )
-from tests.support.localhub import LocalHub
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

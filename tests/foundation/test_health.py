@@ -5,7 +5,7 @@ import json
 import pytest
 from django.urls import reverse
 
-from tests.support.redis_server import RedisServer
+from devkit.redis_server import RedisServer
 
 
 @pytest.mark.django_db
@@ -86,9 +86,9 @@ def test_healthz_says_redis_is_down_within_seconds(client, staff, settings, tmp_
 def test_health_page_lists_loaded_models_with_an_unload_button(
     client, staff, inference_worker, tiny_model_path, settings
 ) -> None:  # type: ignore[no-untyped-def]
+    from devkit.processes import wait_for
     from models_app.models import Repository, Snapshot
     from models_app.services import inference
-    from tests.support.processes import wait_for
 
     repo = Repository.objects.create(repo_id="test/health-loaded")
     snapshot = Snapshot.objects.create(
@@ -120,9 +120,9 @@ def test_health_page_lists_loaded_models_with_an_unload_button(
 @pytest.fixture
 def alices_loaded_private_model(alice, inference_worker, tiny_model_path, settings):  # type: ignore[no-untyped-def]
     """Alice's private model, loaded in the real inference worker (by her), unloaded afterwards."""
+    from devkit.processes import wait_for
     from models_app.models import Repository, Snapshot
     from models_app.services import inference
-    from tests.support.processes import wait_for
 
     repo = Repository.objects.create(repo_id="alice/secret-health", private=True, owner=alice)
     snapshot = Snapshot.objects.create(

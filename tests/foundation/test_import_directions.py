@@ -1,6 +1,8 @@
 """The packages import in one direction: `dashboard` (the project and web edge) and `tasks` (Celery adapters)
 may import the domain, `models_app`; the domain never imports either. Inside the domain, the inference
-contract (`services/inference.py`, imported by the web side) never imports the engine, which imports MLX."""
+contract (`services/inference.py`, imported by the web side) never imports the engine, which imports MLX. The
+development harness (`devkit`, with the tests and the benchmark) is imported by `tests/` and `bench/` only: the
+product never imports it, nor them."""
 
 from __future__ import annotations
 
@@ -47,6 +49,18 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
 def test_the_domain_never_imports_the_project_or_the_tasks() -> None:
     files = [p for p in (ROOT / "models_app").rglob("*.py") if "migrations" not in p.parts]
     assert _offences(files, ("dashboard", "tasks")) == []
+
+
+def test_the_product_never_imports_the_harness_the_tests_or_the_benchmark() -> None:
+    # pip does not ship devkit, tests or bench (pyproject.toml's package list): an import of them from the
+    # product would work in a checkout and fail in an install.
+    files = [
+        p
+        for package in ("models_app", "dashboard", "tasks")
+        for p in (ROOT / package).rglob("*.py")
+        if "migrations" not in p.parts
+    ]
+    assert _offences(files, ("devkit", "tests", "bench")) == []
 
 
 def test_the_inference_contract_never_imports_the_engine() -> None:

@@ -51,6 +51,9 @@ def test_the_oldest_allowed_setuptools_builds_it_with_an_spdx_licence_and_no_war
     with zipfile.ZipFile(wheel) as archive:
         (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         assert "License-Expression: Apache-2.0" in archive.read(metadata).decode()
+        # The product only: the harness (devkit), the tests and the benchmark stay in the checkout.
+        top_level = {name.split("/", 1)[0] for name in archive.namelist() if ".dist-info/" not in name}
+        assert top_level == {"dashboard", "models_app", "tasks"}
 
 
 def test_the_editable_install_make_run_does_prints_no_warning_box(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from django.test import override_settings
 
 from dashboard.stack import Service, Stack
 from dashboard.welcome import lan_address
-from tests.support.processes import ROOT, ManagedProcess, get_json, wait_for
-from tests.support.redis_server import answers, free_port
+from devkit.processes import ROOT, ManagedProcess, get_json, wait_for
+from devkit.redis_server import answers, free_port
 
 pytestmark = pytest.mark.processes  # runs runstack and its children
 

@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.support.localhub import LocalHub, git_blob_sha1, start_local_hub
+from devkit.localhub import LocalHub, git_blob_sha1, start_local_hub
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REPO = "mlx-community/tiny-model"
@@ -514,7 +514,7 @@ def test_main_serves_a_directory_of_repos(tmp_path: Path, cache: Path) -> None:
     (repo_dir / "sub" / "x.txt").write_bytes(b"x")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.localhub", "--port", "0", "--root", str(tmp_path / "root")],
+        [sys.executable, "-m", "devkit.localhub", "--port", "0", "--root", str(tmp_path / "root")],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,

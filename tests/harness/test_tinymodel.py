@@ -14,7 +14,7 @@ import pytest
 from mlx_lm import stream_generate
 from mlx_lm.generate import GenerationResponse
 
-from tests.support.tinymodel import (
+from devkit.tinymodel import (
     IM_END,
     IM_END_ID,
     MODEL_FILES,

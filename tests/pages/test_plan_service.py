@@ -15,7 +15,7 @@ from models_app.services.plan import kv_cache_bytes, memory_verdict, plan_pull
 
 @pytest.mark.django_db  # what other machines hold of the repo is in the database
 def test_plan_lists_files_and_writes_nothing_to_the_cache(hub, tiny_model_path: Path) -> None:
-    from tests.support.tinymodel import tiny_model_files
+    from devkit.tinymodel import tiny_model_files
 
     files = tiny_model_files(tiny_model_path)
     repo_id = f"test-plan/tiny-{uuid.uuid4().hex[:8]}"

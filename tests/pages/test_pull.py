@@ -18,7 +18,7 @@ def new_repo_id(stem: str = "model") -> str:
 
 @pytest.fixture
 def tiny_repo(hub, tiny_model_path: Path) -> str:
-    from tests.support.tinymodel import tiny_model_files
+    from devkit.tinymodel import tiny_model_files
 
     repo_id = new_repo_id("tiny")
     hub.create_repo(repo_id, tiny_model_files(tiny_model_path))
@@ -126,7 +126,7 @@ def test_unknown_revision_is_shown_next_to_the_revision_field(alice_client, tiny
 
 
 def test_private_repo_without_token_links_to_settings(alice_client, hub, tiny_model_path: Path) -> None:
-    from tests.support.tinymodel import tiny_model_files
+    from devkit.tinymodel import tiny_model_files
 
     repo_id = new_repo_id("private")
     hub.create_repo(repo_id, tiny_model_files(tiny_model_path), private=True)
@@ -138,8 +138,8 @@ def test_private_repo_without_token_links_to_settings(alice_client, hub, tiny_mo
 
 
 def test_gated_repo_links_to_the_licence(alice_client, alice, hub, tiny_model_path: Path) -> None:
+    from devkit.tinymodel import tiny_model_files
     from models_app.services.credentials import create_credential
-    from tests.support.tinymodel import tiny_model_files
 
     repo_id = new_repo_id("gated")
     hub.create_repo(repo_id, tiny_model_files(tiny_model_path), gated=True)
@@ -155,8 +155,8 @@ def test_gated_repo_links_to_the_licence(alice_client, alice, hub, tiny_model_pa
 
 
 def test_private_repo_with_a_token_previews(alice_client, alice, hub, tiny_model_path: Path) -> None:
+    from devkit.tinymodel import tiny_model_files
     from models_app.services.credentials import create_credential
-    from tests.support.tinymodel import tiny_model_files
 
     repo_id = new_repo_id("private-ok")
     hub.create_repo(repo_id, tiny_model_files(tiny_model_path), private=True)

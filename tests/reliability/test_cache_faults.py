@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from devkit.processes import wait_for
 from models_app.models import Snapshot
 from models_app.services import hub as hub_service
 from models_app.services.cache_layout import repo_path
 from models_app.services.cleanup import clean_cache
 from tests.downloads.conftest import new_repo_id, wait_job, xet_worker
 from tests.reliability.conftest import assert_ready_snapshots_verify, incomplete_files, repo_dir
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

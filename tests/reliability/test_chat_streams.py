@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from devkit.processes import wait_for
 from models_app.models import DownloadJob, Message, Usage, UserLimits
 from models_app.services import hub as hub_service
 from models_app.services import workers
@@ -23,7 +24,6 @@ from tests.chat.conftest import assert_well_formed, deltas_text
 from tests.chat.test_chat_live import log_in
 from tests.downloads.conftest import wait_job
 from tests.factories import make_snapshot
-from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

@@ -2,7 +2,7 @@
 cannot point the worker or the web process at other hosts and ports, and cannot hold a download slot or a
 preview forever (issue 11, items 1, 7, 8 and 9).
 
-Every test drives the local Hub's hostile switches (tests/support/localhub.py) through the real worker (a
+Every test drives the local Hub's hostile switches (devkit/localhub.py) through the real worker (a
 Celery process) or the real preview (plan_pull, the Pull page), over HTTP with huggingface_hub.
 """
 
@@ -260,7 +260,7 @@ def test_cancel_works_while_the_worker_waits_for_trickled_headers(hub, publish) 
     def waiting_for_headers() -> bool:
         return any(r.path.startswith(f"/api/models/{repo_id}/") for r in list(hub.requests))
 
-    from tests.support.processes import wait_for
+    from devkit.processes import wait_for
 
     wait_for(waiting_for_headers, 60, "the worker never asked for the model info")
     hub_service.cancel_job(job)

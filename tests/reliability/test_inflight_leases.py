@@ -7,13 +7,13 @@ from __future__ import annotations
 import openai
 import pytest
 
+from devkit.processes import AsgiServer, wait_for
+from devkit.tinymodel import tiny_model_dir
 from models_app.models import ApiKey, UserLimits
 from models_app.services import inflight
 from models_app.services import redis as app_redis
 from tests.chat.conftest import MODELS
 from tests.factories import make_snapshot
-from tests.support.processes import AsgiServer, wait_for
-from tests.support.tinymodel import tiny_model_dir
 
 pytestmark = [
     pytest.mark.reliability,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.processes import AsgiServer
+from devkit.processes import AsgiServer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

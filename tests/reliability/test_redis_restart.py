@@ -23,12 +23,12 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from devkit.processes import ROOT, AsgiServer, CeleryWorker, ManagedProcess, wait_for
+from devkit.redis_server import RedisServer
 from models_app.models import ApiKey, DownloadJob
 from tests.downloads.conftest import resolve_requests
 from tests.factories import make_snapshot
 from tests.reliability.conftest import FINAL, HEARTBEAT_TIMEOUT, incomplete_files
-from tests.support.processes import ROOT, AsgiServer, CeleryWorker, ManagedProcess, wait_for
-from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

@@ -30,6 +30,7 @@ from django.test import Client
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from devkit.processes import AsgiServer, wait_for
 from models_app.models import ApiKey, DownloadJob, HubCredential
 from models_app.services import credentials
 from models_app.services import hub as hub_service
@@ -37,7 +38,6 @@ from models_app.services.updates import check_updates
 from tests.chat.test_chat_live import log_in
 from tests.downloads.conftest import wait_job
 from tests.downloads.test_access import redis_dump
-from tests.support.processes import AsgiServer, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

@@ -30,11 +30,11 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from dashboard.stack import plan
+from devkit.processes import AsgiServer, CeleryWorker, child_env, start_worker, wait_for
 from models_app.models import ApiKey, DownloadJob, Snapshot, Usage
 from models_app.services import inference
 from models_app.services import redis as app_redis
 from tests.chat.test_chat_live import log_in
-from tests.support.processes import AsgiServer, CeleryWorker, child_env, start_worker, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

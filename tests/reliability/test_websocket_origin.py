@@ -19,8 +19,8 @@ from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 
 from dashboard.ws_origin import origin_allowed
+from devkit.redis_server import free_port
 from tests.browser.helpers import launch_browser, login, new_page
-from tests.support.redis_server import free_port
 
 PROXY = ("HTTP_X_FORWARDED_PROTO", "https")
 

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from devkit.processes import start_worker, wait_for
 from models_app.models import DownloadJob
 from models_app.services import hub as hub_service
 from tests.downloads.conftest import resolve_requests, wait_job
@@ -26,7 +27,6 @@ from tests.reliability.conftest import (
     repo_dir,
     settle,
 )
-from tests.support.processes import start_worker, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

@@ -1,16 +1,15 @@
-"""A private redis-server for the tests (and for `make run` when none answers): never the machine's own,
-so tests may kill and restart it freely."""
+"""A private redis-server for the tests and the benchmark: never the machine's own, so tests may kill and
+restart it freely. (`make run` starts its own through dashboard/stack.py.)"""
 
 from __future__ import annotations
 
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 import redis
 
 from dashboard import local_redis
+from dashboard.supervisor import Child
 
 
 def free_port() -> int:
@@ -32,14 +31,16 @@ class RedisServer:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        self.process = subprocess.Popen(
+        # Its log goes to its own file (--logfile), not through us.
+        self.child = Child(
+            "redis",
             [
                 self.binary,
                 "--port",
@@ -55,32 +56,21 @@ class RedisServer:
                 "--logfile",
                 str(self.workdir / "redis.log"),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+        self.child.wait_until(
+            lambda: answers(self.url, timeout=0.2), timeout, f"redis-server on port {self.port}", 0.05
+        )
+        return self
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like to clients."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
+        if self.child is not None and self.child.alive():
+            self.child.kill()
+            self.child.process.wait(5)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.child is not None:
+            self.child.stop(grace=5)
 
     def restart(self) -> None:
         self.kill()

@@ -1,25 +1,36 @@
-"""Real processes for integration tests: Celery workers and the ASGI server, as `make run` starts them."""
+"""Real processes for integration tests: Celery workers and the ASGI server, as `make run` starts them. Each is
+a `dashboard.supervisor.Child` (its own process group, its output in a log file); the tests' policy is to fail
+fast: a child that dies while a test waits for it raises at once, with the end of its log."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 from django.conf import settings
 from django.db import connection
 
-from tests.support.redis_server import free_port
+from dashboard.supervisor import Child, wait_for
+from devkit.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = [
+    "ROOT",
+    "AsgiServer",
+    "CeleryWorker",
+    "ManagedProcess",
+    "child_env",
+    "database_url",
+    "get_json",
+    "start_worker",
+    "wait_for",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def database_url() -> str:
@@ -48,60 +59,19 @@ def child_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, message: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(message)
+class ManagedProcess(Child):
+    """A process a test starts, from the repository root, its output in `log_path`."""
 
-
-class ManagedProcess:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(log_path.stem, argv, env=env, cwd=ROOT, log_path=log_path)
 
     def children(self) -> list[int]:
+        """The pids of its direct children (a Celery worker's pool)."""
         try:
             out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
         except FileNotFoundError:
             return []
         return [int(x) for x in out.split()]
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.alive():
-            os.kill(self.pid, sig)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.process.wait(5)
-            except ProcessLookupError:
-                pass
-        else:
-            # The main process may be gone with its pool children still alive.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-        self._log.close()
 
 
 class CeleryWorker(ManagedProcess):
@@ -136,13 +106,7 @@ class CeleryWorker(ManagedProcess):
 
     def wait_ready(self, timeout: float = 60.0) -> CeleryWorker:
         client = redis.Redis.from_url(settings.REDIS_URL)
-
-        def ready() -> bool:
-            if not self.alive():
-                raise RuntimeError(f"worker {self.hostname} exited:\n{self.log()[-4000:]}")
-            return bool(client.exists(self.presence_key()))
-
-        wait_for(ready, timeout, f"worker {self.hostname} not ready:\n{self.log()[-4000:]}")
+        self.wait_until(lambda: client.exists(self.presence_key()), timeout, f"worker {self.hostname}", 0.05)
         return self
 
 
@@ -185,16 +149,14 @@ class AsgiServer(ManagedProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30.0) -> AsgiServer:
-        def ready() -> bool:
-            if not self.alive():
-                raise RuntimeError(f"server exited:\n{self.log()[-4000:]}")
+        def answers() -> bool:
             try:
                 urllib.request.urlopen(f"{self.url}/login/", timeout=1).read()
                 return True
             except OSError:
                 return False
 
-        wait_for(ready, timeout, f"server not ready:\n{self.log()[-4000:]}", interval=0.1)
+        self.wait_until(answers, timeout, f"server {self.url}")
         return self
 
 

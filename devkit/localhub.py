@@ -5,7 +5,7 @@ huggingface_hub 2.4 sends (see shared/HUB_PROTOCOL.md): repo info, tree, refs, w
 `/resolve` downloads with Range support. Tests build repos in-process (`create_repo`,
 `commit`, tags, private/gated flags, tokens) and inject network faults through `hub.faults`.
 
-Manual demo: ``python -m tests.support.localhub --port 8765 --root DIR`` serves every
+Manual demo: ``python -m devkit.localhub --port 8765 --root DIR`` serves every
 ``DIR/org/name/`` directory as the public repo ``org/name``.
 """
 
