@@ -32,8 +32,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, Protocol
+from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from devkit.xetcas import XetCas, XorbResponse, parse_reconstruction_path
 
 # Extensions the Hub stores in LFS whatever their size (weights, archives).
 LFS_SUFFIXES = (".safetensors", ".bin", ".npz", ".gguf")
@@ -312,7 +314,13 @@ class LocalHub:
     """In-process Hub look-alike. Use as a context manager or start()/stop()."""
 
     def __init__(
-        self, storage_dir: Path | None = None, *, port: int = 0, copy_files: bool = True, xet: bool = False
+        self,
+        storage_dir: Path | None = None,
+        *,
+        port: int = 0,
+        copy_files: bool = True,
+        xet: bool = False,
+        xet_transport: Literal["local", "http"] = "local",
     ) -> None:
         # copy_files=False serves Path contents in place (demo mode over a directory that
         # stays put); tests keep the default so later edits of a source file can't leak in.
@@ -321,9 +329,13 @@ class LocalHub:
         self._blob_dir = self.storage_dir / "blobs"
         self._blob_dir.mkdir(parents=True, exist_ok=True)
         # Xet mode (HUB_PROTOCOL.md §9): LFS files also go into a local CAS, and their HEAD/GET answers
-        # carry X-Xet-Hash, so huggingface_hub fetches them with hf_xet instead of our GET. The CAS is one
-        # database that admits one process at a time: publish every repo before a client downloads.
+        # carry X-Xet-Hash, so huggingface_hub fetches them with hf_xet instead of our GET. The token route names
+        # the CAS by `xet_transport`: "local" hands hf_xet the directory (one database that admits one process at
+        # a time: publish every repo before a client downloads); "http" hands it this server's /cas, which serves
+        # the same directory as the Hub's CAS server does (devkit/xetcas.py), to any number of processes,
+        # and can throttle or stall it (throttle_xet, stall_xet) while counting what it sends.
         self.xet = xet
+        self.xet_transport = xet_transport
         self.cas_dir = self.storage_dir / "cas"
         self._xet_hashes: dict[str, str] = {}  # sha256 -> Xet hash
         self._port = port
@@ -335,6 +347,7 @@ class LocalHub:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()  # wakes stalled / throttled responses on stop()
+        self.cas = XetCas(self.cas_dir, self._stopping)
         self._connections: set[socket.socket] = set()
         self.url = ""
         self.faults = FaultPlan()
@@ -551,26 +564,41 @@ class LocalHub:
                 raise KeyError(f"unknown revision {rev} in {repo_id}")
             return commit.files[path].xet_hash
 
-    def stall_xet(self, xorbs: Iterable[Path] | None = None) -> None:
-        """Make Xet transfers hang: each xorb file (all, or those given) of the CAS becomes a FIFO nobody
-        writes to, so hf_xet's reads block like a storage server that stopped sending. Breaks those files for
-        good. hf_xet's abort does not interrupt a blocked local read: stall the xorbs of one file only (new in
-        `xorb_files()` after its upload), or the other transfers of the process queue behind it."""
-        for xorb in self.xorb_files() if xorbs is None else xorbs:
-            xorb.unlink()
-            os.mkfifo(xorb)
+    # -- the CAS over HTTP (xet_transport="http"); a stall or throttle shows only there
+
+    def xorbs_of(self, xet_hash: str) -> set[str]:
+        """The xorbs holding a file's chunks (a xorb may also hold chunks of other files uploaded with it)."""
+        return self.cas.xorbs_of(xet_hash)
+
+    def throttle_xet(self, bytes_per_second: float, xorbs: Iterable[str] | None = None) -> None:
+        """Send the bytes of these xorbs (default: all) at this rate, shared by every response at once."""
+        self.cas.throttle(bytes_per_second, xorbs)
+
+    def stall_xet(self, xorbs: Iterable[str] | None = None) -> None:
+        """Answer ranges of these xorbs (default: all) with headers, then nothing, until release_xet() or the
+        client closes the connection."""
+        self.cas.stall(xorbs)
 
     def release_xet(self) -> None:
-        """End the reads blocked by stall_xet(): opening and closing each FIFO gives its readers EOF."""
-        for xorb in self.xorb_files():
-            with contextlib.suppress(OSError):  # ENXIO: no reader right now
-                os.close(os.open(xorb, os.O_WRONLY | os.O_NONBLOCK))
+        """End every throttle and stall: waiting responses go on at full speed."""
+        self.cas.release()
 
-    def xorb_files(self) -> list[Path]:
-        return [p for p in (self.cas_dir / "xet" / "xorbs" / "xorbs").glob("*") if p.suffix != ".tagset"]
+    def xet_bytes_sent(self, xet_hash: str) -> int:
+        """Xorb bytes of this file the CAS has sent, over every response (ranges cut short included)."""
+        return self.cas.bytes_sent(xet_hash)
+
+    def xet_responses(self, xet_hash: str | None = None) -> list[XorbResponse]:
+        """The xorb range responses so far (of the xorbs holding this file): bytes sent, and how each ended."""
+        return self.cas.xorb_responses(None if xet_hash is None else self.xorbs_of(xet_hash))
 
     @property
     def cas_url(self) -> str:
+        """What the token route hands hf_xet."""
+        return f"{self.url}/cas" if self.xet_transport == "http" else self.local_cas_url
+
+    @property
+    def local_cas_url(self) -> str:
+        """Where uploads go whatever the transport: hf_xet's local CAS builds the store the HTTP CAS reads."""
         return f"local://{self.cas_dir.resolve()}"
 
     def _upload_xet(self, blobs: Iterable[Blob], lfs_threshold: int) -> None:
@@ -587,7 +615,10 @@ class LocalHub:
         with warnings.catch_warnings():
             # Deprecated in favour of XetSession upload commits, but the one call that needs no Hub at all.
             warnings.simplefilter("ignore", DeprecationWarning)
-            infos = hf_xet.upload_files([str(b.path) for b in todo], self.cas_url, None, None, None, "model")
+            infos = hf_xet.upload_files(
+                [str(b.path) for b in todo], self.local_cas_url, None, None, None, "model"
+            )
+        self.cas.reload()
         with self._lock:
             for blob, info in zip(todo, infos, strict=True):
                 self._xet_hashes[blob.sha256] = info.hash
@@ -765,7 +796,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._query = parse_qs(url.query)
         self._user = self.hub._token(self.headers.get("Authorization"))
         try:
-            if url.path.startswith("/api/"):
+            if url.path.startswith("/cas/"):
+                self._cas(url.path[len("/cas") :])
+            elif url.path.startswith("/api/"):
                 self._faults = self.hub.faults.take(self.command, unquote(url.path), None)
                 if fault := self._faults.get("fail_500"):
                     raise _HubError(500, None, f"Internal Error (injected fault #{fault.hits})")
@@ -869,6 +902,7 @@ class _Handler(BaseHTTPRequestHandler):
         reads when it refreshes the token."""
         expires = int(time.time()) + 3600
         token = hashlib.sha256(f"{expires}".encode()).hexdigest()[:32]
+        self.hub.cas.issue_token(token)
         body = {"casUrl": self.hub.cas_url, "accessToken": token, "exp": expires}
         headers = {
             "Content-Type": "application/json; charset=utf-8",
@@ -1146,6 +1180,48 @@ class _Handler(BaseHTTPRequestHandler):
                 item["lastCommit"] = {"id": last.sha, "title": last.title, "date": _iso(last.date)}
             out.append(item)
         return out
+
+    # -- /cas (xet_transport="http")
+
+    def _cas(self, path: str) -> None:
+        """The CAS server's download routes (devkit/xetcas.py): reconstructions, then xorb ranges."""
+        cas = self.hub.cas
+        if self.hub.xet_transport != "http" or self.command != "GET":
+            raise _HubError(404, None, "Not Found")
+        range_header = self.headers.get("Range")
+        if wanted := parse_reconstruction_path(path):
+            version, file_hash = wanted
+            if not cas.authorized(self.headers.get("Authorization")):
+                raise _HubError(401, None, "Invalid or expired Xet access token")
+            first, last = 0, None
+            if range_header and (m := re.fullmatch(r"\s*bytes=(\d+)-(\d*)\s*", range_header)):
+                first, last = int(m[1]), int(m[2]) if m[2] else None
+            try:
+                answer = cas.reconstruction(
+                    file_hash, first, last, f"{self.hub.url}/cas/xorbs/default", version
+                )
+            except KeyError:
+                raise _HubError(404, None, f"File {file_hash} not found") from None
+            if answer is None:
+                raise _HubError(416, None, "Range Not Satisfiable")
+            return self._json(answer)
+        m = re.fullmatch(r"/xorbs/default/([0-9a-f]{64})", path)
+        xorb = cas.xorb_path(m[1]) if m else None
+        if m is None or xorb is None or not xorb.is_file():
+            raise _HubError(404, None, "Not Found")
+        size = xorb.stat().st_size
+        start, end, status = 0, size - 1, 200
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        parsed = _parse_range(range_header, size) if range_header else None
+        if parsed == "unsatisfiable":
+            raise _HubError(416, None, "Range Not Satisfiable", {"Content-Range": f"bytes */{size}"})
+        if isinstance(parsed, tuple):
+            (start, end), status = parsed, 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(end - start + 1)
+        self._start(status, headers)
+        if cas.serve_xorb(self.connection, self.wfile.write, m[1], start, end).state != "complete":
+            self.close_connection = True
 
     # -- /resolve
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -31,6 +32,7 @@ from huggingface_hub.errors import (
 )
 
 from devkit.localhub import LocalHub, git_blob_sha1, start_local_hub
+from devkit.processes import wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REPO = "mlx-community/tiny-model"
@@ -547,3 +549,134 @@ def test_concurrent_downloads_of_many_files(hub: LocalHub, cache: Path) -> None:
         thread.join(timeout=10)
 
     assert results == [files] * 3
+
+
+# ----------------------------------------------------------------------------- Xet storage over HTTP
+
+
+@pytest.fixture
+def xet_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+    local_hub = LocalHub(tmp_path_factory.mktemp("xet-http-hub"), xet=True, xet_transport="http").start()
+    yield local_hub
+    local_hub.stop()
+
+
+def xet_get(hub: LocalHub, path: str, **headers: str) -> urllib.request.Request:
+    return urllib.request.Request(f"{hub.url}/cas{path}", headers=headers)
+
+
+def xet_token(hub: LocalHub, repo: str = REPO) -> str:
+    sha = hub.head_sha(repo)
+    with urllib.request.urlopen(f"{hub.url}/api/models/{repo}/xet-read-token/{sha}", timeout=5) as answer:
+        assert answer.headers["X-Xet-Cas-Url"] == f"{hub.url}/cas"
+        return str(answer.headers["X-Xet-Access-Token"])
+
+
+def test_hf_xet_downloads_byte_identical_files_from_the_http_cas(xet_hub: LocalHub, cache: Path) -> None:
+    weights = os.urandom(3_000_000)
+    xet_hub.create_repo(REPO, {**FILES, "weights.safetensors": weights})
+    xet_hash = xet_hub.xet_hash(REPO, "weights.safetensors")
+
+    path = Path(snapshot_download(REPO, cache_dir=cache, endpoint=xet_hub.url))
+
+    assert snapshot_files(path) == {**FILES, "weights.safetensors": weights}
+    # No LFS file came through /resolve: hf_xet asked the CAS how to rebuild each one, then fetched xorb ranges.
+    gets = [r.path for r in xet_hub.requests if r.method == "GET"]
+    assert not any(p.endswith(("/weights.safetensors", "/model.safetensors")) for p in gets)
+    assert any(p.startswith(f"/cas/v2/reconstructions/{xet_hash}") for p in gets)
+    ranges = [r for r in xet_hub.requests if r.path.startswith("/cas/xorbs/")]
+    assert ranges and all(r.status == 206 and r.headers.get("Range") for r in ranges)
+    responses = xet_hub.xet_responses(xet_hash)
+    assert responses and all(r.state == "complete" for r in responses)
+    assert xet_hub.xet_bytes_sent(xet_hash) > len(weights)  # random bytes: stored as sent, plus chunk headers
+
+
+def test_the_http_cas_answers_reconstructions_by_range_and_only_with_a_xet_token(xet_hub: LocalHub) -> None:
+    weights = os.urandom(3_000_000)
+    xet_hub.create_repo(REPO, {"weights.safetensors": weights})
+    xet_hash = xet_hub.xet_hash(REPO, "weights.safetensors")
+    route = f"/v1/reconstructions/{xet_hash}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(xet_get(xet_hub, route), timeout=5)
+    assert refused.value.code == 401
+    auth = f"Bearer {xet_token(xet_hub)}"
+
+    with urllib.request.urlopen(xet_get(xet_hub, route, Authorization=auth), timeout=5) as answer:
+        whole = json.loads(answer.read())
+    with urllib.request.urlopen(
+        xet_get(xet_hub, route, Authorization=auth, Range="bytes=1000000-"), timeout=5
+    ) as a:
+        tail = json.loads(a.read())
+    with pytest.raises(urllib.error.HTTPError) as past_the_end:
+        urllib.request.urlopen(xet_get(xet_hub, route, Authorization=auth, Range="bytes=3000000-"), timeout=5)
+
+    assert whole["offset_into_first_range"] == 0
+    assert sum(t["unpacked_length"] for t in whole["terms"]) == len(weights)
+    # A range starting mid-file starts at the chunk that holds its first byte.
+    skipped = len(weights) - sum(t["unpacked_length"] for t in tail["terms"])
+    assert skipped + tail["offset_into_first_range"] == 1_000_000
+    assert 0 < tail["offset_into_first_range"] < 1 << 17  # within one chunk (at most 128 KiB)
+    (xorb,) = {t["hash"] for t in whole["terms"]}
+    (fetch,) = whole["fetch_info"][xorb]
+    assert fetch["url"] == f"{xet_hub.url}/cas/xorbs/default/{xorb}"
+    assert past_the_end.value.code == 416
+
+
+def test_a_throttled_xorb_counts_what_it_sent_and_sees_the_client_close(xet_hub: LocalHub) -> None:
+    xet_hub.create_repo(REPO, {"weights.safetensors": os.urandom(3_000_000)})
+    xet_hash = xet_hub.xet_hash(REPO, "weights.safetensors")
+    (xorb,) = xet_hub.xorbs_of(xet_hash)
+    xet_hub.throttle_xet(200_000, [xorb])
+
+    with urllib.request.urlopen(
+        xet_get(xet_hub, f"/xorbs/default/{xorb}", Range="bytes=0-2999999"), timeout=5
+    ) as r:
+        assert r.status == 206
+        first = r.read(100_000)
+        wait_for(lambda: xet_hub.xet_responses()[0].sent >= 100_000, 10, "the throttled bytes never came")
+    # The client closed the connection after 100 kB: the server stops sending and says why.
+    wait_for(lambda: xet_hub.xet_responses()[0].state != "open", 10, "the server never saw the client go")
+
+    (response,) = xet_hub.xet_responses(xet_hash)
+    assert (response.state, response.start, response.end) == ("cut", 0, 2_999_999)
+    assert len(first) <= response.sent < 3_000_000
+    assert xet_hub.xet_bytes_sent(xet_hash) == response.sent
+
+
+def test_a_stalled_xorb_sends_headers_then_nothing_until_released(xet_hub: LocalHub, cache: Path) -> None:
+    weights = os.urandom(3_000_000)
+    xet_hub.create_repo(REPO, {"weights.safetensors": weights})
+    xet_hash = xet_hub.xet_hash(REPO, "weights.safetensors")
+    xet_hub.stall_xet(xet_hub.xorbs_of(xet_hash))
+    done: list[str] = []
+    download = threading.Thread(
+        target=lambda: done.append(
+            hf_hub_download(REPO, "weights.safetensors", cache_dir=cache, endpoint=xet_hub.url)
+        ),
+        daemon=True,
+    )
+    download.start()
+
+    wait_for(lambda: bool(xet_hub.xet_responses(xet_hash)), 30, "hf_xet never asked for the xorb")
+    assert all(r.state == "open" and r.sent == 0 for r in xet_hub.xet_responses(xet_hash)) and not done
+    xet_hub.release_xet()
+    download.join(timeout=60)
+
+    assert done and Path(done[0]).read_bytes() == weights
+    assert all(r.state == "complete" for r in xet_hub.xet_responses(xet_hash))
+
+
+def test_a_client_that_gives_up_on_a_stalled_xorb_is_seen_gone(xet_hub: LocalHub) -> None:
+    xet_hub.create_repo(REPO, {"weights.safetensors": os.urandom(300_000)})
+    (xorb,) = xet_hub.xorbs_of(xet_hub.xet_hash(REPO, "weights.safetensors"))
+    xet_hub.stall_xet()
+
+    with urllib.request.urlopen(
+        xet_get(xet_hub, f"/xorbs/default/{xorb}", Range="bytes=0-99"), timeout=0.3
+    ) as r:
+        assert r.status == 206  # headers at once, then nothing
+        with pytest.raises(TimeoutError):
+            r.read()
+    wait_for(lambda: xet_hub.xet_responses()[0].state != "open", 10, "the server never saw the client go")
+
+    assert [(r.state, r.sent) for r in xet_hub.xet_responses()] == [("cut", 0)]
