@@ -3,17 +3,23 @@
 A file whose HEAD carries `X-Xet-Hash` is fetched by hf_xet's Rust client, which never passes through the HTTP
 guard of hub_progress and only prints an exception raised from its progress callback. The ways to stop it,
 read in hf_xet 1.8 / huggingface_hub 2.4:
-- `XetFileDownloadGroup.abort()`: cancels that group's downloads, leaves the session usable. Called from
-  another thread, the `wait_to_finish` that huggingface_hub's `xet_get` blocks in raised "User cancelled"
-  ~50 ms later (400 MB local CAS, measured), and huggingface_hub then deleted its temp file.
+- `XetFileDownloadGroup.abort()`: the `wait_to_finish` that huggingface_hub's `xet_get` blocks in raises
+  "User cancelled" at once, and huggingface_hub deletes its temp file, but the group's range requests in flight
+  go on to their end: from the local Hub's throttled HTTP CAS, still reading 15 s later, until the process
+  exited (measured; tests/downloads/test_xet.py). A cancelled pull went on using the network, a stalled one kept
+  its connections waiting.
 - `abort_xet_session()` (`XetSession.sigint_abort`): tears down the process-wide runtime, every transfer of the
-  process with it; meant for Ctrl-C.
+  process with it, within a second (the same CAS saw every connection closed); huggingface_hub opens a new
+  session on the next download.
 - a child process per transfer: stops anything, but its progress, errors and the file name must be piped back,
   and a killed child can leave hf_xet's local state half-written.
-We take the first: `install_xet_guard()` wraps huggingface_hub's session getter so each download group it
+We take the first two: `install_xet_guard()` wraps huggingface_hub's session getter so each download group it
 opens belongs to the job whose repo its token route names; while huggingface_hub waits for the group, we watch
-it and abort it as soon as the job's monitor holds an abort (cancel, time limit, lost job) or no byte has
-arrived for DOWNLOAD_STALL_TIMEOUT, and turn hf_xet's errors into ours (disk full, network).
+it, and as soon as the job's monitor holds an abort (cancel, time limit, lost job) or no byte has arrived for
+DOWNLOAD_STALL_TIMEOUT, we abort the group and, when no other job's transfer is open in this process, the
+session (a prefork downloads worker runs one job per process: always). Another job's transfers are never torn
+down: with one open, the aborted group's requests in flight run out in the background. hf_xet's errors become
+ours (disk full, network).
 """
 
 from __future__ import annotations
@@ -39,6 +45,41 @@ _install_lock = threading.Lock()
 _DISK_FULL_MARKERS = ("os error 28", "no space left on device", "os error 122", "disk quota exceeded")
 
 
+class _OpenGroups:
+    """Download groups open in this process, by job (None: a download that no job watches): the session may be
+    torn down for a job only while every open group is that job's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owners: list[int | None] = []
+
+    def add(self, owner: int | None) -> None:
+        with self._lock:
+            self._owners.append(owner)
+
+    def remove(self, owner: int | None) -> None:
+        with self._lock:
+            self._owners.remove(owner)
+
+    def only(self, owner: int) -> bool:
+        with self._lock:
+            return all(o == owner for o in self._owners)
+
+
+_open_groups = _OpenGroups()
+
+
+def _abort_session_for(job_id: int) -> None:
+    """Stop the job's Xet transfers in flight: only the process's session can (see the module docstring)."""
+    if not _open_groups.only(job_id):
+        log.info("download job %s: another job's Xet transfer is open; its aborted requests run out", job_id)
+        return
+    from huggingface_hub.utils._xet import abort_xet_session
+
+    log.info("download job %s: tearing down this process's Xet session", job_id)
+    abort_xet_session()
+
+
 class _GuardedGroup:
     """A `XetFileDownloadGroup` whose transfers the job's monitor can stop."""
 
@@ -49,6 +90,7 @@ class _GuardedGroup:
 
     def __enter__(self) -> _GuardedGroup:
         self._group.__enter__()
+        _open_groups.add(self._monitor.job_id)
         return self
 
     def start_download_file(self, file_info: Any, dest_path: str) -> Any:
@@ -84,6 +126,7 @@ class _GuardedGroup:
         try:
             self._wait(finished)
         finally:
+            _open_groups.remove(self._monitor.job_id)
             for name in self._names:
                 self._monitor.file_ended(name)
         if not finished.is_set():
@@ -139,6 +182,7 @@ class _GuardedGroup:
                     self._group.abort()
                 except Exception as error:  # already finished
                     log.debug("xet abort: %s", error)
+                _abort_session_for(monitor.job_id)
 
     def _translate(self, error: BaseException) -> BaseException:
         if (aborted := self._monitor.aborted) is not None:
@@ -156,6 +200,28 @@ class _GuardedGroup:
         return error
 
 
+class _CountedGroup:
+    """A download group no job watches (a Hub call outside a pull): only counted while open, so that no job's
+    abort tears down the session under it."""
+
+    def __init__(self, group: Any) -> None:
+        self._group = group
+
+    def __enter__(self) -> _CountedGroup:
+        self._group.__enter__()
+        _open_groups.add(None)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._group, name)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
+        try:
+            return self._group.__exit__(exc_type, exc, tb)
+        finally:
+            _open_groups.remove(None)
+
+
 class _GuardedSession:
     """Hands out guarded download groups; everything else is the real `XetSession`."""
 
@@ -166,7 +232,7 @@ class _GuardedSession:
         route = str(kwargs.get("token_refresh_url") or "")
         monitor = monitor_for(urlsplit(route).path)
         group = self._session.new_file_download_group(**kwargs)
-        return group if monitor is None else _GuardedGroup(group, monitor)
+        return _CountedGroup(group) if monitor is None else _GuardedGroup(group, monitor)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)

@@ -155,6 +155,16 @@ def xet_hub(xet_local_hub: Any, settings: Any) -> Iterator[Any]:
     xet_local_hub.faults.clear()
 
 
+@pytest.fixture
+def xet_over_http(xet_hub: Any) -> Iterator[Any]:
+    """The Xet hub hands out its CAS over HTTP (tests/support/xetcas.py), as the real Hub does, for tests that
+    throttle or stall the storage and watch from the server's side what hf_xet fetched and when it let go."""
+    xet_hub.xet_transport = "http"
+    yield xet_hub
+    xet_hub.xet_transport = "local"
+    xet_hub.release_xet()
+
+
 @pytest.fixture(scope="session")
 def big_file(test_var_dir: Path) -> Path:
     """1 GB of random bytes (kept between runs): a Xet transfer from the local CAS lasts seconds."""

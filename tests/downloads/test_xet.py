@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from devkit.localhub import LocalHub
 from devkit.processes import wait_for
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
@@ -22,7 +20,6 @@ from models_app.services.cleanup import clean_cache
 from tests.downloads.conftest import (
     incomplete_files,
     kill_hard,
-    new_repo_id,
     repo_dir,
     resolve_requests,
     shared_entry,
@@ -33,6 +30,8 @@ from tests.downloads.conftest import (
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 BIG_PART = 20_000_000  # bytes of the big file that show its Xet transfer is under way
+XET_RATE = 3_000_000  # bytes per second of a throttled Xet file: a 128 MB file takes 45 s
+XET_STARTED = 6_000_000  # bytes of it the CAS sent: its transfer is under way
 
 
 def sha256(path: Path) -> str:
@@ -73,70 +72,72 @@ def blob_sha256(hub, repo_id: str, path: str) -> str:  # type: ignore[no-untyped
     return hub.repo(repo_id).resolve("main").files[path].blob.sha256
 
 
+def wait_storage_closed(hub, xet_hash: str, failure: str) -> None:  # type: ignore[no-untyped-def]
+    """Until the CAS has seen every response for the file end (sent whole, or closed by the client)."""
+    try:
+        wait_for(lambda: all(r.state != "open" for r in hub.xet_responses(xet_hash)), 15, failure)
+    except TimeoutError:
+        raise AssertionError(f"{failure}: {hub.xet_responses(xet_hash)}") from None
+
+
 def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
-    xet_hub, xet_publish, dedicated_worker, big_file, alice
+    xet_over_http, xet_publish, dedicated_worker, alice
 ) -> None:
-    repo_id, _ = xet_publish("xet-cancel", extra={"big.safetensors": big_file})
-    xet_worker(dedicated_worker, xet_hub)
+    hub = xet_over_http
+    size = 128 << 20
+    repo_id, _ = xet_publish("xet-cancel", extra={"big.safetensors": os.urandom(size)})
+    big = hub.xet_hash(repo_id, "big.safetensors")
+    # The CAS sends the big file's xorbs at a few MB/s: left alone, hf_xet needs most of a minute for them.
+    hub.throttle_xet(XET_RATE, hub.xorbs_of(big))
+    xet_worker(dedicated_worker, hub)
     job = hub_service.download_model(repo_id, user=alice)
-    # The 1 GB file is on its way through hf_xet, and progress says so: bytes written, and the file being
-    # fetched (no HTTP GET names it; small files queued behind it do not count).
-    wait_for(
-        lambda: DownloadJob.objects.filter(
-            id=job.id, bytes_done__gt=BIG_PART, current_file="big.safetensors"
-        ).exists(),
-        120,
-        "the big file never showed as started",
-        interval=0.02,
-    )
-    assert DownloadJob.objects.get(id=job.id).bytes_done < big_file.stat().st_size // 2
+    # The big file is on its way through hf_xet: the CAS has sent some of it, and is sending more.
+    wait_for(lambda: hub.xet_bytes_sent(big) > XET_STARTED, 120, "the big file never started", interval=0.02)
+    assert DownloadJob.objects.get(id=job.id).state == "running"
 
     hub_service.cancel_job(job, by=alice)
     job = wait_job(job, timeout=60)
 
     assert (job.state, job.error_code) == ("cancelled", "cancelled")
-    assert job.bytes_done < big_file.stat().st_size // 2
-    # How soon hf_xet stops is not asserted: from the local CAS it writes the rest of this file in about as long
-    # as the abort takes to land, so neither a clock nor a count of bytes written tells the two apart here.
+    # hf_xet let go of the storage: the CAS saw every response of the big file's xorbs end, cut by the client
+    # unless it was complete. Had hf_xet gone on, they would stay open far longer than this wait (the throttle).
+    wait_storage_closed(hub, big, "hf_xet still fetches after the cancel")
+    responses = hub.xet_responses(big)
+    assert {r.state for r in responses} <= {"complete", "cut"} and "cut" in {r.state for r in responses}
+    sent = hub.xet_bytes_sent(big)
+    assert sent < size // 2, f"the CAS sent {sent} of {size} bytes"
     # Nothing of the pull is left: not the big file, nor the files finished before the cancel, nor their
     # shared store entries, nor a snapshot folder for reconcile to import.
     assert not repo_dir(repo_id).exists()
     for path in ("big.safetensors", "model.safetensors", "tokenizer.json"):
-        assert not shared_entry(xet_hub.xet_hash(repo_id, path)).exists(), path
+        assert not shared_entry(hub.xet_hash(repo_id, path)).exists(), path
     assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
-    # hf_xet may still finish a block it had in flight when the job stopped waiting: it writes nothing back.
-    time.sleep(3)
+    # Later: no new request for the big file's storage, no byte more, nothing written back.
+    time.sleep(2)
+    assert (len(hub.xet_responses(big)), hub.xet_bytes_sent(big)) == (len(responses), sent)
     assert not repo_dir(repo_id).exists()
 
 
 def test_a_stalled_xet_transfer_fails_network_within_the_stall_timeout(
-    tmp_path, settings, dedicated_worker, tiny_files
+    xet_over_http, xet_publish, dedicated_worker
 ) -> None:
-    hub = LocalHub(tmp_path / "stalled-hub", xet=True)  # a CAS of its own: stalling breaks it
-    repo_id = new_repo_id("xet-stall")
-    hub.create_repo(new_repo_id("xet-ok"), tiny_files)
-    before = set(hub.xorb_files())
-    hub.create_repo(repo_id, {**tiny_files, "big.safetensors": os.urandom(30_000_000)})
-    hub.stall_xet(set(hub.xorb_files()) - before)  # the big file's storage stops sending
-    hub.start()
-    settings.HF_ENDPOINT = hub.url
-    try:
-        xet_worker(dedicated_worker, hub, DOWNLOAD_STALL_TIMEOUT="2", DOWNLOAD_MAX_ATTEMPTS="1")
-        job = hub_service.download_model(repo_id)
-        wait_for(
-            lambda: any("/xet-read-token/" in r.path for r in hub.requests), 60, "no Xet transfer started"
-        )
-        # Left alone, hf_xet waits for the storage as long as it takes: this wait would time out.
-        job = wait_job(job, timeout=60)
+    hub = xet_over_http
+    repo_id, _ = xet_publish("xet-stall", extra={"big.safetensors": os.urandom(30_000_000)})
+    big = hub.xet_hash(repo_id, "big.safetensors")
+    hub.stall_xet(hub.xorbs_of(big))  # the big file's storage answers with headers, then nothing
+    xet_worker(dedicated_worker, hub, DOWNLOAD_STALL_TIMEOUT="2", DOWNLOAD_MAX_ATTEMPTS="1")
+    job = hub_service.download_model(repo_id)
+    wait_for(lambda: bool(hub.xet_responses(big)), 60, "hf_xet never asked for the big file's storage")
+    # Left alone, hf_xet waits 5 minutes per read (HF_XET_CLIENT_READ_TIMEOUT), then retries: this wait would end.
+    job = wait_job(job, timeout=60)
 
-        assert (job.state, job.error_code) == ("failed", "network"), job.error_message
-        assert "Xet storage stopped sending data" in job.error_message
-        assert incomplete_files(repo_id) == []
-        assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
-    finally:
-        hub.release_xet()
-        hub.stop()
-        shutil.rmtree(repo_dir(repo_id), ignore_errors=True)
+    assert (job.state, job.error_code) == ("failed", "network"), job.error_message
+    assert "Xet storage stopped sending data" in job.error_message
+    # The abort reached hf_xet's HTTP reads: it closed every stalled connection, none of which sent a byte.
+    wait_storage_closed(hub, big, "hf_xet still waits on the stalled storage")
+    assert {(r.state, r.sent) for r in hub.xet_responses(big)} == {("cut", 0)}
+    assert incomplete_files(repo_id) == []
+    assert not Snapshot.objects.filter(repository__repo_id=repo_id, status=Snapshot.Status.READY).exists()
 
 
 def test_a_corrupt_shared_store_entry_is_removed_and_the_next_pull_fetches_fresh_bytes(
