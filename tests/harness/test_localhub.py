@@ -591,6 +591,37 @@ def test_hf_xet_downloads_byte_identical_files_from_the_http_cas(xet_hub: LocalH
     assert xet_hub.xet_bytes_sent(xet_hash) > len(weights)  # random bytes: stored as sent, plus chunk headers
 
 
+@pytest.mark.processes  # hf_xet reads its settings once per process: a process of its own
+@pytest.mark.parametrize("api_version", ["1", "2"])
+def test_hf_xet_rebuilds_a_file_from_ranged_reconstructions_of_either_api_version(
+    xet_hub: LocalHub, cache: Path, api_version: str
+) -> None:
+    weights = os.urandom(5_000_000)
+    xet_hub.create_repo(REPO, {"weights.safetensors": weights})
+    xet_hash = xet_hub.xet_hash(REPO, "weights.safetensors")
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(cache),
+        # Files are asked for 1 MB at a time (256 MB by default): terms start and end mid-chunk.
+        "HF_XET_RECONSTRUCTION_MIN_RECONSTRUCTION_FETCH_SIZE": "1mb",
+        "HF_XET_CLIENT_RECONSTRUCTION_API_VERSION": api_version,
+    }
+    code = "import sys; from huggingface_hub import hf_hub_download as get; print(get(*sys.argv[1:3], endpoint=sys.argv[3]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, REPO, "weights.safetensors", xet_hub.url],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(done.stdout.strip()).read_bytes() == weights
+    asked = [r for r in xet_hub.requests if r.path == f"/cas/v{api_version}/reconstructions/{xet_hash}"]
+    assert len({r.headers["Range"] for r in asked}) > 1  # several parts of the file, each answered on its own
+
+
 def test_the_http_cas_answers_reconstructions_by_range_and_only_with_a_xet_token(xet_hub: LocalHub) -> None:
     weights = os.urandom(3_000_000)
     xet_hub.create_repo(REPO, {"weights.safetensors": weights})
