@@ -38,9 +38,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("transport", ["local", "http"])
 def test_a_pull_from_a_xet_hub_goes_through_hf_xet_into_the_shared_store(
-    xet_hub, xet_publish, dedicated_worker, tiny_files, alice
+    xet_hub, xet_publish, dedicated_worker, tiny_files, alice, transport, request
 ) -> None:
+    if transport == "http":
+        request.getfixturevalue("xet_over_http")  # the CAS as the real Hub serves it, rather than a directory
     repo_id, sha = xet_publish()
     xet_worker(dedicated_worker, xet_hub)
 
@@ -55,8 +58,10 @@ def test_a_pull_from_a_xet_hub_goes_through_hf_xet_into_the_shared_store(
     gets = [r.path.rsplit("/", 1)[-1] for r in resolve_requests(xet_hub, repo_id)]
     assert "model.safetensors" not in gets and "config.json" in gets
     assert any("/xet-read-token/" in r.path for r in xet_hub.requests)
-    # huggingface_hub's shared store holds the bytes once; the repo's blob links to it.
     xet_hash = xet_hub.xet_hash(repo_id, "model.safetensors")
+    if transport == "http":
+        assert {r.state for r in xet_hub.xet_responses(xet_hash)} == {"complete"}
+    # huggingface_hub's shared store holds the bytes once; the repo's blob links to it.
     entry = shared_entry(xet_hash)
     weights = Path(tiny_files["model.safetensors"])
     assert entry.is_file() and sha256(entry) == sha256(weights)
@@ -91,9 +96,19 @@ def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
     hub.throttle_xet(XET_RATE, hub.xorbs_of(big))
     xet_worker(dedicated_worker, hub)
     job = hub_service.download_model(repo_id, user=alice)
-    # The big file is on its way through hf_xet: the CAS has sent some of it, and is sending more.
-    wait_for(lambda: hub.xet_bytes_sent(big) > XET_STARTED, 120, "the big file never started", interval=0.02)
-    assert DownloadJob.objects.get(id=job.id).state == "running"
+    # The big file is on its way through hf_xet: the CAS has sent some of it, and the job names it. (Its bytes_done
+    # stays put meanwhile: hf_xet writes a block only once the whole range, up to a 64 MB xorb, has arrived.)
+    wait_for(
+        lambda: (
+            hub.xet_bytes_sent(big) > XET_STARTED
+            and DownloadJob.objects.filter(
+                id=job.id, state="running", current_file="big.safetensors"
+            ).exists()
+        ),
+        120,
+        "the big file never started",
+        interval=0.02,
+    )
 
     hub_service.cancel_job(job, by=alice)
     job = wait_job(job, timeout=60)
