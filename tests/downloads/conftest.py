@@ -157,7 +157,7 @@ def xet_hub(xet_local_hub: Any, settings: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def xet_over_http(xet_hub: Any) -> Iterator[Any]:
-    """The Xet hub hands out its CAS over HTTP (tests/support/xetcas.py), as the real Hub does, for tests that
+    """The Xet hub hands out its CAS over HTTP (devkit/xetcas.py), as the real Hub does, for tests that
     throttle or stall the storage and watch from the server's side what hf_xet fetched and when it let go."""
     xet_hub.xet_transport = "http"
     yield xet_hub
