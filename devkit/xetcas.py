@@ -25,7 +25,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -309,7 +309,7 @@ class XetCas:
     # -- serving a xorb range
 
     def serve_xorb(
-        self, connection: socket.socket, write: Any, xorb: str, start: int, end: int
+        self, connection: socket.socket, write: Callable[[bytes], object], xorb: str, start: int, end: int
     ) -> XorbResponse:
         """Send xorb bytes [start, end] (the headers are out already) through `write`, as throttle and stall allow,
         until done, the client closes, or the hub stops."""
