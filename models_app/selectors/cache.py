@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import Count, Max, Sum
 
 from models_app.models import Snapshot
-from models_app.services import shared_store
+from models_app.services.shared_store import summary as store_summary
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,6 @@ class CacheTotals:
     @property
     def snapshots(self) -> int:
         return sum(root.snapshots for root in self.roots)
-
-    def root(self, name: str) -> RootTotals:
-        return next(root for root in self.roots if root.name == name)
 
 
 def _on_this_node(user: Any):  # type: ignore[no-untyped-def]
@@ -74,7 +71,7 @@ def cache_totals(*, user: Any, include_shared_store: bool = False) -> CacheTotal
                 name=name,
                 path=Path(path),
                 **per_root.get(name, {}),
-                shared_store=shared_store.summary(Path(path)) if include_shared_store else None,
+                shared_store=store_summary(Path(path)) if include_shared_store else None,
             )
             for name, path in settings.CACHE_ROOTS.items()
         ]
