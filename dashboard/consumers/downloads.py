@@ -11,13 +11,12 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.db.models import Q
 from django.utils import timezone
 
 from dashboard.consumers.client_gone import ClientGoneMixin
 from dashboard.consumers.session import SessionBoundMixin
-from models_app.models import DownloadJob
 from models_app.realtime import STAFF_DOWNLOADS_GROUP, download_snapshot, user_downloads_group
+from models_app.selectors.jobs import job_list
 
 # Jobs that finished this recently are in the snapshot too, so a page that was offline while a job ended
 # still learns how it ended.
@@ -68,7 +67,7 @@ class DownloadsConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketCo
             return True
         if not isinstance(job_id, int):
             return False
-        if await DownloadJob.objects.visible_to(self.user).filter(id=job_id).aexists():
+        if await job_list(user=self.user).filter(id=job_id).aexists():
             self.visible.add(job_id)
             return True
         return False
@@ -76,10 +75,5 @@ class DownloadsConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketCo
     @database_sync_to_async
     def _snapshot(self) -> list[dict[str, Any]]:
         since = timezone.now() - RECENT
-        jobs = (
-            DownloadJob.objects.visible_to(self.user)
-            .filter(Q(state__in=DownloadJob.ACTIVE_STATES) | Q(finished_at__gte=since))
-            .select_related("repository")
-            .order_by("-created_at")[:SNAPSHOT_LIMIT]
-        )
+        jobs = job_list(user=self.user, active_or_finished_since=since)[:SNAPSHOT_LIMIT]
         return [download_snapshot(job) for job in jobs]

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Max, Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
 
 from dashboard.forms import CleanupForm
-from models_app.models import Snapshot
-from models_app.services import shared_store
+from models_app.selectors.cache import cache_totals, repo_usage_list
 from models_app.services.cache_layout import CacheError
 from models_app.services.cleanup import ORPHANED_SHARED, clean_cache, configured_policy
 from models_app.services.health import disk_usage
@@ -22,39 +19,37 @@ from models_app.services.health import disk_usage
 TOP_REPOS = 15
 
 
-def usage_by_repo(user) -> tuple[list[dict], int]:  # type: ignore[no-untyped-def]
-    """The biggest repos the user may see, and the total: one GROUP BY."""
-    rows = list(
-        Snapshot.objects.visible_to(user)
-        .filter(node=settings.NODE_NAME)
-        .exclude(status=Snapshot.Status.DELETED)
-        .values("repository__repo_id")
-        .annotate(bytes=Sum("size_bytes"), revisions=Count("id"), last_used=Max("last_used_at"))
-        .order_by("-bytes")
-    )
-    total = sum(r["bytes"] or 0 for r in rows)
-    top = rows[:TOP_REPOS]
+def biggest_repos(repos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first TOP_REPOS of repo_usage_list, each with its share of the biggest one (the bars)."""
+    top = repos[:TOP_REPOS]
     biggest = max((r["bytes"] or 0 for r in top), default=0)
     for row in top:
         row["percent"] = round(100 * (row["bytes"] or 0) / biggest, 1) if biggest else 0
-    return top, total
+    return top
 
 
 @login_required
 def cache_page(request: HttpRequest) -> HttpResponse:
     user = request.user
-    repos, total = usage_by_repo(user)
+    repos = repo_usage_list(user=user)
+    totals = cache_totals(user=user, include_shared_store=True)
     # A server path maps the machine: staff only, as on the health page.
     roots = [
         {
-            "name": n,
-            "path": str(p) if user.is_staff else "",
-            "disk": disk_usage(p),
-            "shared": shared_store.summary(Path(p)),
+            "name": root.name,
+            "path": str(root.path) if user.is_staff else "",
+            "disk": disk_usage(root.path),
+            "shared": root.shared_store,
         }
-        for n, p in settings.CACHE_ROOTS.items()
+        for root in totals.roots
     ]
-    context = {"repos": repos, "total": total, "roots": roots, "repo_count": len(repos)}
+    context = {
+        "repos": biggest_repos(repos),
+        "total": totals.size_bytes,
+        "roots": roots,
+        # Every repo the total counts, not only the TOP_REPOS shown.
+        "repo_count": len(repos),
+    }
     if not user.is_staff:
         # Read-only for everyone else: the cache is shared, so deleting from it is a staff decision.
         return render(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard.forms import error_action
 from dashboard.views.common import paginate
 from models_app.models import DownloadJob
+from models_app.selectors.jobs import job_get, job_list
 from models_app.services import errors, hub
 from models_app.services.errors import DownloadError
 
@@ -27,8 +28,11 @@ TEMPLATE_JOB = {
 }
 
 
-def _jobs(user):  # type: ignore[no-untyped-def]
-    return DownloadJob.objects.visible_to(user).select_related("repository", "requested_by", "credential")
+def _get_job(request: HttpRequest, pk: int) -> DownloadJob:
+    job = job_get(user=request.user, job_id=pk)
+    if job is None:
+        raise Http404("No such download.")
+    return job
 
 
 def attach_actions(jobs: list[DownloadJob]) -> list[DownloadJob]:
@@ -48,9 +52,8 @@ def attach_actions(jobs: list[DownloadJob]) -> list[DownloadJob]:
 
 @login_required
 def download_list(request: HttpRequest) -> HttpResponse:
-    jobs = _jobs(request.user)
-    active = attach_actions(list(jobs.filter(state__in=DownloadJob.ACTIVE_STATES)[:ACTIVE_LIMIT]))
-    page, query = paginate(request, jobs.exclude(state__in=DownloadJob.ACTIVE_STATES))
+    active = attach_actions(list(job_list(user=request.user, active=True)[:ACTIVE_LIMIT]))
+    page, query = paginate(request, job_list(user=request.user, active=False))
     attach_actions(page.object_list)  # type: ignore[arg-type]
     highlight = request.GET.get("job", "")
     return render(
@@ -70,7 +73,7 @@ def download_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def download_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    job = get_object_or_404(_jobs(request.user), pk=pk)
+    job = _get_job(request, pk)
     if job.is_active:
         hub.cancel_job(job, by=request.user)
         messages.success(request, f"Cancelling {job.repository.repo_id}.")
@@ -82,7 +85,7 @@ def download_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def download_retry(request: HttpRequest, pk: int) -> HttpResponse:
-    job = get_object_or_404(_jobs(request.user), pk=pk)
+    job = _get_job(request, pk)
     try:
         new = hub.retry_job(job)
     except DownloadError as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models_app.models import Snapshot
+from models_app.selectors.snapshots import snapshot_list
 from models_app.services import inference
 
 
@@ -15,7 +15,7 @@ def loaded_models(user) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     reported = inference.loaded_models()
     if not reported:
         return []
-    visible = Snapshot.objects.visible_to(user).select_related("repository").in_bulk(list(reported))
+    visible = snapshot_list(user=user, include_deleted=True).in_bulk(list(reported))
     return [
         {**m, "snapshot": visible[sid], "can_unload": inference.may_unload(user, m)}
         for sid, m in reported.items()

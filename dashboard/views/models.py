@@ -6,14 +6,16 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import F
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard.forms import ModelFilterForm
 from dashboard.views.common import paginate
 from dashboard.views.inference_status import loaded_ids, loaded_models
 from models_app.models import DownloadJob, Snapshot
+from models_app.selectors.jobs import job_list
+from models_app.selectors.snapshots import snapshot_get, snapshot_list
 from models_app.services import cache, hub, inference
 from models_app.services.cache_layout import CacheError, file_record
 from models_app.services.errors import DownloadError
@@ -22,26 +24,24 @@ from models_app.services.usage import usage_report
 from models_app.services.verify import verify_model
 
 
-def _visible_snapshots(user):  # type: ignore[no-untyped-def]
-    return Snapshot.objects.visible_to(user).select_related("repository")
-
-
 def _get_snapshot(request: HttpRequest, pk: int) -> Snapshot:
     # Someone else's private model is a 404, not a 403: its existence is not ours to reveal.
-    return get_object_or_404(_visible_snapshots(request.user), pk=pk)
+    snapshot = snapshot_get(user=request.user, snapshot_id=pk)
+    if snapshot is None:
+        raise Http404("No such model.")
+    return snapshot
 
 
 @login_required
 def model_list(request: HttpRequest) -> HttpResponse:
     form = ModelFilterForm(request.GET or None)
-    snapshots = _visible_snapshots(request.user).exclude(status=Snapshot.Status.DELETED)
-    if form.is_valid():
-        if q := form.cleaned_data.get("q"):
-            snapshots = snapshots.filter(repository__repo_id__icontains=q.strip())
-        if status := form.cleaned_data.get("status"):
-            snapshots = snapshots.filter(status=status)
-        if form.cleaned_data.get("updates"):
-            snapshots = snapshots.filter(repository__update_available=True)
+    filters = form.cleaned_data if form.is_valid() else {}
+    snapshots = snapshot_list(
+        user=request.user,
+        query=filters.get("q"),
+        statuses=[filters["status"]] if filters.get("status") else None,
+        updates_only=bool(filters.get("updates")),
+    )
     order = [F(o[1:]).desc(nulls_last=True) if o.startswith("-") else F(o).asc() for o in form.order_by()]
     page, query = paginate(request, snapshots.order_by(*order, "-id"))
     loaded = loaded_ids()
@@ -68,16 +68,9 @@ def model_list(request: HttpRequest) -> HttpResponse:
 def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _get_snapshot(request, pk)
     revisions = list(
-        _visible_snapshots(request.user)
-        .filter(repository=snapshot.repository)
-        .exclude(status=Snapshot.Status.DELETED)
-        .order_by("-created_at")
+        snapshot_list(user=request.user, repository_id=snapshot.repository_id).order_by("-created_at")
     )
-    jobs = list(
-        DownloadJob.objects.visible_to(request.user)
-        .filter(repository=snapshot.repository)
-        .select_related("repository")[:5]
-    )
+    jobs = list(job_list(user=request.user, repository_id=snapshot.repository_id)[:5])
     files = sorted((file_record(entry) for entry in snapshot.files or []), key=lambda f: f.path)
     loaded = next((m for m in loaded_models(request.user) if m["snapshot_id"] == snapshot.id), None)
     report = usage_report(user=request.user, days=30, snapshot_id=snapshot.id)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from dashboard.views.downloads import TEMPLATE_JOB
 from dashboard.views.inference_status import loaded_models
 from dashboard.views.nodes_view import node_cards
-from models_app.models import DownloadJob, Repository, Snapshot
+from models_app.models import Repository, Snapshot
+from models_app.selectors.cache import cache_totals
+from models_app.selectors.jobs import job_list
+from models_app.selectors.snapshots import snapshot_list
 from models_app.services.health import health_for
 from models_app.services.usage import usage_report
 
@@ -49,25 +51,17 @@ def disk_pictures(caches: list[dict[str, Any]], model_bytes: dict[str, int]) -> 
 def overview(request: HttpRequest) -> HttpResponse:
     user = request.user
     health = health_for(user)
-    # Disk is shared: the bytes every model on this node takes, whoever pulled it.
-    on_node = Snapshot.objects.filter(node=settings.NODE_NAME).exclude(status=Snapshot.Status.DELETED)
-    model_bytes = dict(
-        on_node.values("cache_root").annotate(total=Sum("size_bytes")).values_list("cache_root", "total")
+    # Disk is shared: the bytes every model on this node takes, whoever pulled it (user=None).
+    model_bytes = {root.name: root.size_bytes for root in cache_totals(user=None).roots}
+    counts = snapshot_list(user=user).aggregate(
+        total=Count("id"),
+        ready=Count("id", filter=Q(status=Snapshot.Status.READY)),
+        problems=Count("id", filter=Q(status__in=[Snapshot.Status.INVALID, Snapshot.Status.MISSING])),
     )
-    counts = (
-        Snapshot.objects.visible_to(user)
-        .exclude(status=Snapshot.Status.DELETED)
-        .aggregate(
-            total=Count("id"),
-            ready=Count("id", filter=Q(status=Snapshot.Status.READY)),
-            problems=Count("id", filter=Q(status__in=[Snapshot.Status.INVALID, Snapshot.Status.MISSING])),
-        )
-    )
-    active = list(DownloadJob.objects.visible_to(user).active().select_related("repository")[:ACTIVE_LIMIT])
+    active = list(job_list(user=user, active=True)[:ACTIVE_LIMIT])
     updates = list(Repository.objects.visible_to(user).filter(update_available=True)[:UPDATES_LIMIT])
     ready_by_node = dict(
-        Snapshot.objects.visible_to(user)
-        .filter(status=Snapshot.Status.READY)
+        snapshot_list(user=user, statuses=[Snapshot.Status.READY])
         .values("node")
         .annotate(n=Count("id"))
         .values_list("node", "n")

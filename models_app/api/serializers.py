@@ -112,7 +112,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.BooleanField())
     def get_update_available(self, obj: Snapshot) -> bool:
-        # The snapshot at the Hub's head is the update: it has none itself (as cache.list_models says).
+        # The snapshot at the Hub's head is the update: it has none itself (as selectors.snapshots.model_list says).
         repo = obj.repository
         return bool(repo.update_available and obj.commit_sha != repo.remote_sha)
 

@@ -26,6 +26,7 @@ from models_app.models import ApiKey, Snapshot
 from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
+from models_app.selectors.snapshots import ModelInfo, model_list, snapshot_list
 from models_app.services import cache, inference, inflight, model_markers, routing
 from models_app.services.nodes import down_nodes
 
@@ -106,7 +107,7 @@ def endpoint(*methods: str) -> Callable:
 # --- Models ----------------------------------------------------------------------------------------------------
 
 
-def _model_object(info: cache.ModelInfo) -> dict[str, Any]:
+def _model_object(info: ModelInfo) -> dict[str, Any]:
     created = info.downloaded_at.timestamp() if info.downloaded_at else 0
     return {
         "id": info.repo_id,
@@ -127,7 +128,7 @@ def _ready_models(user: Any) -> list[dict[str, Any]]:
     nodes.add(settings.NODE_NAME)
     seen: dict[str, dict[str, Any]] = {}
     down = down_nodes()  # a machine whose workers stopped offers nothing until it is back
-    for info in cache.list_models(user=user):
+    for info in model_list(user=user):
         if info.status == Snapshot.Status.READY and info.node in nodes - down and info.repo_id not in seen:
             seen[info.repo_id] = _model_object(info)
     return sorted(seen.values(), key=lambda m: m["id"])
@@ -164,14 +165,7 @@ def _resolve(model_id: str, user: Any) -> tuple[routing.Route, Markers] | None:
     model file, it may have none. None when no ready snapshot matches; routing.NodeDown when every machine
     holding one is down."""
     repo_id, _, revision = model_id.partition("@")
-    rows = list(
-        cache.newest_first(
-            Snapshot.objects.visible_to(user)
-            .select_related("repository")
-            .filter(repository__repo_id=repo_id)
-            .exclude(status=Snapshot.Status.DELETED)
-        )
-    )
+    rows = list(cache.newest_first(snapshot_list(user=user, repo_id=repo_id)))
     try:
         matching = rows if not revision else cache.match_revision(rows, revision)
     except cache.CacheError:

@@ -5,7 +5,8 @@ layout (cache_layout.py), and deletion goes through huggingface_hub's own `delet
 between revisions are kept while any revision still links them.
 
 Related services: verify.py (integrity), reconcile.py (cache -> index), cleanup.py (retention policy),
-updates.py (remote changes), local_models.py (directories registered by staff).
+updates.py (remote changes), local_models.py (directories registered by staff). Listing models is a read:
+`models_app.selectors.snapshots` (`model_list`, `snapshot_list`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from models_app.models import DownloadJob, Repository, Snapshot
+from models_app.selectors.snapshots import snapshot_list
 from models_app.services import local_models
 from models_app.services.cache_layout import (
     CacheError,
@@ -41,7 +43,6 @@ __all__ = [
     "DeleteItem",
     "DeletePlan",
     "ModelInUse",
-    "ModelInfo",
     "ModelNotFound",
     "NotAllowed",
     "UnknownCacheRoot",
@@ -49,7 +50,6 @@ __all__ = [
     "delete_model",
     "get_model_path",
     "has_model",
-    "list_models",
     "snapshot_path",
 ]
 
@@ -100,10 +100,6 @@ def newest_first(queryset: QuerySet[Snapshot]) -> QuerySet[Snapshot]:
     return queryset.annotate(_when=Coalesce("downloaded_at", "created_at")).order_by(F("_when").desc(), "-id")
 
 
-def _visible(queryset: QuerySet[Snapshot], user: Any) -> QuerySet[Snapshot]:
-    return queryset if user is None else queryset.visible_to(user)
-
-
 def match_revision(snapshots: Sequence[Snapshot], revision: str) -> list[Snapshot]:
     """Snapshots (newest first) that `revision` names: a full sha, a ref they were pulled as, or a sha prefix
     of at least 7 characters. A ref wins over a prefix: "cafe123" may be a branch name."""
@@ -128,13 +124,7 @@ def match_revision(snapshots: Sequence[Snapshot], revision: str) -> list[Snapsho
 
 def find_ready_snapshot(repo_id: str, revision: str | None = None, *, user: Any = None) -> Snapshot:
     """The READY snapshot on this node that `repo_id`@`revision` names (newest when revision is None)."""
-    candidates = list(
-        newest_first(
-            _visible(Snapshot.objects.select_related("repository"), user)
-            .filter(repository__repo_id=repo_id, node=settings.NODE_NAME)
-            .exclude(status=Snapshot.Status.DELETED)
-        )
-    )
+    candidates = list(newest_first(snapshot_list(user=user, repo_id=repo_id, node=settings.NODE_NAME)))
     matching = candidates if revision is None else match_revision(candidates, revision)
     ready = [s for s in matching if s.status == Snapshot.Status.READY]
     if ready:
@@ -184,70 +174,6 @@ def get_model_path(repo_id: str, revision: str | None = None, *, user: Any = Non
             action="Run `manage.py verify` or wait for the next reconcile, then pull it again.",
         )
     return path
-
-
-# --- Listing --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    repo_id: str
-    kind: str
-    snapshot_id: int
-    commit_sha: str
-    ref: str
-    node: str
-    cache_root: str
-    path: str
-    size_bytes: int
-    status: str
-    model_type: str
-    downloaded_at: datetime | None
-    last_used_at: datetime | None
-    verified_at: datetime | None
-    private: bool
-    gated: bool
-    update_available: bool
-    remote_sha: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
-
-
-def list_models(*, user: Any = None, node: str | None = None) -> list[ModelInfo]:
-    """Every snapshot the user may see (all nodes unless `node`), newest first per repo. One query."""
-    queryset = _visible(Snapshot.objects.select_related("repository"), user).exclude(
-        status=Snapshot.Status.DELETED
-    )
-    if node is not None:
-        queryset = queryset.filter(node=node)
-    queryset = queryset.annotate(_when=Coalesce("downloaded_at", "created_at")).order_by(
-        "repository__repo_id", F("_when").desc(), "-id"
-    )
-    return [
-        ModelInfo(
-            repo_id=s.repository.repo_id,
-            kind=s.repository.kind,
-            snapshot_id=s.id,
-            commit_sha=s.commit_sha,
-            ref=s.ref,
-            node=s.node,
-            cache_root=s.cache_root,
-            path=s.path,
-            size_bytes=s.size_bytes,
-            status=s.status,
-            model_type=s.model_type,
-            downloaded_at=s.downloaded_at or s.created_at,
-            last_used_at=s.last_used_at,
-            verified_at=s.verified_at,
-            private=s.repository.private,
-            gated=s.repository.gated,
-            # The snapshot at the Hub's head is the update: it has none itself.
-            update_available=s.repository.update_available and s.commit_sha != s.repository.remote_sha,
-            remote_sha=s.repository.remote_sha,
-        )
-        for s in queryset
-    ]
 
 
 # --- Deleting -------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from models_app.models import Conversation, Message, Snapshot, Usage
+from models_app.selectors.snapshots import snapshot_list
 from models_app.services import inference, inflight, routing, workers
 from models_app.services import redis as app_redis
 
@@ -81,7 +82,7 @@ class Started:
 def usable_snapshots(user, *, include_down: bool = False) -> QuerySet[Snapshot]:  # type: ignore[no-untyped-def]
     """Ready snapshots the user may chat with, newest first within a repo; not those of a machine that is
     down unless `include_down` (to say why a chat cannot start)."""
-    snapshots = Snapshot.objects.ready().visible_to(user).select_related("repository")
+    snapshots = snapshot_list(user=user, statuses=[Snapshot.Status.READY])
     return snapshots if include_down else snapshots.on_up_nodes()
 
 

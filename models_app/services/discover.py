@@ -26,6 +26,7 @@ from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
 
 from models_app.models import HubCredential, Snapshot
+from models_app.selectors.snapshots import snapshot_list
 from models_app.services import discover_meta as meta
 from models_app.services import hub_guard
 from models_app.services.cache_layout import cache_root_path
@@ -411,9 +412,9 @@ def _hub_model(info: Any) -> HubModel:
 
 def _local_view(models: list[HubModel], user: Any) -> list[DiscoverResult]:
     """Already here, update available and the fits-here verdict: local facts, one query for all results."""
-    snapshots = Snapshot.objects.ready().filter(repository__repo_id__in=[m.repo_id for m in models])
-    if user is not None:
-        snapshots = snapshots.visible_to(user)
+    snapshots = snapshot_list(user=user, statuses=[Snapshot.Status.READY]).filter(
+        repository__repo_id__in=[m.repo_id for m in models]
+    )
     here: dict[str, bool] = {}
     for repo_id, update in snapshots.values_list("repository__repo_id", "repository__update_available"):
         here[repo_id] = here.get(repo_id, False) or update

@@ -413,12 +413,13 @@ def request_unload(snapshot_id: int, *, user: Any = None) -> bool:
 
 def visible_loaded(user: Any, models: list[dict[str, Any]]) -> set[int]:
     """The snapshot ids among `models` (loaded_models() entries) that `user` may see: one query."""
-    from models_app.models import Snapshot
+    from models_app.selectors.snapshots import snapshot_list
 
     ids = {m["snapshot_id"] for m in models}
     if not ids:
         return set()
-    return set(Snapshot.objects.visible_to(user).filter(id__in=ids).values_list("id", flat=True))
+    visible = snapshot_list(user=user, include_deleted=True).filter(id__in=ids)
+    return set(visible.values_list("id", flat=True))
 
 
 def ensure_worker(queue: str = QUEUE) -> None:

@@ -26,6 +26,7 @@ import redis
 from django.conf import settings
 
 from models_app.models import Snapshot
+from models_app.selectors.snapshots import snapshot_list
 from models_app.services import inference, workers
 from models_app.services import redis as app_redis
 
@@ -150,12 +151,10 @@ def copies_of(snapshot: Snapshot, user: object) -> list[Snapshot]:
     """The ready snapshots of the same commit on every machine that `user` may use, this one first."""
     from models_app.services.cache import newest_first
 
-    queryset = Snapshot.objects.ready().select_related("repository")
-    if user is not None:
-        queryset = queryset.visible_to(user)
-    rows = list(
-        newest_first(queryset.filter(repository_id=snapshot.repository_id, commit_sha=snapshot.commit_sha))
-    )
+    queryset = snapshot_list(
+        user=user, statuses=[Snapshot.Status.READY], repository_id=snapshot.repository_id
+    ).filter(commit_sha=snapshot.commit_sha)
+    rows = list(newest_first(queryset))
     return sorted(rows, key=lambda s: s.id != snapshot.id)
 
 

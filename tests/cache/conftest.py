@@ -66,6 +66,23 @@ def fetch(hub: Any, cache_root: Path) -> Callable[..., Path]:
     return fetch
 
 
+@pytest.fixture
+def xet_fetch(tmp_path: Path, cache_root: Path):  # type: ignore[no-untyped-def]
+    """A Xet-mode local Hub of this test's own (its CAS is read by this process only), and a real
+    snapshot_download from it into the test cache: file bytes land in the shared store."""
+    from huggingface_hub import snapshot_download
+
+    from devkit.localhub import LocalHub
+
+    hub = LocalHub(tmp_path / "xet-hub", xet=True).start()
+
+    def fetch(repo_id: str) -> Path:
+        return Path(snapshot_download(repo_id, cache_dir=cache_root, endpoint=hub.url, token=False))
+
+    yield hub, fetch
+    hub.stop()
+
+
 def snapshot_of(repo_id: str, sha: str) -> Snapshot:
     return Snapshot.objects.select_related("repository").get(repository__repo_id=repo_id, commit_sha=sha)
 

@@ -261,23 +261,6 @@ def test_an_unknown_cache_root_is_refused_before_anything_is_touched(cache_root)
 # --- huggingface_hub's shared Xet store (HUB_PROTOCOL.md §9) ------------------------------------------------
 
 
-@pytest.fixture
-def xet_fetch(tmp_path: Path, cache_root: Path):  # type: ignore[no-untyped-def]
-    """A Xet-mode local Hub of this test's own (its CAS is read by this process only), and a real
-    snapshot_download from it into the test cache: file bytes land in the shared store."""
-    from huggingface_hub import snapshot_download
-
-    from devkit.localhub import LocalHub
-
-    hub = LocalHub(tmp_path / "xet-hub", xet=True).start()
-
-    def fetch(repo_id: str) -> Path:
-        return Path(snapshot_download(repo_id, cache_dir=cache_root, endpoint=hub.url, token=False))
-
-    yield hub, fetch
-    hub.stop()
-
-
 def test_cleanup_finds_an_orphaned_shared_store_entry_and_removes_it(
     xet_fetch, cache_root, new_repo_id
 ) -> None:

@@ -11,7 +11,8 @@ import pytest
 from django.utils import timezone
 
 from models_app.models import Repository, Snapshot
-from models_app.services.cache import ModelNotFound, delete_model, get_model_path, has_model, list_models
+from models_app.selectors.snapshots import model_list
+from models_app.services.cache import ModelNotFound, delete_model, get_model_path, has_model
 from models_app.services.cleanup import clean_cache
 from models_app.services.local_models import LocalModelError, register_local_model
 from models_app.services.reconcile import reconcile_cache
@@ -53,7 +54,7 @@ def test_staff_register_a_directory_under_a_configured_root(roots, staff) -> Non
     assert sorted(f["path"] for f in snapshot.files) == sorted(model_files("my-model"))
     assert all(len(f["sha256"]) == 64 for f in snapshot.files)
     assert get_model_path("my-model") == directory.resolve()
-    assert [(m.repo_id, m.kind) for m in list_models()] == [("my-model", "local")]
+    assert [(m.repo_id, m.kind) for m in model_list(user=None)] == [("my-model", "local")]
     assert verify_model(snapshot).ok
     # The same contents registered again are the same snapshot.
     assert register_local_model("my-model", directory, user=staff).id == snapshot.id

@@ -1,4 +1,4 @@
-"""has_model / get_model_path / list_models / cache_root_path: lookups on the index, paths from the layout."""
+"""has_model / get_model_path / model_list / cache_root_path: lookups on the index, paths from the layout."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from devkit.tinymodel import tiny_model_files
 from models_app.models import Repository, Snapshot
+from models_app.selectors.snapshots import model_list
 from models_app.services.cache import (
     AmbiguousRevision,
     ModelNotFound,
@@ -16,7 +17,6 @@ from models_app.services.cache import (
     cache_root_path,
     get_model_path,
     has_model,
-    list_models,
 )
 from models_app.services.reconcile import reconcile_cache
 from tests.cache.conftest import age, make_public, model_files, snapshot_of
@@ -102,15 +102,15 @@ def test_private_models_are_only_found_for_their_owner_and_staff(two_revisions, 
     assert not has_model(repo_id, user=bob)
     with pytest.raises(ModelNotFound):
         get_model_path(repo_id, user=bob)
-    assert [m.repo_id for m in list_models(user=bob)] == []
-    assert len(list_models(user=alice)) == 2
+    assert [m.repo_id for m in model_list(user=bob)] == []
+    assert len(model_list(user=alice)) == 2
 
 
-def test_list_models_describes_every_snapshot(two_revisions) -> None:
+def test_model_list_describes_every_snapshot(two_revisions) -> None:
     repo_id, old, new = two_revisions
     Repository.objects.filter(repo_id=repo_id).update(update_available=True, remote_sha="f" * 40)
 
-    models = list_models()
+    models = model_list(user=None)
 
     assert [(m.repo_id, m.commit_sha) for m in models] == [(repo_id, new), (repo_id, old)]
     first = models[0]
@@ -120,7 +120,7 @@ def test_list_models_describes_every_snapshot(two_revisions) -> None:
     assert first.as_json()["downloaded_at"]
 
 
-def test_list_models_takes_one_query_whatever_the_number_of_models(
+def test_model_list_takes_one_query_whatever_the_number_of_models(
     django_assert_num_queries, hub, fetch, new_repo_id
 ) -> None:
     for _ in range(4):
@@ -130,7 +130,7 @@ def test_list_models_takes_one_query_whatever_the_number_of_models(
     reconcile_cache()
 
     with django_assert_num_queries(1):
-        assert len(list_models()) == 4
+        assert len(model_list(user=None)) == 4
 
 
 def test_cache_roots_are_chosen_by_name_only(settings, tmp_path) -> None:

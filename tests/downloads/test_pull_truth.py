@@ -14,9 +14,9 @@ from django.core.management import CommandError, call_command
 from models_app.api.serializers import SnapshotSerializer
 from models_app.models import DownloadJob, Repository, Snapshot
 from models_app.openai.views import _ready_models
+from models_app.selectors.snapshots import model_list
 from models_app.services import credentials
 from models_app.services import hub as hub_service
-from models_app.services.cache import list_models
 from models_app.services.chat import usable_snapshots
 from models_app.services.errors import INVALID_REQUEST, DownloadError, action_for_job
 from models_app.services.verify import verify_model
@@ -199,7 +199,7 @@ def test_after_pulling_the_update_no_snapshot_shows_an_update(hub, publish) -> N
 
     assert job.state == "succeeded" and job.commit_sha == new_sha
     assert not Repository.objects.get(repo_id=repo_id).update_available
-    rows = {m.commit_sha: m for m in list_models() if m.repo_id == repo_id}
+    rows = {m.commit_sha: m for m in model_list(user=None) if m.repo_id == repo_id}
     assert set(rows) == {old_sha, new_sha}
     assert not any(m.update_available for m in rows.values())
     out = StringIO()

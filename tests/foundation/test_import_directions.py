@@ -1,8 +1,9 @@
 """The packages import in one direction: `dashboard` (the project and web edge) and `tasks` (Celery adapters)
 may import the domain, `models_app`; the domain never imports either. Inside the domain, the inference
-contract (`services/inference.py`, imported by the web side) never imports the engine, which imports MLX. The
-development harness (`devkit`, with the tests and the benchmark) is imported by `tests/` and `bench/` only: the
-product never imports it, nor them."""
+contract (`services/inference.py`, imported by the web side) never imports the engine, which imports MLX, and
+the selectors (reads) sit below the services: they import the models and nothing of the domain that writes.
+The development harness (`devkit`, with the tests and the benchmark) is imported by `tests/` and `bench/` only:
+the product never imports it, nor them."""
 
 from __future__ import annotations
 
@@ -66,3 +67,20 @@ def test_the_product_never_imports_the_harness_the_tests_or_the_benchmark() -> N
 def test_the_inference_contract_never_imports_the_engine() -> None:
     files = [ROOT / "models_app" / "services" / "inference.py"]
     assert _offences(files, ("models_app.services.engine", "mlx", "mlx_lm")) == []
+
+
+# What a selector may read besides the rows: the shared Xet store's summary (a listing on disk, no writes).
+SELECTOR_IMPORTS = ("models_app.models", "models_app.selectors", "models_app.services.shared_store")
+
+
+def test_the_selectors_import_only_the_models_and_read_only_helpers() -> None:
+    files = list((ROOT / "models_app" / "selectors").rglob("*.py"))
+    assert files
+    offences = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in files
+        for name, line in _imports(path)
+        if name.startswith("models_app")
+        and not any(name == a or name.startswith(a + ".") for a in SELECTOR_IMPORTS)
+    ]
+    assert offences == []

@@ -15,8 +15,10 @@ import pytest
 from huggingface_hub import snapshot_download
 from huggingface_hub.file_download import repo_folder_name
 
+from dashboard.views.cache import TOP_REPOS
 from models_app.models import Repository, Snapshot
 from models_app.services.reconcile import reconcile_cache
+from tests.factories import make_snapshot
 
 
 def files(seed: str) -> dict[str, bytes]:
@@ -97,3 +99,16 @@ def test_orphaned_partial_files_are_listed(client, staff, two_revisions, cache_r
     client.force_login(staff)
     html = client.get("/cache/").content.decode()
     assert "Orphaned files" in html and partial.name in html
+
+
+@pytest.mark.django_db
+def test_the_heading_counts_every_model_not_only_the_biggest_shown(client, alice, cache_root: Path) -> None:
+    for i in range(TOP_REPOS + 2):
+        make_snapshot(f"org/model-{i:02d}", size=1000 + i)
+    client.force_login(alice)
+
+    html = client.get("/cache/").content.decode()
+
+    # The total covers every model, so does the count beside it; the list shows the biggest TOP_REPOS.
+    assert f"in {TOP_REPOS + 2} models" in html
+    assert "org/model-16" in html and "org/model-00" not in html

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Sum
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
@@ -14,8 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from models_app.api.views.common import ApiView, errors
-from models_app.models import Snapshot
-from models_app.services import shared_store
+from models_app.selectors.cache import cache_totals
 from models_app.services.cleanup import clean_cache, configured_policy
 from models_app.services.health import disk_usage
 
@@ -133,31 +130,19 @@ class CacheStatsView(ApiView):
         responses={200: CacheStatsSerializer, **errors()},
     )
     def get(self, request: Request) -> Response:
-        rows = (
-            Snapshot.objects.visible_to(request.user)
-            .filter(node=settings.NODE_NAME)
-            .exclude(status=Snapshot.Status.DELETED)
-            .values("cache_root", "status")
-            .annotate(n=Count("id"), size=Sum("size_bytes"))
-        )
-        per_root: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            entry = per_root.setdefault(row["cache_root"], {"snapshots": 0, "size_bytes": 0, "by_status": {}})
-            entry["snapshots"] += row["n"]
-            entry["size_bytes"] += row["size"] or 0
-            entry["by_status"][row["status"]] = row["n"]
         roots = []
-        for name, path in settings.CACHE_ROOTS.items():
-            stats = per_root.get(name, {"snapshots": 0, "size_bytes": 0, "by_status": {}})
+        for totals in cache_totals(user=request.user, include_shared_store=True).roots:
             root = {
-                "name": name,
-                "exists": path.exists(),
-                "disk": disk_usage(path),
-                **stats,
-                "shared_store": shared_store.summary(Path(path)),
+                "name": totals.name,
+                "exists": totals.path.exists(),
+                "disk": disk_usage(totals.path),
+                "snapshots": totals.snapshots,
+                "size_bytes": totals.size_bytes,
+                "by_status": totals.by_status,
+                "shared_store": totals.shared_store,
             }
             if request.user.is_staff:  # a server path maps the machine: staff only, as on the health page
-                root["path"] = str(path)
+                root["path"] = str(totals.path)
             roots.append(root)
         return Response({"node": settings.NODE_NAME, "roots": roots})
 

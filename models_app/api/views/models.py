@@ -3,7 +3,6 @@ load and unload."""
 
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -20,6 +19,7 @@ from models_app.api.serializers import (
 )
 from models_app.api.views.common import ApiView, errors, get_visible, id_parameter
 from models_app.models import Snapshot
+from models_app.selectors.snapshots import snapshot_list
 from models_app.services import cache, inference, verify
 
 # Text filters as the serializer below accepts them (DRF refuses NUL characters; PostgreSQL could not store them).
@@ -34,13 +34,12 @@ class ModelFilterSerializer(serializers.Serializer):
         help_text="One or more statuses (repeat the parameter); default: every status but deleted",
     )
     q = serializers.CharField(
-        required=False, allow_blank=True, max_length=200, help_text="Search repo ids and types"
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="Words that must each appear in the repo id or the model type (as on the Models page)",
     )
     node = serializers.CharField(required=False, allow_blank=True, max_length=200)
-
-
-def visible_snapshots(user) -> QuerySet[Snapshot]:  # type: ignore[no-untyped-def]
-    return Snapshot.objects.visible_to(user).select_related("repository")
 
 
 @extend_schema(tags=["models"])
@@ -60,7 +59,11 @@ class ModelListView(ApiView):
                 explode=True,
                 description="Default: every status but deleted",
             ),
-            OpenApiParameter("q", TEXT_FILTER, description="Search in repo ids and model types"),
+            OpenApiParameter(
+                "q",
+                TEXT_FILTER,
+                description="Words that must each appear in the repo id or the model type (case-insensitive)",
+            ),
             OpenApiParameter("node", TEXT_FILTER),
         ],
         responses={200: SnapshotSerializer(many=True), **errors(400)},
@@ -73,19 +76,13 @@ class ModelListView(ApiView):
         )
         filters.is_valid(raise_exception=True)
         data = filters.validated_data
-        snapshots = visible_snapshots(request.user)
-        if data.get("status"):
-            snapshots = snapshots.filter(status__in=data["status"])
-        else:
-            snapshots = snapshots.exclude(status=Snapshot.Status.DELETED)
-        if data.get("repo"):
-            snapshots = snapshots.filter(repository__repo_id=data["repo"])
-        if data.get("q"):
-            snapshots = snapshots.filter(
-                Q(repository__repo_id__icontains=data["q"]) | Q(model_type__icontains=data["q"])
-            )
-        if data.get("node"):
-            snapshots = snapshots.filter(node=data["node"])
+        snapshots = snapshot_list(
+            user=request.user,
+            query=data.get("q"),
+            statuses=data.get("status") or None,
+            repo_id=data.get("repo") or None,
+            node=data.get("node") or None,
+        )
         page = self.paginate_queryset(snapshots.order_by("repository__repo_id", "-created_at", "-id"))
         return self.get_paginated_response(SnapshotSerializer(page, many=True).data)
 
@@ -101,7 +98,9 @@ class ModelDetailView(ApiView):
     )
     def get(self, request: Request, id: str) -> Response:
         return Response(
-            SnapshotDetailSerializer(get_visible(visible_snapshots(request.user), id, "model")).data
+            SnapshotDetailSerializer(
+                get_visible(snapshot_list(user=request.user, include_deleted=True), id, "model")
+            ).data
         )
 
     @extend_schema(
@@ -114,7 +113,7 @@ class ModelDetailView(ApiView):
         responses={200: DeletePlanSerializer, **errors(400, 403, 404, 409)},
     )
     def delete(self, request: Request, id: str) -> Response:
-        snapshot = get_visible(visible_snapshots(request.user), id, "model")
+        snapshot = get_visible(snapshot_list(user=request.user, include_deleted=True), id, "model")
         if snapshot.status == Snapshot.Status.DELETED:
             raise ApiError("not_found", "This snapshot is already deleted.")
         try:
@@ -142,7 +141,7 @@ class ModelVerifyView(ApiView):
         responses={200: VerifyResultSerializer, **errors(400, 404)},
     )
     def post(self, request: Request, id: str) -> Response:
-        snapshot = get_visible(visible_snapshots(request.user), id, "model")
+        snapshot = get_visible(snapshot_list(user=request.user, include_deleted=True), id, "model")
         # Synchronous: hashing runs at disk speed (seconds per GB), and the caller wants the verdict.
         return Response(verify.verify_model(snapshot).as_json())
 
@@ -150,7 +149,7 @@ class ModelVerifyView(ApiView):
 def _load_or_unload(request: Request, raw_id: str, *, load: bool) -> Response:
     """Queue a load or unload on the inference worker. Accepted, not done: a big model takes a while to load,
     and the worker's heartbeat (GET /api/v1/health, `mlx.workers`) shows it once it is in memory."""
-    snapshot = get_visible(visible_snapshots(request.user), raw_id, "model")
+    snapshot = get_visible(snapshot_list(user=request.user, include_deleted=True), raw_id, "model")
     if load and snapshot.status != Snapshot.Status.READY:
         action = (
             f"mlx-lm also needs {', '.join(snapshot.missing_files)}: pull it without allow_patterns."

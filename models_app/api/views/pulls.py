@@ -17,11 +17,8 @@ from models_app.api.serializers import PullCreateSerializer, PullSerializer
 from models_app.api.sse import EventStreamRenderer, job_events
 from models_app.api.views.common import ApiView, errors, get_visible, id_parameter
 from models_app.models import DownloadJob, HubCredential
+from models_app.selectors.jobs import job_get, job_list
 from models_app.services import credentials, hub, plan
-
-
-def visible_jobs(user):  # type: ignore[no-untyped-def]
-    return DownloadJob.objects.visible_to(user).select_related("repository", "requested_by")
 
 
 @extend_schema(tags=["pulls"])
@@ -42,20 +39,16 @@ class PullListView(ApiView):
         responses={200: PullSerializer(many=True), **errors(400)},
     )
     def get(self, request: Request) -> Response:
-        jobs = visible_jobs(request.user)
         state = request.query_params.get("state")
-        if state is not None:
-            if state not in DownloadJob.State.values:
-                raise ApiError("invalid", f"state must be one of {', '.join(DownloadJob.State.values)}.")
-            jobs = jobs.filter(state=state)
+        if state is not None and state not in DownloadJob.State.values:
+            raise ApiError("invalid", f"state must be one of {', '.join(DownloadJob.State.values)}.")
         active = request.query_params.get("active")
         if active is not None:
             try:
-                active_only = serializers.BooleanField().to_internal_value(active)
+                active = serializers.BooleanField().to_internal_value(active)
             except serializers.ValidationError:
                 raise ApiError("invalid", "'active' must be true or false.") from None
-            jobs = jobs.active() if active_only else jobs.exclude(state__in=DownloadJob.ACTIVE_STATES)
-        page = self.paginate_queryset(jobs.order_by("-created_at", "-id"))
+        page = self.paginate_queryset(job_list(user=request.user, state=state, active=active))
         return self.get_paginated_response(PullSerializer(page, many=True).data)
 
     @extend_schema(
@@ -99,7 +92,7 @@ class PullListView(ApiView):
             user=request.user,
             node=data.get("node") or None,
         )
-        visible = visible_jobs(request.user).filter(pk=job.pk).first()
+        visible = job_get(user=request.user, job_id=job.pk)
         if visible is not None:
             visible.node_choice = (
                 job.node_choice
@@ -123,7 +116,7 @@ class PullDetailView(ApiView):
         responses={200: PullSerializer, **errors(400, 404)},
     )
     def get(self, request: Request, id: str) -> Response:
-        return Response(PullSerializer(get_visible(visible_jobs(request.user), id, "pull")).data)
+        return Response(PullSerializer(get_visible(job_list(user=request.user), id, "pull")).data)
 
 
 @extend_schema(tags=["pulls"])
@@ -138,7 +131,7 @@ class PullCancelView(ApiView):
         responses={200: PullSerializer, **errors(400, 404, 409)},
     )
     def post(self, request: Request, id: str) -> Response:
-        job = get_visible(visible_jobs(request.user), id, "pull")
+        job = get_visible(job_list(user=request.user), id, "pull")
         job = hub.cancel_job(job, by=request.user) or job
         job.refresh_from_db()
         return Response(PullSerializer(job).data)
@@ -156,9 +149,9 @@ class PullRetryView(ApiView):
         responses={200: PullSerializer, 201: PullSerializer, **errors(400, 404, 409)},
     )
     def post(self, request: Request, id: str) -> Response:
-        job = get_visible(visible_jobs(request.user), id, "pull")
+        job = get_visible(job_list(user=request.user), id, "pull")
         retried = hub.retry_job(job) or job
-        retried = visible_jobs(request.user).filter(pk=retried.pk).first() or retried
+        retried = job_get(user=request.user, job_id=retried.pk) or retried
         return Response(
             PullSerializer(retried).data,
             status=status.HTTP_201_CREATED if retried.pk != job.pk else status.HTTP_200_OK,
@@ -196,7 +189,7 @@ class PullEventsView(ApiView):
         },
     )
     def get(self, request: Request, id: str) -> StreamingHttpResponse:
-        job = get_visible(visible_jobs(request.user), id, "pull")
+        job = get_visible(job_list(user=request.user), id, "pull")
         response = StreamingHttpResponse(
             job_events(job.pk, lambda j: PullSerializer(j).data), content_type="text/event-stream"
         )
