@@ -59,7 +59,9 @@ class JobMonitor:
         self.revision = revision
         self.owner_id = owner_id
         self._lock = threading.Lock()
-        self.bytes_done = 0
+        self.bytes_done = 0  # shown: the larger of the two below
+        self._written = 0  # to disk, resumed bytes included
+        self._received = 0  # from the network ("Downloading bytes"), ahead of _written during a Xet transfer
         self.bytes_resumed = 0  # part of bytes_done found on disk, not transferred: kept out of the speed
         self.bytes_total = 0
         self.files_done = 0
@@ -99,16 +101,31 @@ class JobMonitor:
             self.downloading = False
 
     def on_bytes(self, n: float) -> None:
+        """Bytes written to disk."""
         with self._lock:
-            self.bytes_done = max(0, self.bytes_done + int(n))
+            self._written = max(0, self._written + int(n))
+            self._show_bytes()
         self.check()
+
+    def on_received(self, n: float) -> None:
+        """Bytes received from the network. Over HTTP they are written as they arrive; hf_xet writes a file
+        only once a whole range of it is in (up to 64 MB), so between two writes only these move."""
+        with self._lock:
+            self._received = max(0, self._received + int(n))
+            self._show_bytes()
 
     def on_resumed(self, n: int) -> None:
         """A transfer continues a partial file a stopped attempt left (hub_resume): its bytes count as done."""
         with self._lock:
-            self.bytes_done += n
+            self._written += n
             self.bytes_resumed += n
+            self._show_bytes()
         self.check()
+
+    def _show_bytes(self) -> None:
+        # Xet's network bytes are compressed and deduplicated, so they may never reach the total: the written
+        # ones take over as they catch up (and finish at the total).
+        self.bytes_done = max(self._written, self._received)
 
     def on_files(self, n: float) -> None:
         with self._lock:
@@ -170,7 +187,7 @@ class JobMonitor:
     def begin_download(self, *, bytes_total: int, files_total: int) -> None:
         with self._lock:
             self.bytes_total, self.files_total = bytes_total, files_total
-            self.bytes_done = self.bytes_resumed = self.files_done = 0
+            self.bytes_done = self._written = self._received = self.bytes_resumed = self.files_done = 0
             self.downloading = True
             self.last_activity = time.monotonic()
 
@@ -288,16 +305,17 @@ class JobMonitor:
 # --- tqdm_class -------------------------------------------------------------------------------------------
 
 
+_BARS = (("Reconstructing", "bytes"), ("Downloading bytes", "received"), ("Fetching", "files"))
+
+
 class _JobProgressBar(tqdm):  # type: ignore[misc]
     job_monitor: JobMonitor  # not `monitor`: tqdm's own class attribute (its refresh thread)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         desc = str(kwargs.get("desc") or "")
-        # Bytes written to disk ("Reconstructing"), not "Downloading bytes": over HTTP both tick alike, but a
-        # Xet transfer's network bytes are compressed and deduplicated, so they would never reach the total.
-        self._kind = (
-            "bytes" if desc.startswith("Reconstructing") else "files" if desc.startswith("Fetching") else ""
-        )
+        # snapshot_download's bars (HUB_PROTOCOL.md §7): bytes written ("Reconstructing"), bytes received
+        # ("Downloading bytes"; over HTTP both tick alike, during a Xet transfer the written ones lag), files.
+        self._kind = next((kind for prefix, kind in _BARS if desc.startswith(prefix)), "")
         kwargs["disable"] = True  # a worker has no terminal: render nothing, count in update()
         super().__init__(*args, **kwargs)
 
@@ -306,6 +324,8 @@ class _JobProgressBar(tqdm):  # type: ignore[misc]
         self.n += n  # huggingface_hub reads .n to size its transfer bar
         if self._kind == "bytes":
             self.job_monitor.on_bytes(n)
+        elif self._kind == "received":
+            self.job_monitor.on_received(n)
         elif self._kind == "files":
             self.job_monitor.on_files(n)
         else:

@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 BIG_PART = 20_000_000  # bytes of the big file that show its Xet transfer is under way
 XET_RATE = 3_000_000  # bytes per second of a throttled Xet file: a 128 MB file takes 45 s
 XET_STARTED = 6_000_000  # bytes of it the CAS sent: its transfer is under way
+XET_SHOWN = 4_000_000  # the job's bytes_done past the small files: the big file's progress shows
+XORB_MAX = 64 << 20  # hf_xet's largest xorb, the most it fetches in one range
 
 
 def sha256(path: Path) -> str:
@@ -96,19 +98,21 @@ def test_cancel_stops_a_xet_transfer_at_once_and_leaves_no_bytes(
     hub.throttle_xet(XET_RATE, hub.xorbs_of(big))
     xet_worker(dedicated_worker, hub)
     job = hub_service.download_model(repo_id, user=alice)
-    # The big file is on its way through hf_xet: the CAS has sent some of it, and the job names it. (Its bytes_done
-    # stays put meanwhile: hf_xet writes a block only once the whole range, up to a 64 MB xorb, has arrived.)
+    # The big file is on its way through hf_xet, and the job shows it: it names the file, and its bytes move
+    # with what arrives, although hf_xet writes nothing of the file until a whole range (up to a 64 MB xorb) is in.
     wait_for(
         lambda: (
             hub.xet_bytes_sent(big) > XET_STARTED
             and DownloadJob.objects.filter(
-                id=job.id, state="running", current_file="big.safetensors"
+                id=job.id, state="running", current_file="big.safetensors", bytes_done__gt=XET_SHOWN
             ).exists()
         ),
         120,
-        "the big file never started",
+        "the big file never started, or its progress never moved",
         interval=0.02,
     )
+    # ...and moved before hf_xet could write any of it: the first range (a whole xorb) has not all arrived yet.
+    assert hub.xet_bytes_sent(big) < XORB_MAX, "the progress waited for hf_xet to write"
 
     hub_service.cancel_job(job, by=alice)
     job = wait_job(job, timeout=60)
