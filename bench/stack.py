@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,7 @@ class Product:
             "HUB_XET_LOCAL_CAS": "1",  # the benchmark's local Hub serves its Xet case from a local CAS
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            "LOG_HOPS": "1",  # the inference worker logs each request's hops (bench/hops.py)
         }
         # Some settings read the environment at import: this process must see what the children see.
         os.environ.update(self.env)
@@ -286,3 +287,15 @@ class MlxServer:
         if self.child is not None:
             self.child.stop()
             self.child = None
+
+
+@contextlib.contextmanager
+def busy_process() -> Iterator[None]:
+    """A second CPU-bound process for as long as the block runs: a Python busy loop, one core's worth."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # running before the measurement starts
+        yield
+    finally:
+        process.kill()
+        process.wait()
