@@ -85,7 +85,11 @@ def table(log: Path) -> dict[str, Any]:
         per_transport.setdefault(seen.transport, []).append(
             {**worker, "client_sent": trace.sent_ns, "client_first": trace.first_ns}
         )
-    result: dict[str, Any] = {"requests": {t: len(r) for t, r in per_transport.items()}, "hops": []}
+    result: dict[str, Any] = {
+        "requests": {t: len(r) for t, r in per_transport.items()},
+        "hops": [],
+        "stamps": per_transport,  # every request's, time_ns
+    }
     for start, end, what in [*HOPS, ("client_sent", "client_first", "time to first token (client)")]:
         medians = {}
         for transport, requests in per_transport.items():
