@@ -281,10 +281,8 @@ def measure_model(
     say(f"loading {model.path} in this process (the raw mlx-lm side)…")
     raw = chat.Raw(model.path)
     speed = raw.speed()
-    title = (
-        f"{model.name}, ~{speed:,.0f} tok/s raw" if speed >= 20 else f"{model.name}, ~{speed:.0f} tok/s raw"
-    )
-    say(f"{title}")
+    title = f"{model.name}, ~{speed:,.0f} tok/s raw"
+    say(title)
     hops.clear()
     # In the default run the slow model gets shorter answers and fewer conversations, so the whole run stays
     # within ~15 minutes on 2 cores; `--model X` alone measures X in full.
