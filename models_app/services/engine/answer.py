@@ -77,8 +77,7 @@ class Answer:
             self._emit_delta()
             if not self._last_flush:
                 # As the single-request loop: the first text is on its way before the next decode step
-                # (ReplyStream.flush; without it the sender thread waits for the GIL behind the step, which
-                # cost the hop to the channel layer 5 ms quiet and 30-140 ms beside another busy process).
+                # (ReplyStream.flush; without it the sender thread may wait for the GIL behind that step).
                 self.stream.flush()
             self._last_flush = self.last_at
 

@@ -131,7 +131,7 @@ class Request:
             assistant_message_id=raw.get("assistant_message_id"),
             enqueued_at=raw.get("enqueued_at"),
             previous_turn=cls._turn(raw.get("previous_turn")),
-            hops=dict(raw.get("hops") or {}) if isinstance(raw.get("hops"), dict) else {},
+            hops=dict(raw["hops"]) if isinstance(raw.get("hops"), dict) else {},
         )
 
 
