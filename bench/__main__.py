@@ -18,10 +18,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import chat, downloads, models, openai_api, pages, report
+from bench import chat, downloads, hops, models, openai_api, pages, report
 from bench.report import Section
 from bench.stack import ROOT, MlxServer, Product
 
@@ -70,9 +71,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model",
-        default="generated",
-        help="chat model: 'generated' (random weights, SmolLM2-135M shape; default), a shape name "
-        f"({', '.join(models.SHAPES)}), 'real' ({REAL_MODEL}), or a model directory",
+        default="",
+        help="only this chat model: 'tiny' (the fast model), 'generated' (random weights, SmolLM2-135M "
+        f"shape), a shape name ({', '.join(models.SHAPES)}), 'real' ({REAL_MODEL}), or a model directory. "
+        "Default: the fast tiny model first, then the SmolLM2-135M-shaped one (shorter answers on it)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each download and short-prompt chat")
     parser.add_argument(
@@ -94,12 +96,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.smoke:
         args.quick = True
         args.rounds = 1
-        if args.model == "generated":
-            args.model = models.TINY.name
+        args.model = args.model or models.TINY.name
+    # The default run measures both: the fast model shows the product's own per-token costs, the
+    # SmolLM2-shaped one a real model's speed here.
+    args.models = [args.model] if args.model else [models.TINY.name, "generated"]
+    args.both = not args.model
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(args.only) - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     return args
+
+
+@dataclass
+class ChatModel:
+    choice: str  # as --model names it
+    path: Path
+    repo_id: str  # in the product
+    name: str  # as the rows name it
+    fast: bool  # the tiny model: hundreds of tokens/s, per-token costs show
+
+
+def chat_model(choice: str, models_root: Path) -> ChatModel:
+    path = chat_model_dir(choice, models_root)
+    if choice == models.TINY.name:
+        return ChatModel(choice, path, "bench/fast-model", "fast tiny model", fast=True)
+    if choice == "generated":
+        return ChatModel(choice, path, CHAT_REPO, "SmolLM2-135M-shaped model", fast=False)
+    if choice in models.SHAPES:
+        return ChatModel(choice, path, f"bench/{choice}-model", f"{choice}-shaped model", fast=False)
+    return ChatModel(choice, path, f"bench/{path.name}", path.name, fast=False)
 
 
 def chat_model_dir(choice: str, models_root: Path) -> Path:
@@ -130,9 +155,13 @@ def main(argv: list[str]) -> int:
     sections: list[Section] = []
 
     say("building the benchmark models (cached in var/bench/models/)…")
-    chat_dir = (
-        chat_model_dir(args.model, models_root) if {"chat", "multiturn", "openai"} & set(args.only) else None
+    chat_models = (
+        [chat_model(choice, models_root) for choice in args.models]
+        if {"chat", "multiturn", "openai"} & set(args.only)
+        else []
     )
+    chat_sections: list[Section] = []  # the table starts with them: the fast model's first
+    hop_tables: list[dict[str, Any]] = []
     cases_dirs = []
     if "downloads" in args.only and args.smoke:
         cases_dirs = [
@@ -166,7 +195,6 @@ def main(argv: list[str]) -> int:
 
     hub = downloads.start_hub(run_dir / "hub")
     product = Product(run_dir / "product", hub.url)
-    server: MlxServer | None = None
     try:
         say(f"local hub at {hub.url}; publishing…")
         cases = [
@@ -184,13 +212,6 @@ def main(argv: list[str]) -> int:
                 "product start",
                 lambda: product.start(inference=needs_inference, downloads="downloads" in args.only),
             )
-        snapshot_id = None
-        if not down and chat_dir is not None:
-            down = attempt("registering the chat model", lambda: product.register_model(CHAT_REPO, chat_dir))
-            if not down:
-                from models_app.models import Snapshot
-
-                snapshot_id = Snapshot.objects.get(repository__repo_id=CHAT_REPO, status="ready").id
         live = product if not down else None
 
         if "downloads" in args.only:
@@ -206,76 +227,11 @@ def main(argv: list[str]) -> int:
                     rounds=args.rounds,
                 )
 
-        raw = None
-        if chat_dir is not None:
-            say(f"loading {chat_dir} in this process (the raw mlx-lm side)…")
-            raw = chat.Raw(chat_dir)
-        if "chat" in args.only and raw is not None:
-            with timed(Section("Chat streaming")) as section:
-                sections.append(section)
-                chat.run_streaming(
-                    section,
-                    raw=raw,
-                    product=live,
-                    snapshot_id=snapshot_id,
-                    unavailable=down,
-                    prompts={"~30-token prompt": 30, "~100-token prompt": 100}
-                    if args.quick
-                    else {"~100-token prompt": 100, "~1,000-token prompt": 1000},
-                    new_tokens=16 if args.quick else chat.NEW_TOKENS,
-                    rounds=args.rounds,
-                )
-
-        if {"multiturn", "openai"} & set(args.only) and chat_dir is not None:
-            say("starting mlx_lm.server…")
-            try:
-                server = MlxServer(chat_dir, run_dir / "logs").start()
-            except Exception:
-                say(f"mlx_lm.server failed to start:\n{traceback.format_exc()}")
-                server = None
-        if "multiturn" in args.only and raw is not None:
-            with timed(Section("Multi-turn chat")) as section:
-                sections.append(section)
-                turn_options = {
-                    "turn_tokens": 4 if args.quick else chat.TURN_TOKENS,
-                    "rounds": 1 if args.quick else chat.TURN_ROUNDS,
-                }
-                chat.run_multi_turn(
-                    section,
-                    tokenizer=raw.tokenizer,
-                    product=live,
-                    snapshot_id=snapshot_id,
-                    unavailable=down,
-                    server=server,
-                    server_model=str(chat_dir),
-                    label=chat_dir.name,
-                    **turn_options,
-                )
-                # A real model's answers end where it chooses and re-encode as real text does: measured
-                # beside the random one whenever it is here.
-                real = Path(args.real_model).expanduser().resolve() if args.real_model else REAL_MODEL
-                if not args.smoke and chat_dir.resolve() != real.resolve():
-                    # ~10 tokens/s on a shared 2-core CPU: shorter answers, one conversation.
-                    real_options = {"turn_tokens": min(turn_options["turn_tokens"], 24), "rounds": 1}
-                    multi_turn_real(section, real, live, down, run_dir, real_options)
-        if "openai" in args.only and raw is not None:
-            with timed(Section("OpenAI-compatible API")) as section:
-                sections.append(section)
-                openai_api.run(
-                    section,
-                    tokenizer=raw.tokenizer,
-                    raw=raw,
-                    product=live,
-                    product_model=CHAT_REPO,
-                    unavailable=down,
-                    server=server,
-                    server_model=str(chat_dir),
-                    max_tokens=16 if args.quick else openai_api.MAX_TOKENS,
-                )
+        for model in chat_models:
+            chat_sections.extend(measure_model(model, args, product=live, down=down, run_dir=run_dir))
+            hop_tables.append(model_hops(model, product))
     finally:
-        say("stopping the product, mlx_lm.server and the hub…")
-        if server is not None:
-            server.stop()
+        say("stopping the product and the hub…")
         product.stop()
         hub.stop()
 
@@ -290,17 +246,135 @@ def main(argv: list[str]) -> int:
             finally:
                 redis.stop()
 
+    sections = chat_sections + sections
     total = time.monotonic() - _started
     table = report.markdown(sections, info, total_seconds=total)
-    path = report.save(OUT_DIR, sections, info, table, total)
+    hop_text = "\n\n".join(hops.markdown(t, t["model"]) for t in hop_tables)
+    path = report.save(OUT_DIR, sections, info, table, total, extra={"hops": hop_tables})
     if not args.keep:
         # The logs stay for a look at what went wrong; the gigabytes go.
         for name in ("hub", "product/hf-cache", "downloads", "pages"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
     print()
     print(table)
+    if hop_text:
+        print()
+        print(hop_text)
     print(f"\nSaved {path.relative_to(ROOT)} and var/bench/latest.json; logs in {run_dir.relative_to(ROOT)}/")
     return smoke_verdict(sections) if args.smoke else 0
+
+
+def measure_model(
+    model: ChatModel, args: argparse.Namespace, *, product: Product | None, down: str, run_dir: Path
+) -> list[Section]:
+    """Chat (websocket), the fast model's ratios beside a CPU-bound process, multi-turn and the OpenAI API
+    (SSE) on one model, each side against its baseline; mlx_lm.server runs only meanwhile."""
+    sections: list[Section] = []
+    snapshot_id = None
+    if product is not None:
+        down = attempt(f"registering {model.name}", lambda: product.register_model(model.repo_id, model.path))
+        if not down:
+            from models_app.models import Snapshot
+
+            snapshot_id = Snapshot.objects.get(repository__repo_id=model.repo_id, status="ready").id
+    live = product if not down else None
+    say(f"loading {model.path} in this process (the raw mlx-lm side)…")
+    raw = chat.Raw(model.path)
+    speed = raw.speed()
+    title = f"{model.name}, ~{speed:,.0f} tok/s raw"
+    say(title)
+    hops.clear()
+    # In the default run the slow model gets shorter answers and fewer conversations, so the whole run stays
+    # within ~15 minutes on 2 cores; `--model X` alone measures X in full.
+    short = args.both and not model.fast
+    if "chat" in args.only:
+        with timed(Section(f"Chat streaming ({model.name})")) as section:
+            sections.append(section)
+            chat.run_streaming(
+                section,
+                raw=raw,
+                product=live,
+                snapshot_id=snapshot_id,
+                unavailable=down,
+                prompts={"~30-token prompt": 30, "~100-token prompt": 100}
+                if args.quick
+                else {"~100-token prompt": 100, "~1,000-token prompt": 1000},
+                new_tokens=16 if args.quick else chat.NEW_TOKENS // 2 if short else chat.NEW_TOKENS,
+                rounds=args.rounds,
+                title=title,
+            )
+        if model.fast:
+            with timed(Section(f"Chat beside a CPU-bound process ({model.name})")) as section:
+                sections.append(section)
+                chat.run_beside_busy(
+                    section,
+                    raw=raw,
+                    product=live,
+                    snapshot_id=snapshot_id,
+                    product_model=model.repo_id,
+                    unavailable=down,
+                    title=title,
+                    new_tokens=16 if args.quick else openai_api.MAX_TOKENS,
+                    rounds=args.rounds,
+                )
+
+    server: MlxServer | None = None
+    if {"multiturn", "openai"} & set(args.only):
+        say("starting mlx_lm.server…")
+        try:
+            server = MlxServer(model.path, run_dir / f"logs-{model.choice}").start()
+        except Exception:
+            say(f"mlx_lm.server failed to start:\n{traceback.format_exc()}")
+    try:
+        if "multiturn" in args.only:
+            with timed(Section(f"Multi-turn chat ({model.name})")) as section:
+                sections.append(section)
+                turn_options = {
+                    "turn_tokens": 4 if args.quick else chat.TURN_TOKENS,
+                    "rounds": 1 if args.quick else 2 if short else chat.TURN_ROUNDS,
+                }
+                chat.run_multi_turn(
+                    section,
+                    tokenizer=raw.tokenizer,
+                    product=live,
+                    snapshot_id=snapshot_id,
+                    unavailable=down,
+                    server=server,
+                    server_model=str(model.path),
+                    label=title,
+                    **turn_options,
+                )
+                # A real model's answers end where it chooses and re-encode as real text does: measured
+                # beside the random one whenever it is here (once a run: with the slow model).
+                real = Path(args.real_model).expanduser().resolve() if args.real_model else REAL_MODEL
+                if not args.smoke and not model.fast and model.path.resolve() != real.resolve():
+                    # ~10 tokens/s on a shared 2-core CPU: shorter answers, one conversation.
+                    real_options = {"turn_tokens": min(turn_options["turn_tokens"], 24), "rounds": 1}
+                    multi_turn_real(section, real, live, down, run_dir, real_options)
+        if "openai" in args.only:
+            with timed(Section(f"OpenAI-compatible API ({model.name})")) as section:
+                sections.append(section)
+                openai_api.run(
+                    section,
+                    tokenizer=raw.tokenizer,
+                    raw=raw,
+                    product=live,
+                    product_model=model.repo_id,
+                    unavailable=down,
+                    server=server,
+                    server_model=str(model.path),
+                    max_tokens=16 if args.quick else openai_api.MAX_TOKENS,
+                    title=title,
+                )
+    finally:
+        if server is not None:
+            server.stop()
+    return sections
+
+
+def model_hops(model: ChatModel, product: Product) -> dict[str, Any]:
+    """The hop table of the model's product requests measured since its sections began."""
+    return {"model": model.name, **hops.table(product.log_dir / "inference.log")}
 
 
 def multi_turn_real(

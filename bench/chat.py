@@ -14,12 +14,14 @@ tokens/s = (tokens - 1) / (last text - first text), inter-token latency between 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import hops
 from bench.report import Row, Section, median, percentile
 from bench.stack import MlxServer, Product
 
@@ -54,6 +56,10 @@ class Trace:
     cached_tokens: int | None = None
     finish_reason: str = ""
     usage_tokens: int | None = None  # the server's count, when a message may carry several tokens (SSE)
+    # For the hop table (bench/hops.py): the product's request id, and wall clocks of the send and first text.
+    request_id: str | None = None
+    sent_ns: int | None = None
+    first_ns: int | None = None
 
     @property
     def tokens(self) -> int:
@@ -102,6 +108,7 @@ class Trace:
             "per_token_ms_p99": percentile(per_token, 99),
             "tokens_per_message": self.tokens / len(self.arrivals) if self.arrivals else None,
             "finish_reason": self.finish_reason,
+            "request_id": self.request_id,
         }
 
 
@@ -125,6 +132,13 @@ class Raw:
         from mlx_lm import load
 
         self.model, self.tokenizer = load(str(model_dir))
+
+    def speed(self) -> float:
+        """Decode tokens/s on a short prompt (the warm-up, too): the figure the rows' titles give."""
+        tokens = 32
+        for _ in range(2):  # the first one compiles MLX's kernels
+            trace = self.generate([{"role": "user", "content": "Hello there! Tell me a story."}], tokens)
+        return trace.decode_tps or 0.0
 
     def generate(self, messages: list[dict[str, str]], max_tokens: int) -> Trace:
         from mlx_lm import stream_generate
@@ -165,9 +179,16 @@ class ChatSocket:
         await self.ws.close()
 
     async def send(
-        self, content: str, *, snapshot_id: int, max_tokens: int, conversation_id: int | None = None
+        self,
+        content: str,
+        *,
+        snapshot_id: int,
+        max_tokens: int,
+        conversation_id: int | None = None,
+        record: str | None = None,
     ) -> tuple[Trace, int]:
-        """Post a message; return what streamed back and the conversation id."""
+        """Post a message; return what streamed back and the conversation id. `record`: the hop table's
+        column for this request (bench/hops.py), if it goes in."""
         message: dict[str, Any] = {
             "type": "chat.send",
             "content": content,
@@ -176,8 +197,10 @@ class ChatSocket:
         }
         if conversation_id is not None:
             message["conversation_id"] = conversation_id
+        frame = json.dumps(message)
         trace = Trace(time.perf_counter())
-        await self.ws.send(json.dumps(message))
+        trace.sent_ns = time.time_ns()
+        await self.ws.send(frame)
         seen = 0
         while True:
             event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout=600))
@@ -185,25 +208,33 @@ class ChatSocket:
             kind = event.get("type")
             if kind == "chat.accepted":
                 conversation_id = event["conversation_id"]
+                trace.request_id = event.get("request_id")
             elif kind == "chat.started":
                 trace.prompt_tokens = event.get("prompt_tokens")
                 trace.cached_tokens = event.get("cached_tokens")
             elif kind == "chat.delta":
                 # `tokens` is the running count: batching puts several tokens in one message.
                 count = int(event.get("tokens", seen + 1))
+                if not trace.arrivals:
+                    trace.first_ns = time.time_ns()
                 trace.arrivals.append((now, count - seen))
                 seen = count
             elif kind == "chat.done":
                 trace.finish_reason = event.get("finish_reason", "")
+                hops.record(record, trace)
                 return trace, int(conversation_id or 0)
             elif kind == "chat.error":
                 raise RuntimeError(f"chat.error {event.get('code')}: {event.get('message')}")
 
 
-def product_chat(product: Product, snapshot_id: int, content: str, max_tokens: int) -> Trace:
+def product_chat(
+    product: Product, snapshot_id: int, content: str, max_tokens: int, record: str | None = None
+) -> Trace:
     async def go() -> Trace:
         async with ChatSocket(product) as socket:
-            trace, _ = await socket.send(content, snapshot_id=snapshot_id, max_tokens=max_tokens)
+            trace, _ = await socket.send(
+                content, snapshot_id=snapshot_id, max_tokens=max_tokens, record=record
+            )
             return trace
 
     return asyncio.run(go())
@@ -326,7 +357,9 @@ def run_streaming(
     unavailable: str,
     prompts: dict[str, int],
     rounds: int,
+    title: str = "",
 ) -> None:
+    """`title`: the model, as the rows name it ("fast tiny model, ~400 tok/s raw")."""
     messages_for = lambda text: [{"role": "user", "content": text}]  # noqa: E731
     # Warm both: the model loaded, MLX's kernels compiled, the product's worker holding the model.
     raw.generate(messages_for(prompt_text(raw.tokenizer, 20, 999)), 8)
@@ -343,7 +376,7 @@ def run_streaming(
     for label, tokens in prompts.items():
         for round_ in range(rounds if tokens <= 200 else 1):
             variant += 1
-            bench = f"Chat {label}, round {round_ + 1}"
+            bench = f"Chat{f' ({title})' if title else ''} {label}, round {round_ + 1}"
             text = prompt_text(raw.tokenizer, tokens, variant)
             raw_trace = raw.generate(messages_for(text), new_tokens)
             product_trace = None
@@ -353,7 +386,7 @@ def run_streaming(
                 section.unavailable(bench, unavailable)
                 continue
             try:
-                product_trace = product_chat(product, snapshot_id, text, new_tokens)  # type: ignore[arg-type]
+                product_trace = product_chat(product, snapshot_id, text, new_tokens, "websocket")  # type: ignore[arg-type]
             except Exception as exc:  # a broken socket costs this row, not the section
                 section.failed(bench, exc)
                 continue
@@ -444,3 +477,104 @@ def run_multi_turn(
             )
         )
     section.raw[f"turn_ttft_median_ms{suffix}"] = {name: medians.get(name) for name in sides}
+
+
+# ----------------------------------------------------------------------------- a CPU-bound process beside it
+
+
+def sse_chat(product: Product, model: str, content: str, max_tokens: int, record: str | None = None) -> Trace:
+    """One streamed completion from the product's OpenAI-compatible API."""
+    from bench.openai_api import stream_completion
+
+    trace, _ = asyncio.run(
+        stream_completion(
+            f"{product.url}/v1",
+            product.api_key,
+            model,
+            [{"role": "user", "content": content}],
+            max_tokens=max_tokens,
+            record=record,
+        )
+    )
+    return trace
+
+
+def run_beside_busy(
+    section: Section,
+    *,
+    raw: Raw,
+    product: Product | None,
+    snapshot_id: int | None,
+    product_model: str,
+    unavailable: str,
+    title: str,
+    new_tokens: int,
+    rounds: int,
+) -> None:
+    """The product over the websocket and over SSE against raw stream_generate on the same prompt, first on a
+    quiet machine, then with a second CPU-bound process (a busy loop, one core's worth) running beside both
+    sides: the ratios should hold. Medians over `rounds`."""
+    from bench.stack import busy_process
+
+    messages = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    live = product is not None and snapshot_id is not None
+    variant = 700
+    for condition in ("quiet", "second CPU-bound process beside it"):
+        with busy_process() if condition != "quiet" else contextlib.nullcontext():
+            for transport in ("websocket", "SSE"):
+                bench = f"Chat ({title}) vs raw, {transport}, {condition}"
+                pairs: list[tuple[Trace, Trace]] = []
+                try:
+                    for _ in range(rounds):
+                        variant += 1
+                        text = prompt_text(raw.tokenizer, 100, variant)
+                        raw_trace = raw.generate(messages(text), new_tokens)
+                        if not live:
+                            break
+                        record = f"{transport}, {'quiet' if condition == 'quiet' else 'CPU-bound neighbour'}"
+                        if transport == "websocket":
+                            product_trace = product_chat(product, snapshot_id, text, new_tokens, record)  # type: ignore[arg-type]
+                        else:
+                            product_trace = sse_chat(product, product_model, text, new_tokens, record)  # type: ignore[arg-type]
+                        pairs.append((raw_trace, product_trace))
+                except Exception as exc:  # a broken side costs this row, not the section
+                    section.failed(bench, exc)
+                    continue
+                if not live:
+                    section.unavailable(bench, unavailable)
+                    continue
+                section.raw[f"{transport}, {condition}"] = [
+                    {"raw": r.summary(), "product": p.summary()} for r, p in pairs
+                ]
+                _ratio_rows(section, bench, pairs)
+
+
+def _ratio_rows(section: Section, bench: str, pairs: list[tuple[Trace, Trace]]) -> None:
+    raw_ttft = median([r.ttft_ms for r, _ in pairs if r.ttft_ms is not None])
+    product_ttft = median([p.ttft_ms for _, p in pairs if p.ttft_ms is not None])
+    raw_tps = median([r.decode_tps for r, _ in pairs if r.decode_tps])
+    product_tps = median([p.decode_tps for _, p in pairs if p.decode_tps])
+    of = f"median of {len(pairs)}"
+    section.add(
+        Row(
+            bench,
+            f"time to first token, ms ({of})",
+            product_ttft,
+            raw_ttft,
+            "stream_generate",
+            target=f"≤ raw + {TTFT_SLACK_MS:.0f} ms",
+            unit="ms",
+            met=product_ttft <= raw_ttft + TTFT_SLACK_MS if product_ttft and raw_ttft else None,
+        )
+    )
+    section.add(
+        Row(
+            bench,
+            f"decode tokens/s ({of})",
+            product_tps,
+            raw_tps,
+            "stream_generate",
+            target="≥ 0.95",
+            met=product_tps >= 0.95 * raw_tps if product_tps and raw_tps else None,
+        )
+    )

@@ -15,6 +15,7 @@ import asyncio
 import time
 from typing import Any
 
+from bench import hops
 from bench.chat import Trace, prompt_text
 from bench.report import Row, Section, median
 from bench.stack import MlxServer, Product
@@ -31,13 +32,16 @@ async def stream_completion(
     *,
     max_tokens: int,
     client: Any = None,
+    record: str | None = None,
 ) -> tuple[Trace, str]:
-    """One streamed chat completion: what the client saw, and the text."""
+    """One streamed chat completion: what the client saw, and the text. `record`: the hop table's column for
+    this request (bench/hops.py), if it goes in (the product's response id is its request id)."""
     from openai import AsyncOpenAI
 
     own = client is None
     client = client or AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=900)
     trace = Trace(time.perf_counter())
+    trace.sent_ns = time.time_ns()
     parts: list[str] = []
     try:
         stream = await client.chat.completions.create(
@@ -53,6 +57,9 @@ async def stream_completion(
             if chunk.choices:
                 choice = chunk.choices[0]
                 if choice.delta and choice.delta.content:
+                    if not trace.arrivals:
+                        trace.first_ns = time.time_ns()
+                        trace.request_id = chunk.id.split("-", 1)[-1]
                     trace.arrivals.append((now, 1))
                     parts.append(choice.delta.content)
                 if choice.finish_reason:
@@ -65,11 +72,12 @@ async def stream_completion(
     finally:
         if own:
             await client.close()
+    hops.record(record, trace)
     return trace, "".join(parts)
 
 
 async def _clients(
-    base_url: str, api_key: str, model: str, prompts: list[str], max_tokens: int
+    base_url: str, api_key: str, model: str, prompts: list[str], max_tokens: int, record: str | None
 ) -> tuple[list[Trace], float]:
     from openai import AsyncOpenAI
 
@@ -85,6 +93,7 @@ async def _clients(
                     [{"role": "user", "content": p}],
                     max_tokens=max_tokens,
                     client=client,
+                    record=record,
                 )
                 for p in prompts
             )
@@ -95,8 +104,10 @@ async def _clients(
     return [trace for trace, _ in results], wall
 
 
-def measure(base_url: str, api_key: str, model: str, prompts: list[str], max_tokens: int) -> dict[str, Any]:
-    traces, wall = asyncio.run(_clients(base_url, api_key, model, prompts, max_tokens))
+def measure(
+    base_url: str, api_key: str, model: str, prompts: list[str], max_tokens: int, record: str | None = None
+) -> dict[str, Any]:
+    traces, wall = asyncio.run(_clients(base_url, api_key, model, prompts, max_tokens, record))
     summaries = [t.summary() for t in traces]
     tokens = sum(t.tokens for t in traces)
     return {
@@ -163,7 +174,9 @@ def run(
     unavailable: str,
     server: MlxServer | None,
     server_model: str,
+    title: str = "",
 ) -> None:
+    """`title`: the model, as the rows name it ("fast tiny model, ~400 tok/s raw")."""
     sides: dict[str, tuple[str, str, str] | None] = {
         "product": (f"{product.url}/v1", product.api_key, product_model) if product is not None else None,
         "mlx_lm.server": (f"{server.url}/v1", "none", server_model) if server is not None else None,
@@ -187,8 +200,10 @@ def run(
             # The same prompts to both: neither has seen them, so no prompt cache helps either.
             results[name] = None
             if side is not None and name not in errors:
+                # The product's single requests go into the hop table (bench/hops.py).
+                record = "SSE" if name == "product" and clients == 1 else None
                 try:
-                    results[name] = measure(*side, prompts, max_tokens)
+                    results[name] = measure(*side, prompts, max_tokens, record)
                 except Exception as exc:
                     errors[name] = exc
         if raw is not None and clients > 1:
@@ -196,9 +211,10 @@ def run(
             try:
                 results["BatchGenerator"] = batch_generator(raw, prompts, max_tokens)
             except Exception as exc:
-                section.failed(f"OpenAI API, {clients} clients (BatchGenerator)", exc)
+                section.failed(f"OpenAI API ({title}), {clients} clients (BatchGenerator)", exc)
         section.raw[f"{clients} client(s)"] = results
-        bench = f"OpenAI API, {clients} client{'s' if clients > 1 else ''}"
+        of = f" ({title})" if title else ""
+        bench = f"OpenAI API{of}, {clients} client{'s' if clients > 1 else ''}"
         p, s = results["product"], results["mlx_lm.server"]
         if p is None or s is None:
             for name, missing in (("product", unavailable), ("mlx_lm.server", "mlx_lm.server not started")):

@@ -183,7 +183,13 @@ def markdown(sections: list[Section], info: dict[str, Any], *, total_seconds: fl
 
 
 def save(
-    out_dir: Path, sections: list[Section], info: dict[str, Any], table: str, total_seconds: float
+    out_dir: Path,
+    sections: list[Section],
+    info: dict[str, Any],
+    table: str,
+    total_seconds: float,
+    *,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -202,6 +208,7 @@ def save(
             for s in sections
         ],
         "table_markdown": table,
+        **(extra or {}),
     }
     text = json.dumps(data, indent=2, default=str) + "\n"
     path = out_dir / f"bench-{stamp}.json"

@@ -8,13 +8,16 @@ awaited fails the section at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,7 @@ class Product:
             "HUB_XET_LOCAL_CAS": "1",  # the benchmark's local Hub serves its Xet case from a local CAS
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            "LOG_HOPS": "1",  # the inference worker logs each request's hops (bench/hops.py)
         }
         # Some settings read the environment at import: this process must see what the children see.
         os.environ.update(self.env)
@@ -234,3 +238,15 @@ class MlxServer:
         if self.child is not None:
             self.child.stop()
             self.child = None
+
+
+@contextlib.contextmanager
+def busy_process() -> Iterator[None]:
+    """A second CPU-bound process for as long as the block runs: a Python busy loop, one core's worth."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # running before the measurement starts
+        yield
+    finally:
+        process.kill()
+        process.wait()

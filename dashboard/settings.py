@@ -377,6 +377,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOG_HOPS = env_bool("LOG_HOPS", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -390,6 +391,8 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},  # huggingface_hub 2.4's HTTP client logs every request at INFO
         "httpcore": {"level": "WARNING"},
+        # One debug line per generation with its hop timings (models_app.services.inference, `hops`).
+        "models_app.hops": {"level": "DEBUG" if LOG_HOPS else "WARNING"},
     },
 }
 

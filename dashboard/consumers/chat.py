@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -62,6 +63,7 @@ class ChatConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketConsume
         # own decoding raises, which drops the connection with a traceback in the log).
         if not hasattr(self, "user"):
             return
+        self.received_ns = time.time_ns()  # the request's first hop (inference.stamp_hop)
         if text_data is None:
             await self._error("invalid_request", "Frames must be JSON text, not binary.")
             return
@@ -96,6 +98,7 @@ class ChatConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketConsume
             snapshot_id=content.get("snapshot_id"),
             options=content.get("options"),
             system_prompt=content.get("system_prompt"),
+            hops={"received": self.received_ns},
         )
         await self._accepted(started)
 

@@ -183,9 +183,11 @@ def _resolve(model_id: str, user: Any) -> tuple[routing.Route, Markers] | None:
 class Translator:
     """chat.* messages in, OpenAI chunks (or one whole object) out."""
 
-    def __init__(self, parsed: schemas.CompletionRequest, markers: Markers) -> None:
+    def __init__(self, parsed: schemas.CompletionRequest, markers: Markers, request_id: str = "") -> None:
         self.parsed = parsed
         self.completion = Completion(
+            # The response id is the request's (the Usage row's request_id, the worker's log lines).
+            **({"id": request_id.replace("-", "")} if request_id else {}),
             model=parsed.model,
             chat=parsed.kind == "chat",
             include_usage=parsed.include_usage,
@@ -322,6 +324,7 @@ async def _stream(
 async def _complete(
     request: HttpRequest, key: ApiKey, parse: Callable[[dict[str, Any]], schemas.CompletionRequest]
 ) -> HttpResponse:
+    received_ns = time.time_ns()  # the request's first hop (inference.stamp_hop)
     try:
         parsed = parse(schemas.parse_body(request.body))
     except schemas.RequestError as exc:
@@ -333,7 +336,7 @@ async def _complete(
     except inflight.LimitReached as exc:
         return _too_many(exc.scope)
     try:
-        response = await _generate(parsed, key, request_id, lease)
+        response = await _generate(parsed, key, request_id, lease, received_ns)
     except BaseException:
         inflight.release_soon(lease)
         raise
@@ -383,7 +386,7 @@ async def _renewing(
 
 
 async def _generate(
-    parsed: schemas.CompletionRequest, key: ApiKey, request_id: str, lease: inflight.Lease
+    parsed: schemas.CompletionRequest, key: ApiKey, request_id: str, lease: inflight.Lease, received_ns: int
 ) -> HttpResponse:
     try:
         resolved = await sync_to_async(_resolve)(parsed.model, key.user)
@@ -404,6 +407,7 @@ async def _generate(
         "user_id": key.user_id,
         "api_key_id": key.id,
         "source": "api",
+        "hops": {"received": received_ns},
     }
     if parsed.kind == "chat":
         generation["messages"] = parsed.messages
@@ -427,7 +431,7 @@ async def _generate(
         ),
         lease,
     )
-    translator = Translator(parsed, markers)
+    translator = Translator(parsed, markers, request_id)
     try:
         # The status line waits for the worker's first word, so a request that cannot start (context too
         # long, model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside;

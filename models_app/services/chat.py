@@ -158,9 +158,11 @@ def post_message(
     snapshot_id: Any = None,
     options: Any = None,
     system_prompt: Any = None,
+    hops: dict[str, int] | None = None,
 ) -> Started:
     """Save the user's message and an empty answer, and start generating it. With no conversation_id, a new
-    conversation is created. Raises ChatError (nothing is saved then)."""
+    conversation is created. `hops`: the request's timings so far (inference.stamp_hop). Raises ChatError
+    (nothing is saved then)."""
     if not isinstance(content, str) or not content.strip():
         raise ChatError("invalid_request", "Type a message first.")
     if len(content) > MAX_CONTENT:
@@ -198,6 +200,7 @@ def post_message(
         messages=messages,
         lease=lease,
         user_message_id=user_message.id,
+        hops=hops,
     )
 
 
@@ -340,6 +343,7 @@ def _start(
     messages: History,
     lease: inflight.Lease,
     user_message_id: int | None,
+    hops: dict[str, int] | None = None,
 ) -> Started:
     snapshot = route.snapshot
     request = {
@@ -355,6 +359,8 @@ def _start(
     }
     if previous_turn := messages.turn_for(snapshot):
         request["previous_turn"] = previous_turn
+    if hops:
+        request["hops"] = dict(hops)
     try:
         queue = inference.start_generation(request, queue=route.queue)
     except inference.InferenceUnavailable as exc:

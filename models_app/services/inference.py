@@ -33,6 +33,11 @@ The generation request (a JSON-able dict, the Celery task's only argument; it ne
     enqueued_at           float, set by start_generation (epoch seconds), for the queue time in usage.
     queue                 str, set by start_generation: the queue it went to; the worker takes the request
                           out of that queue's waiting line (`places_ahead`) when it picks it up.
+    hops                  {name: time.time_ns()}, optional: where the request was when (`stamp_hop`). The web
+                          side stamps `received` and `enqueue`, the worker `picked`, `engine` (its loop took
+                          it), `prefill`, `first_token` and `first_sent` (handed to the channel layer), and
+                          logs them all in one debug line on the HOPS_LOG logger (LOG_HOPS=1 shows it;
+                          `make bench` reads it). Wall clocks of processes on one host compare.
 
 Replies (made by engine/sender.py's ReplyStream), sent with `channel_layer.send(reply_channel, ...)`, `seq` from 0, no gaps:
     chat.started  {notice?, prompt_tokens, cached_tokens, max_tokens, model, worker}  once, first
@@ -82,6 +87,9 @@ MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_GRAMMAR_LENGTH = 200_000
+
+# The logger of the per-request hop timings (see `hops` in the request above): debug, off unless LOG_HOPS.
+HOPS_LOG = "models_app.hops"
 
 # Error codes the web side adds to the worker's.
 NO_WORKER = "no_worker"
@@ -324,6 +332,11 @@ def queue_for_snapshot(snapshot_id: int) -> str:
     return queue
 
 
+def stamp_hop(request: dict[str, Any], name: str) -> None:
+    """Note when the request passed `name` (one time_ns() call: cheap enough for every request)."""
+    request.setdefault("hops", {})[name] = time.time_ns()
+
+
 def start_generation(request: dict[str, Any], *, queue: str | None = None) -> str:
     """Enqueue a generation on the inference queue of the snapshot's machine (`queue`: the route's, when the
     caller routed it); returns that queue. Raises InferenceUnavailable when no live worker consumes the queue
@@ -334,6 +347,7 @@ def start_generation(request: dict[str, Any], *, queue: str | None = None) -> st
     # Its place in the queue, for "N ahead" while it waits: the worker takes it out when it picks it up.
     with contextlib.suppress(redis.RedisError):
         app_redis.client().zadd(queued_key(queue), {request_id: enqueued_at})
+    stamp_hop(request, "enqueue")
     try:
         _send("inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue)
     except InferenceUnavailable:

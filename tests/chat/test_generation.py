@@ -513,3 +513,26 @@ def test_progress_never_reports_a_whole_prompt_however_slow_the_machine(  # type
     usage, replies = run_generate(engine, chat_request(snapshot.id, messages, options={"max_tokens": 4}))
     progress = [m for m in replies if m["type"] == "chat.progress"]
     assert progress and all(0 < m["processed"] < m["total"] == usage["prompt_tokens"] for m in progress)
+
+
+@pytest.mark.parametrize("options", [{}, {"seed": 7}], ids=["batched", "alone"])
+def test_the_worker_logs_where_a_request_was_when(engine, tiny_snapshot, caplog, options) -> None:  # type: ignore[no-untyped-def]
+    """LOG_HOPS: one debug line per request with the web side's stamps and the worker's, in the order the
+    request passed them (`make bench` reads it for its hop table)."""
+    import json
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger=inference.HOPS_LOG)
+    request = chat_request(
+        tiny_snapshot.id,
+        options={"temperature": 0, "max_tokens": 4, **options},
+        hops={"received": time.time_ns()},
+    )
+    inference.stamp_hop(request, "enqueue")
+    run_generate(engine, request)
+    lines = [r.getMessage() for r in caplog.records if r.name == inference.HOPS_LOG]
+    assert len(lines) == 1 and lines[0].startswith(f"request {request['request_id']} hops ")
+    hops = json.loads(lines[0].split(" hops ", 1)[1])
+    order = ["received", "enqueue", "picked", "engine", "prefill", "first_token", "first_sent"]
+    assert list(hops) == order
+    assert [hops[name] for name in order] == sorted(hops.values())

@@ -38,6 +38,7 @@ class Answer:
         self.tokens = 0
         self.started = time.perf_counter()
         self.first_at: float | None = None
+        self.first_ns: int | None = None  # the same moment as a wall clock (the request's first_token hop)
         self.last_at: float | None = None
         self._last_flush = 0.0
         self.finish: str | None = None
@@ -51,6 +52,7 @@ class Answer:
         self.last_at = time.perf_counter()
         if self.first_at is None:
             self.first_at = self.last_at
+            self.first_ns = time.time_ns()
         self.tokens += 1
         # As stream_generate: the end-of-sequence token is counted but never decoded.
         if finish_reason != "stop":
@@ -73,6 +75,10 @@ class Answer:
         # The first text goes out at once (time to first token: _last_flush is 0), the rest in batches.
         elif (self._pending or self._entries) and self.last_at - self._last_flush >= self.interval:
             self._emit_delta()
+            if not self._last_flush:
+                # As the single-request loop: the first text is on its way before the next decode step
+                # (ReplyStream.flush; without it the sender thread may wait for the GIL behind that step).
+                self.stream.flush()
             self._last_flush = self.last_at
 
     def close(self, finish: str | None = None) -> None:

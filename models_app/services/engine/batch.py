@@ -178,6 +178,8 @@ class _ModelBatch:
         outcome.finish_reason = answer.finish or "length"
         outcome.completion_tokens = answer.tokens
         figures = answer.figures()
+        if answer.first_ns is not None:
+            member.job.request.hops["first_token"] = answer.first_ns
         outcome.ttft_ms, outcome.tokens_per_second = figures["ttft_ms"], figures["tokens_per_second"]
         if answer.first_at is not None:
             uncached = len(prepared.prompt_tokens) - prepared.cached

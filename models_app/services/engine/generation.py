@@ -12,9 +12,10 @@ and handed to the sender thread, and the cancel flag is an Event the sender thre
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -51,6 +52,7 @@ from models_app.services.engine.state import EngineState, spec_for, state
 from models_app.services.engine.stops import StopMatcher
 
 log = logging.getLogger(__name__)
+hops_log = logging.getLogger(inference.HOPS_LOG)
 
 PROGRESS_INTERVAL = 0.25
 
@@ -82,6 +84,8 @@ class Request:
     assistant_message_id: int | None
     enqueued_at: float | None
     previous_turn: dict[str, Any] | None = None
+    # When the request passed each step, time.time_ns() (inference.stamp_hop): the web side's, then ours.
+    hops: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def _turn(value: Any) -> dict[str, Any] | None:
@@ -127,6 +131,7 @@ class Request:
             assistant_message_id=raw.get("assistant_message_id"),
             enqueued_at=raw.get("enqueued_at"),
             previous_turn=cls._turn(raw.get("previous_turn")),
+            hops=dict(raw["hops"]) if isinstance(raw.get("hops"), dict) else {},
         )
 
 
@@ -168,6 +173,7 @@ class Outcome:
 def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None:
     """Run one request (see models_app.services.inference). Returns the usage dict, or None on error.
     Never raises: every failure becomes a chat.error to the requester and an error on the message."""
+    picked_ns = time.time_ns()
     engine = state()
     inference.leave_queue(raw)  # whatever happens next, it no longer waits behind anything
     try:
@@ -185,6 +191,7 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
             stream.close()
         return None
 
+    request.hops["picked"] = picked_ns
     engine.begin()
     stream = ReplyStream(channel=request.reply_channel, request_id=request.request_id, layer=layer)
     outcome = Outcome()
@@ -209,7 +216,17 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
     finally:
         stream.close()
         engine.end()
+        _log_hops(request, stream)
     return None
+
+
+def _log_hops(request: Request, stream: ReplyStream) -> None:
+    """One debug line with where the request was when, for `make bench`'s hop table (LOG_HOPS=1)."""
+    if not hops_log.isEnabledFor(logging.DEBUG):
+        return
+    if stream.first_delta_sent_ns is not None:
+        request.hops["first_sent"] = stream.first_delta_sent_ns
+    hops_log.debug("request %s hops %s", request.request_id, json.dumps(request.hops))
 
 
 def _mark_picked(request: Request, hostname: str) -> None:
@@ -264,6 +281,7 @@ class Job:
         """Load the model, build the prompt, take a cached KV prefix, send chat.started. Raises
         GenerationError, ModelLoadError, PromptError, Cancelled (the model is released then)."""
         request, stream, outcome = self.request, self.stream, self.outcome
+        request.hops["engine"] = time.time_ns()
         options = request.options
         keep_alive = options.get("keep_alive", ...)
         if keep_alive is not ... and keep_alive < 0:
@@ -294,6 +312,7 @@ class Job:
             if prompt.notice:
                 started["notice"] = prompt.notice
             stream.emit("chat.started", **started)
+            request.hops["prefill"] = time.time_ns()
         except BaseException:
             engine.registry.release(loaded)
             raise
@@ -495,6 +514,7 @@ def _stream_tokens(
             last_at = time.perf_counter()
             if first_at is None:
                 first_at = last_at
+                request.hops["first_token"] = time.time_ns()
                 outcome.prompt_tps = round(
                     len(uncached) / max(last_at - started, 1e-6) if prefilled.tokens else response.prompt_tps,
                     1,

@@ -17,6 +17,7 @@ import concurrent.futures
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -76,6 +77,8 @@ class ReplyStream:
         self.cancelled = threading.Event()
         # Set when a send fails (channel full: the reader is gone or stuck; Redis down). The loop stops then.
         self.send_error: Exception | None = None
+        # When the first chat.delta was handed to the channel layer (time_ns): the request's first_sent hop.
+        self.first_delta_sent_ns: int | None = None
         self._layer = layer if layer is not None else get_channel_layer()
         self._pending: deque[Any] = deque()
         self._runner = loop_thread()
@@ -143,6 +146,8 @@ class ReplyStream:
                     continue
                 try:
                     await self._layer.send(self.channel, payload)
+                    if self.first_delta_sent_ns is None and payload["type"] == "chat.delta":
+                        self.first_delta_sent_ns = time.time_ns()
                 except Exception as exc:  # ChannelFull or Redis: the reader cannot get the rest either
                     log.warning("request %s: send to %s failed: %r", self.request_id, self.channel, exc)
                     self.send_error = exc
