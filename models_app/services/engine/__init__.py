@@ -1,7 +1,8 @@
 """The inference engine: everything that runs inside the inference worker and imports MLX.
 
-Web processes never import this package (they stay light and can be many); they use the helpers in
-`models_app.services.inference`, which import from here lazily, only inside the worker.
+Web processes never import this package (they stay light and can be many): only the inference worker's tasks
+(tasks/inference.py) do, inside the task. Both sides share `models_app.services.inference`, the contract (the
+request and reply shapes, the checks, the keys); the engine imports it, it never imports the engine.
 
 - `registry`: loaded models (LRU, keep-alive, memory budget).
 - `prompt_cache`: KV caches of recent prompts, reused by longest common token prefix.
