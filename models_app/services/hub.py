@@ -102,11 +102,43 @@ def download_model(
     raises DownloadError. `node="any"`: the live machine with room for it (one metadata call to plan it); the
     returned job's `node_choice` then says which and why (empty otherwise)."""
     repo_id, revision = repo_and_revision(repo_id, revision)
-    cache = cache or "default"
+    cache = _check_cache(cache or "default")
+    patterns = validate_allow_patterns(allow_patterns)
+    credential = _credential_for(credential, user)
+    repo = _hub_repository(repo_id, user)
+    node_choice = ""
+    if node == nodes.ANY_NODE:
+        node, node_choice = _pick_node(
+            repo_id, revision, credential=credential, cache=cache, patterns=patterns
+        )
+    node = _check_node(node)
+    job, created = _join_or_create(
+        repo,
+        revision=revision,
+        node=node,
+        cache=cache,
+        credential=credential,
+        user=user,
+        force=force,
+        patterns=patterns,
+    )
+    if created:
+        jobs.publish_state(job)
+        job_id = job.id
+        transaction.on_commit(lambda: jobs.enqueue_or_fail(job_id))
+    job.node_choice = node_choice
+    return job
+
+
+def _check_cache(cache: str) -> str:
     if cache not in settings.CACHE_ROOTS:
         known = ", ".join(sorted(settings.CACHE_ROOTS))
         raise DownloadError(INVALID_REQUEST, f"Unknown cache root {cache!r}.", action=f"Use one of: {known}.")
-    patterns = validate_allow_patterns(allow_patterns)
+    return cache
+
+
+def _credential_for(credential: HubCredential | None, user: Any) -> HubCredential | None:
+    """The credential a pull uses: the one named, if the user may use it; else the user's default."""
     if credential is not None and user is not None and credential.owner_id != user.pk and not user.is_staff:
         raise PermissionDenied("That Hub credential belongs to someone else.")
     if credential is None:
@@ -114,7 +146,10 @@ def download_model(
 
         # A pull that names no token uses the one its user marked default (their first, unless changed).
         credential = default_credential(user)
+    return credential
 
+
+def _hub_repository(repo_id: str, user: Any) -> Repository:
     # Private to whoever asks first (staff-only without a user) until the Hub shows it to an anonymous caller:
     # the pull may fail, and files of this repo may still arrive by another tool (visibility.py).
     repo, _ = Repository.objects.get_or_create(
@@ -124,22 +159,31 @@ def download_model(
         raise DownloadError(
             INVALID_REQUEST, f"{repo_id} is a locally registered model, not a Hub repository."
         )
-    node_choice = ""
-    if node == nodes.ANY_NODE:
-        node, node_choice = _pick_node(
-            repo_id, revision, credential=credential, cache=cache, patterns=patterns
-        )
-    node = _check_node(node)
+    return repo
+
+
+def _join_or_create(
+    repo: Repository,
+    *,
+    revision: str,
+    node: str,
+    cache: str,
+    credential: HubCredential | None,
+    user: Any,
+    force: bool,
+    patterns: list[str] | None,
+) -> tuple[DownloadJob, bool]:
+    """The active job of (repo, revision, node), which the user may join, or a new one; and whether it is
+    new. Raises DownloadError(PULL_IN_PROGRESS) when another user's pull holds it."""
     while True:
         active = DownloadJob.objects.active().filter(repository=repo, revision=revision, node=node).first()
         if active is not None:
             if not _may_join(active, user):
                 raise DownloadError(
                     PULL_IN_PROGRESS,
-                    f"{repo_id}@{revision} is being downloaded for another user right now.",
+                    f"{repo.repo_id}@{revision} is being downloaded for another user right now.",
                 )
-            active.node_choice = node_choice
-            return active
+            return active, False
         try:
             # The partial unique constraint decides between concurrent callers; the savepoint keeps an outer
             # transaction usable after the loser's IntegrityError.
@@ -156,12 +200,7 @@ def download_model(
                 )
         except IntegrityError:
             continue  # someone else created it a moment ago: join theirs (loop, in case it already ended)
-        break
-    jobs.publish_state(job)
-    job_id = job.id
-    transaction.on_commit(lambda: jobs.enqueue_or_fail(job_id))
-    job.node_choice = node_choice
-    return job
+        return job, True
 
 
 def _pick_node(
