@@ -262,38 +262,19 @@ async def _stream(
     translator: Translator,
     first: dict[str, Any],
     replies: AsyncIterator[dict[str, Any]],
+    *,
     request_id: str,
     lease: inflight.Lease,
     queue: str,
 ) -> AsyncIterator[bytes]:
     finished = False
-    places_ahead = sync_to_async(inference.places_ahead, thread_sensitive=False)
     try:
         yield translator.completion.role_chunk() or KEEPALIVE
-        last_write = time.monotonic()
-        waiting = first.get("type") == "chat.keepalive"  # no word from the worker yet
+        pace = _Pace(request_id=request_id, queue=queue, waiting=first.get("type") == "chat.keepalive")
         message: dict[str, Any] | None = first
         while message is not None:
             kind = message.get("type")
-            if kind != "chat.keepalive":
-                waiting = False
-            if kind == "chat.keepalive" and waiting:
-                # Its place in line, as an SSE comment (clients ignore comments; people reading curl do not).
-                ahead = await places_ahead(request_id, queue)
-                yield KEEPALIVE if ahead is None else f": queued, {ahead} ahead\n\n".encode()
-                last_write = time.monotonic()
-            elif kind == "chat.delta":
-                for chunk in translator.feed(message):
-                    yield chunk
-                    last_write = time.monotonic()
-            elif kind == "chat.keepalive" or (
-                # Progress comes several times a second during a long prompt; a comment every few seconds is
-                # all a proxy needs to keep the connection. A keep-alive only comes after that much silence.
-                kind == "chat.progress" and time.monotonic() - last_write >= KEEPALIVE_SECONDS
-            ):
-                yield KEEPALIVE
-                last_write = time.monotonic()
-            elif kind == "chat.done":
+            if kind == "chat.done":
                 # The worker is done: the slot is free before the client reads [DONE] and sends its next.
                 await inflight.release_async(lease)
                 for chunk in translator.done(message):
@@ -302,12 +283,15 @@ async def _stream(
                     yield chunk
                 finished = True
                 return
-            elif kind == "chat.error":
+            if kind == "chat.error":
                 finished = True
                 await inflight.release_async(lease)
                 _, body = _worker_error(message)
                 yield data(body)
                 return
+            for chunk in await pace.chunks(translator, message):
+                yield chunk
+                pace.wrote()
             message = await anext(replies, None)
         finished = True  # the replies ended without done/error: stream_replies always yields one, defensive
     except Exception:  # Redis went away mid-stream, or a bug: end the stream in a way clients understand
@@ -319,6 +303,40 @@ async def _stream(
         if not finished:  # the client went away: stop generating for nobody
             await _cancel(request_id)
         await replies.aclose()  # type: ignore[attr-defined]
+
+
+class _Pace:
+    """What a stream writes before and between the answer's text: its place in line while the worker has not
+    said a word, and a keep-alive comment after KEEPALIVE_SECONDS of silence."""
+
+    def __init__(self, *, request_id: str, queue: str, waiting: bool) -> None:
+        self.request_id = request_id
+        self.queue = queue
+        self.waiting = waiting  # no word from the worker yet
+        self.last_write = time.monotonic()
+        self._places_ahead = sync_to_async(inference.places_ahead, thread_sensitive=False)
+
+    async def chunks(self, translator: Translator, message: dict[str, Any]) -> list[bytes]:
+        """What to write for a message that is neither chat.done nor chat.error (maybe nothing)."""
+        kind = message.get("type")
+        if kind != "chat.keepalive":
+            self.waiting = False
+        if kind == "chat.keepalive" and self.waiting:
+            # Its place in line, as an SSE comment (clients ignore comments; people reading curl do not).
+            ahead = await self._places_ahead(self.request_id, self.queue)
+            return [KEEPALIVE if ahead is None else f": queued, {ahead} ahead\n\n".encode()]
+        if kind == "chat.delta":
+            return translator.feed(message)
+        if kind == "chat.keepalive" or (
+            # Progress comes several times a second during a long prompt; a comment every few seconds is
+            # all a proxy needs to keep the connection. A keep-alive only comes after that much silence.
+            kind == "chat.progress" and time.monotonic() - self.last_write >= KEEPALIVE_SECONDS
+        ):
+            return [KEEPALIVE]
+        return []
+
+    def wrote(self) -> None:
+        self.last_write = time.monotonic()
 
 
 async def _complete(
@@ -336,7 +354,7 @@ async def _complete(
     except inflight.LimitReached as exc:
         return _too_many(exc.scope)
     try:
-        response = await _generate(parsed, key, request_id, lease, received_ns)
+        response = await _generate(parsed, key, request_id=request_id, lease=lease, received_ns=received_ns)
     except BaseException:
         inflight.release_soon(lease)
         raise
@@ -386,40 +404,36 @@ async def _renewing(
 
 
 async def _generate(
-    parsed: schemas.CompletionRequest, key: ApiKey, request_id: str, lease: inflight.Lease, received_ns: int
+    parsed: schemas.CompletionRequest,
+    key: ApiKey,
+    *,
+    request_id: str,
+    lease: inflight.Lease,
+    received_ns: int,
 ) -> HttpResponse:
     try:
         resolved = await sync_to_async(_resolve)(parsed.model, key.user)
     except inference.InferenceUnavailable as exc:  # routing.NodeDown names the machine(s)
-        return error_response(503, str(exc), type="server_error", code=exc.code)
+        return _unavailable(exc)
     if resolved is None:
         return _model_not_found(parsed.model)
     route, markers = resolved
-    snapshot = route.snapshot
-
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    generation: dict[str, Any] = {
-        "request_id": request_id,
-        "reply_channel": channel,
-        "snapshot_id": snapshot.id,
-        "options": parsed.options,
-        "user_id": key.user_id,
-        "api_key_id": key.id,
-        "source": "api",
-        "hops": {"received": received_ns},
-    }
-    if parsed.kind == "chat":
-        generation["messages"] = parsed.messages
-    else:
-        generation["prompt"] = parsed.prompt
+    generation = _generation_request(
+        parsed,
+        key,
+        request_id=request_id,
+        reply_channel=channel,
+        snapshot_id=route.snapshot.id,
+        received_ns=received_ns,
+    )
     try:
         queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(
             generation, queue=route.queue
         )
     except inference.InferenceUnavailable as exc:
-        return error_response(503, str(exc), type="server_error", code=exc.code)
-
+        return _unavailable(exc)
     replies = _renewing(
         inference.stream_replies(
             layer,
@@ -433,40 +447,90 @@ async def _generate(
     )
     translator = Translator(parsed, markers, request_id)
     try:
-        # The status line waits for the worker's first word, so a request that cannot start (context too
-        # long, model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside;
-        # a stream waits KEEPALIVE_SECONDS at most, then reports such an error inside the stream.
-        first = await _first_reply(replies, stream=parsed.stream)
-        if first is None or first.get("type") == "chat.error":
-            await replies.aclose()  # type: ignore[attr-defined]
-            status, body = _worker_error(first or {"code": "internal"})
-            return JsonResponse(body, status=status)
-        if parsed.stream:
-            response = StreamingHttpResponse(
-                _stream(translator, first, replies, request_id, lease, queue),
-                content_type="text/event-stream",
-            )
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-            return response
-        message: dict[str, Any] | None = first
-        while message is not None:
-            kind = message.get("type")
-            if kind == "chat.delta":
-                translator.feed(message)
-            elif kind == "chat.done":
-                translator.done(message)
-                return JsonResponse(translator.whole())
-            elif kind == "chat.error":
-                status, body = _worker_error(message)
-                return JsonResponse(body, status=status)
-            message = await anext(replies, None)
-        return error_response(
-            500, "The generation ended without an answer.", type="server_error", code="internal"
-        )
+        return await _respond(translator, replies, request_id=request_id, lease=lease, queue=queue)
     except asyncio.CancelledError:  # the client disconnected before the answer was complete
         await _cancel(request_id)
         raise
+
+
+def _unavailable(exc: inference.InferenceUnavailable) -> JsonResponse:
+    return error_response(503, str(exc), type="server_error", code=exc.code)
+
+
+def _generation_request(
+    parsed: schemas.CompletionRequest,
+    key: ApiKey,
+    *,
+    request_id: str,
+    reply_channel: str,
+    snapshot_id: int,
+    received_ns: int,
+) -> dict[str, Any]:
+    """The request for the inference worker (its contract: models_app.services.inference)."""
+    generation: dict[str, Any] = {
+        "request_id": request_id,
+        "reply_channel": reply_channel,
+        "snapshot_id": snapshot_id,
+        "options": parsed.options,
+        "user_id": key.user_id,
+        "api_key_id": key.id,
+        "source": "api",
+        "hops": {"received": received_ns},
+    }
+    if parsed.kind == "chat":
+        generation["messages"] = parsed.messages
+    else:
+        generation["prompt"] = parsed.prompt
+    return generation
+
+
+async def _respond(
+    translator: Translator,
+    replies: AsyncIterator[dict[str, Any]],
+    *,
+    request_id: str,
+    lease: inflight.Lease,
+    queue: str,
+) -> HttpResponse:
+    """The status line waits for the worker's first word, so a request that cannot start (context too long,
+    model failed to load, no worker took it) gets a real HTTP error, not a 200 with an error inside; a stream
+    waits KEEPALIVE_SECONDS at most, then reports such an error inside the stream."""
+    stream = translator.parsed.stream
+    first = await _first_reply(replies, stream=stream)
+    if first is None or first.get("type") == "chat.error":
+        await replies.aclose()  # type: ignore[attr-defined]
+        status, body = _worker_error(first or {"code": "internal"})
+        return JsonResponse(body, status=status)
+    if not stream:
+        return await _whole_answer(translator, first, replies)
+    response = StreamingHttpResponse(
+        _stream(translator, first, replies, request_id=request_id, lease=lease, queue=queue),
+        content_type="text/event-stream",
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _whole_answer(
+    translator: Translator, first: dict[str, Any], replies: AsyncIterator[dict[str, Any]]
+) -> JsonResponse:
+    """The answer as one OpenAI object, once the worker is done."""
+    message: dict[str, Any] | None = first
+    while message is not None:
+        kind = message.get("type")
+        if kind == "chat.delta":
+            translator.feed(message)
+        elif kind == "chat.done":
+            translator.done(message)
+            return JsonResponse(translator.whole())
+        elif kind == "chat.error":
+            status, body = _worker_error(message)
+            return JsonResponse(body, status=status)
+        message = await anext(replies, None)
+    return error_response(
+        500, "The generation ended without an answer.", type="server_error", code="internal"
+    )
 
 
 @endpoint("POST")

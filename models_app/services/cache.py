@@ -212,35 +212,8 @@ def delete_model(
 
     Refuses (ModelInUse) while a download job of the repo is queued or running, or while a snapshot may be
     loaded (used within the keep-alive window). Staff, or the user who pulled the repo, may delete."""
-    repository = Repository.objects.filter(repo_id=repo_id)
-    if user is not None:
-        repository = repository.visible_to(user)
-    repo = repository.first()
-    if repo is None:
-        raise ModelNotFound(f"{repo_id} is not known here.")
-    if user is not None and not user.is_staff and repo.owner_id != user.id:
-        raise NotAllowed(f"Only staff or the user who pulled {repo_id} may delete it.")
-
-    snapshots = list(
-        newest_first(
-            Snapshot.objects.select_related("repository").filter(repository=repo, node=settings.NODE_NAME)
-        ).exclude(status=Snapshot.Status.DELETED)
-    )
-    targets = snapshots if revision is None else match_revision(snapshots, revision)
-    if not targets:
-        label = repo_id if revision is None else f"{repo_id}@{revision}"
-        raise ModelNotFound(f"{label} has no snapshot on this node ({settings.NODE_NAME}).")
-    if repos_with_active_jobs([repo.id]):
-        raise ModelInUse(
-            f"A download of {repo_id} is queued or running.", action="Wait for it to finish or cancel it."
-        )
-    busy = [s for s in targets if is_in_use(s)]
-    if busy:
-        raise ModelInUse(
-            f"{repo_id}@{busy[0].short_sha} was used in the last minutes and may still be loaded.",
-            action="Try again once it has been idle for the keep-alive period (INFERENCE_KEEP_ALIVE).",
-        )
-
+    repo = _repository_to_delete(repo_id, user)
+    targets = _snapshots_to_delete(repo, revision)
     plan = DeletePlan(repo_id=repo_id, dry_run=dry_run, files_kept=repo.kind == Repository.Kind.LOCAL)
     by_root: dict[str, list[Snapshot]] = defaultdict(list)
     for snapshot in targets:
@@ -262,3 +235,42 @@ def delete_model(
             status=Snapshot.Status.DELETED, updated_at=timezone.now()
         )
     return plan
+
+
+def _repository_to_delete(repo_id: str, user: Any) -> Repository:
+    """The repo, if `user` (None: the CLI) may see and delete it. Raises ModelNotFound, NotAllowed."""
+    repository = Repository.objects.filter(repo_id=repo_id)
+    if user is not None:
+        repository = repository.visible_to(user)
+    repo = repository.first()
+    if repo is None:
+        raise ModelNotFound(f"{repo_id} is not known here.")
+    if user is not None and not user.is_staff and repo.owner_id != user.id:
+        raise NotAllowed(f"Only staff or the user who pulled {repo_id} may delete it.")
+    return repo
+
+
+def _snapshots_to_delete(repo: Repository, revision: str | None) -> list[Snapshot]:
+    """The repo's snapshots on this node that `revision` names (None: all), none of them in use. Raises
+    ModelNotFound, ModelInUse."""
+    repo_id = repo.repo_id
+    snapshots = list(
+        newest_first(
+            Snapshot.objects.select_related("repository").filter(repository=repo, node=settings.NODE_NAME)
+        ).exclude(status=Snapshot.Status.DELETED)
+    )
+    targets = snapshots if revision is None else match_revision(snapshots, revision)
+    if not targets:
+        label = repo_id if revision is None else f"{repo_id}@{revision}"
+        raise ModelNotFound(f"{label} has no snapshot on this node ({settings.NODE_NAME}).")
+    if repos_with_active_jobs([repo.id]):
+        raise ModelInUse(
+            f"A download of {repo_id} is queued or running.", action="Wait for it to finish or cancel it."
+        )
+    busy = [s for s in targets if is_in_use(s)]
+    if busy:
+        raise ModelInUse(
+            f"{repo_id}@{busy[0].short_sha} was used in the last minutes and may still be loaded.",
+            action="Try again once it has been idle for the keep-alive period (INFERENCE_KEEP_ALIVE).",
+        )
+    return targets

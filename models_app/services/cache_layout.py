@@ -189,44 +189,15 @@ def repo_cache_info(root: Path, repo_id: str, info: HFCacheInfo | None = None) -
     if info is not None:
         for repo in info.repos:
             if repo.repo_type == "model" and repo.repo_id == repo_id:
-                return HFCacheInfo(
-                    size_on_disk=0,
-                    repos=frozenset({repo}),
-                    incomplete_files=frozenset(),
-                    warnings=[],
-                    cache_dir=info.cache_dir,
-                )
+                return _only(repo, info.cache_dir)
     if not (folder / "snapshots").is_dir():
         return None
-    refs: dict[str, set[str]] = defaultdict(set)
-    for ref in (folder / "refs").glob("**/*"):
-        if ref.is_file():
-            refs[ref.read_text().strip()].add(ref.relative_to(folder / "refs").as_posix())
+    refs = _refs_by_commit(folder)
     revisions = set()
     for snap in (folder / "snapshots").iterdir():
         if not snap.is_dir():
             continue
-        files = set()
-        for file in snap.glob("**/*"):
-            if file.is_symlink():
-                blob = Path(os.path.abspath(file.parent / os.readlink(file)))
-            elif file.is_file():
-                blob = file
-            else:
-                continue
-            if not blob.exists():
-                continue  # the missing file: nothing to free, and the snapshot directory goes anyway
-            stat = blob.stat()
-            files.add(
-                CachedFileInfo(
-                    file_name=file.name,
-                    file_path=file,
-                    blob_path=blob,
-                    size_on_disk=stat.st_size,
-                    blob_last_accessed=stat.st_atime,
-                    blob_last_modified=stat.st_mtime,
-                )
-            )
+        files = _readable_files(snap)
         revisions.add(
             CachedRevisionInfo(
                 commit_hash=snap.name,
@@ -247,9 +218,52 @@ def repo_cache_info(root: Path, repo_id: str, info: HFCacheInfo | None = None) -
         last_accessed=0.0,
         last_modified=0.0,
     )
+    return _only(repo, root)
+
+
+def _only(repo: CachedRepoInfo, cache_dir: Path | None) -> HFCacheInfo:
     return HFCacheInfo(
-        size_on_disk=0, repos=frozenset({repo}), incomplete_files=frozenset(), warnings=[], cache_dir=root
+        size_on_disk=0,
+        repos=frozenset({repo}),
+        incomplete_files=frozenset(),
+        warnings=[],
+        cache_dir=cache_dir,
     )
+
+
+def _refs_by_commit(folder: Path) -> dict[str, set[str]]:
+    refs: dict[str, set[str]] = defaultdict(set)
+    for ref in (folder / "refs").glob("**/*"):
+        if ref.is_file():
+            refs[ref.read_text().strip()].add(ref.relative_to(folder / "refs").as_posix())
+    return refs
+
+
+def _readable_files(snap: Path) -> set[CachedFileInfo]:
+    """A snapshot folder's files whose blob exists (a missing one has nothing to free, and the snapshot folder
+    goes anyway)."""
+    files = set()
+    for file in snap.glob("**/*"):
+        if file.is_symlink():
+            blob = Path(os.path.abspath(file.parent / os.readlink(file)))
+        elif file.is_file():
+            blob = file
+        else:
+            continue
+        if not blob.exists():
+            continue
+        stat = blob.stat()
+        files.add(
+            CachedFileInfo(
+                file_name=file.name,
+                file_path=file,
+                blob_path=blob,
+                size_on_disk=stat.st_size,
+                blob_last_accessed=stat.st_atime,
+                blob_last_modified=stat.st_mtime,
+            )
+        )
+    return files
 
 
 def cached_shas(repo_info: HFCacheInfo | None) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -227,45 +227,17 @@ def _plan_root(plan: CleanupPlan, root_name: str, snapshots: list[Snapshot], bus
     planner = _RootPlanner(plan, root_name, info)
     cutoff = in_use_cutoff()
     now = timezone.now()
-
-    owners, fresh_ts = _owned_partials_guard(root_name)
-    writing: set[str] = set()  # repos with a partial file someone may be writing: their folder stays whole
-    for partial in sorted(info.incomplete_files, key=lambda f: str(f.file_path)):
-        repo_id = repo_id_from_folder(partial.file_path.parent.parent.name)
-        if not _is_orphan(partial.file_path, owners, fresh_ts):
-            writing.add(repo_id)
-            continue
-        plan.items.append(
-            CleanupItem("incomplete", repo_id, "", "", root_name, str(partial.file_path), ORPHANED,
-                        partial.size_on_disk)
-        )  # fmt: skip
-
+    writing = _plan_partials(plan, root_name, info)
     by_repo: dict[str, list[Snapshot]] = defaultdict(list)
     for snapshot in snapshots:  # newest first
         by_repo[snapshot.repository.repo_id].append(snapshot)
-
     candidates: list[Snapshot] = []  # deletable, not planned yet
     for repo_id, group in sorted(by_repo.items()):
-        if repo_id in writing:
-            continue
-        present = cached_shas(planner.repo_info(repo_id))
-        superseded: set[int] = set()
-        ready = [s for s in group if s.status == Snapshot.Status.READY]
-        if plan.keep_revisions and len(ready) > plan.keep_revisions:
-            boundary = group.index(ready[plan.keep_revisions - 1])
-            superseded = {s.id for s in group[boundary + 1 :]}
-        for snapshot in group:
-            if snapshot.commit_sha not in present or snapshot.repository_id in busy_repos:
-                continue
-            if snapshot.last_used_at is not None and snapshot.last_used_at >= cutoff:
-                continue
-            if snapshot.id in superseded:
-                planner.add(snapshot, SUPERSEDED)
-            elif plan.max_age is not None and (now - _last_used(snapshot)).total_seconds() > plan.max_age:
-                planner.add(snapshot, f"older than {_human_duration(plan.max_age)} unused")
-            else:
-                candidates.append(snapshot)
-
+        if repo_id not in writing:
+            present = cached_shas(planner.repo_info(repo_id))
+            candidates += _plan_repo(
+                planner, group, present=present, busy_repos=busy_repos, cutoff=cutoff, now=now
+            )
     root = cache_root_path(root_name)
     for entry, size in sorted(shared_store.orphaned_entries(root).items()):
         plan.items.append(CleanupItem("shared", "", "", "", root_name, str(entry), ORPHANED_SHARED, size))
@@ -276,6 +248,55 @@ def _plan_root(plan: CleanupPlan, root_name: str, snapshots: list[Snapshot], bus
                 break
             remaining -= planner.add(snapshot, OVER_BUDGET)
     planner.add_shared_entries(root)
+
+
+def _plan_partials(plan: CleanupPlan, root_name: str, info: HFCacheInfo) -> set[str]:
+    """Plans the orphaned partial files; returns the repos with a partial file someone may be writing: their
+    folder stays whole."""
+    owners, fresh_ts = _owned_partials_guard(root_name)
+    writing: set[str] = set()
+    for partial in sorted(info.incomplete_files, key=lambda f: str(f.file_path)):
+        repo_id = repo_id_from_folder(partial.file_path.parent.parent.name)
+        if not _is_orphan(partial.file_path, owners, fresh_ts):
+            writing.add(repo_id)
+            continue
+        plan.items.append(
+            CleanupItem("incomplete", repo_id, "", "", root_name, str(partial.file_path), ORPHANED,
+                        partial.size_on_disk)
+        )  # fmt: skip
+    return writing
+
+
+def _plan_repo(
+    planner: _RootPlanner,
+    group: list[Snapshot],
+    *,
+    present: set[str],
+    busy_repos: set[int],
+    cutoff: datetime,
+    now: datetime,
+) -> list[Snapshot]:
+    """Plans a repo's superseded and too old snapshots (`group`, newest first); returns the others that may go
+    (the candidates for the size budget). A snapshot in use, or of a repo a job works on, stays."""
+    plan = planner.plan
+    superseded: set[int] = set()
+    ready = [s for s in group if s.status == Snapshot.Status.READY]
+    if plan.keep_revisions and len(ready) > plan.keep_revisions:
+        boundary = group.index(ready[plan.keep_revisions - 1])
+        superseded = {s.id for s in group[boundary + 1 :]}
+    candidates = []
+    for snapshot in group:
+        if snapshot.commit_sha not in present or snapshot.repository_id in busy_repos:
+            continue
+        if snapshot.last_used_at is not None and snapshot.last_used_at >= cutoff:
+            continue
+        if snapshot.id in superseded:
+            planner.add(snapshot, SUPERSEDED)
+        elif plan.max_age is not None and (now - _last_used(snapshot)).total_seconds() > plan.max_age:
+            planner.add(snapshot, f"older than {_human_duration(plan.max_age)} unused")
+        else:
+            candidates.append(snapshot)
+    return candidates
 
 
 def clean_cache(
@@ -317,6 +338,14 @@ def clean_cache(
 
 def _execute(plan: CleanupPlan) -> None:
     # Partial files first: a repo whose last revision goes is removed as a whole folder, partials included.
+    _delete_partials(plan)
+    _delete_snapshots(plan)
+    # Last: an entry freed with the repos above is gone already.
+    _delete_shared(plan)
+
+
+def _delete_partials(plan: CleanupPlan) -> None:
+    """The orphaned partial files, unless one is being written since the plan was made."""
     for root_name in sorted({i.cache_root for i in plan.items if i.kind == "incomplete"}):
         owners, fresh_ts = _owned_partials_guard(root_name)
         for item in plan.items:
@@ -333,41 +362,46 @@ def _execute(plan: CleanupPlan) -> None:
             plan.bytes_freed += item.bytes
             plan.deleted.append(item)
 
+
+def _delete_snapshots(plan: CleanupPlan) -> None:
+    """Bounded batches of whole repos: a repo's revisions go in one strategy (shared blobs), and the guards
+    are re-read right before each batch, since a chat or a pull may have started since the plan was made."""
     by_repo: dict[tuple[str, str], list[CleanupItem]] = defaultdict(list)
     for item in plan.items:
         if item.kind == "snapshot":
             by_repo[(item.cache_root, item.repo_id)].append(item)
     keys = list(by_repo)
-    # Bounded batches of whole repos: a repo's revisions go in one strategy (shared blobs), and the guards
-    # are re-read right before each batch, since a chat or a pull may have started since the plan was made.
     for start in range(0, len(keys), BATCH_REPOS):
-        batch = keys[start : start + BATCH_REPOS]
-        ids = [item.snapshot_id for key in batch for item in by_repo[key]]
-        rows = dict(Snapshot.objects.filter(id__in=ids).values_list("id", "repository_id"))
-        busy_repos = repos_with_active_jobs(rows.values())
-        fresh = set(
-            Snapshot.objects.filter(id__in=ids, last_used_at__gte=in_use_cutoff()).values_list(
-                "id", flat=True
-            )
-        )
-        done: list[CleanupItem] = []
-        for key in batch:
-            items = []
-            for item in by_repo[key]:
-                if item.snapshot_id in fresh or rows.get(item.snapshot_id) in busy_repos:
-                    plan.skipped.append(f"{item.repo_id}@{item.commit_sha}: in use since the plan was made")
-                else:
-                    items.append(item)
-            plan.bytes_freed += execute_delete(plan._repo_infos.get(key), [i.commit_sha for i in items])
-            done.extend(items)
-        Snapshot.objects.filter(id__in=[i.snapshot_id for i in done]).update(
-            status=Snapshot.Status.DELETED, updated_at=timezone.now()
-        )
-        plan.deleted.extend(done)
+        _delete_batch(plan, {key: by_repo[key] for key in keys[start : start + BATCH_REPOS]})
 
-    # Last: an entry freed with the repos above is gone already, and counted in bytes_freed by the strategy of
-    # the last repo linking it (recomputed at execution, it saw that repo as the only user); an orphan is
-    # swept now, under huggingface_hub's lock, unless a pull linked it again since the plan.
+
+def _delete_batch(plan: CleanupPlan, by_repo: dict[tuple[str, str], list[CleanupItem]]) -> None:
+    ids = [item.snapshot_id for items in by_repo.values() for item in items]
+    rows = dict(Snapshot.objects.filter(id__in=ids).values_list("id", "repository_id"))
+    busy_repos = repos_with_active_jobs(rows.values())
+    fresh = set(
+        Snapshot.objects.filter(id__in=ids, last_used_at__gte=in_use_cutoff()).values_list("id", flat=True)
+    )
+    done: list[CleanupItem] = []
+    for key, planned in by_repo.items():
+        items = []
+        for item in planned:
+            if item.snapshot_id in fresh or rows.get(item.snapshot_id) in busy_repos:
+                plan.skipped.append(f"{item.repo_id}@{item.commit_sha}: in use since the plan was made")
+            else:
+                items.append(item)
+        plan.bytes_freed += execute_delete(plan._repo_infos.get(key), [i.commit_sha for i in items])
+        done.extend(items)
+    Snapshot.objects.filter(id__in=[i.snapshot_id for i in done]).update(
+        status=Snapshot.Status.DELETED, updated_at=timezone.now()
+    )
+    plan.deleted.extend(done)
+
+
+def _delete_shared(plan: CleanupPlan) -> None:
+    """An entry freed with the repos is gone already, and counted in bytes_freed by the strategy of the last
+    repo linking it (recomputed at execution, it saw that repo as the only user); an orphan is swept now,
+    under huggingface_hub's lock, unless a pull linked it again since the plan."""
     for item in plan.items:
         if item.kind != "shared":
             continue

@@ -211,7 +211,7 @@ def _sort_value(sort: str) -> Any:
     return lambda m: {"downloads": m.downloads, "likes": m.likes, "trending": m.trending}[sort]
 
 
-def cache_get(key: str) -> Any:
+def read_cache(key: str) -> Any:
     """The cached value, or None; a cache that is down (Redis restarting) is a miss, never an error."""
     try:
         return cache.get(key)
@@ -220,7 +220,7 @@ def cache_get(key: str) -> Any:
         return None
 
 
-def cache_set(key: str, value: Any, ttl: int) -> None:
+def write_cache(key: str, value: Any, ttl: int) -> None:
     try:
         cache.set(key, value, ttl)
     except Exception as exc:
@@ -285,10 +285,10 @@ def _listing(
 ) -> tuple[list[HubModel], str, bool]:
     """One page of the Hub's listing for one token: (models, next cursor, from the cache)."""
     key = _cache_key("list", query.lower(), sort, author.lower(), mlx_only, cursor, credential=credential)
-    cached = cache_get(key)
+    cached = read_cache(key)
     if cached is not None:
         return [HubModel(**m) for m in cached["models"]], cached["next"], True
-    if cache_get(_outage_key()):
+    if read_cache(_outage_key()):
         raise _unavailable()
     token = _token(credential)
     install_http_guard()
@@ -298,7 +298,7 @@ def _listing(
             models = [_hub_model(ModelInfo(**{"siblings": None, **item})) for item in items]
     except NoListing as exc:
         log.warning("discover: %s serves no model listing (%s)", settings.HF_ENDPOINT, exc)
-        cache_set(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
+        write_cache(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
         raise DiscoverError(
             "unavailable",
             f"Search is unavailable: the Hub endpoint ({settings.HF_ENDPOINT}) serves no model listing (a "
@@ -314,9 +314,11 @@ def _listing(
                 "The Hub refused your Hub token: replace it in Settings, or make none default to "
                 "search without it.",
             ) from exc
-        cache_set(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
+        write_cache(_outage_key(), True, OUTAGE_BACKOFF_SECONDS)
         raise _unavailable() from exc
-    cache_set(key, {"models": [asdict(m) for m in models], "next": next_cursor}, settings.DISCOVER_CACHE_TTL)
+    write_cache(
+        key, {"models": [asdict(m) for m in models], "next": next_cursor}, settings.DISCOVER_CACHE_TTL
+    )
     return models, next_cursor, False
 
 

@@ -40,14 +40,14 @@ def hub_details(repo_id: str, credentials: Sequence[HubCredential]) -> HubModel:
         raise DiscoverError("invalid", str(getattr(exc, "message", exc))) from None
     for credential in list(credentials) or [None]:
         key = discover._cache_key("details", repo_id, credential=credential)
-        cached = discover.cache_get(key)
+        cached = discover.read_cache(key)
         if cached is not None:
             return HubModel(**cached)
         try:
             model = _look(repo_id, credential)
         except _Refused:
             continue
-        discover.cache_set(key, asdict(model), settings.DISCOVER_CACHE_TTL)
+        discover.write_cache(key, asdict(model), settings.DISCOVER_CACHE_TTL)
         return model
     raise DiscoverError("not_found", f"No repo {repo_id} on the Hub that your Hub tokens can read.")
 

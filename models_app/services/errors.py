@@ -227,58 +227,95 @@ def _short(exc: BaseException) -> str:
 def classify(
     exc: BaseException, repo_id: str, *, has_token: bool = False, revision: str = ""
 ) -> DownloadError:
-    """The DownloadError for anything a download raised. Order matters: GatedRepoError is a subclass of
-    RepositoryNotFoundError, which is a subclass of HfHubHTTPError, which is an OSError."""
+    """The DownloadError for anything a download raised: our own error anywhere in the chain, else the first
+    exception the Hub's or the network's vocabulary names, else one that says try again later, else INTERNAL."""
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, DownloadError):
+            return e
+    endpoint = settings.HF_ENDPOINT
+    for e in chain:
+        error = _named_error(e, repo_id, has_token=has_token, revision=revision, endpoint=endpoint)
+        if error is not None:
+            return error
+    for e in chain:
+        error = _transient_error(e, repo_id, endpoint=endpoint)
+        if error is not None:
+            return error
+    return DownloadError(
+        INTERNAL, f"Unexpected error while downloading {repo_id} ({_short(exc)}).", repo_id=repo_id
+    )
+
+
+def _named_error(
+    e: BaseException, repo_id: str, *, has_token: bool, revision: str, endpoint: str
+) -> DownloadError | None:
+    """Order matters: GatedRepoError is a subclass of RepositoryNotFoundError, which is a subclass of
+    HfHubHTTPError, which is an OSError."""
     import httpx2
     from huggingface_hub import errors as hf
-
-    endpoint = settings.HF_ENDPOINT
-    chain = _chain(exc)
 
     def err(code: str, message: str) -> DownloadError:
         return DownloadError(code, message, repo_id=repo_id)
 
-    for e in chain:
-        if isinstance(e, DownloadError):
-            return e
-    for e in chain:
-        if isinstance(e, hf.GatedRepoError):
-            return err(GATED, f"{repo_id} is gated: its licence must be accepted on the Hub before download.")
-        if isinstance(e, hf.RepositoryNotFoundError):
-            if _status(e) == 401 and not has_token:
-                # The Hub (and mirrors such as olah) answer an anonymous caller 401 for a private repo and for
-                # one that does not exist alike: say both, and what to do for each.
-                return err(
-                    AUTH_REQUIRED,
-                    f"{repo_id} was not found on {endpoint}, or it is private (without a token the Hub answers "
-                    "both alike): check the id; a private repo needs a token that can read it.",
-                )
-            if has_token:
-                return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}, or the token cannot read it.")
-            return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}.")
-        if isinstance(e, hf.RevisionNotFoundError):
-            named = f"The revision {revision[:200]!r}" if revision else "This revision"
-            return err(REVISION_NOT_FOUND, f"{named} of {repo_id} was not found on {endpoint}.")
-        if isinstance(e, hf.RemoteEntryNotFoundError):
-            return err(NOT_FOUND, f"A file of {repo_id} was not found on {endpoint}.")
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return err(DISK_FULL, "The disk holding the cache is full.")
-        if isinstance(e, hf.HfHubHTTPError):
-            status = _status(e)
-            if status in (401, 403):
-                what = "refused the token" if has_token else "requires a token"
-                return err(AUTH_REQUIRED, f"{endpoint} {what} for {repo_id} (HTTP {status}).")
-            if status == 404:
-                return err(NOT_FOUND, f"{repo_id} was not found on {endpoint}.")
-            return err(NETWORK, f"{endpoint} answered HTTP {status} for {repo_id}.")
-        if isinstance(e, httpx2.TimeoutException):
-            return err(NETWORK, f"{endpoint} stopped answering ({_short(e)}).")
-        if isinstance(e, httpx2.TransportError):
-            return err(NETWORK, f"Lost the connection to {endpoint} ({_short(e)}).")
-    for e in chain:
-        # huggingface_hub turns unreachable servers and short bodies into these; try again later.
-        if isinstance(e, hf.LocalEntryNotFoundError | hf.FileMetadataError | ConnectionError | TimeoutError):
-            return err(NETWORK, f"Could not download {repo_id} from {endpoint} ({_short(e)}).")
-        if isinstance(e, OSError) and "Consistency check failed" in str(e):
-            return err(NETWORK, f"A file of {repo_id} arrived truncated from {endpoint}.")
-    return err(INTERNAL, f"Unexpected error while downloading {repo_id} ({_short(exc)}).")
+    if isinstance(e, hf.GatedRepoError):
+        return err(GATED, f"{repo_id} is gated: its licence must be accepted on the Hub before download.")
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return _repo_not_found(e, repo_id, has_token=has_token, endpoint=endpoint)
+    if isinstance(e, hf.RevisionNotFoundError):
+        named = f"The revision {revision[:200]!r}" if revision else "This revision"
+        return err(REVISION_NOT_FOUND, f"{named} of {repo_id} was not found on {endpoint}.")
+    if isinstance(e, hf.RemoteEntryNotFoundError):
+        return err(NOT_FOUND, f"A file of {repo_id} was not found on {endpoint}.")
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return err(DISK_FULL, "The disk holding the cache is full.")
+    if isinstance(e, hf.HfHubHTTPError):
+        return _http_error(e, repo_id, has_token=has_token, endpoint=endpoint)
+    if isinstance(e, httpx2.TimeoutException):
+        return err(NETWORK, f"{endpoint} stopped answering ({_short(e)}).")
+    if isinstance(e, httpx2.TransportError):
+        return err(NETWORK, f"Lost the connection to {endpoint} ({_short(e)}).")
+    return None
+
+
+def _repo_not_found(e: BaseException, repo_id: str, *, has_token: bool, endpoint: str) -> DownloadError:
+    if _status(e) == 401 and not has_token:
+        # The Hub (and mirrors such as olah) answer an anonymous caller 401 for a private repo and for one that
+        # does not exist alike: say both, and what to do for each.
+        message = (
+            f"{repo_id} was not found on {endpoint}, or it is private (without a token the Hub answers both "
+            "alike): check the id; a private repo needs a token that can read it."
+        )
+        return DownloadError(AUTH_REQUIRED, message, repo_id=repo_id)
+    if has_token:
+        message = f"{repo_id} was not found on {endpoint}, or the token cannot read it."
+    else:
+        message = f"{repo_id} was not found on {endpoint}."
+    return DownloadError(NOT_FOUND, message, repo_id=repo_id)
+
+
+def _http_error(e: BaseException, repo_id: str, *, has_token: bool, endpoint: str) -> DownloadError:
+    status = _status(e)
+    if status in (401, 403):
+        what = "refused the token" if has_token else "requires a token"
+        return DownloadError(
+            AUTH_REQUIRED, f"{endpoint} {what} for {repo_id} (HTTP {status}).", repo_id=repo_id
+        )
+    if status == 404:
+        return DownloadError(NOT_FOUND, f"{repo_id} was not found on {endpoint}.", repo_id=repo_id)
+    return DownloadError(NETWORK, f"{endpoint} answered HTTP {status} for {repo_id}.", repo_id=repo_id)
+
+
+def _transient_error(e: BaseException, repo_id: str, *, endpoint: str) -> DownloadError | None:
+    """huggingface_hub turns unreachable servers and short bodies into these; try again later."""
+    from huggingface_hub import errors as hf
+
+    if isinstance(e, hf.LocalEntryNotFoundError | hf.FileMetadataError | ConnectionError | TimeoutError):
+        return DownloadError(
+            NETWORK, f"Could not download {repo_id} from {endpoint} ({_short(e)}).", repo_id=repo_id
+        )
+    if isinstance(e, OSError) and "Consistency check failed" in str(e):
+        return DownloadError(
+            NETWORK, f"A file of {repo_id} arrived truncated from {endpoint}.", repo_id=repo_id
+        )
+    return None

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,43 @@ def download_model(
     raises DownloadError. `node="any"`: the live machine with room for it (one metadata call to plan it); the
     returned job's `node_choice` then says which and why (empty otherwise)."""
     repo_id, revision = repo_and_revision(repo_id, revision)
-    cache = cache or "default"
+    cache = _check_cache(cache or "default")
+    patterns = validate_allow_patterns(allow_patterns)
+    credential = _credential_for(credential, user)
+    repo = _hub_repository(repo_id, user)
+    node_choice = ""
+    if node == nodes.ANY_NODE:
+        node, node_choice = _pick_node(
+            repo_id, revision, credential=credential, cache=cache, patterns=patterns
+        )
+    node = _check_node(node)
+    job, created = _join_or_create(
+        repo,
+        revision=revision,
+        node=node,
+        cache=cache,
+        credential=credential,
+        user=user,
+        force=force,
+        patterns=patterns,
+    )
+    if created:
+        jobs.publish_state(job)
+        job_id = job.id
+        transaction.on_commit(lambda: jobs.enqueue_or_fail(job_id))
+    job.node_choice = node_choice
+    return job
+
+
+def _check_cache(cache: str) -> str:
     if cache not in settings.CACHE_ROOTS:
         known = ", ".join(sorted(settings.CACHE_ROOTS))
         raise DownloadError(INVALID_REQUEST, f"Unknown cache root {cache!r}.", action=f"Use one of: {known}.")
-    patterns = validate_allow_patterns(allow_patterns)
+    return cache
+
+
+def _credential_for(credential: HubCredential | None, user: Any) -> HubCredential | None:
+    """The credential a pull uses: the one named, if the user may use it; else the user's default."""
     if credential is not None and user is not None and credential.owner_id != user.pk and not user.is_staff:
         raise PermissionDenied("That Hub credential belongs to someone else.")
     if credential is None:
@@ -113,7 +146,10 @@ def download_model(
 
         # A pull that names no token uses the one its user marked default (their first, unless changed).
         credential = default_credential(user)
+    return credential
 
+
+def _hub_repository(repo_id: str, user: Any) -> Repository:
     # Private to whoever asks first (staff-only without a user) until the Hub shows it to an anonymous caller:
     # the pull may fail, and files of this repo may still arrive by another tool (visibility.py).
     repo, _ = Repository.objects.get_or_create(
@@ -123,22 +159,31 @@ def download_model(
         raise DownloadError(
             INVALID_REQUEST, f"{repo_id} is a locally registered model, not a Hub repository."
         )
-    node_choice = ""
-    if node == nodes.ANY_NODE:
-        node, node_choice = _pick_node(
-            repo_id, revision, credential=credential, cache=cache, patterns=patterns
-        )
-    node = _check_node(node)
+    return repo
+
+
+def _join_or_create(
+    repo: Repository,
+    *,
+    revision: str,
+    node: str,
+    cache: str,
+    credential: HubCredential | None,
+    user: Any,
+    force: bool,
+    patterns: list[str] | None,
+) -> tuple[DownloadJob, bool]:
+    """The active job of (repo, revision, node), which the user may join, or a new one; and whether it is
+    new. Raises DownloadError(PULL_IN_PROGRESS) when another user's pull holds it."""
     while True:
         active = DownloadJob.objects.active().filter(repository=repo, revision=revision, node=node).first()
         if active is not None:
             if not _may_join(active, user):
                 raise DownloadError(
                     PULL_IN_PROGRESS,
-                    f"{repo_id}@{revision} is being downloaded for another user right now.",
+                    f"{repo.repo_id}@{revision} is being downloaded for another user right now.",
                 )
-            active.node_choice = node_choice
-            return active
+            return active, False
         try:
             # The partial unique constraint decides between concurrent callers; the savepoint keeps an outer
             # transaction usable after the loser's IntegrityError.
@@ -155,12 +200,7 @@ def download_model(
                 )
         except IntegrityError:
             continue  # someone else created it a moment ago: join theirs (loop, in case it already ended)
-        break
-    jobs.publish_state(job)
-    job_id = job.id
-    transaction.on_commit(lambda: jobs.enqueue_or_fail(job_id))
-    job.node_choice = node_choice
-    return job
+        return job, True
 
 
 def _pick_node(
@@ -396,52 +436,117 @@ def _discard_failed_pull(job: DownloadJob, before: frozenset[str]) -> None:
         log.info("download job %s: removed %d B it had written", job.id, discarded.freed)
 
 
+@dataclass(frozen=True)
+class _Pull:
+    """What every step of one attempt needs: the job, its watcher, where its files go, how to ask the Hub."""
+
+    job: DownloadJob
+    monitor: JobMonitor
+    root: Path
+    repo_dir: Path
+    token: str | None
+    stall: float  # seconds: huggingface_hub's metadata timeouts
+
+    @property
+    def repo_id(self) -> str:
+        return self.job.repository.repo_id
+
+    @property
+    def hub_token(self) -> str | bool:
+        """As huggingface_hub takes it: False, not None, so it never falls back to a token of its own."""
+        return self.token or False
+
+
 def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-    from huggingface_hub.utils import filter_repo_objects
-
-    repo = job.repository
-    repo_id = repo.repo_id
+    """One try at the whole pull: plan, check, fetch config.json, transfer, verify, save the snapshot."""
     root = _cache_root(job)
-    repo_dir = repo_path(root, repo_id)
-    token = _token(job)
-    stall = float(settings.DOWNLOAD_STALL_TIMEOUT)
+    pull = _Pull(
+        job=job,
+        monitor=monitor,
+        root=root,
+        repo_dir=repo_path(root, job.repository.repo_id),
+        token=_token(job),
+        stall=float(settings.DOWNLOAD_STALL_TIMEOUT),
+    )
+    sha, all_files = _repo_files(pull)
+    files, wanted = _wanted_files(pull, all_files)
+    config_spec = [f for f in all_files if f.path == "config.json"]
+    checked_ok = _drop_known_bad(job, sha, pull.repo_dir, all_files, wanted | {"config.json"}, monitor)
+    needed = _check_room(pull, sha, files)
+    config = _fetch_config(pull, sha, config_spec)
+    transferred = _transfer(pull, sha, files, needed)
+    _verify_transfer(pull, sha, files, checked_ok, transferred=transferred)
+    monitor.check()
+    # config.json was fetched and verified first whatever the patterns: the snapshot holds it.
+    held = files + [f for f in config_spec if f.path not in wanted]
+    snapshot = _save_snapshot(job, sha, held, config, [f.path for f in all_files])
+    hub_checks.write_ref(pull.repo_dir, job.revision, sha)
+    if snapshot.status == Snapshot.Status.READY:
+        # The update the last check found is now here: no "update available" until the Hub moves again.
+        Repository.objects.filter(id=job.repository.id, remote_sha=sha, update_available=True).update(
+            update_available=False, update_summary={}, updated_at=timezone.now()
+        )
+    return snapshot
 
+
+def _repo_files(pull: _Pull) -> tuple[str, list[FileRecord]]:
+    """The commit the job's revision names, and every file of the repo at that commit: from the model info, or
+    from the tree listing when a mirror's model info has no file metadata."""
+    from huggingface_hub import HfApi
+
+    job, repo_id = pull.job, pull.repo_id
     api = HfApi(endpoint=settings.HF_ENDPOINT)
     info = api.model_info(
-        repo_id, revision=job.revision, files_metadata=True, token=token or False, timeout=stall
+        repo_id, revision=job.revision, files_metadata=True, token=pull.hub_token, timeout=pull.stall
     )
     sha = hub_guard.check_commit(info.sha, repo_id=repo_id)  # it names folders and is stored: checked first
-    monitor.check()
-    _record_visibility(repo, info, token_used=bool(token), user_id=job.requested_by_id)
+    pull.monitor.check()
+    _record_visibility(job.repository, info, token_used=bool(pull.token), user_id=job.requested_by_id)
     all_files = hub_checks.plan_files(info.siblings or [])
     if sha and mirrors.lacks_file_metadata(info.siblings or []):
         all_files = mirrors.files_from_tree(
-            api, repo_id, revision=sha, token=token or False, check=monitor.check
+            api, repo_id, revision=sha, token=pull.hub_token, check=pull.monitor.check
         )
-    wanted = set(filter_repo_objects([f.path for f in all_files], allow_patterns=job.allow_patterns))
-    files = [f for f in all_files if f.path in wanted]
-    if unmatched := unmatched_patterns(job.allow_patterns, [f.path for f in all_files]):
-        raise no_match_error(repo_id, unmatched, [f.path for f in all_files])
-    if problem := hub_checks.mlx_file_problem([f.path for f in all_files]):
-        raise hub_checks.not_mlx(repo_id, problem)
+    return sha, all_files
 
-    config_spec = [f for f in all_files if f.path == "config.json"]
-    checked_ok = _drop_known_bad(job, sha, repo_dir, all_files, wanted | {"config.json"}, monitor)
-    needed = sum(f.size for f in files if job.force or not (repo_dir / "blobs" / f.etag).is_file())
-    hub_checks.check_disk(root, needed=needed, reserve=int(settings.DOWNLOAD_DISK_RESERVE))
+
+def _wanted_files(pull: _Pull, all_files: list[FileRecord]) -> tuple[list[FileRecord], set[str]]:
+    """The files the job's patterns select, and their paths. Refuses patterns that match nothing and a repo
+    mlx-lm cannot load (judged on all its files)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    paths = [f.path for f in all_files]
+    wanted = set(filter_repo_objects(paths, allow_patterns=pull.job.allow_patterns))
+    if unmatched := unmatched_patterns(pull.job.allow_patterns, paths):
+        raise no_match_error(pull.repo_id, unmatched, paths)
+    if problem := hub_checks.mlx_file_problem(paths):
+        raise hub_checks.not_mlx(pull.repo_id, problem)
+    return [f for f in all_files if f.path in wanted], wanted
+
+
+def _check_room(pull: _Pull, sha: str, files: list[FileRecord]) -> int:
+    """The bytes still to fetch, checked against the free disk, and recorded on the job with its commit."""
+    job = pull.job
+    needed = sum(f.size for f in files if job.force or not (pull.repo_dir / "blobs" / f.etag).is_file())
+    hub_checks.check_disk(pull.root, needed=needed, reserve=int(settings.DOWNLOAD_DISK_RESERVE))
     jobs.update_running(
         job.id,
-        task_id=monitor.task_id,
+        task_id=pull.monitor.task_id,
         commit_sha=sha,
         bytes_total=needed,
         files_total=len(files),
         bytes_done=0,
         files_done=0,
     )
+    return needed
 
-    # config.json first (a few kB) so a repo mlx-lm cannot load is refused before the weights come down.
-    config_spec = [f for f in all_files if f.path == "config.json"]
+
+def _fetch_config(pull: _Pull, sha: str, config_spec: list[FileRecord]) -> dict[str, Any] | None:
+    """config.json first (a few kB), verified and read, so a repo mlx-lm cannot load is refused before the
+    weights come down."""
+    from huggingface_hub import hf_hub_download
+
+    repo_id = pull.repo_id
     try:
         hub_guard.check_metadata_size("config.json", config_spec[0].size if config_spec else None)
         with hub_guard.metadata_download("config.json"):
@@ -449,18 +554,18 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
                 repo_id,
                 "config.json",
                 revision=sha,
-                cache_dir=root,
-                token=token or False,
+                cache_dir=pull.root,
+                token=pull.hub_token,
                 endpoint=settings.HF_ENDPOINT,
-                etag_timeout=stall,
+                etag_timeout=pull.stall,
             )
     except hub_guard.MetadataError as exc:
         raise hub_checks.not_mlx(repo_id, exc.reason) from None
-    _check_inside(repo_dir, [Path(config_path)], repo_id)
+    _check_inside(pull.repo_dir, [Path(config_path)], repo_id)
     # Checked before it is parsed: corrupted bytes are an integrity error (and their blob is deleted so the
     # next pull fetches it again), not a repo that "is not MLX" for as long as the bad blob stays cached.
     if problems := hub_checks.verify_files(
-        repo_dir, sha, config_spec, check=monitor.check, just_written=True
+        pull.repo_dir, sha, config_spec, check=pull.monitor.check, just_written=True
     ):
         raise hub_checks.integrity_error(repo_id, problems)
     try:
@@ -471,39 +576,60 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
         config = None
     if problem := hub_checks.mlx_config_problem(config):
         raise hub_checks.not_mlx(repo_id, problem)
+    return config
 
+
+def _transfer(pull: _Pull, sha: str, files: list[FileRecord], needed: int) -> float:
+    """snapshot_download of the wanted files, its progress reported through the monitor. Returns when the
+    bytes were in (time.perf_counter)."""
+    from huggingface_hub import snapshot_download
+
+    job, monitor = pull.job, pull.monitor
     monitor.etag_names = {f.etag: f.path for f in files}
     monitor.begin_download(bytes_total=needed, files_total=len(files))
     snapshot_dir = snapshot_download(
-        repo_id,
+        pull.repo_id,
         revision=sha,
-        cache_dir=root,
-        token=token or False,
+        cache_dir=pull.root,
+        token=pull.hub_token,
         endpoint=settings.HF_ENDPOINT,
         force_download=job.force,
         allow_patterns=job.allow_patterns,
         tqdm_class=progress_bar_class(monitor),
         max_workers=MAX_WORKERS,
-        etag_timeout=stall,
+        etag_timeout=pull.stall,
     )
     monitor.end_download()
     transferred = time.perf_counter()
-    _check_inside(repo_dir, [Path(snapshot_dir)], repo_id)
+    _check_inside(pull.repo_dir, [Path(snapshot_dir)], pull.repo_id)
     jobs.update_running(job.id, task_id=monitor.task_id, bytes_done=needed, files_done=len(files))
+    return transferred
 
+
+def _verify_transfer(
+    pull: _Pull,
+    sha: str,
+    files: list[FileRecord],
+    checked_ok: Callable[[FileRecord, Path], bool],
+    *,
+    transferred: float,
+) -> None:
+    """Every file hashed against the Hub's checksums, but those verified before and not rewritten since. A
+    failure marks the commit's snapshot invalid."""
+    job = pull.job
     before = hub_checks.verified_before(job.repository_id, node=job.node, cache_root=job.cache_root)
 
     def skip(spec: FileRecord, blob: Path) -> bool:
         return before(spec, blob) or checked_ok(spec, blob)
 
     problems = hub_checks.verify_files(
-        repo_dir, sha, files, skip=skip, check=monitor.check, just_written=True
+        pull.repo_dir, sha, files, skip=skip, check=pull.monitor.check, just_written=True
     )
     if problems:
         Snapshot.objects.filter(
-            repository=repo, commit_sha=sha, node=job.node, cache_root=job.cache_root
+            repository=job.repository, commit_sha=sha, node=job.node, cache_root=job.cache_root
         ).update(status=Snapshot.Status.INVALID, verified_at=timezone.now())
-        raise hub_checks.integrity_error(repo_id, problems)
+        raise hub_checks.integrity_error(pull.repo_id, problems)
     # Read by make bench (bench/downloads.py): the target is <= 0.1 s per GB once the bytes are in.
     log.info(
         "download job %s: verified %d file(s), %d B, in %.3f s after the transfer",
@@ -512,17 +638,6 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
         sum(f.size for f in files),
         time.perf_counter() - transferred,
     )
-    monitor.check()
-    # config.json was fetched and verified first whatever the patterns: the snapshot holds it.
-    held = files + [f for f in config_spec if f.path not in wanted]
-    snapshot = _save_snapshot(job, sha, held, config, [f.path for f in all_files])
-    hub_checks.write_ref(repo_dir, job.revision, sha)
-    if snapshot.status == Snapshot.Status.READY:
-        # The update the last check found is now here: no "update available" until the Hub moves again.
-        Repository.objects.filter(id=repo.id, remote_sha=sha, update_available=True).update(
-            update_available=False, update_summary={}, updated_at=timezone.now()
-        )
-    return snapshot
 
 
 def _check_inside(repo_dir: Path, paths: list[Path], repo_id: str) -> None:

@@ -240,52 +240,64 @@ def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for name, (kind, low, high) in _NUMBERS.items():
         value = options.get(name)
-        if value is None or value == "":
-            continue
-        if isinstance(value, bool):
-            raise InvalidOptions(name, "must be a number")
-        try:
-            number = kind(float(value)) if kind is int else float(value)
-        except (TypeError, ValueError):
-            raise InvalidOptions(name, "must be a number") from None
-        if kind is int and float(value) != number:
-            raise InvalidOptions(name, "must be a whole number")
-        if not (low <= number <= high) or (isinstance(number, float) and not math.isfinite(number)):
-            raise InvalidOptions(name, f"must be between {_figure(low)} and {_figure(high)}")
-        clean[name] = number
-    stop = options.get("stop")
-    if stop not in (None, "", []):
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise InvalidOptions("stop", "must be a string or a list of strings")
-        stops = [s for s in stops if s]
-        if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stops):
-            raise InvalidOptions(
-                "stop",
-                f"must be at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters each",
-            )
-        if stops:
-            clean["stop"] = stops
-    tools = options.get("tools")
-    if tools:
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise InvalidOptions("tools", "must be a list of objects")
-        clean["tools"] = tools
-    bias = options.get("logit_bias")
-    if bias:
+        if value is not None and value != "":
+            clean[name] = _number(name, value, kind, low, high)
+    if options.get("stop") not in (None, "", []) and (stops := _stops(options["stop"])):
+        clean["stop"] = stops
+    if tools := options.get("tools"):
+        clean["tools"] = _tools(tools)
+    if bias := options.get("logit_bias"):
         clean["logit_bias"] = _logit_bias(bias)
-    grammar = options.get("grammar")
-    if grammar:
-        # An llguidance grammar compiled from response_format by the API (models_app.openai.schemas).
-        if not isinstance(grammar, str) or len(grammar) > MAX_GRAMMAR_LENGTH:
-            raise InvalidOptions(
-                "response_format", f"must be at most {MAX_GRAMMAR_LENGTH:,} characters of schema"
-            )
-        clean["grammar"] = grammar
+    if grammar := options.get("grammar"):
+        clean["grammar"] = _grammar(grammar)
     if options.get("keep_alive") not in (None, ""):
         keep_alive = parse_keep_alive(options["keep_alive"])
         clean["keep_alive"] = -1 if keep_alive is None else keep_alive
     return clean
+
+
+def _number(name: str, value: Any, kind: type, low: float, high: float) -> float | int:
+    """One numeric option, `kind` int or float, within [low, high]."""
+    if isinstance(value, bool):
+        raise InvalidOptions(name, "must be a number")
+    try:
+        number = kind(float(value)) if kind is int else float(value)
+    except (TypeError, ValueError):
+        raise InvalidOptions(name, "must be a number") from None
+    if kind is int and float(value) != number:
+        raise InvalidOptions(name, "must be a whole number")
+    if not (low <= number <= high) or (isinstance(number, float) and not math.isfinite(number)):
+        raise InvalidOptions(name, f"must be between {_figure(low)} and {_figure(high)}")
+    return number
+
+
+def _stops(stop: Any) -> list[str]:
+    """Stop strings: one string or a list of them; empty ones dropped."""
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise InvalidOptions("stop", "must be a string or a list of strings")
+    stops = [s for s in stops if s]
+    if len(stops) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stops):
+        raise InvalidOptions(
+            "stop",
+            f"must be at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters each",
+        )
+    return stops
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise InvalidOptions("tools", "must be a list of objects")
+    return tools
+
+
+def _grammar(grammar: Any) -> str:
+    """An llguidance grammar compiled from response_format by the API (models_app.openai.schemas)."""
+    if not isinstance(grammar, str) or len(grammar) > MAX_GRAMMAR_LENGTH:
+        raise InvalidOptions(
+            "response_format", f"must be at most {MAX_GRAMMAR_LENGTH:,} characters of schema"
+        )
+    return grammar
 
 
 def _logit_bias(bias: Any) -> dict[str, float]:

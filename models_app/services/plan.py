@@ -336,6 +336,65 @@ def plan_pull(
     node = node or settings.NODE_NAME
     token = _token(credential)
     install_http_guard()
+    hub = _read_hub(repo_id, revision, token=token, allow_patterns=allow_patterns)
+    config = hub.config or {}
+    repo_dir = repo_path(root, repo_id)
+    sizes = [(s, s.size or 0, _blob_cached(repo_dir, s)) for s in hub.siblings]
+    total = sum(size for _, size, _ in sizes)
+    is_mlx, reason = mlx_check(hub.config, hub.every_path, config_problem=hub.config_problem)
+    weights = sum(size for s, size, _ in sizes if s.rfilename.endswith(WEIGHT_SUFFIXES))
+    statuses = _download_nodes()
+    held = _blobs_by_node(repo_id, cache)
+    options = _options(statuses, cache=cache, sizes=sizes, held=held, config=config, weights=weights)
+    chosen, node_reason = _choose_node(node, options, statuses, config=config, weights=weights, total=total)
+    target = chosen or next(o for o in options if o.this)
+    remote = chosen is not None and not chosen.this
+    held_there = held.get(target.node, set())
+    files = [
+        PlanFile(s.rfilename, size, here if target.this else bool({_etag(s), s.blob_id} & held_there))
+        for s, size, here in sizes
+    ]
+    plan = PullPlan(
+        repo_id=repo_id,
+        revision=revision,
+        commit_sha=hub.sha,
+        cache_root=cache,
+        private=bool(hub.info.private),
+        gated=bool(hub.info.gated),
+        files=files,
+        total_bytes=total,
+        cached_bytes=target.cached_bytes,
+        disk_free_bytes=target.disk_free_bytes or 0,
+        is_mlx=is_mlx,
+        mlx_reason=reason,
+        model_type=str(config.get("model_type") or ""),
+        memory=target.memory,
+        remote_node=target.node if remote else "",
+        disk_known=target.disk_free_bytes is not None,
+        node=chosen.node if chosen else "",
+        node_reason=node_reason,
+        options=options,
+    )
+    plan.warnings.extend(_warnings(plan, hub, allow_patterns=allow_patterns))
+    return plan
+
+
+@dataclass(frozen=True)
+class _HubView:
+    """What the Hub says of a repo at a revision, as far as the plan needs it."""
+
+    info: Any  # huggingface_hub's ModelInfo
+    sha: str
+    every_path: list[str]
+    siblings: list[Any]  # the files the patterns select
+    config: dict[str, Any] | None
+    config_problem: str | None  # why config.json was not read (too big, nested too deep)
+
+
+def _read_hub(
+    repo_id: str, revision: str, *, token: str | None, allow_patterns: list[str] | None
+) -> _HubView:
+    """The model info and config.json, within HUB_PREVIEW_TIMEOUT. Raises DownloadError."""
     config: dict[str, Any] | None = None
     config_problem: str | None = None
     try:
@@ -353,7 +412,6 @@ def plan_pull(
                     info.siblings or [], allow_patterns=allow_patterns, key=lambda s: s.rfilename
                 )
             )
-            paths = [s.rfilename for s in siblings]
             # Whether it is a model is the repo's question (config.json is fetched first whatever the patterns).
             config_size = next((s.size for s in info.siblings or [] if s.rfilename == "config.json"), None)
             if "config.json" in every_path:
@@ -365,76 +423,55 @@ def plan_pull(
         raise
     except Exception as exc:  # every Hub failure becomes a code the page explains
         raise errors.classify(exc, repo_id, has_token=token is not None, revision=revision) from exc
+    return _HubView(info, sha, every_path, siblings, config, config_problem)
 
-    repo_dir = repo_path(root, repo_id)
-    sizes = [(s, s.size or 0, _blob_cached(repo_dir, s)) for s in siblings]
-    total = sum(size for _, size, _ in sizes)
-    is_mlx, reason = mlx_check(config, every_path, config_problem=config_problem)
-    weights = sum(size for s, size, _ in sizes if s.rfilename.endswith(WEIGHT_SUFFIXES))
-    statuses = [s for s in nodes.cluster() if s.up and s.can_download]
-    if not any(s.this for s in statuses):
-        # This machine is planned for even with its download worker stopped (the pull waits in the queue).
-        statuses.insert(
-            0, nodes.NodeStatus(name=settings.NODE_NAME, state=nodes.UP, last_seen=None, this=True)
-        )
-    held = _blobs_by_node(repo_id, cache)
-    options = _options(
-        statuses,
-        cache=cache,
-        sizes=sizes,
-        held=held,
-        config=config or {},
-        weights=weights,
-    )
-    if node == ANY_NODE:
-        chosen, node_reason = pick_node(
-            [o for o in options if o.node in {s.name for s in statuses if s.can_download}]
-        )
-    else:
-        chosen = next((o for o in options if o.node == node), None)
-        node_reason = ""
-        if chosen is None:  # a machine without a live download worker: the pull itself says so
-            chosen = NodeOption(
-                node, False, None, 0, total, memory_verdict(config or {}, weights, total=0, machine=node)
-            )
-    target = chosen or next(o for o in options if o.this)
-    remote = chosen is not None and not chosen.this
-    held_there = held.get(target.node, set())
-    files = [
-        PlanFile(s.rfilename, size, here if target.this else bool({_etag(s), s.blob_id} & held_there))
-        for s, size, here in sizes
-    ]
-    plan = PullPlan(
-        repo_id=repo_id,
-        revision=revision,
-        commit_sha=sha,
-        cache_root=cache,
-        private=bool(info.private),
-        gated=bool(info.gated),
-        files=files,
-        total_bytes=total,
-        cached_bytes=target.cached_bytes,
-        disk_free_bytes=target.disk_free_bytes or 0,
-        is_mlx=is_mlx,
-        mlx_reason=reason,
-        model_type=str((config or {}).get("model_type") or ""),
-        memory=target.memory,
-        remote_node=target.node if remote else "",
-        disk_known=target.disk_free_bytes is not None,
-        node=chosen.node if chosen else "",
-        node_reason=node_reason,
-        options=options,
-    )
-    if chosen is None:
-        plan.warnings.append(node_reason)
+
+def _warnings(plan: PullPlan, hub: _HubView, *, allow_patterns: list[str] | None) -> list[str]:
+    if not plan.node:  # no machine has room
+        warnings = [plan.node_reason]
     elif not plan.disk_ok:
-        plan.warnings.append("Not enough free disk space: free some (delete unused models) first.")
-    if allow_patterns and (missing := hub_checks.mlx_missing(paths, every_path)):
-        plan.warnings.append(
+        warnings = ["Not enough free disk space: free some (delete unused models) first."]
+    else:
+        warnings = []
+    paths = [s.rfilename for s in hub.siblings]
+    if allow_patterns and (missing := hub_checks.mlx_missing(paths, hub.every_path)):
+        warnings.append(
             "These files alone are not a model mlx-lm can load: the snapshot will be partial (not offered "
             f"for chat) until a pull adds {', '.join(missing[:6])}."
         )
-    return plan
+    return warnings
+
+
+def _download_nodes() -> list[nodes.NodeStatus]:
+    """The machines up with a download worker, this one always among them: it is planned for even with its
+    download worker stopped (the pull waits in the queue)."""
+    statuses = [s for s in nodes.cluster() if s.up and s.can_download]
+    if not any(s.this for s in statuses):
+        statuses.insert(
+            0, nodes.NodeStatus(name=settings.NODE_NAME, state=nodes.UP, last_seen=None, this=True)
+        )
+    return statuses
+
+
+def _choose_node(
+    node: str,
+    options: list[NodeOption],
+    statuses: list[nodes.NodeStatus],
+    *,
+    config: dict[str, Any],
+    weights: int,
+    total: int,
+) -> tuple[NodeOption | None, str]:
+    """The option for the machine asked for, or for ANY_NODE the one pick_node prefers (None when none
+    fits), and why."""
+    if node == ANY_NODE:
+        return pick_node([o for o in options if o.node in {s.name for s in statuses if s.can_download}])
+    chosen = next((o for o in options if o.node == node), None)
+    if chosen is None:  # a machine without a live download worker: the pull itself says so
+        chosen = NodeOption(
+            node, False, None, 0, total, memory_verdict(config, weights, total=0, machine=node)
+        )
+    return chosen, ""
 
 
 def check_patterns(

@@ -195,33 +195,7 @@ def reconcile_cache() -> ReconcileReport:
     )
 
     for root_name, root in settings.CACHE_ROOTS.items():
-        info = scan(Path(root))
-        if info is None:
-            report.roots[root_name] = "absent"
-            continue
-        report.roots[root_name] = "scanned"
-        report.warnings.extend(str(w) for w in info.warnings)
-        for repo in sorted(info.repos, key=lambda r: r.repo_id):
-            if repo.repo_type != "model":
-                continue
-            for rev in sorted(repo.revisions, key=lambda r: r.commit_hash):
-                if (repo.repo_id, rev.commit_hash, root_name) in known:
-                    continue
-                if repo.repo_id in downloading:
-                    report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: a download is running")
-                    continue
-                if ended := _pull_ended_badly(repo.repo_id, rev.commit_hash, root_name):
-                    report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: its last pull here was {ended}")
-                    continue
-                try:
-                    _import(root_name, repo, rev, report)
-                except (
-                    Exception
-                ) as exc:  # one bad repo is reported; the rest of the cache is still reconciled
-                    log.exception("reconcile: %s@%s could not be imported", repo.repo_id, rev.commit_hash)
-                    report.skipped.append(
-                        f"{repo.repo_id}@{rev.commit_hash}: could not be imported ({type(exc).__name__})"
-                    )
+        _import_root(root_name, Path(root), known=known, downloading=downloading, report=report)
 
     # Partial files no live download owns (a crashed worker's, an interrupted `hf download`'s): the cleanup's
     # own rule, with every retention policy off.
@@ -230,25 +204,65 @@ def reconcile_cache() -> ReconcileReport:
 
     now = timezone.now()
     for snapshot in rows:
-        label = f"{snapshot.repository.repo_id}@{snapshot.commit_sha}"
-        if snapshot.status in (Snapshot.Status.READY, Snapshot.Status.PARTIAL, Snapshot.Status.INVALID):
-            if _files_present(snapshot):
-                report.unchanged += 1
-                continue
-            new_status, bucket = Snapshot.Status.MISSING, report.marked_missing
-        elif snapshot.status == Snapshot.Status.MISSING:
-            if not _files_present(snapshot):
-                report.unchanged += 1
-                continue
-            intact = Snapshot.Status.PARTIAL if snapshot.missing_files else Snapshot.Status.READY
-            new_status, bucket = intact, report.restored
-        else:
-            continue  # downloading (its job decides) or deleted (history)
-        # Conditional on the status we read: a download finishing meanwhile must win.
-        if Snapshot.objects.filter(id=snapshot.id, status=snapshot.status).update(
-            status=new_status, updated_at=now
-        ):
-            bucket.append(label)
+        _recheck_files(snapshot, report, now=now)
     # Rows written before the markers were stored: this node has their files, the web server may not.
     report.markers_filled = model_markers.backfill_markers()
     return report
+
+
+def _import_root(
+    root_name: str,
+    root: Path,
+    *,
+    known: set[tuple[str, str, str]],
+    downloading: set[str],
+    report: ReconcileReport,
+) -> None:
+    """Import the revisions of one cache root that have no row (`known`: those that do)."""
+    info = scan(root)
+    if info is None:
+        report.roots[root_name] = "absent"
+        return
+    report.roots[root_name] = "scanned"
+    report.warnings.extend(str(w) for w in info.warnings)
+    for repo in sorted(info.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        for rev in sorted(repo.revisions, key=lambda r: r.commit_hash):
+            if (repo.repo_id, rev.commit_hash, root_name) in known:
+                continue
+            if repo.repo_id in downloading:
+                report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: a download is running")
+                continue
+            if ended := _pull_ended_badly(repo.repo_id, rev.commit_hash, root_name):
+                report.skipped.append(f"{repo.repo_id}@{rev.commit_hash}: its last pull here was {ended}")
+                continue
+            try:
+                _import(root_name, repo, rev, report)
+            except Exception as exc:  # one bad repo is reported; the rest of the cache is still reconciled
+                log.exception("reconcile: %s@%s could not be imported", repo.repo_id, rev.commit_hash)
+                report.skipped.append(
+                    f"{repo.repo_id}@{rev.commit_hash}: could not be imported ({type(exc).__name__})"
+                )
+
+
+def _recheck_files(snapshot: Snapshot, report: ReconcileReport, *, now: datetime) -> None:
+    """A row whose files went is marked missing; a missing one whose files came back is restored."""
+    if snapshot.status in (Snapshot.Status.READY, Snapshot.Status.PARTIAL, Snapshot.Status.INVALID):
+        if _files_present(snapshot):
+            report.unchanged += 1
+            return
+        new_status, bucket = Snapshot.Status.MISSING, report.marked_missing
+    elif snapshot.status == Snapshot.Status.MISSING:
+        if not _files_present(snapshot):
+            report.unchanged += 1
+            return
+        intact = Snapshot.Status.PARTIAL if snapshot.missing_files else Snapshot.Status.READY
+        new_status, bucket = intact, report.restored
+    else:
+        return  # downloading (its job decides) or deleted (history)
+    # Conditional on the status we read: a download finishing meanwhile must win.
+    if Snapshot.objects.filter(id=snapshot.id, status=snapshot.status).update(
+        status=new_status, updated_at=now
+    ):
+        bucket.append(f"{snapshot.repository.repo_id}@{snapshot.commit_sha}")

@@ -111,49 +111,75 @@ def discard_pull(repo_dir: Path, commit_sha: str, *, keep: frozenset[str] = froz
     commit stays): the snapshot entries and their blobs and store entries, refs naming the commit and its tree
     cache (unless the commit was there before), and the repo folder itself if nothing is left. The caller
     makes sure no ready snapshot is this commit and no live job writes to the repo."""
-    cache_root = repo_dir.parent
     done = Discarded()
+    kept = _blobs_kept(repo_dir, commit_sha, keep)
+    _discard_snapshot(repo_dir, commit_sha, keep=keep, kept=kept, done=done)
+    if not any(rel.startswith(f"snapshots/{commit_sha}/") for rel in keep):  # the commit was not there before
+        _forget_commit(repo_dir, commit_sha)
     snapshots = repo_dir / "snapshots"
-    snapshot_dir = snapshots / commit_sha
+    if not keep and (not snapshots.is_dir() or not any(snapshots.iterdir())):
+        # Nothing of the repo is left to use: the folder would only show up as an empty repo.
+        _discard_repo(repo_dir, kept=kept, done=done)
+    return done
+
+
+def _blobs_kept(repo_dir: Path, commit_sha: str, keep: frozenset[str]) -> set[Path]:
+    """The repo's blobs that stay: those there before the pull, and those another snapshot folder uses."""
     kept: set[Path] = {repo_dir / rel for rel in keep if rel.startswith("blobs/")}
+    snapshots = repo_dir / "snapshots"
     if snapshots.is_dir():
         for other in snapshots.iterdir():
             if other.name != commit_sha:
                 kept.update(b for link in other.rglob("*") if (b := repo_blob(link)) is not None)
-    commit_was_there = any(rel.startswith(f"snapshots/{commit_sha}/") for rel in keep)
-    if snapshot_dir.is_dir():
-        for link in sorted(snapshot_dir.rglob("*"), reverse=True):  # files before their folders
-            blob = repo_blob(link)
-            if link.relative_to(repo_dir).as_posix() in keep:
-                continue
-            if blob is not None and blob.parent == repo_dir / "blobs" and blob not in kept:
-                done.freed += remove_repo_blob(blob, cache_root)
-                done.files.append(relative(blob, cache_root))
-            if link.is_symlink() or link.is_file():
-                link.unlink()
-            elif link.is_dir() and not any(link.iterdir()):
-                link.rmdir()
-        if not any(snapshot_dir.iterdir()):
-            snapshot_dir.rmdir()
-            done.files.append(relative(snapshot_dir, cache_root))
-    if not commit_was_there:
-        (repo_dir / "trees" / f"{commit_sha}.json").unlink(missing_ok=True)
-        refs = repo_dir / "refs"
-        for ref in [p for p in refs.rglob("*") if p.is_file()] if refs.is_dir() else []:
-            try:
-                if ref.read_text().strip() == commit_sha:
-                    ref.unlink()
-            except OSError:
-                continue
-    if not keep and (not snapshots.is_dir() or not any(snapshots.iterdir())):
-        # Nothing of the repo is left to use: the folder would only show up as an empty repo.
-        for blob in (repo_dir / "blobs").glob("*") if (repo_dir / "blobs").is_dir() else ():
-            if blob not in kept and not blob.name.endswith(".incomplete"):
-                done.freed += remove_repo_blob(blob, cache_root)
-        shutil.rmtree(repo_dir, ignore_errors=True)
-        shutil.rmtree(cache_root / ".locks" / repo_dir.name, ignore_errors=True)
-        done.files.append(relative(repo_dir, cache_root))
-    return done
+    return kept
+
+
+def _discard_snapshot(
+    repo_dir: Path, commit_sha: str, *, keep: frozenset[str], kept: set[Path], done: Discarded
+) -> None:
+    """The commit's snapshot entries that were not there before, and the blobs (with their store entries)
+    nothing else uses."""
+    cache_root = repo_dir.parent
+    snapshot_dir = repo_dir / "snapshots" / commit_sha
+    if not snapshot_dir.is_dir():
+        return
+    for link in sorted(snapshot_dir.rglob("*"), reverse=True):  # files before their folders
+        blob = repo_blob(link)
+        if link.relative_to(repo_dir).as_posix() in keep:
+            continue
+        if blob is not None and blob.parent == repo_dir / "blobs" and blob not in kept:
+            done.freed += remove_repo_blob(blob, cache_root)
+            done.files.append(relative(blob, cache_root))
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir() and not any(link.iterdir()):
+            link.rmdir()
+    if not any(snapshot_dir.iterdir()):
+        snapshot_dir.rmdir()
+        done.files.append(relative(snapshot_dir, cache_root))
+
+
+def _forget_commit(repo_dir: Path, commit_sha: str) -> None:
+    """The commit's tree cache, and the refs that name it."""
+    (repo_dir / "trees" / f"{commit_sha}.json").unlink(missing_ok=True)
+    refs = repo_dir / "refs"
+    for ref in [p for p in refs.rglob("*") if p.is_file()] if refs.is_dir() else []:
+        try:
+            if ref.read_text().strip() == commit_sha:
+                ref.unlink()
+        except OSError:
+            continue
+
+
+def _discard_repo(repo_dir: Path, *, kept: set[Path], done: Discarded) -> None:
+    """The whole repo folder, its blobs' store entries and its locks."""
+    cache_root = repo_dir.parent
+    for blob in (repo_dir / "blobs").glob("*") if (repo_dir / "blobs").is_dir() else ():
+        if blob not in kept and not blob.name.endswith(".incomplete"):
+            done.freed += remove_repo_blob(blob, cache_root)
+    shutil.rmtree(repo_dir, ignore_errors=True)
+    shutil.rmtree(cache_root / ".locks" / repo_dir.name, ignore_errors=True)
+    done.files.append(relative(repo_dir, cache_root))
 
 
 def orphaned_entries(cache_root: Path) -> dict[Path, int]:

@@ -80,22 +80,41 @@ def usage_report(
     narrowed to one model (`snapshot_id`) or to one user's completions (`of_user`: staff looking at a
     colleague; for anyone else it can only narrow their own usage). Four queries (three for non-staff),
     whatever the number of rows."""
-    now = now or timezone.now()
-    tz = timezone.get_current_timezone()
-    today = timezone.localtime(now, tz).date()
-    first = today - dt.timedelta(days=days - 1)
-    day_list = [first + dt.timedelta(days=i) for i in range(days)]
-    # Local midnights from the first day to tomorrow: day i is [midnights[i], midnights[i + 1]).
-    midnights = [dt.datetime.combine(d, dt.time.min, tzinfo=tz) for d in [*day_list, today + dt.timedelta(1)]]
-
+    day_list, midnights = _days(days, now or timezone.now())
     rows = visible_usage(user).filter(created_at__gte=midnights[0])
     if snapshot_id is not None:
         rows = rows.filter(snapshot_id=snapshot_id)
     if of_user is not None:
         rows = rows.filter(Q(user=of_user) | Q(api_key__user=of_user))
     rows = rows.annotate(day=_day_index(midnights, 0, days))
+    series = _tokens_by_model(rows, days)
+    ttft, speed, requests = _trends(rows, days)
+    by_source, totals = _by_source(rows)
+    return UsageReport(
+        days=day_list,
+        tokens_by_model=series,
+        ttft_ms=ttft,
+        tokens_per_second=speed,
+        requests=requests,
+        by_user=_by_user(rows) if user.is_staff else [],  # only staff compare users
+        by_source=by_source,
+        totals=totals,
+    )
 
-    # 1. Tokens per day per model.
+
+def _days(days: int, now: dt.datetime) -> tuple[list[dt.date], list[dt.datetime]]:
+    """The last `days` local dates up to today, and the local midnights from the first day to tomorrow: day i
+    is [midnights[i], midnights[i + 1])."""
+    tz = timezone.get_current_timezone()
+    today = timezone.localtime(now, tz).date()
+    first = today - dt.timedelta(days=days - 1)
+    day_list = [first + dt.timedelta(days=i) for i in range(days)]
+    midnights = [dt.datetime.combine(d, dt.time.min, tzinfo=tz) for d in [*day_list, today + dt.timedelta(1)]]
+    return day_list, midnights
+
+
+def _tokens_by_model(rows: QuerySet[Usage], days: int) -> list[dict[str, Any]]:
+    """Tokens per day per model, biggest first; beyond MAX_SERIES models the rest summed as OTHER."""
     per_model: dict[str, list[int]] = {}
     for row in rows.values("day", "snapshot__repository__repo_id").annotate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
@@ -109,16 +128,22 @@ def usage_report(
     if len(ranked) > MAX_SERIES:
         rest = [sum(col) for col in zip(*(values for _, values in ranked[MAX_SERIES:]), strict=True)]
         series.append({"name": OTHER, "values": rest})
+    return series
 
-    # 2. Trends per day.
+
+def _trends(rows: QuerySet[Usage], days: int) -> tuple[list[float | None], list[float | None], list[int]]:
+    """Per day: mean time to first token, mean generation speed, number of completions."""
     ttft: list[float | None] = [None] * days
     speed: list[float | None] = [None] * days
     requests = [0] * days
     for row in rows.values("day").annotate(ttft=Avg("ttft_ms"), tps=Avg("tokens_per_second"), n=Count("id")):
         if (i := row["day"]) < days:
             ttft[i], speed[i], requests[i] = _round(row["ttft"]), _round(row["tps"]), row["n"]
+    return ttft, speed, requests
 
-    totals_fields = {
+
+def _totals_fields() -> dict[str, Any]:
+    return {
         "requests": Count("id"),
         "prompt_tokens": Sum("prompt_tokens"),
         "completion_tokens": Sum("completion_tokens"),
@@ -126,38 +151,31 @@ def usage_report(
         "tokens_per_second": Avg("tokens_per_second"),
     }
 
-    # 3. By source (browser / API), which also gives the totals.
+
+def _by_source(rows: QuerySet[Usage]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Figures by source (browser / API), and the totals they add up to."""
     by_source = []
     totals: dict[str, Any] = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     labels = dict(Usage.Source.choices)
-    for row in rows.values("source").annotate(**totals_fields).order_by("source"):
+    for row in rows.values("source").annotate(**_totals_fields()).order_by("source"):
         row = _clean(row)
         row["label"] = labels.get(row["source"], row["source"])
         by_source.append(row)
         for key in ("requests", "prompt_tokens", "completion_tokens"):
             totals[key] += row[key]
     totals["tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+    return by_source, totals
 
-    # 4. By user: only staff compare users.
-    by_user = []
-    if user.is_staff:
-        by_user = [
-            _clean(row)
-            for row in rows.values("user__username").annotate(**totals_fields).order_by("-completion_tokens")
-        ]
-        for row in by_user:
-            row["username"] = row.pop("user__username") or "(no user)"
 
-    return UsageReport(
-        days=day_list,
-        tokens_by_model=series,
-        ttft_ms=ttft,
-        tokens_per_second=speed,
-        requests=requests,
-        by_user=by_user,
-        by_source=by_source,
-        totals=totals,
-    )
+def _by_user(rows: QuerySet[Usage]) -> list[dict[str, Any]]:
+    """Figures by user, the biggest writer of completions first."""
+    by_user = [
+        _clean(row)
+        for row in rows.values("user__username").annotate(**_totals_fields()).order_by("-completion_tokens")
+    ]
+    for row in by_user:
+        row["username"] = row.pop("user__username") or "(no user)"
+    return by_user
 
 
 def _day_index(midnights: list[dt.datetime], lo: int, hi: int) -> Expression:

@@ -504,10 +504,10 @@ def test_progress_never_reports_a_whole_prompt_however_slow_the_machine(  # type
 ) -> None:
     """CI (PostgreSQL run, a loaded machine) saw a progress frame after the last prompt chunk, processed ==
     total. With the interval at 0, every chunk's progress goes out, as it does on a slow enough machine."""
-    from models_app.services.engine import batch, generation
+    from models_app.services.engine import alone, batch
 
     monkeypatch.setattr(batch, "PROGRESS_INTERVAL", 0.0)
-    monkeypatch.setattr(generation, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(alone, "PROGRESS_INTERVAL", 0.0)
     snapshot = make_snapshot("test/long-context", path=long_context_model_path)
     messages = [{"role": "user", "content": words(800)}]
     usage, replies = run_generate(engine, chat_request(snapshot.id, messages, options={"max_tokens": 4}))

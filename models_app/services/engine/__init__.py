@@ -11,7 +11,7 @@ request and reply shapes, the checks, the keys); the engine imports it, it never
 - `sender`: ordered, batched channel-layer sends and the cancel flag, off the generation thread.
 - `state`: the process's registry and prompt cache; load, unload, expire, the heartbeat status.
 - `generation`: `generate(request)` (a task thread): the rows, the job handed to the loop, the results; and
-  `Job.prepare` / `Job.run_alone` (the single-request token loop, for what cannot be batched).
+  `Job.prepare` / `Job.run_alone`; `alone`: the single-request token loop, for what cannot be batched.
 - `batch`: the engine's one loop thread, which owns MLX and runs every request batched per model (mlx-lm's
   BatchGenerator); `answer`: one batched answer's text, stop strings, logprobs and deltas.
 """

@@ -4,7 +4,8 @@ The contract of `request` and of the replies is in models_app.services.inference
 thread of the inference worker: it reads the database, hands a `Job` to the engine's loop (engine/batch.py),
 which runs it batched with the other requests of the same model, then writes the database once (before
 chat.done, so a page that reloads on chat.done reads the final text). On the loop thread, `Job.prepare` loads
-the model and builds the prompt; `Job.run_alone` is the single-request token loop, for what cannot be batched.
+the model and builds the prompt; `Job.run_alone` runs the single-request token loop (engine/alone.py), for
+what cannot be batched.
 
 The token loops do no database write and no Redis round trip: replies are batched every CHAT_BATCH_INTERVAL
 and handed to the sender thread, and the cancel flag is an Event the sender thread sets.
@@ -18,9 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import mlx.core as mx
-import mlx_lm
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from mlx_lm.models.cache import make_prompt_cache
@@ -29,19 +27,13 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from models_app.models import Message, Snapshot, Usage
 from models_app.services import inference
 from models_app.services import redis as app_redis
+from models_app.services.engine.alone import stream_tokens
 from models_app.services.engine.batch import engine_loop
 from models_app.services.engine.constrained import ConstraintError, grammar_processor, opens_thinking
-from models_app.services.engine.logprobs import (
-    InvalidLogitBias,
-    LogprobRelease,
-    TokenLogprobs,
-    logit_bias_processor,
-)
-from models_app.services.engine.prefill import mlx_forward, prefill, with_prompt_context
+from models_app.services.engine.logprobs import InvalidLogitBias, logit_bias_processor
 from models_app.services.engine.prompt import (
     PromptError,
     answer_reserve,
-    as_shown,
     build_chat_prompt,
     build_text_prompt,
     decode_exact,
@@ -49,12 +41,9 @@ from models_app.services.engine.prompt import (
 from models_app.services.engine.registry import LoadedModel, ModelLoadError, ModelSpec
 from models_app.services.engine.sender import ReplyStream, cancel_key
 from models_app.services.engine.state import EngineState, spec_for, state
-from models_app.services.engine.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 hops_log = logging.getLogger(inference.HOPS_LOG)
-
-PROGRESS_INTERVAL = 0.25
 
 
 class GenerationError(Exception):
@@ -332,16 +321,9 @@ class Job:
 
     def run_alone(self, engine: EngineState, prepared: Prepared) -> None:
         """The single-request token loop (mlx-lm's stream_generate), for what cannot be batched."""
-        generated, shown = _stream_tokens(
-            prepared.loaded,
-            self.request,
-            self.stream,
-            self.outcome,
-            prepared.prompt_tokens,
-            prepared.cached,
-            prepared.cache,
-            prepared.max_tokens,
-            prepared.extra,
+        request = self.request
+        generated, shown = stream_tokens(
+            prepared, options=request.options, stream=self.stream, outcome=self.outcome, hops=request.hops
         )
         if generated is not None:
             self.keep(engine, prepared, prepared.prompt_tokens + generated, prepared.cache, shown)
@@ -438,147 +420,6 @@ def _prefixes(
 def _vocab_size(loaded: LoadedModel) -> int:
     config = loaded.config.get("text_config") or loaded.config
     return int(config.get("vocab_size") or len(loaded.tokenizer))
-
-
-def _stream_tokens(
-    loaded: LoadedModel,
-    request: Request,
-    stream: ReplyStream,
-    outcome: Outcome,
-    prompt_tokens: list[int],
-    cached: int,
-    cache: list[Any],
-    max_tokens: int,
-    extra: list[Any],
-) -> tuple[list[int] | None, str | None]:
-    """The token loop. Returns the generated token ids when the KV cache is consistent (worth keeping), and
-    what they stand for in the conversation when the client received the whole answer: its text, and the
-    end-of-sequence token's, which the stream leaves out. (Stopped by a stop string or by Stop, the ids hold
-    more than the text.)"""
-    options = request.options
-    if options.get("seed") is not None:
-        mx.random.seed(options["seed"])
-    sampler = _sampler(options)
-    processors = _processors(options, extra)
-    stops = StopMatcher(options.get("stop", []))
-    # Log probabilities only when asked: nothing per token otherwise.
-    scorer = TokenLogprobs(loaded.tokenizer, options["logprobs"]) if "logprobs" in options else None
-    release = LogprobRelease()
-    entries: list[dict[str, Any]] = []
-    interval = settings.CHAT_BATCH_INTERVAL
-    total = len(prompt_tokens)
-    last_progress = 0.0
-
-    def after_chunk(processed: int, _total: int) -> None:
-        nonlocal last_progress
-        if stream.should_stop:
-            raise Cancelled
-        now = time.perf_counter()
-        # Only a prompt that takes a while is worth a progress bar.
-        if now - last_progress >= PROGRESS_INTERVAL and (last_progress or now - started >= PROGRESS_INTERVAL):
-            last_progress = now
-            stream.emit("chat.progress", processed=cached + processed, total=total)
-
-    parts: list[str] = []
-    pending: list[str] = []
-    generated: list[int] = []
-    last_flush = 0.0
-    first_at = last_at = None
-    finish = "length"
-    mx.reset_peak_memory()
-    started = time.perf_counter()
-    uncached = prompt_tokens[cached:]
-    consistent = True
-    whole = False
-    try:
-        # The prompt goes in paced chunks (Stop is noticed between them within ~CHUNK_SECONDS), then
-        # mlx-lm generates from its last token.
-        prefilled = prefill(
-            mlx_forward(loaded.model, cache), uncached, loaded.prefill, after_chunk=after_chunk
-        )
-        token_stream = mlx_lm.stream_generate(
-            loaded.model,
-            loaded.tokenizer,
-            uncached[prefilled.tokens :],
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=with_prompt_context(processors, uncached[: prefilled.tokens]) or None,
-            prompt_cache=cache,
-        )
-    except Cancelled:
-        token_stream = iter(())
-        finish = "cancelled"
-        consistent = False  # stopped between prefill chunks: the cache holds part of the prompt
-    try:
-        for response in token_stream:
-            last_at = time.perf_counter()
-            if first_at is None:
-                first_at = last_at
-                request.hops["first_token"] = time.time_ns()
-                outcome.prompt_tps = round(
-                    len(uncached) / max(last_at - started, 1e-6) if prefilled.tokens else response.prompt_tps,
-                    1,
-                )
-            generated.append(response.token)
-            text = stops.feed(response.text)
-            if scorer is not None:
-                # The end-of-sequence token (finish "stop") is not part of the answer: no entry, as OpenAI.
-                if response.finish_reason != "stop":
-                    release.add(scorer.entry(response.token, response.logprobs))
-                entries.extend(release.shown(text))
-            if text:
-                parts.append(text)
-                pending.append(text)
-            if stops.stopped:
-                finish = "stop"
-                break
-            if response.finish_reason:
-                finish = response.finish_reason
-                whole = True
-                break
-            if stream.should_stop:
-                finish = "cancelled"
-                break
-            # The first text goes out at once (time to first token: last_flush is 0), the rest in batches.
-            if (pending or entries) and last_at - last_flush >= interval:
-                _emit_delta(stream, pending, entries, len(generated))
-                if not last_flush:
-                    stream.flush()  # see ReplyStream.flush: on its way before the next token is computed
-                last_flush = last_at
-    finally:
-        if hasattr(token_stream, "close"):
-            token_stream.close()
-    tail = stops.flush()
-    if tail:
-        parts.append(tail)
-        pending.append(tail)
-    if scorer is not None:
-        entries.extend(release.finish(stopped=stops.stopped))
-    if pending or entries:
-        _emit_delta(stream, pending, entries, len(generated))
-
-    outcome.text = "".join(parts)
-    outcome.finish_reason = finish
-    outcome.completion_tokens = len(generated)
-    if first_at is not None:
-        outcome.ttft_ms = round((first_at - started) * 1000, 1)
-        if len(generated) > 1 and last_at and last_at > first_at:
-            outcome.tokens_per_second = round((len(generated) - 1) / (last_at - first_at), 1)
-    outcome.peak_memory_bytes = mx.get_peak_memory()
-    if not consistent:
-        return None, None
-    if not whole or not generated:
-        return generated, None
-    return generated, as_shown(loaded.tokenizer, outcome.text, generated[-1])
-
-
-def _emit_delta(stream: ReplyStream, pending: list[str], entries: list[dict[str, Any]], tokens: int) -> None:
-    fields: dict[str, Any] = {"text": "".join(pending), "tokens": tokens}
-    if entries:  # only requests that asked for logprobs have any
-        fields["logprobs"] = list(entries)
-    stream.emit("chat.delta", **fields)
-    pending.clear()
-    entries.clear()
 
 
 # --- Results ------------------------------------------------------------------------------------------------
