@@ -19,7 +19,8 @@ from models_app.services.errors import action_for_job
 class StrictCharField(serializers.CharField):
     """A string and nothing else: DRF's CharField turns 0 or true into "0" and "True". Its length is checked
     as sent, as the schema's maxLength says; DRF checks it after trimming, so 101 characters with a leading
-    space would pass a limit of 100 (schemathesis found that)."""
+    space would pass a limit of 100 (schemathesis found that). A field whose pattern allows no space at its ends
+    says trim_whitespace=False: " " or "name " met its pattern only after DRF's trim (found again)."""
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
@@ -492,6 +493,7 @@ class DiscoverQuerySerializer(serializers.Serializer):
         allow_blank=True,
         max_length=96,
         validators=[RegexValidator(r"^[A-Za-z0-9._-]+$")],
+        trim_whitespace=False,
         help_text="Only this Hub user or organisation",
     )
     mlx_only = serializers.BooleanField(default=True, help_text="Only repos tagged for the mlx library")
@@ -501,6 +503,7 @@ class DiscoverQuerySerializer(serializers.Serializer):
         allow_blank=True,
         max_length=1000,
         validators=[RegexValidator(r"^[A-Za-z0-9_=.+/%-]+$")],
+        trim_whitespace=False,
         help_text="The page after the one that gave this next_cursor ('' for the first page)",
     )
 

@@ -55,3 +55,14 @@ def test_swagger_ui_works_offline(alice_client) -> None:  # type: ignore[no-unty
     bundle = html.split('src="', 2)[1].split('"', 1)[0]
     assert bundle.startswith("/static/")
     assert alice_client.get(bundle).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query", ["author=%20", "author=mlx-community%20", "cursor=%20", "cursor=%20abc", "author=%C2%A0"]
+)
+def test_discover_refuses_what_its_patterns_refuse_even_when_trimming_would_pass_it(
+    alice_api: KeyClient, query: str
+) -> None:
+    """Schemathesis sent author=" ": DRF trimmed it to "" (allowed blank) while the schema's oneOf refuses it."""
+    response = alice_api.get(f"/api/v1/discover?{query}")
+    assert response.status_code == 400, response.content
