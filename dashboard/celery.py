@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
@@ -32,3 +32,16 @@ def _retire_worker(sender, **_kwargs) -> None:  # type: ignore[no-untyped-def]
     from models_app.services import workers
 
     workers.stop_presence()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _tidy_database_connections(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    # As Django does around a request: close this thread's connections that are past DATABASE_CONN_MAX_AGE or
+    # fail their health check (a restarted database), keep the others (CELERY_DB_REUSE_MAX in settings). Not
+    # for a task run eagerly: it runs inside its caller's transaction (as Celery's own fixup skips it).
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

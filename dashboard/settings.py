@@ -136,7 +136,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
-        conn_max_age=0,
+        # Kept open between requests and tasks (health-checked before reuse): a new connection per chat
+        # message cost the web and the inference worker a connect each (SQLite's PRAGMAs; PostgreSQL's TCP and
+        # auth) on the path to the first token. 0 closes each at the end of its request, as Django's default.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 300, minimum=0),
         conn_health_checks=True,
     )
 }
@@ -416,6 +419,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = DOWNLOAD_TIME_LIMIT
 CELERY_TASK_TIME_LIMIT = DOWNLOAD_TIME_LIMIT + 120
 CELERY_TASK_IGNORE_RESULT = True
+# Celery's Django fixup closes every database connection before and after each task unless told to reuse them;
+# dashboard/celery.py closes them as Django does after a request instead (past DATABASE_CONN_MAX_AGE, or
+# failing their health check), so a generation does not open a connection on its way to the first token.
+CELERY_DB_REUSE_MAX = 2**62
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
