@@ -83,10 +83,10 @@ class ReplyStream:
         self._pending: deque[Any] = deque()
         self._runner = loop_thread()
         self._closing = False
-        self._wake: asyncio.Event | None = None
-        self._ready = threading.Event()
+        # Made here, not in the pump: an asyncio.Event binds to the loop that first waits on it, and waiting
+        # for the pump to start would cost every request a round trip to the sender thread.
+        self._wake = asyncio.Event()
         self._pump_future = self._runner.submit(self._pump())
-        self._ready.wait(5)
         self._poll_future = (
             self._runner.submit(self._poll_cancel(cancel_key(request_id), settings.REDIS_URL))
             if poll_cancel
@@ -126,12 +126,9 @@ class ReplyStream:
         return self.cancelled.is_set() or self.send_error is not None
 
     def _wake_up(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     async def _pump(self) -> None:
-        self._wake = asyncio.Event()
-        self._ready.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
