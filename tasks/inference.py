@@ -1,6 +1,10 @@
-"""Celery tasks for the inference queue (one worker per host, `-P threads -c INFERENCE_SLOTS`: the loaded
-models live in the worker's own process; each task thread hands its request to the engine's one loop, which
-batches concurrent generations, models_app/services/engine/batch.py).
+"""Celery's side of the inference worker (one per host, `-P threads -c INFERENCE_SLOTS`: the loaded models live
+in the worker's own process).
+
+Generation requests do not come through Celery: once the worker is ready, it starts the engine's intake
+(models_app/services/engine/intake.py), which takes them off Redis lists and runs each in one of
+INFERENCE_SLOTS slots feeding the engine's one batching loop (engine/batch.py). The `inference.generate` task
+stays, the same function behind a Celery message, for whatever still sends one.
 
 Thin: each task calls one function of the engine (models_app.services.engine), imported inside the task: MLX
 is imported by the inference worker only, never by the web process or the downloads worker, which import this
@@ -12,7 +16,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 log = logging.getLogger(__name__)
 
@@ -62,4 +66,27 @@ def _setup_inference_worker(sender: Any, **_kwargs: Any) -> None:
 
     state.state().hostname = sender.hostname
     workers.add_extra_provider(state.worker_status)
+    # This machine's own queue first: a request routed here was meant for this machine.
+    _intake_plan.update(queues=sorted(queues, key=lambda q: q == "inference"), slots=sender.concurrency)
     log.info("inference worker %s ready: %s", sender.hostname, state.worker_status()["mlx"])
+
+
+_intake_plan: dict[str, Any] = {}
+
+
+@worker_ready.connect
+def _start_intake(**_kwargs: Any) -> None:
+    """Take generation requests once the worker is up (models_app/services/engine/intake.py)."""
+    if _intake_plan:
+        from models_app.services.engine import intake
+
+        intake.start(_intake_plan["queues"], slots=_intake_plan["slots"])
+
+
+@worker_shutdown.connect
+def _stop_intake(**_kwargs: Any) -> None:
+    """A warm shutdown: no new request, and the running ones end first (as Celery waits for its tasks)."""
+    if _intake_plan:
+        from models_app.services.engine import intake
+
+        intake.stop()

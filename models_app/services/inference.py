@@ -1,12 +1,15 @@
 """Inference: the one path from a chat page or an API call to tokens streamed back.
 
-Web processes call `start_generation(request)` and read replies from a channel; the inference worker (Celery
-queue `inference`, a threads pool feeding one batching loop, one per host) runs `engine.generation.generate(request)`
-(tasks/inference.py). The engine is the only code that imports MLX. It imports this module (the contract below,
+Web processes call `start_generation(request)` and read replies from a channel; the inference worker (one per
+host, consuming the queue `inference` and its machine's `inference.<node>`) takes the request off that queue's
+inbox (a Redis list, `inbox_key`: engine/intake.py) and runs `engine.generation.generate(request)` in one of its
+slots, which feed one batching loop. Not a Celery task: Celery's dispatch cost 3-13 ms per request here, more
+than a fast model's whole first token; Celery still carries loads, unloads and the periodic tasks
+(tasks/inference.py), and its worker's presence is what `ensure_worker` checks. The engine is the only code that imports MLX. It imports this module (the contract below,
 the request checks, the keys and constants both sides share); this module never imports the engine, so it is
 safe anywhere.
 
-The generation request (a JSON-able dict, the Celery task's only argument; it never holds a secret)
+The generation request (a JSON-able dict, sent as JSON through the inbox; it never holds a secret)
 --------------------------------------------------------------------------------------------------
     request_id            str, required. A fresh uuid4 string: the Usage row's request_id, the cancel key.
     reply_channel         str, required. Channel-layer name the replies go to: a consumer's channel_name,
@@ -59,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -77,7 +81,7 @@ from models_app.units import parse_duration
 log = logging.getLogger(__name__)
 
 QUEUE = "inference"
-# A request nobody picked up within this long is dropped by Celery: its page gave up long ago.
+# A request nobody picked up within this long is dropped at pickup (engine/intake.py): its page gave up long ago.
 QUEUE_EXPIRY = 900
 CANCEL_TTL = 3600
 MAX_STOP_STRINGS = 16
@@ -354,18 +358,30 @@ def start_generation(request: dict[str, Any], *, queue: str | None = None) -> st
     caller routed it); returns that queue. Raises InferenceUnavailable when no live worker consumes the queue
     (checked in Redis in about a millisecond) or when the broker is down."""
     queue = queue or queue_for_snapshot(request["snapshot_id"])
+    ensure_worker(queue)
     enqueued_at = time.time()
     request_id = str(request["request_id"])
-    # Its place in the queue, for "N ahead" while it waits: the worker takes it out when it picks it up.
-    with contextlib.suppress(redis.RedisError):
-        app_redis.client().zadd(queued_key(queue), {request_id: enqueued_at})
     stamp_hop(request, "enqueue")
+    message = json.dumps({**request, "enqueued_at": enqueued_at, "queue": queue})
     try:
-        _send("inference.generate", [{**request, "enqueued_at": enqueued_at, "queue": queue}], queue=queue)
-    except InferenceUnavailable:
+        # One round trip: its place in the queue, for "N ahead" while it waits (the worker takes it out when
+        # it picks it up), and the request itself. The inbox expires with its last request, should no worker
+        # ever come back for it.
+        with app_redis.client().pipeline(transaction=False) as pipe:
+            pipe.zadd(queued_key(queue), {request_id: enqueued_at})
+            pipe.rpush(inbox_key(queue), message)
+            pipe.expire(inbox_key(queue), QUEUE_EXPIRY)
+            pipe.execute()
+    except redis.RedisError as exc:  # the request would never run: say so now
         leave_queue({"request_id": request_id, "queue": queue})
-        raise
+        raise InferenceUnavailable(f"The task queue is not answering: {exc}") from exc
     return queue
+
+
+def inbox_key(queue: str) -> str:
+    """The Redis list of a queue's generation requests (JSON), oldest first: the inference worker's intake
+    pops them (engine/intake.py)."""
+    return app_redis.key("inference", "inbox", queue)
 
 
 def queued_key(queue: str) -> str:
@@ -385,7 +401,7 @@ def places_ahead(request_id: str, queue: str) -> int | None:
     key, now = queued_key(queue), time.time()
     try:
         with app_redis.client().pipeline() as pipe:
-            # Requests whose worker died before picking them up: Celery drops them after QUEUE_EXPIRY.
+            # Requests whose worker died before picking them up: dropped at pickup after QUEUE_EXPIRY.
             pipe.zremrangebyscore(key, "-inf", now - QUEUE_EXPIRY)
             pipe.zscore(key, request_id)
             _, score = pipe.execute()

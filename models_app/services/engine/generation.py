@@ -164,10 +164,10 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
     Never raises: every failure becomes a chat.error to the requester and an error on the message."""
     picked_ns = time.time_ns()
     engine = state()
-    inference.leave_queue(raw)  # whatever happens next, it no longer waits behind anything
     try:
         request = Request.parse(raw)
     except (GenerationError, KeyError, TypeError, ValueError) as exc:
+        inference.leave_queue(raw)  # it no longer waits behind anything
         log.warning("rejected a malformed generation request: %s", exc)
         if raw.get("reply_channel") and raw.get("request_id"):
             stream = ReplyStream(
@@ -185,7 +185,7 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
     stream = ReplyStream(channel=request.reply_channel, request_id=request.request_id, layer=layer)
     outcome = Outcome()
     try:
-        _mark_picked(request, engine.hostname)
+        _mark_picked(request, raw.get("queue"), engine.hostname)
         result = _run(engine, request, stream, outcome)
         return result.usage()
     except (GenerationError, ModelLoadError, PromptError) as exc:
@@ -218,12 +218,15 @@ def _log_hops(request: Request, stream: ReplyStream) -> None:
     hops_log.debug("request %s hops %s", request.request_id, json.dumps(request.hops))
 
 
-def _mark_picked(request: Request, hostname: str) -> None:
-    client = app_redis.client()
-    pipe = client.pipeline()
+def _mark_picked(request: Request, queue: Any, hostname: str) -> None:
+    """One round trip: out of its queue's waiting line (whatever happens next, it no longer waits behind
+    anything), taken by this worker (the web side's watch follows it now), and was it stopped meanwhile?"""
+    pipe = app_redis.client().pipeline()
+    if queue:
+        pipe.zrem(inference.queued_key(str(queue)), request.request_id)
     pipe.set(inference.picked_key(request.request_id), hostname, ex=inference.CANCEL_TTL)
     pipe.exists(cancel_key(request.request_id))
-    _, cancelled = pipe.execute()
+    *_, cancelled = pipe.execute()
     if cancelled:  # stopped while it waited in the queue
         raise Cancelled
 

@@ -1,0 +1,130 @@
+"""The inference worker's intake (models_app/services/engine/intake.py): generation requests taken straight off
+their queue's Redis list, one per free slot. The real worker serving real requests through it is what every
+test of tests/chat proves; these isolate the intake's own rules against real Redis, with the generation
+itself replaced by a recorder."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from models_app.services import inference, workers
+from models_app.services import redis as app_redis
+from models_app.services.engine import generation, intake
+
+
+@pytest.fixture
+def inbox(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A queue of its own, with a worker's presence so start_generation accepts requests for it."""
+    settings.REDIS_PREFIX = f"mlxcr-test-intake-{uuid.uuid4().hex[:8]}"
+    queue = "inference"
+    workers.beat_once(hostname="intake@test", queues=[queue], started_at=time.time())
+    yield queue
+    client = app_redis.client()
+    keys = list(client.scan_iter(f"{settings.REDIS_PREFIX}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+class Recorder:
+    """Stands in for generation.generate: records each request and holds it until released."""
+
+    def __init__(self) -> None:
+        self.started: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        self._cond = threading.Condition()
+
+    def __call__(self, request: dict[str, Any]) -> None:
+        with self._cond:
+            self.started.append(request)
+            self._cond.notify_all()
+        self.release.wait(10)
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.started) >= count, timeout)
+        return list(self.started)
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    rec = Recorder()
+    monkeypatch.setattr(generation, "generate", rec)
+    yield rec
+    rec.release.set()
+
+
+def request(number: int) -> dict[str, Any]:
+    return {
+        "request_id": str(uuid.uuid4()),
+        "reply_channel": f"test!{number}",
+        "snapshot_id": number,
+        "messages": [{"role": "user", "content": f"hello {number}"}],
+    }
+
+
+def test_a_request_reaches_a_slot_as_sent_with_its_queue_and_time(inbox: str, recorder: Recorder) -> None:
+    sent = request(1)
+    before = time.time()
+    assert inference.start_generation(sent, queue=inbox) == inbox
+    taker = intake.Intake([inbox], slots=1).start()
+    try:
+        [got] = recorder.wait_for(1)
+    finally:
+        recorder.release.set()
+        taker.stop()
+    assert {k: got[k] for k in sent} == sent
+    assert got["queue"] == inbox and before <= got["enqueued_at"] <= time.time()
+    assert "enqueue" in got["hops"]
+    assert app_redis.client().llen(inference.inbox_key(inbox)) == 0
+
+
+def test_what_finds_no_free_slot_stays_in_the_list_in_line(inbox: str, recorder: Recorder) -> None:
+    first, second = request(1), request(2)
+    inference.start_generation(first, queue=inbox)
+    inference.start_generation(second, queue=inbox)
+    taker = intake.Intake([inbox], slots=1).start()
+    try:
+        assert [r["request_id"] for r in recorder.wait_for(1)] == [first["request_id"]]
+        time.sleep(intake.WAIT + 0.5)  # the intake had the time to take it, had a slot been free
+        # Still in Redis, where another machine's worker could take it, and still in line for "N ahead".
+        assert app_redis.client().llen(inference.inbox_key(inbox)) == 1
+        assert app_redis.client().zscore(inference.queued_key(inbox), second["request_id"]) is not None
+        recorder.release.set()
+        assert [r["request_id"] for r in recorder.wait_for(2)] == [first["request_id"], second["request_id"]]
+    finally:
+        recorder.release.set()
+        taker.stop()
+
+
+def test_a_stale_request_and_a_malformed_one_are_dropped_and_the_next_one_served(
+    inbox: str, recorder: Recorder
+) -> None:
+    stale = {**request(1), "enqueued_at": time.time() - inference.QUEUE_EXPIRY - 5, "queue": inbox}
+    client = app_redis.client()
+    client.zadd(inference.queued_key(inbox), {stale["request_id"]: stale["enqueued_at"]})
+    client.rpush(inference.inbox_key(inbox), json.dumps(stale), "not json", json.dumps(["not", "a", "dict"]))
+    fresh = request(2)
+    inference.start_generation(fresh, queue=inbox)
+    taker = intake.Intake([inbox], slots=1).start()
+    try:
+        served = recorder.wait_for(1)
+        recorder.release.set()
+    finally:
+        taker.stop()
+    assert [r["request_id"] for r in served] == [fresh["request_id"]]
+    assert recorder.started == served  # nothing else was run
+    assert client.zscore(inference.queued_key(inbox), stale["request_id"]) is None  # out of the line
+
+
+def test_a_request_for_a_queue_nobody_serves_is_refused_at_once(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.REDIS_PREFIX = f"mlxcr-test-intake-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(inference.InferenceUnavailable):
+        inference.start_generation(request(1), queue="inference")
+    assert app_redis.client().llen(inference.inbox_key("inference")) == 0
