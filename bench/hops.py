@@ -1,8 +1,8 @@
 """Where the product's time to first token goes: one request's hops, from the client's send to its first text.
 
 The product stamps `time.time_ns()` as a request passes each step (models_app.services.inference, `hops`):
-the web process when it received the request (`received`) and just before handing it to Celery (`enqueue`),
-the inference worker when its task started (`picked`), when the engine loop took it (`engine`), when the
+the web process when it received the request (`received`) and just before pushing it onto its queue's inbox
+(`enqueue`), the inference worker when a slot started it (`picked`), when the engine loop took it (`engine`), when the
 model, prompt and KV cache were ready and prefill began (`prefill`), at the first token (`first_token`) and
 when that token's chat.delta was handed to the channel layer (`first_sent`). With LOG_HOPS=1 the worker logs
 them in one line per request; this reads that log and adds the client's own stamps (`client_sent`,
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 HOPS: list[tuple[str, str, str]] = [
     ("client_sent", "received", "client → web process (socket, ASGI, auth)"),
     ("received", "enqueue", "web: rows, checks, routing"),
-    ("enqueue", "picked", "Celery send → broker → worker task starts"),
-    ("picked", "engine", "worker task → engine loop takes it"),
+    ("enqueue", "picked", "inbox (Redis list) → worker intake → a slot starts it"),
+    ("picked", "engine", "slot: snapshot row, picked mark → engine loop takes it"),
     ("engine", "prefill", "model, prompt, KV cache, chat.started"),
     ("prefill", "first_token", "prefill and first decode step"),
     ("first_token", "first_sent", "first text → channel layer"),
