@@ -21,6 +21,7 @@ from models_app.services import hub as hub_service
 from models_app.services import hub_checks, hub_digest, hub_progress, jobs
 from models_app.services.cache_layout import FileRecord
 from models_app.services.cleanup import clean_cache
+from models_app.services.errors import DownloadCancelled
 from models_app.services.hub_progress import JobMonitor
 from models_app.services.xet import install_xet_guard
 from tests.downloads.conftest import (
@@ -364,3 +365,35 @@ def test_a_xet_file_is_hashed_while_hf_xet_writes_it_and_verification_only_waits
     problems = hub_checks.verify_files(repo, sha, [wrong], just_written=True)
     assert problems["big.safetensors"].startswith("sha256 differs from the Hub's"), problems
     assert not (repo / "snapshots" / sha / "big.safetensors").exists() and not entry.exists()
+
+
+def test_an_aborted_xet_transfer_stops_its_hasher_and_records_nothing(
+    xet_over_http, xet_publish, tmp_path
+) -> None:
+    hub = xet_over_http
+    data = os.urandom(FOLLOWED_SIZE)
+    digest = hashlib.sha256(data).hexdigest()
+    repo_id, _ = xet_publish("xet-follow-abort", extra={"big.safetensors": data})
+    segments = hub.cas.segments(hub.xet_hash(repo_id, "big.safetensors"))
+    head = sum(s.unpacked for s in segments if s.xorb == segments[0].xorb)
+    hub.stall_xet({s.xorb for s in segments} - {segments[0].xorb})
+    monitor = watched(repo_id)
+    try:
+        thread, errors = start_guarded_download(hub, repo_id, tmp_path)
+        wait_for(
+            lambda: any(h.hashed >= head for h in hashers_of(digest)), 60, "the written part was never hashed"
+        )
+        hasher = hashers_of(digest)[0]
+        monitor.abort(DownloadCancelled("Cancelled."))  # what a cancel, a stall or the time limit does
+        thread.join(60)
+    finally:
+        hub.release_xet()
+        hub_progress._unregister(monitor)
+
+    assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], DownloadCancelled), errors
+    # The hasher let go of the file at once (before the rest could come) and nothing of it stands for a blob.
+    assert hasher.done.wait(5) and hasher.cancelled.is_set() and hashers_of(digest) == []
+    assert hasher.hashed < FOLLOWED_SIZE
+    with hub_digest._lock:
+        assert digest not in {recorded for _, _, recorded in hub_digest._records.values()}
+    assert not list(tmp_path.rglob("*.incomplete"))
