@@ -324,6 +324,15 @@ def watched(repo_id: str) -> JobMonitor:
     return monitor
 
 
+def refuse_reading(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Verification that would read a blob again fails the test: the digest taken in flight must do."""
+
+    def no_read(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("verification read the blob again")
+
+    monkeypatch.setattr(hub_checks, "file_hash", no_read)
+
+
 def test_a_xet_file_is_hashed_while_hf_xet_writes_it_and_verification_only_waits_for_the_tail(
     xet_over_http, xet_publish, tmp_path, monkeypatch
 ) -> None:
@@ -351,20 +360,10 @@ def test_a_xet_file_is_hashed_while_hf_xet_writes_it_and_verification_only_waits
         hub_progress._unregister(monitor)
     assert not thread.is_alive() and not errors, errors
 
-    def no_read(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise AssertionError("verification read the blob again")
-
-    monkeypatch.setattr(hub_checks, "file_hash", no_read)
+    refuse_reading(monkeypatch)
     repo = tmp_path / repo_folder_name(repo_id=repo_id, repo_type="model")
     spec = FileRecord("big.safetensors", FOLLOWED_SIZE, "0" * 40, digest)
     assert hub_checks.verify_files(repo, sha, [spec], just_written=True) == {}
-    # ...and what was recorded is a digest compared as any: bytes that are not the Hub's still fail, and go.
-    wrong = FileRecord("big.safetensors", FOLLOWED_SIZE, "0" * 40, "f" * 64)
-    entry = shared_entry(hub.xet_hash(repo_id, "big.safetensors"), tmp_path)
-    assert entry.is_file()
-    problems = hub_checks.verify_files(repo, sha, [wrong], just_written=True)
-    assert problems["big.safetensors"].startswith("sha256 differs from the Hub's"), problems
-    assert not (repo / "snapshots" / sha / "big.safetensors").exists() and not entry.exists()
 
 
 def test_an_aborted_xet_transfer_stops_its_hasher_and_records_nothing(
@@ -397,3 +396,37 @@ def test_an_aborted_xet_transfer_stops_its_hasher_and_records_nothing(
     with hub_digest._lock:
         assert digest not in {recorded for _, _, recorded in hub_digest._records.values()}
     assert not list(tmp_path.rglob("*.incomplete"))
+
+
+def test_wrong_bytes_written_by_hf_xet_are_caught_by_the_digest_taken_while_it_wrote(
+    xet_over_http, xet_publish, tmp_path, monkeypatch
+) -> None:
+    hub = xet_over_http
+    data = os.urandom(FOLLOWED_SIZE)
+    repo_id, sha = xet_publish("xet-follow-corrupt", extra={"big.safetensors": data})
+    xet_hash = hub.xet_hash(repo_id, "big.safetensors")
+    xorb = hub.cas.xorb_path(hub.cas.segments(xet_hash)[0].xorb)
+    stored = xorb.read_bytes()
+    # One flipped byte in the CAS's copy: hf_xet does not check chunk hashes as it reconstructs (measured),
+    # so the file it writes differs from the Hub's sha256 by that byte.
+    flipped = bytearray(stored)
+    flipped[len(stored) // 3] ^= 0xFF
+    xorb.write_bytes(bytes(flipped))
+    monitor = watched(repo_id)
+    try:
+        thread, errors = start_guarded_download(hub, repo_id, tmp_path)
+        thread.join(120)
+    finally:
+        xorb.write_bytes(stored)
+        hub_progress._unregister(monitor)
+    assert not thread.is_alive() and not errors, errors
+
+    refuse_reading(monkeypatch)  # the digest taken while hf_xet wrote is what catches it
+    repo = tmp_path / repo_folder_name(repo_id=repo_id, repo_type="model")
+    entry = shared_entry(xet_hash, tmp_path)
+    assert entry.is_file() and entry.stat().st_size == FOLLOWED_SIZE
+    spec = FileRecord("big.safetensors", FOLLOWED_SIZE, "0" * 40, hashlib.sha256(data).hexdigest())
+    problems = hub_checks.verify_files(repo, sha, [spec], just_written=True)
+
+    assert problems["big.safetensors"].startswith("sha256 differs from the Hub's"), problems
+    assert not (repo / "snapshots" / sha / "big.safetensors").exists() and not entry.exists()
