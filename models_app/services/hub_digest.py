@@ -24,6 +24,7 @@ fails or is aborted) records nothing, and verification reads the blob from disk 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import re
@@ -33,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 # huggingface_hub's temporary file: blobs/<etag>.<8 hex>.incomplete. A 64-hex etag is an LFS sha256, a
 # 40-hex one a git blob sha1 (HUB_PROTOCOL.md §3): the id verification checks the blob against.
@@ -289,8 +292,8 @@ class GrowingFileHasher:
                     self._follow(fd)
                 finally:
                     os.close(fd)
-        except Exception:  # never expected (an unreadable file): the blob is then hashed from disk
-            pass
+        except Exception:  # never expected (unreadable): nothing is recorded, the blob is hashed from disk
+            log.warning("could not follow %s as hf_xet wrote it", self.path.name, exc_info=True)
         finally:
             with _following_lock:
                 _following.remove(self)
