@@ -82,6 +82,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep var/bench/run/ (HF cache, hub, logs)")
     parser.add_argument(
+        "--xet-only",
+        action="store_true",
+        help="downloads: only the case served through the local Hub's Xet CAS (its rows, in a few minutes)",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="CI's check that the benchmark still runs: --quick, the tiny model, small downloads, one round; "
@@ -193,6 +198,8 @@ def main(argv: list[str]) -> int:
             ),
         ]
 
+    if args.xet_only:
+        cases_dirs = [case for case in cases_dirs if case[1].endswith("-xet")]
     hub = downloads.start_hub(run_dir / "hub")
     product = Product(run_dir / "product", hub.url)
     try:

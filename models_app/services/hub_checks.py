@@ -181,8 +181,10 @@ def file_hash(path: Path, size: int, *, git_sha1: bool, check: Callable[[], None
 
 
 def _digest(blob: Path, size: int, *, git_sha1: bool, just_written: bool, check: Callable[[], None]) -> str:
-    if just_written and (known := hub_digest.known_digest(blob, git_sha1=git_sha1)) is not None:
-        return known  # hashed as it was written, and not written since (hub_digest)
+    if just_written:
+        hub_digest.await_following(blob, check)  # a Xet file's hasher may still have its tail to do
+        if (known := hub_digest.known_digest(blob, git_sha1=git_sha1)) is not None:
+            return known  # hashed as it was written, and not written since (hub_digest)
     return file_hash(blob, size, git_sha1=git_sha1, check=check)
 
 

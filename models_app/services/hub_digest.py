@@ -12,20 +12,30 @@ same expected id: a corrupted byte from the Hub is caught exactly as before, onl
 Why at the file write, not in the HTTP transport: the transport sees the body as it came off the socket
 (possibly content-encoded, possibly a retry that http_get rewinds over) and only the URL, which a redirect
 changes; the file write sees exactly the bytes that land in the blob, in order, and the blob's name.
-Xet transfers do not go through http_get (hf_xet reconstructs the file itself): they are hashed from disk.
+Xet transfers do not go through http_get: hf_xet reconstructs the file itself, from Rust. Its file writer
+(xet-core's `SequentialWriter`, behind `reconstruct_to_file`) is one thread that appends the file's bytes in
+order, from offset 0, to a file it creates and truncates: whatever lies below the file's size is final. So a
+`GrowingFileHasher` follows the file as it grows, reading what is already there, and once the transfer ended
+well only the tail remains to hash. Its digest is recorded like a HashingFile's, against the file's identity
+after the last write; anything unexpected (the file shrinks, grows past its size, is replaced, the transfer
+fails or is aborted) records nothing, and verification reads the blob from disk as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 # huggingface_hub's temporary file: blobs/<etag>.<8 hex>.incomplete. A 64-hex etag is an LFS sha256, a
 # 40-hex one a git blob sha1 (HUB_PROTOCOL.md §3): the id verification checks the blob against.
@@ -234,3 +244,131 @@ def hashing_resumed(file: IO[bytes], prefix: int, expected_size: int) -> Hashing
         digest.update(chunk)
         offset += len(chunk)
     return HashingFile(file, kind, expected_size, digest=digest)
+
+
+# --- Following a file another writer appends to (Xet) -----------------------------------------------------
+
+FOLLOW_POLL = 0.02  # seconds between two looks at a file that did not grow
+FOLLOW_CHUNK = 8 << 20
+
+_following: list[GrowingFileHasher] = []
+_following_lock = threading.Lock()
+
+
+class GrowingFileHasher:
+    """Hashes, on a thread of its own, the file at `path` while hf_xet writes it (see the module docstring).
+    The transfer's owner says how it ended: `transfer_ended()` (every byte is written; the digest is
+    recorded once the last is hashed) or `cancel()` (nothing is recorded; the thread stops at its next
+    chunk). `hashed` counts the bytes hashed so far."""
+
+    def __init__(self, path: Path, kind: str, size: int) -> None:
+        self.path = path
+        self.kind = kind
+        self.size = size
+        self.hashed = 0
+        self.key: tuple[int, int] | None = None  # (device, inode) once the file is open
+        self.ended = threading.Event()  # the transfer succeeded: no byte more will be written
+        self.cancelled = threading.Event()
+        self.done = threading.Event()  # the thread is over, recorded or not
+        self._wake = threading.Event()
+        with _following_lock:
+            _following.append(self)
+        self._thread = threading.Thread(target=self._run, name="xet-hasher", daemon=True)
+        self._thread.start()
+
+    def transfer_ended(self) -> None:
+        self.ended.set()
+        self._wake.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            fd = self._open()
+            if fd is not None:
+                try:
+                    self._follow(fd)
+                finally:
+                    os.close(fd)
+        except Exception:  # never expected (unreadable): nothing is recorded, the blob is hashed from disk
+            log.warning("could not follow %s as hf_xet wrote it", self.path.name, exc_info=True)
+        finally:
+            with _following_lock:
+                _following.remove(self)
+            self.done.set()
+
+    def _open(self) -> int | None:
+        """The file, once hf_xet created it (it does so from its own runtime, after start_download_file)."""
+        while not self.cancelled.is_set():
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                if self.ended.is_set():
+                    return None  # already moved away: too late to follow
+                self._wait()
+                continue
+            st = os.fstat(fd)
+            self.key = (st.st_dev, st.st_ino)
+            return fd
+        return None
+
+    def _wait(self) -> None:
+        self._wake.wait(FOLLOW_POLL)
+        self._wake.clear()
+
+    def _follow(self, fd: int) -> None:
+        digest = new_digest(self.kind, self.size)
+        buffer = memoryview(bytearray(FOLLOW_CHUNK))
+        while not self.cancelled.is_set():
+            ended = self.ended.is_set()  # read before the size: a size read after it is the final one
+            size = os.fstat(fd).st_size
+            if size < self.hashed or size > self.size:
+                return  # truncated or longer than the file: not the sequential writer we follow
+            if size > self.hashed:
+                n = os.preadv(fd, [buffer[: min(FOLLOW_CHUNK, size - self.hashed)]], self.hashed)
+                if n <= 0:
+                    return
+                digest.update(buffer[:n])
+                self.hashed += n
+            elif ended:
+                if self.hashed == self.size:
+                    _remember(_Identity.of(os.fstat(fd)), self.kind, digest.hexdigest())
+                return
+            else:
+                self._wait()
+
+
+def follow(path: Path, size: int) -> GrowingFileHasher | None:
+    """A GrowingFileHasher for a file hf_xet is about to write at `path` (huggingface_hub's temporary
+    file, named after the id verification checks), or None: a small file (hashing it after costs less than
+    the thread), a name that is not such a file, or a file already there (its old bytes are not the
+    transfer's; huggingface_hub creates the file empty, under a name of its own, just before)."""
+    kind = digest_kind(path.name)
+    if kind is None or size < THREADED_FROM:
+        return None
+    try:
+        if path.stat().st_size > 0:
+            return None
+    except FileNotFoundError:
+        pass
+    return GrowingFileHasher(path, kind, size)
+
+
+def await_following(path: Path, check: Callable[[], None] = lambda: None) -> None:
+    """Wait until no hasher that still follows the file at `path` (a transfer that ended well) is busy
+    with it: its digest is then recorded. `check` runs between waits (cancel)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    with _following_lock:
+        busy = [h for h in _following if h.key == (st.st_dev, st.st_ino) and h.ended.is_set()]
+    for hasher in busy:
+        while not hasher.done.wait(FOLLOW_POLL):
+            try:
+                check()
+            except BaseException:
+                hasher.cancel()
+                raise

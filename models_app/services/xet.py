@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from models_app.services import hub_digest
 from models_app.services.errors import NETWORK, DownloadError
 from models_app.services.hub_progress import JobMonitor, monitor_for
 
@@ -87,6 +88,7 @@ class _GuardedGroup:
         self._group = group
         self._monitor = monitor
         self._names: list[str] = []
+        self._hashers: list[hub_digest.GrowingFileHasher] = []
 
     def __enter__(self) -> _GuardedGroup:
         self._group.__enter__()
@@ -99,7 +101,16 @@ class _GuardedGroup:
         name = self._monitor.transfer_started(Path(dest_path).name.split(".", 1)[0])
         if name:
             self._names.append(name)
-        return self._group.start_download_file(file_info, dest_path)
+        # Hashed while hf_xet writes it, so that verification after the transfer has only the tail left.
+        hasher = hub_digest.follow(Path(dest_path), int(getattr(file_info, "file_size", 0) or 0))
+        if hasher is not None:
+            self._hashers.append(hasher)
+        try:
+            return self._group.start_download_file(file_info, dest_path)
+        except BaseException:
+            if hasher is not None:
+                hasher.cancel()
+            raise
 
     def abort(self) -> None:
         self._group.abort()
@@ -109,7 +120,21 @@ class _GuardedGroup:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
         """Wait for the transfers (huggingface_hub enters the group, starts one file, exits) while watching
-        the job; see `_wait`."""
+        the job; see `_wait`. The files' hashers finish only for a transfer that ended well; any other end
+        stops them, recording nothing."""
+        ended_well = False
+        try:
+            self._finish(exc_type, exc, tb)
+            ended_well = exc is None
+        finally:
+            for hasher in self._hashers:
+                if ended_well:
+                    hasher.transfer_ended()
+                else:
+                    hasher.cancel()
+        return None
+
+    def _finish(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         outcome: list[BaseException] = []
         finished = threading.Event()
 

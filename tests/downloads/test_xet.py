@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
+from huggingface_hub import hf_hub_download
+from huggingface_hub.file_download import repo_folder_name
 
 from devkit.processes import wait_for
 from models_app.models import DownloadJob, Snapshot
 from models_app.services import hub as hub_service
-from models_app.services import jobs
+from models_app.services import hub_checks, hub_digest, hub_progress, jobs
+from models_app.services.cache_layout import FileRecord
 from models_app.services.cleanup import clean_cache
+from models_app.services.errors import DownloadCancelled
+from models_app.services.hub_progress import JobMonitor
+from models_app.services.xet import install_xet_guard
 from tests.downloads.conftest import (
     incomplete_files,
     kill_hard,
@@ -282,3 +289,144 @@ def test_a_local_cas_is_followed_only_when_the_settings_allow_it(settings) -> No
     assert hub_guard.cas_allowed("https://cas-server.xethub.hf.co/")
     settings.HUB_XET_LOCAL_CAS = True
     assert hub_guard.cas_allowed("local:///var/lib/anything")
+
+
+# --- Hashing while hf_xet writes (hub_digest.GrowingFileHasher) ----------------------------------------------
+
+FOLLOWED_SIZE = 100_000_000  # two xorbs (64 MB at most each): hf_xet writes the first while the second comes
+
+
+def hashers_of(etag: str) -> list[hub_digest.GrowingFileHasher]:
+    with hub_digest._following_lock:
+        return [h for h in hub_digest._following if h.path.name.startswith(f"{etag}.")]
+
+
+def start_guarded_download(hub, repo_id: str, cache: Path) -> tuple[threading.Thread, list[BaseException]]:  # type: ignore[no-untyped-def]
+    """hf_hub_download of big.safetensors in a thread, as a job's pull runs it: the Xet guard installed and
+    a monitor watching the repo (the caller registers it)."""
+    install_xet_guard()
+    errors: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            hf_hub_download(repo_id, "big.safetensors", cache_dir=cache, endpoint=hub.url, token=False)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def watched(repo_id: str) -> JobMonitor:
+    monitor = JobMonitor(job_id=0, task_id="test", repo_id=repo_id, revision="main", owner_id=None)
+    hub_progress._register(monitor)  # what start() does, without the watcher thread and its job row
+    return monitor
+
+
+def refuse_reading(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Verification that would read a blob again fails the test: the digest taken in flight must do."""
+
+    def no_read(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("verification read the blob again")
+
+    monkeypatch.setattr(hub_checks, "file_hash", no_read)
+
+
+def test_a_xet_file_is_hashed_while_hf_xet_writes_it_and_verification_only_waits_for_the_tail(
+    xet_over_http, xet_publish, tmp_path, monkeypatch
+) -> None:
+    hub = xet_over_http
+    data = os.urandom(FOLLOWED_SIZE)
+    digest = hashlib.sha256(data).hexdigest()
+    repo_id, sha = xet_publish("xet-follow", extra={"big.safetensors": data})
+    segments = hub.cas.segments(hub.xet_hash(repo_id, "big.safetensors"))
+    assert len({s.xorb for s in segments}) >= 2, "the file must span two xorbs"
+    first_xorb = segments[0].xorb
+    head = sum(s.unpacked for s in segments if s.xorb == first_xorb)
+    hub.stall_xet({s.xorb for s in segments} - {first_xorb})  # the rest waits until released
+    monitor = watched(repo_id)
+    try:
+        thread, errors = start_guarded_download(hub, repo_id, tmp_path)
+        # The first xorb is written, and hashed from the file, while the transfer still waits for the rest.
+        wait_for(
+            lambda: any(h.hashed >= head for h in hashers_of(digest)), 60, "the written part was never hashed"
+        )
+        assert thread.is_alive() and not errors
+        hub.release_xet()
+        thread.join(120)
+    finally:
+        hub.release_xet()
+        hub_progress._unregister(monitor)
+    assert not thread.is_alive() and not errors, errors
+
+    refuse_reading(monkeypatch)
+    repo = tmp_path / repo_folder_name(repo_id=repo_id, repo_type="model")
+    spec = FileRecord("big.safetensors", FOLLOWED_SIZE, "0" * 40, digest)
+    assert hub_checks.verify_files(repo, sha, [spec], just_written=True) == {}
+
+
+def test_an_aborted_xet_transfer_stops_its_hasher_and_records_nothing(
+    xet_over_http, xet_publish, tmp_path
+) -> None:
+    hub = xet_over_http
+    data = os.urandom(FOLLOWED_SIZE)
+    digest = hashlib.sha256(data).hexdigest()
+    repo_id, _ = xet_publish("xet-follow-abort", extra={"big.safetensors": data})
+    segments = hub.cas.segments(hub.xet_hash(repo_id, "big.safetensors"))
+    head = sum(s.unpacked for s in segments if s.xorb == segments[0].xorb)
+    hub.stall_xet({s.xorb for s in segments} - {segments[0].xorb})
+    monitor = watched(repo_id)
+    try:
+        thread, errors = start_guarded_download(hub, repo_id, tmp_path)
+        wait_for(
+            lambda: any(h.hashed >= head for h in hashers_of(digest)), 60, "the written part was never hashed"
+        )
+        hasher = hashers_of(digest)[0]
+        monitor.abort(DownloadCancelled("Cancelled."))  # what a cancel, a stall or the time limit does
+        thread.join(60)
+    finally:
+        hub.release_xet()
+        hub_progress._unregister(monitor)
+
+    assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], DownloadCancelled), errors
+    # The hasher let go of the file at once (before the rest could come) and nothing of it stands for a blob.
+    assert hasher.done.wait(5) and hasher.cancelled.is_set() and hashers_of(digest) == []
+    assert hasher.hashed < FOLLOWED_SIZE
+    with hub_digest._lock:
+        assert digest not in {recorded for _, _, recorded in hub_digest._records.values()}
+    assert not list(tmp_path.rglob("*.incomplete"))
+
+
+def test_wrong_bytes_written_by_hf_xet_are_caught_by_the_digest_taken_while_it_wrote(
+    xet_over_http, xet_publish, tmp_path, monkeypatch
+) -> None:
+    hub = xet_over_http
+    data = os.urandom(FOLLOWED_SIZE)
+    repo_id, sha = xet_publish("xet-follow-corrupt", extra={"big.safetensors": data})
+    xet_hash = hub.xet_hash(repo_id, "big.safetensors")
+    xorb = hub.cas.xorb_path(hub.cas.segments(xet_hash)[0].xorb)
+    stored = xorb.read_bytes()
+    # One flipped byte in the CAS's copy: hf_xet does not check chunk hashes as it reconstructs (measured),
+    # so the file it writes differs from the Hub's sha256 by that byte.
+    flipped = bytearray(stored)
+    flipped[len(stored) // 3] ^= 0xFF
+    xorb.write_bytes(bytes(flipped))
+    monitor = watched(repo_id)
+    try:
+        thread, errors = start_guarded_download(hub, repo_id, tmp_path)
+        thread.join(120)
+    finally:
+        xorb.write_bytes(stored)
+        hub_progress._unregister(monitor)
+    assert not thread.is_alive() and not errors, errors
+
+    refuse_reading(monkeypatch)  # the digest taken while hf_xet wrote is what catches it
+    repo = tmp_path / repo_folder_name(repo_id=repo_id, repo_type="model")
+    entry = shared_entry(xet_hash, tmp_path)
+    assert entry.is_file() and entry.stat().st_size == FOLLOWED_SIZE
+    spec = FileRecord("big.safetensors", FOLLOWED_SIZE, "0" * 40, hashlib.sha256(data).hexdigest())
+    problems = hub_checks.verify_files(repo, sha, [spec], just_written=True)
+
+    assert problems["big.safetensors"].startswith("sha256 differs from the Hub's"), problems
+    assert not (repo / "snapshots" / sha / "big.safetensors").exists() and not entry.exists()
