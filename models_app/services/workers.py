@@ -53,6 +53,18 @@ def _presence_key(hostname: str) -> str:
     return app_redis.key("workers", hostname)
 
 
+def _index_key() -> str:
+    """Every worker that beat lately (hostname -> when): finding the presence keys without a SCAN, which walks
+    the whole keyspace (channel-layer messages, cancel flags, Celery's keys) page by page, several times per
+    chat message."""
+    return app_redis.key("workers-index")
+
+
+# An index entry this much older than its worker's last beat is dropped (its presence key expired long ago).
+# Far above TTL: the web server compares a worker's clock with its own here, and machines' clocks differ.
+INDEX_FORGET_AFTER = 600
+
+
 def add_extra_provider(provider: Callable[[], dict[str, Any]]) -> None:
     _extra_providers.append(provider)
 
@@ -91,6 +103,7 @@ def beat_once(
     }
     pipe = app_redis.client().pipeline(transaction=False)
     pipe.set(_presence_key(hostname), json.dumps(payload), ex=TTL)
+    pipe.zadd(_index_key(), {hostname: now})
     # Outlives the presence key: when a machine's workers stop, the pages can still say since when.
     pipe.hset(_last_seen_key(), node, now)
     pipe.execute()
@@ -129,16 +142,24 @@ def stop_presence() -> None:
     _stop.set()
     if _hostname:
         with contextlib.suppress(redis.RedisError):
-            app_redis.client().delete(_presence_key(_hostname))
+            pipe = app_redis.client().pipeline(transaction=False)
+            pipe.delete(_presence_key(_hostname))
+            pipe.zrem(_index_key(), _hostname)
+            pipe.execute()
 
 
 def live_workers() -> list[WorkerInfo]:
     """Workers seen within the TTL. Raises redis.RedisError when Redis is down."""
     client = app_redis.client()
-    keys = list(client.scan_iter(match=_presence_key("*"), count=200))
-    if not keys:
+    pipe = client.pipeline(transaction=False)
+    pipe.zremrangebyscore(_index_key(), "-inf", time.time() - INDEX_FORGET_AFTER)
+    pipe.zrange(_index_key(), 0, -1)
+    _, hostnames = pipe.execute()
+    if not hostnames:
         return []
-    infos = [WorkerInfo(**json.loads(raw)) for raw in client.mget(keys) if raw]
+    # Whether a worker is alive is its presence key's TTL (kept by Redis's clock), not the index's times.
+    raws = client.mget([_presence_key(name) for name in hostnames])
+    infos = [WorkerInfo(**json.loads(raw)) for raw in raws if raw]
     return sorted(infos, key=lambda w: w.hostname)
 
 

@@ -1,0 +1,54 @@
+"""Worker presence is read from an index of hostnames, not by SCANning Redis: a SCAN walks the whole keyspace
+(channel-layer messages, cancel flags, Celery's keys) page by page, and the web server reads presence several
+times per chat message."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from models_app.services import redis as app_redis
+from models_app.services import workers
+
+
+@pytest.fixture
+def prefix(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    settings.REDIS_PREFIX = f"mlxcr-test-presence-{uuid.uuid4().hex[:8]}"
+    yield settings.REDIS_PREFIX
+    client = app_redis.client()
+    keys = list(client.scan_iter(f"{settings.REDIS_PREFIX}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_live_workers_are_found_without_scanning_the_keyspace(prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    workers.beat_once(hostname="a@one", queues=["inference"], started_at=now)
+    workers.beat_once(hostname="b@two", queues=["downloads"], started_at=now)
+    client = app_redis.client()
+    client.mset({f"{prefix}:noise:{i}": "x" for i in range(2000)})
+
+    def no_scan(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("live_workers scanned the keyspace")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(redis.Redis, "scan_iter", no_scan)
+        patched.setattr(redis.Redis, "scan", no_scan)
+        assert [w.hostname for w in workers.live_workers()] == ["a@one", "b@two"]
+        assert [w.hostname for w in workers.workers_for_queue("inference")] == ["a@one"]
+
+        client.delete(app_redis.key("workers", "b@two"))  # its presence expired
+        assert [w.hostname for w in workers.live_workers()] == ["a@one"]
+
+
+def test_an_index_entry_long_past_its_presence_is_forgotten(prefix: str) -> None:
+    workers.beat_once(hostname="old@gone", queues=["inference"], started_at=time.time())
+    client = app_redis.client()
+    client.delete(app_redis.key("workers", "old@gone"))
+    client.zadd(app_redis.key("workers-index"), {"old@gone": time.time() - workers.INDEX_FORGET_AFTER - 1})
+    assert workers.live_workers() == []
+    assert client.zscore(app_redis.key("workers-index"), "old@gone") is None
