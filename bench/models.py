@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the generated files change, so cached builds are redone.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 _STAMP = ".bench-model"
 _QUANT_GROUP = 32
 # Logit penalty for tokens the model must never emit (see _steer).
@@ -91,11 +91,11 @@ TINY = Shape(
     name="tiny",
     model_type="llama",
     architecture="LlamaForCausalLM",
-    hidden_size=128,
-    num_layers=4,
+    hidden_size=32,
+    num_layers=2,
     num_heads=4,
     num_kv_heads=2,
-    intermediate_size=256,
+    intermediate_size=64,
     vocab_size=1024,
     rope_theta=10000.0,
     rms_norm_eps=1e-5,
