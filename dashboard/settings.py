@@ -226,7 +226,7 @@ _CHANNEL_LAYER_RETRY = AsyncRetry(
 )
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "dashboard.channel_layer.RedisChannelLayer",  # channels_redis, one round trip per send
         "CONFIG": {
             # Pooled connections go stale when Redis restarts; without a retry (redis-py's pools default to
             # none) the first command on each one fails: a chat or an SSE stream answered 500 after a restart.
