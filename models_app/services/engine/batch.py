@@ -1,8 +1,12 @@
 """The engine's loop: one thread per inference worker runs every generation of the process, batched.
 
-The worker runs INFERENCE_SLOTS Celery task threads. A task reads its rows (in its own thread), hands a `Job`
-to `engine_loop().run(job)` and waits; then it saves the answer and sends chat.done. The loop thread owns
+The worker runs INFERENCE_SLOTS slot threads (engine/intake.py). A slot reads its rows (in its own thread), hands
+a `Job` to `engine_loop().run(job)` and waits; then it saves the answer and sends chat.done. The loop thread owns
 everything that touches MLX: loading and unloading models, the prompt cache, every forward pass.
+
+A request that finds its model idle, with a short prompt and no logits processors, runs solo (engine/solo.py:
+mlx-lm's generate_step, cheaper per token than a batch of one) until a second request of the model arrives; then
+it moves into the model's BatchGenerator with its KV cache and goes on batched.
 
 For each loaded model with requests, the loop keeps one mlx-lm `BatchGenerator` (continuous batching, as
 `mlx_lm.server` does): a request joins it as soon as the loop takes it, its prompt processed in paced chunks
@@ -33,6 +37,7 @@ from mlx_lm.generate import BatchGenerator
 from models_app.services.engine.answer import Answer
 from models_app.services.engine.prefill import MAX_STEP
 from models_app.services.engine.prompt import as_shown
+from models_app.services.engine.solo import Solo, can_go_solo
 from models_app.services.engine.state import EngineState, state
 
 if TYPE_CHECKING:  # generation imports this module
@@ -42,6 +47,9 @@ if TYPE_CHECKING:  # generation imports this module
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25
+# The key of a solo answer among a batch's members (BatchGenerator's uids count from 0).
+SOLO = -1
+SOLO_MEASURES_FROM = 64  # prompt tokens
 
 
 @dataclass
@@ -88,11 +96,25 @@ class _ModelBatch:
             prefill_step_size=MAX_STEP,
         )
         self.members: dict[int, _Member] = {}
+        # The model's only request, while it is alone (engine/solo.py); its member is members[SOLO].
+        self.solo: Solo | None = None
 
     def add(self, work: _Work, prepared: Prepared) -> None:
         job = work.job
         assert job is not None
         options = job.request.options
+        answer = Answer(
+            stream=job.stream,
+            tokenizer=self.loaded.tokenizer,
+            stops=options.get("stop", []),
+            logprobs=options.get("logprobs"),
+            interval=settings.CHAT_BATCH_INTERVAL,
+        )
+        if not self.members and can_go_solo(prepared, self.loaded.prefill.next_step()):
+            self.solo = Solo(prepared, set(self.loaded.tokenizer.eos_token_ids))
+            self.members[SOLO] = _Member(SOLO, work, job, prepared, answer)
+            return
+        self._end_solo()  # a second request: the solo goes on batched with it
         uncached = prepared.prompt_tokens[prepared.cached :]
         (uid,) = self.generator.insert(
             [uncached],
@@ -103,17 +125,44 @@ class _ModelBatch:
             samplers=[prepared.sampler],
             logits_processors=[prepared.processors],
         )
-        answer = Answer(
-            stream=job.stream,
-            tokenizer=self.loaded.tokenizer,
-            stops=options.get("stop", []),
-            logprobs=options.get("logprobs"),
-            interval=settings.CHAT_BATCH_INTERVAL,
-        )
         self.members[uid] = _Member(uid, work, job, prepared, answer)
+
+    def _end_solo(self) -> None:
+        if self.solo is None:
+            return
+        member = self.members.pop(SOLO)
+        member.uid = self.solo.into(self.generator)
+        self.members[member.uid] = member
+        self.solo = None
+
+    def _step_solo(self, engine: EngineState) -> None:
+        solo, member = self.solo, self.members[SOLO]
+        assert solo is not None
+        prompt_step = not solo.generated
+        started = time.perf_counter()
+        token, logprobs, finish = solo.next()
+        uncached = len(solo.prepared.prompt_tokens) - solo.prepared.cached
+        # Its prompt went in with the first token: what the pace learns from (prefill.py), when the prompt
+        # outweighs the decode step that came with it.
+        if prompt_step and uncached >= SOLO_MEASURES_FROM:
+            self.loaded.prefill.observe(uncached, time.perf_counter() - started)
+        member.decoding = True
+        member.answer.add(token, logprobs, finish)
+        if finish is not None:
+            self._finish(engine, SOLO, solo.prepared.cache, solo.tokens)
+        elif member.answer.finish is not None:  # a stop string
+            self._finish(engine, SOLO, solo.prepared.cache, solo.tokens, finish=None)
+        elif member.job.stream.should_stop:  # Stop, or the reader is gone
+            self._finish(engine, SOLO, solo.prepared.cache, solo.tokens, finish="cancelled")
 
     def step(self, engine: EngineState) -> None:
         """One step: a decode step for every answer past its prompt, a prompt chunk for the others."""
+        if self.solo is not None:
+            self._step_solo(engine)
+        else:
+            self._step_batch(engine)
+
+    def _step_batch(self, engine: EngineState) -> None:
         generator = self.generator
         if all(member.decoding for member in self.members.values()):
             # No prompt in this step: nothing for the pace to learn, and generator.stats() costs two
@@ -177,6 +226,8 @@ class _ModelBatch:
         finish: str | None = None,
     ) -> None:
         member = self.members.pop(uid)
+        if uid == SOLO:
+            self.solo = None
         answer, prepared, outcome = member.answer, member.prepared, member.job.outcome
         answer.close(finish)
         outcome.text = answer.text
@@ -205,6 +256,7 @@ class _ModelBatch:
             engine.registry.release(self.loaded)
             member.work.end(error)
         self.members.clear()
+        self.solo = None
 
 
 class EngineLoop:
