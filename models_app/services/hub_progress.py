@@ -138,15 +138,20 @@ class JobMonitor:
         self.check()
         now = time.monotonic()
         if self.downloading and now - self.last_activity > self.stall_timeout:
-            self.abort(
-                DownloadError(
-                    NETWORK,
-                    f"The Hub stopped sending data for more than {self.stall_timeout:.0f} s "
-                    f"(DOWNLOAD_STALL_TIMEOUT) while downloading {self.repo_id}.",
-                    repo_id=self.repo_id,
-                )
+            self.stalled()
+
+    def stalled(self) -> None:
+        """A transfer got no byte for DOWNLOAD_STALL_TIMEOUT (its read timed out, or huggingface_hub retries
+        one that did): the job's network failure, which stops its other transfers too. Raises."""
+        self.abort(
+            DownloadError(
+                NETWORK,
+                f"The Hub stopped sending data for more than {self.stall_timeout:.0f} s "
+                f"(DOWNLOAD_STALL_TIMEOUT) while downloading {self.repo_id}.",
+                repo_id=self.repo_id,
             )
-            self.check()
+        )
+        self.check()
 
     def file_started(self, path: str, method: str) -> str:
         """The repo file a body GET fetches ("" for anything else); shown as the current file while it is
