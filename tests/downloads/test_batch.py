@@ -15,6 +15,7 @@ from huggingface_hub import scan_cache_dir, snapshot_download
 
 from models_app.models import Snapshot
 from models_app.services import hub as hub_service
+from models_app.services import hub_batch
 from models_app.services.hub_batch import SMALL_FILE_MAX
 from tests.downloads.conftest import incomplete_files, repo_dir, resolve_requests, wait_job
 
@@ -100,8 +101,13 @@ def test_a_small_file_that_keeps_failing_fails_the_job_and_keeps_none_of_its_fil
     assert not list((repo_dir(repo_id) / "blobs").glob("*"))
 
 
-def test_a_blob_another_process_is_writing_is_left_to_huggingface_hub(hub, publish, private_queue) -> None:
+def test_a_blob_another_process_is_writing_is_left_to_huggingface_hub(
+    hub, publish, private_queue, monkeypatch
+) -> None:
     repo_id, sha = publish("batch-locked", extra=NOTES)
+    fetched: list[set[str]] = []
+    fetch = hub_batch.fetch
+    monkeypatch.setattr(hub_batch, "fetch", lambda *a, **kw: fetched.append(fetch(*a, **kw)) or fetched[-1])
     held = next(f for p, f in hub.repo(repo_id).commits[sha].files.items() if p == "extra/note-2.txt")
     locks = repo_dir(repo_id).parent / ".locks" / repo_dir(repo_id).name
     locks.mkdir(parents=True, exist_ok=True)
@@ -118,5 +124,8 @@ def test_a_blob_another_process_is_writing_is_left_to_huggingface_hub(hub, publi
     assert (job.state, job.error_code) == ("succeeded", ""), job.error_message
     note = repo_dir(repo_id) / "snapshots" / sha / "extra/note-2.txt"
     assert note.read_bytes() == NOTES["extra/note-2.txt"]
+    # The batch took the other notes and left this one, which snapshot_download fetched once the lock was free.
+    assert len(fetched) == 1 and {"extra/note-0.txt", "extra/note-1.txt"} <= fetched[0]
+    assert "extra/note-2.txt" not in fetched[0]
     gets = [r.path for r in resolve_requests(hub, repo_id) if r.path.endswith("/extra/note-2.txt")]
     assert len(gets) == 1
