@@ -2,8 +2,8 @@
 
 Web side: `download_model` validates, creates or joins the one active job for (repo, revision, node) and
 enqueues its task after commit. Worker side: `run_download` claims the job, resolves the revision to a
-commit, checks disk space and that mlx-lm can load the repo, runs snapshot_download with a progress hook,
-verifies every file, and only then marks the snapshot ready and moves the ref. The job row ends in exactly
+commit, checks disk space and that mlx-lm can load the repo, fetches the small files together (hub_batch) and
+the rest with snapshot_download, with a progress hook, verifies every file, and only then marks the snapshot ready and moves the ref. The job row ends in exactly
 one final state; the plaintext token lives only inside `run_download`."""
 
 from __future__ import annotations
