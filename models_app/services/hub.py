@@ -2,12 +2,13 @@
 
 Web side: `download_model` validates, creates or joins the one active job for (repo, revision, node) and
 enqueues its task after commit. Worker side: `run_download` claims the job, resolves the revision to a
-commit, checks disk space and that mlx-lm can load the repo, runs snapshot_download with a progress hook,
-verifies every file, and only then marks the snapshot ready and moves the ref. The job row ends in exactly
+commit, checks disk space and that mlx-lm can load the repo, fetches the small files together (hub_batch) and
+the rest with snapshot_download, with a progress hook, verifies every file, and only then marks the snapshot ready and moves the ref. The job row ends in exactly
 one final state; the plaintext token lives only inside `run_download`."""
 
 from __future__ import annotations
 
+import glob
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ from django.utils import timezone
 
 from models_app.models import DownloadJob, HubCredential, Repository, Snapshot
 from models_app.services import (
+    hub_batch,
     hub_checks,
     hub_guard,
     hub_resume,
@@ -473,8 +475,10 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     config_spec = [f for f in all_files if f.path == "config.json"]
     checked_ok = _drop_known_bad(job, sha, pull.repo_dir, all_files, wanted | {"config.json"}, monitor)
     needed = _check_room(pull, sha, files)
+    # Listed before config.json is fetched: hf_hub_download then takes its metadata from the listing (hub_tree).
+    entries = hub_batch.listing(_hub_api(), pull.repo_id, sha, pull.repo_dir, token=pull.hub_token)
     config = _fetch_config(pull, sha, config_spec)
-    transferred = _transfer(pull, sha, files, needed)
+    transferred = _transfer(pull, sha, files, needed, entries)
     _verify_transfer(pull, sha, files, checked_ok, transferred=transferred)
     monitor.check()
     # config.json was fetched and verified first whatever the patterns: the snapshot holds it.
@@ -489,13 +493,17 @@ def _attempt(job: DownloadJob, monitor: JobMonitor) -> Snapshot:
     return snapshot
 
 
+def _hub_api() -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=settings.HF_ENDPOINT)
+
+
 def _repo_files(pull: _Pull) -> tuple[str, list[FileRecord]]:
     """The commit the job's revision names, and every file of the repo at that commit: from the model info, or
     from the tree listing when a mirror's model info has no file metadata."""
-    from huggingface_hub import HfApi
-
     job, repo_id = pull.job, pull.repo_id
-    api = HfApi(endpoint=settings.HF_ENDPOINT)
+    api = _hub_api()
     info = api.model_info(
         repo_id, revision=job.revision, files_metadata=True, token=pull.hub_token, timeout=pull.stall
     )
@@ -579,31 +587,51 @@ def _fetch_config(pull: _Pull, sha: str, config_spec: list[FileRecord]) -> dict[
     return config
 
 
-def _transfer(pull: _Pull, sha: str, files: list[FileRecord], needed: int) -> float:
-    """snapshot_download of the wanted files, its progress reported through the monitor. Returns when the
-    bytes were in (time.perf_counter)."""
-    from huggingface_hub import snapshot_download
-
+def _transfer(pull: _Pull, sha: str, files: list[FileRecord], needed: int, entries: dict[str, Any]) -> float:
+    """The wanted files, their progress reported through the monitor: the small ones fetched together
+    (hub_batch), the rest (big, Xet, or a blob another process is writing) by snapshot_download. Returns when
+    the bytes were in (time.perf_counter)."""
     job, monitor = pull.job, pull.monitor
     monitor.etag_names = {f.etag: f.path for f in files}
     monitor.begin_download(bytes_total=needed, files_total=len(files))
+    batch = hub_batch.Batch(
+        repo_id=pull.repo_id,
+        sha=sha,
+        root=pull.root,
+        repo_dir=pull.repo_dir,
+        token=pull.hub_token,
+        endpoint=settings.HF_ENDPOINT,
+        monitor=monitor,
+        force=job.force,
+    )
+    done = hub_batch.fetch(batch, hub_batch.small_files(files, entries))
+    if rest := [f for f in files if f.path not in done]:
+        _snapshot_download(pull, sha, rest)
+    monitor.end_download()
+    transferred = time.perf_counter()
+    _check_inside(pull.repo_dir, [pull.repo_dir / "snapshots" / sha], pull.repo_id)
+    jobs.update_running(job.id, task_id=monitor.task_id, bytes_done=needed, files_done=len(files))
+    return transferred
+
+
+def _snapshot_download(pull: _Pull, sha: str, files: list[FileRecord]) -> None:
+    """snapshot_download of exactly `files` (already the job's patterns' choice), each path as a pattern
+    that matches only itself."""
+    from huggingface_hub import snapshot_download
+
     snapshot_dir = snapshot_download(
         pull.repo_id,
         revision=sha,
         cache_dir=pull.root,
         token=pull.hub_token,
         endpoint=settings.HF_ENDPOINT,
-        force_download=job.force,
-        allow_patterns=job.allow_patterns,
-        tqdm_class=progress_bar_class(monitor),
+        force_download=pull.job.force,
+        allow_patterns=[glob.escape(f.path) for f in files],
+        tqdm_class=progress_bar_class(pull.monitor),
         max_workers=MAX_WORKERS,
         etag_timeout=pull.stall,
     )
-    monitor.end_download()
-    transferred = time.perf_counter()
     _check_inside(pull.repo_dir, [Path(snapshot_dir)], pull.repo_id)
-    jobs.update_running(job.id, task_id=monitor.task_id, bytes_done=needed, files_done=len(files))
-    return transferred
 
 
 def _verify_transfer(

@@ -36,9 +36,11 @@ from models_app.services.errors import NETWORK, DownloadCancelled, DownloadError
 
 log = logging.getLogger(__name__)
 
-# Body chunk huggingface_hub writes and reports per progress update. Its default (10 MiB) makes progress
-# jumpy on slow links; 256 KiB measured no slower against the local hub (httpx joins fewer buffers).
-CHUNK_SIZE = 256 * 1024
+# Body chunk huggingface_hub writes and reports per progress update (its default, 10 MiB, makes progress
+# jumpy on slow links). None: each chunk is what one socket read brought (<= READ_BYTES), as it came. Any
+# size makes httpx's ByteChunker copy every byte twice more (into a BytesIO, then sliced out), with the GIL
+# held: a 988 MB pull took ~15% more CPU and ~12% more time with 256 KiB chunks (dlsmall report).
+CHUNK_SIZE: int | None = None
 READ_BYTES = 1024 * 1024  # per socket read (see _WatchedNetworkStream.read)
 TICK = 0.2  # watcher period: cancel polling and realtime messages (<= 5/s)
 DB_WRITE_INTERVAL = 1.0  # <= 1 row write per second
@@ -138,15 +140,20 @@ class JobMonitor:
         self.check()
         now = time.monotonic()
         if self.downloading and now - self.last_activity > self.stall_timeout:
-            self.abort(
-                DownloadError(
-                    NETWORK,
-                    f"The Hub stopped sending data for more than {self.stall_timeout:.0f} s "
-                    f"(DOWNLOAD_STALL_TIMEOUT) while downloading {self.repo_id}.",
-                    repo_id=self.repo_id,
-                )
+            self.stalled()
+
+    def stalled(self) -> None:
+        """A transfer got no byte for DOWNLOAD_STALL_TIMEOUT (its read timed out, or huggingface_hub retries
+        one that did): the job's network failure, which stops its other transfers too. Raises."""
+        self.abort(
+            DownloadError(
+                NETWORK,
+                f"The Hub stopped sending data for more than {self.stall_timeout:.0f} s "
+                f"(DOWNLOAD_STALL_TIMEOUT) while downloading {self.repo_id}.",
+                repo_id=self.repo_id,
             )
-            self.check()
+        )
+        self.check()
 
     def file_started(self, path: str, method: str) -> str:
         """The repo file a body GET fetches ("" for anything else); shown as the current file while it is
@@ -547,7 +554,7 @@ def install_http_guard() -> None:
     stall = float(settings.DOWNLOAD_STALL_TIMEOUT)
     constants.HF_HUB_DOWNLOAD_TIMEOUT = stall  # type: ignore[assignment]
     constants.HF_HUB_ETAG_TIMEOUT = stall  # type: ignore[assignment]
-    constants.DOWNLOAD_CHUNK_SIZE = CHUNK_SIZE
+    constants.DOWNLOAD_CHUNK_SIZE = CHUNK_SIZE  # type: ignore[assignment]
     if _installed == stall:
         return
     from huggingface_hub.utils import _http as hf_http

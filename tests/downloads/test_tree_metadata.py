@@ -23,8 +23,8 @@ def test_a_pull_heads_no_file_of_the_listing(hub, publish) -> None:
 
     assert (job.state, job.error_code) == ("succeeded", ""), job.error_message
     heads = [r.path.rsplit(f"/{sha}/", 1)[-1] for r in resolve_requests(hub, repo_id, "HEAD")]
-    # config.json is fetched (and checked) before snapshot_download lists the tree: its HEAD stays.
-    assert heads == ["config.json"]
+    # The tree is listed before config.json is fetched (and checked): no HEAD for it either.
+    assert heads == []
     gets = {r.path.rsplit(f"/{sha}/", 1)[-1] for r in resolve_requests(hub, repo_id, "GET")}
     assert set(SHARDS) | set(SMALL) <= gets
     held = {f["path"] for f in job.snapshot.files}
