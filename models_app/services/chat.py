@@ -149,6 +149,7 @@ def delete_conversation(*, user, conversation_id: Any) -> None:  # type: ignore[
 # --- Messages ----------------------------------------------------------------------------------------------
 
 
+@workers.one_reading()
 def post_message(
     *,
     user,  # type: ignore[no-untyped-def]
@@ -204,6 +205,7 @@ def post_message(
     )
 
 
+@workers.one_reading()
 def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any = None) -> Started:  # type: ignore[no-untyped-def]
     """Replace the last answer with a new one."""
     conversation = get_conversation(user, conversation_id)

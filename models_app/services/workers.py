@@ -5,13 +5,14 @@ broadcast takes a second or more and says nothing about a worker that died witho
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,8 +149,34 @@ def stop_presence() -> None:
             pipe.execute()
 
 
+# Inside `one_reading()`: the first live_workers() of the block, reused by the others.
+_reading: contextvars.ContextVar[list[list[WorkerInfo]] | None] = contextvars.ContextVar("presence", default=None)
+
+
+@contextlib.contextmanager
+def one_reading() -> Iterator[None]:
+    """Presence read once for the block: a chat message checked it four times on its way to the worker (the
+    machines that are down, routing, the worker check, the send), each a Redis round trip and a JSON parse of
+    every worker's heartbeat, for an answer that cannot change within the request's milliseconds."""
+    token = _reading.set([])
+    try:
+        yield
+    finally:
+        _reading.reset(token)
+
+
 def live_workers() -> list[WorkerInfo]:
     """Workers seen within the TTL. Raises redis.RedisError when Redis is down."""
+    reading = _reading.get()
+    if reading:
+        return list(reading[0])
+    found = _read_live_workers()
+    if reading is not None:
+        reading.append(found)
+    return list(found)
+
+
+def _read_live_workers() -> list[WorkerInfo]:
     client = app_redis.client()
     pipe = client.pipeline(transaction=False)
     pipe.zremrangebyscore(_index_key(), "-inf", time.time() - INDEX_FORGET_AFTER)

@@ -1,0 +1,35 @@
+"""A chat message reads worker presence once (workers.one_reading): the machines that are down, routing, the
+worker check and the send each asked Redis before."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from models_app.services import workers
+
+
+@pytest.mark.django_db
+def test_a_chat_message_reads_presence_once(settings, monkeypatch, alice, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    settings.REDIS_PREFIX = f"mlxcr-test-presence-{uuid.uuid4().hex[:8]}"
+    from models_app.services import chat, inflight
+    from models_app.services.nodes import record_seen
+
+    record_seen()  # a machine the database remembers: the "which machines are down" check reads presence
+    workers.beat_once(hostname="inference@here", queues=["inference"], started_at=time.time())
+    reads = []
+    real = workers._read_live_workers
+    monkeypatch.setattr(workers, "_read_live_workers", lambda: reads.append(1) or real())
+    started = chat.post_message(
+        user=alice,
+        conversation_id=None,
+        content="hi",
+        reply_channel="test.reply!x",
+        snapshot_id=tiny_snapshot.id,
+    )
+    inflight.release(started.lease)
+    assert len(reads) == 1
+    assert workers.live_workers()  # outside a message, each call reads again
+    assert len(reads) == 2
