@@ -239,6 +239,7 @@ def main(argv: list[str]) -> int:
             hop_tables.append(model_hops(model, product))
     finally:
         say("stopping the product and the hub…")
+        chat.close_kept_clients()
         product.stop()
         hub.stop()
 

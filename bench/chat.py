@@ -482,17 +482,47 @@ def run_multi_turn(
 # ----------------------------------------------------------------------------- a CPU-bound process beside it
 
 
+class _KeptClient:
+    """One openai client and event loop per server for the run's SSE rows, as an IDE agent keeps its client: a
+    request's first token is then what the server adds, not a new TCP connection and the SDK's client setup
+    (they cost the first request ~5 ms here)."""
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        from openai import AsyncOpenAI
+
+        self.loop = asyncio.new_event_loop()
+        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=900)
+
+
+_kept: dict[tuple[str, str], _KeptClient] = {}
+
+
+def close_kept_clients() -> None:
+    """Close the kept clients (before their servers stop: their connections end cleanly)."""
+    while _kept:
+        _, kept = _kept.popitem()
+        kept.loop.run_until_complete(kept.client.close())
+        kept.loop.run_until_complete(kept.loop.shutdown_asyncgens())
+        kept.loop.close()
+
+
 def sse_chat(product: Product, model: str, content: str, max_tokens: int, record: str | None = None) -> Trace:
-    """One streamed completion from the product's OpenAI-compatible API."""
+    """One streamed completion from the product's OpenAI-compatible API, on the client kept for that server."""
     from bench.openai_api import stream_completion
 
-    trace, _ = asyncio.run(
+    base_url = f"{product.url}/v1"
+    kept = _kept.get((base_url, product.api_key))
+    if kept is None:
+        kept = _kept[(base_url, product.api_key)] = _KeptClient(base_url, product.api_key)
+        kept.loop.run_until_complete(kept.client.models.list())  # its connection, open before the first row
+    trace, _ = kept.loop.run_until_complete(
         stream_completion(
-            f"{product.url}/v1",
+            base_url,
             product.api_key,
             model,
             [{"role": "user", "content": content}],
             max_tokens=max_tokens,
+            client=kept.client,
             record=record,
         )
     )
