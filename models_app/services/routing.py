@@ -160,6 +160,10 @@ def copies_of(snapshot: Snapshot, user: object) -> list[Snapshot]:
 
 def route_snapshot(snapshot: Snapshot, user: object) -> Route:
     """Where a chat with this snapshot goes: it, or a copy of the same commit on another machine."""
-    candidates = copies_of(snapshot, user) or [snapshot]
+    cluster = Cluster.now()
     label = f"{snapshot.repository.repo_id}@{snapshot.short_sha}"
-    return choose(candidates, label=label)
+    if cluster.live_nodes() == {snapshot.node}:
+        # The one machine up holds it (one machine, most often): no copy elsewhere could answer, so no query.
+        return choose([snapshot], label=label, cluster=cluster)
+    candidates = copies_of(snapshot, user) or [snapshot]
+    return choose(candidates, label=label, cluster=cluster)

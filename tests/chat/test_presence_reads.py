@@ -33,3 +33,31 @@ def test_a_chat_message_reads_presence_once(settings, monkeypatch, alice, tiny_s
     assert len(reads) == 1
     assert workers.live_workers()  # outside a message, each call reads again
     assert len(reads) == 2
+
+
+@pytest.mark.django_db
+def test_on_one_machine_a_chat_message_does_not_look_for_copies(
+    settings, monkeypatch, alice, tiny_snapshot
+) -> None:  # type: ignore[no-untyped-def]
+    """The only machine up holds the model: no other copy could answer, so routing asks the database nothing."""
+    from models_app.services import chat, inflight, routing
+
+    settings.REDIS_PREFIX = f"mlxcr-test-presence-{uuid.uuid4().hex[:8]}"
+    workers.beat_once(
+        hostname="inference@here",
+        queues=["inference", f"inference.{settings.NODE_NAME}"],
+        started_at=time.time(),
+    )
+    looked = []
+    real = routing.copies_of
+    monkeypatch.setattr(routing, "copies_of", lambda *a, **k: looked.append(1) or real(*a, **k))
+    started = chat.post_message(
+        user=alice,
+        conversation_id=None,
+        content="hi",
+        reply_channel="test.reply!x",
+        snapshot_id=tiny_snapshot.id,
+    )
+    inflight.release(started.lease)
+    assert looked == []
+    assert started.queue == f"inference.{settings.NODE_NAME}"
