@@ -27,7 +27,7 @@ from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
 from models_app.selectors.snapshots import ModelInfo, model_list, snapshot_list
-from models_app.services import cache, inference, inflight, model_markers, routing
+from models_app.services import cache, inference, inflight, model_markers, routing, workers
 from models_app.services.nodes import down_nodes
 
 log = logging.getLogger(__name__)
@@ -411,29 +411,17 @@ async def _generate(
     lease: inflight.Lease,
     received_ns: int,
 ) -> HttpResponse:
-    try:
-        resolved = await sync_to_async(_resolve)(parsed.model, key.user)
-    except inference.InferenceUnavailable as exc:  # routing.NodeDown names the machine(s)
-        return _unavailable(exc)
-    if resolved is None:
-        return _model_not_found(parsed.model)
-    route, markers = resolved
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    generation = _generation_request(
-        parsed,
-        key,
-        request_id=request_id,
-        reply_channel=channel,
-        snapshot_id=route.snapshot.id,
-        received_ns=received_ns,
-    )
     try:
-        queue = await sync_to_async(inference.start_generation, thread_sensitive=False)(
-            generation, queue=route.queue
+        started = await sync_to_async(_start, thread_sensitive=False)(
+            parsed, key, request_id=request_id, reply_channel=channel, received_ns=received_ns
         )
-    except inference.InferenceUnavailable as exc:
+    except inference.InferenceUnavailable as exc:  # routing.NodeDown names the machine(s)
         return _unavailable(exc)
+    if started is None:
+        return _model_not_found(parsed.model)
+    markers, queue = started
     replies = _renewing(
         inference.stream_replies(
             layer,
@@ -451,6 +439,28 @@ async def _generate(
     except asyncio.CancelledError:  # the client disconnected before the answer was complete
         await _cancel(request_id)
         raise
+
+
+@workers.one_reading()
+def _start(
+    parsed: schemas.CompletionRequest, key: ApiKey, *, request_id: str, reply_channel: str, received_ns: int
+) -> tuple[Markers, str] | None:
+    """Route the request and hand it to the worker, in one trip to a thread (each trip was a thread switch on
+    the way to the first token): its model's text markers and the queue it went to, or None for an unknown
+    model. Raises InferenceUnavailable."""
+    resolved = _resolve(parsed.model, key.user)
+    if resolved is None:
+        return None
+    route, markers = resolved
+    generation = _generation_request(
+        parsed,
+        key,
+        request_id=request_id,
+        reply_channel=reply_channel,
+        snapshot_id=route.snapshot.id,
+        received_ns=received_ns,
+    )
+    return markers, inference.start_generation(generation, queue=route.queue)
 
 
 def _unavailable(exc: inference.InferenceUnavailable) -> JsonResponse:
