@@ -150,7 +150,9 @@ def stop_presence() -> None:
 
 
 # Inside `one_reading()`: the first live_workers() of the block, reused by the others.
-_reading: contextvars.ContextVar[list[list[WorkerInfo]] | None] = contextvars.ContextVar("presence", default=None)
+_reading: contextvars.ContextVar[list[list[WorkerInfo]] | None] = contextvars.ContextVar(
+    "presence", default=None
+)
 
 
 @contextlib.contextmanager
