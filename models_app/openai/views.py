@@ -348,9 +348,8 @@ async def _complete(
     except schemas.RequestError as exc:
         return error_response(400, exc.message, code=exc.code, param=exc.param)
     request_id = str(uuid.uuid4())
-    scopes = await sync_to_async(inflight.scopes_for)(key.user_id, key.id)
     try:
-        lease = await sync_to_async(inflight.acquire, thread_sensitive=False)(request_id, scopes)
+        lease = await sync_to_async(_lease, thread_sensitive=False)(request_id, key)
     except inflight.LimitReached as exc:
         return _too_many(exc.scope)
     try:
@@ -363,6 +362,12 @@ async def _complete(
     else:
         await inflight.release_async(lease)
     return response
+
+
+def _lease(request_id: str, key: ApiKey) -> inflight.Lease:
+    """A slot among the user's and the key's requests in flight (the limits read, then taken: one trip to a
+    thread). Raises inflight.LimitReached."""
+    return inflight.acquire(request_id, inflight.scopes_for(key.user_id, key.id))
 
 
 def _too_many(scope: inflight.Scope) -> JsonResponse:
