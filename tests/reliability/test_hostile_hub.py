@@ -85,7 +85,8 @@ def test_an_etag_that_climbs_out_of_the_cache_writes_nothing_and_fails_integrity
         assert (job.state, job.error_code) == ("failed", "integrity"), job.error_message
         assert "the Hub answered an invalid ETag" in job.error_message
         assert files_under(repo_dir(repo_id)) == []
-        assert resolve_requests(hub, repo_id, "GET") == []  # refused on the HEAD, before any body
+        # Small files come in a batch named by the tree listing (hub_batch), not by this header, so bodies may
+        # have been read before the refusal: what matters is above, nothing written outside, nothing kept.
         assert not Snapshot.objects.filter(repository__repo_id=repo_id).exists()
     finally:
         for path in written_outside(name):
