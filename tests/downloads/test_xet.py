@@ -333,18 +333,24 @@ def refuse_reading(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(hub_checks, "file_hash", no_read)
 
 
+def publish_with_the_tail_held(hub, xet_publish, name: str) -> tuple[str, str, str, int]:  # type: ignore[no-untyped-def]
+    """big.safetensors over two xorbs or more, all but the first held by the CAS until released: its repo id,
+    commit, sha256, and the bytes the first xorb holds."""
+    data = os.urandom(FOLLOWED_SIZE)
+    repo_id, sha = xet_publish(name, extra={"big.safetensors": data})
+    segments = hub.cas.segments(hub.xet_hash(repo_id, "big.safetensors"))
+    assert len({s.xorb for s in segments}) >= 2, "the file must span two xorbs"
+    first_xorb = segments[0].xorb
+    hub.stall_xet({s.xorb for s in segments} - {first_xorb})
+    head = sum(s.unpacked for s in segments if s.xorb == first_xorb)
+    return repo_id, sha, hashlib.sha256(data).hexdigest(), head
+
+
 def test_a_xet_file_is_hashed_while_hf_xet_writes_it_and_verification_only_waits_for_the_tail(
     xet_over_http, xet_publish, tmp_path, monkeypatch
 ) -> None:
     hub = xet_over_http
-    data = os.urandom(FOLLOWED_SIZE)
-    digest = hashlib.sha256(data).hexdigest()
-    repo_id, sha = xet_publish("xet-follow", extra={"big.safetensors": data})
-    segments = hub.cas.segments(hub.xet_hash(repo_id, "big.safetensors"))
-    assert len({s.xorb for s in segments}) >= 2, "the file must span two xorbs"
-    first_xorb = segments[0].xorb
-    head = sum(s.unpacked for s in segments if s.xorb == first_xorb)
-    hub.stall_xet({s.xorb for s in segments} - {first_xorb})  # the rest waits until released
+    repo_id, sha, digest, head = publish_with_the_tail_held(hub, xet_publish, "xet-follow")
     monitor = watched(repo_id)
     try:
         thread, errors = start_guarded_download(hub, repo_id, tmp_path)
@@ -370,12 +376,7 @@ def test_an_aborted_xet_transfer_stops_its_hasher_and_records_nothing(
     xet_over_http, xet_publish, tmp_path
 ) -> None:
     hub = xet_over_http
-    data = os.urandom(FOLLOWED_SIZE)
-    digest = hashlib.sha256(data).hexdigest()
-    repo_id, _ = xet_publish("xet-follow-abort", extra={"big.safetensors": data})
-    segments = hub.cas.segments(hub.xet_hash(repo_id, "big.safetensors"))
-    head = sum(s.unpacked for s in segments if s.xorb == segments[0].xorb)
-    hub.stall_xet({s.xorb for s in segments} - {segments[0].xorb})
+    repo_id, _, digest, head = publish_with_the_tail_held(hub, xet_publish, "xet-follow-abort")
     monitor = watched(repo_id)
     try:
         thread, errors = start_guarded_download(hub, repo_id, tmp_path)
