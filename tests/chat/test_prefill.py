@@ -60,8 +60,8 @@ def test_each_chunk_takes_about_the_target_time_on_any_machine(tokens_per_second
 def test_a_slow_models_prompt_is_not_cut_into_calls_that_cost_more_than_they_save() -> None:
     """The SmolLM2-135M shape on this CPU: ~8 prompt tokens/s, and each model call costs about half a token
     more. Paced to 0.25 s, the chunks shrank to 1-2 tokens (each call's fixed cost lowering the measured
-    speed, which shrank the next chunk): a 100-token prompt ran in ~99 calls, the fixed costs half as long
-    again as the tokens themselves, and the product's first token came 1.34x later than mlx_lm.server's."""
+    speed, which shrank the next chunk): a 100-token prompt ran in ~99 calls, their fixed costs adding half
+    the tokens' own time, and the product's first token came 1.34x later than mlx_lm.server's (one pass)."""
     model = SimulatedModel(1 / 8, seconds_per_call=0.5 / 8)
     pace = PrefillPace()
     for _ in range(3):  # the pace remembered from earlier prompts, as on a loaded model
