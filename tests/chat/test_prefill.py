@@ -10,7 +10,7 @@ import time
 import pytest
 
 from models_app.models import Message
-from models_app.services.engine.prefill import CHUNK_SECONDS, MAX_STEP, PrefillPace, prefill
+from models_app.services.engine.prefill import CHUNK_SECONDS, MAX_STEP, MIN_STEP, PrefillPace, prefill
 from tests.chat.conftest import communicator, receive_until_end, session_cookie
 from tests.factories import make_snapshot
 
@@ -20,11 +20,13 @@ class StopRequested(Exception):
 
 
 class SimulatedModel:
-    """A model that takes `seconds_per_token` per prompt token on a simulated clock."""
+    """A model that takes `seconds_per_token` per prompt token, and `seconds_per_call` more per call (the
+    weights read, the kernels launched), on a simulated clock."""
 
-    def __init__(self, seconds_per_token: float) -> None:
+    def __init__(self, seconds_per_token: float, seconds_per_call: float = 0.0) -> None:
         self.now = 0.0
         self.seconds_per_token = seconds_per_token
+        self.seconds_per_call = seconds_per_call
         self.chunks: list[int] = []
 
     def clock(self) -> float:
@@ -32,7 +34,7 @@ class SimulatedModel:
 
     def forward(self, chunk: list[int]) -> None:
         self.chunks.append(len(chunk))
-        self.now += len(chunk) * self.seconds_per_token
+        self.now += self.seconds_per_call + len(chunk) * self.seconds_per_token
 
 
 @pytest.mark.parametrize("tokens_per_second", [8, 150, 5_000, 500_000])
@@ -42,16 +44,32 @@ def test_each_chunk_takes_about_the_target_time_on_any_machine(tokens_per_second
     done = prefill(model.forward, list(range(3000)), pace, after_chunk=lambda *_: None, clock=model.clock)
     assert done.tokens == 2999  # the last token is left for the generation step
     durations = [n / tokens_per_second for n in model.chunks]
-    # After the first (small, unmeasured) chunk, no chunk is longer than twice the target; on a fast machine
-    # chunks reach the largest size, so pacing costs nothing there.
-    assert max(durations[1:]) <= 2 * CHUNK_SECONDS
+    # After the first (small, unmeasured) chunk, no chunk is longer than twice the target, or than the
+    # fewest tokens worth a model call; on a fast machine chunks reach the largest size, so pacing costs
+    # nothing there.
+    assert max(durations[1:]) <= max(2 * CHUNK_SECONDS, MIN_STEP / tokens_per_second)
     assert durations[0] <= 2.0
     if tokens_per_second * CHUNK_SECONDS >= MAX_STEP:
         assert model.chunks[1:-1] and set(model.chunks[1:-1]) == {MAX_STEP}
     # A later prompt on the same loaded model starts at the measured pace at once.
     model.chunks.clear()
     prefill(model.forward, list(range(1000)), pace, after_chunk=lambda *_: None, clock=model.clock)
-    assert model.chunks[0] / tokens_per_second <= 2 * CHUNK_SECONDS
+    assert model.chunks[0] / tokens_per_second <= max(2 * CHUNK_SECONDS, MIN_STEP / tokens_per_second)
+
+
+def test_a_slow_models_prompt_is_not_cut_into_calls_that_cost_more_than_they_save() -> None:
+    """The SmolLM2-135M shape on this CPU: ~8 prompt tokens/s, and each model call costs about half a token
+    more. Paced to 0.25 s, the chunks shrank to 1-2 tokens (each call's fixed cost lowering the measured
+    speed, which shrank the next chunk): a 100-token prompt ran in ~99 calls, their fixed costs adding half
+    the tokens' own time, and the product's first token came 1.34x later than mlx_lm.server's (one pass)."""
+    model = SimulatedModel(1 / 8, seconds_per_call=0.5 / 8)
+    pace = PrefillPace()
+    for _ in range(3):  # the pace remembered from earlier prompts, as on a loaded model
+        model.chunks.clear()
+        prefill(model.forward, list(range(100)), pace, after_chunk=lambda *_: None, clock=model.clock)
+    calls = len(model.chunks)
+    assert min(model.chunks[:-1]) >= MIN_STEP
+    assert calls * model.seconds_per_call <= 0.1 * 99 * model.seconds_per_token, model.chunks
 
 
 def test_stop_is_noticed_within_one_paced_chunk_on_a_slow_machine() -> None:
