@@ -293,7 +293,7 @@ def measure_model(
     say(title)
     hops.clear()
     # In the default run the slow model gets shorter answers and fewer conversations, so the whole run stays
-    # under half an hour on 2 cores (26 min measured); `--model X` alone measures X in full.
+    # under half an hour on 2 cores (22 min measured); `--model X` alone measures X in full.
     short = args.both and not model.fast
     if "chat" in args.only:
         with timed(Section(f"Chat streaming ({model.name})")) as section:
