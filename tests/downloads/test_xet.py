@@ -3,6 +3,7 @@ hf_xet's Rust client fetches the bytes, outside our HTTP transport, into hugging
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -346,24 +347,33 @@ def publish_with_the_tail_held(hub, xet_publish, name: str) -> tuple[str, str, s
     return repo_id, sha, hashlib.sha256(data).hexdigest(), head
 
 
+@contextlib.contextmanager
+def head_hashed_in_flight(hub, repo_id: str, cache: Path, digest: str, head: int):  # type: ignore[no-untyped-def]
+    """The guarded download running, watched by a monitor, once the hasher has hashed the first xorb's bytes
+    (the rest still held): yields (monitor, thread, errors); the CAS lets the rest go and the monitor is
+    unregistered on the way out."""
+    monitor = watched(repo_id)
+    try:
+        thread, errors = start_guarded_download(hub, repo_id, cache)
+        wait_for(
+            lambda: any(h.hashed >= head for h in hashers_of(digest)), 60, "the written part was never hashed"
+        )
+        yield monitor, thread, errors
+    finally:
+        hub.release_xet()
+        hub_progress._unregister(monitor)
+
+
 def test_a_xet_file_is_hashed_while_hf_xet_writes_it_and_verification_only_waits_for_the_tail(
     xet_over_http, xet_publish, tmp_path, monkeypatch
 ) -> None:
     hub = xet_over_http
     repo_id, sha, digest, head = publish_with_the_tail_held(hub, xet_publish, "xet-follow")
-    monitor = watched(repo_id)
-    try:
-        thread, errors = start_guarded_download(hub, repo_id, tmp_path)
-        # The first xorb is written, and hashed from the file, while the transfer still waits for the rest.
-        wait_for(
-            lambda: any(h.hashed >= head for h in hashers_of(digest)), 60, "the written part was never hashed"
-        )
+    # The first xorb is written, and hashed from the file, while the transfer still waits for the rest.
+    with head_hashed_in_flight(hub, repo_id, tmp_path, digest, head) as (_, thread, errors):
         assert thread.is_alive() and not errors
         hub.release_xet()
         thread.join(120)
-    finally:
-        hub.release_xet()
-        hub_progress._unregister(monitor)
     assert not thread.is_alive() and not errors, errors
 
     refuse_reading(monkeypatch)
@@ -377,18 +387,10 @@ def test_an_aborted_xet_transfer_stops_its_hasher_and_records_nothing(
 ) -> None:
     hub = xet_over_http
     repo_id, _, digest, head = publish_with_the_tail_held(hub, xet_publish, "xet-follow-abort")
-    monitor = watched(repo_id)
-    try:
-        thread, errors = start_guarded_download(hub, repo_id, tmp_path)
-        wait_for(
-            lambda: any(h.hashed >= head for h in hashers_of(digest)), 60, "the written part was never hashed"
-        )
+    with head_hashed_in_flight(hub, repo_id, tmp_path, digest, head) as (monitor, thread, errors):
         hasher = hashers_of(digest)[0]
         monitor.abort(DownloadCancelled("Cancelled."))  # what a cancel, a stall or the time limit does
         thread.join(60)
-    finally:
-        hub.release_xet()
-        hub_progress._unregister(monitor)
 
     assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], DownloadCancelled), errors
     # The hasher let go of the file at once (before the rest could come) and nothing of it stands for a blob.
