@@ -1,6 +1,6 @@
 """Replies to the requester's channel, sent off the generation thread.
 
-One asyncio loop per worker process runs in a daemon thread. The generation thread only appends a payload
+One asyncio loop per process runs in a daemon thread (realtime.loop_thread). The generation thread only appends a payload
 to a deque and wakes the loop (microseconds); the loop sends them one after another with
 `channel_layer.send` (a direct send: a group send drops silently when the channel is full). One loop for the
 whole process means channels_redis keeps its connection pool instead of opening one per message, which is
@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from models_app.realtime import loop_thread
 from models_app.services import redis as app_redis
 
 log = logging.getLogger(__name__)
@@ -33,28 +34,6 @@ CANCEL_POLL = 0.05
 # A flush waits no longer than this for a slow Redis: the answer goes on, and close() reports what was lost.
 FLUSH_TIMEOUT = 1.0
 _CLOSE = object()
-
-
-class _LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="inference-sender", daemon=True)
-        self.thread.start()
-
-    def submit(self, coro: Any) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-
-_loop_lock = threading.Lock()
-_loop_thread: _LoopThread | None = None
-
-
-def loop_thread() -> _LoopThread:
-    global _loop_thread
-    with _loop_lock:
-        if _loop_thread is None:
-            _loop_thread = _LoopThread()
-        return _loop_thread
 
 
 @functools.cache
