@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from django.conf import settings
@@ -251,6 +252,7 @@ class Watch:
 
 
 _local = threading.local()
+_Read = TypeVar("_Read")  # what a read returns: bytes, or a count read into a buffer
 
 
 def current_watch() -> Watch | None:
@@ -266,7 +268,7 @@ def watching(watch: Watch | None) -> Iterator[None]:
         _local.watch = previous
 
 
-def watched_read(read: Callable[[int, float | None], bytes], max_bytes: int, timeout: float | None) -> bytes:
+def watched_read(read: Callable[[int, float | None], _Read], max_bytes: int, timeout: float | None) -> _Read:
     """A socket read cut into READ_SLICE pieces: between them, the request's deadlines and the job's cancel.
     Each piece that times out without a byte is retried until the read's own timeout; a byte-a-second
     server keeps every read timeout happy, so only the deadlines stop it."""
@@ -396,8 +398,44 @@ def outside_paths(repo_dir: Path, paths: list[Path]) -> list[Path]:
         entries.append(path)
         if path.is_dir() and not path.is_symlink():
             entries.extend(path.rglob("*"))
-    return [
-        entry
-        for entry in entries
-        if not (entry.resolve().is_relative_to(root) or entry.resolve().is_relative_to(shared))
-    ]
+    resolve = Resolver()
+    return [entry for entry in entries if not _inside(Path(resolve(str(entry))), root, shared)]
+
+
+def _inside(resolved: Path, *folders: Path) -> bool:
+    return any(resolved.is_relative_to(folder) for folder in folders)
+
+
+class Resolver:
+    """os.path.realpath for many entries of a few folders (a snapshot's links into blobs/), each folder
+    resolved once: realpath walks every component of every path (~14 syscalls for a cached file here, a
+    third of a 200-file pull's time after the transfer); this costs a readlink per link.
+
+    A link's target is joined to its folder's real path and normalized lexically only when its ".." lead
+    (as huggingface_hub writes them, `../../blobs/<etag>`): those climb real folders. Any other target
+    (absolute, or with ".." after a name that may itself be a link) goes to realpath."""
+
+    MAX_LINKS = 40  # as the kernel's limit on links followed in one path
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        for _ in range(self.MAX_LINKS):
+            folder, name = os.path.split(path)
+            real = self._folders.get(folder)
+            if real is None:
+                real = self._folders[folder] = os.path.realpath(folder)
+            joined = os.path.join(real, name)
+            if name in ("", ".", ".."):
+                return os.path.realpath(joined)
+            try:
+                target = os.readlink(joined)
+            except OSError:  # not a link, or not there: realpath keeps it as it is
+                return joined
+            parts = target.split("/")
+            climbs = next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+            if os.path.isabs(target) or ".." in parts[climbs:]:
+                return os.path.realpath(joined)
+            path = os.path.normpath(os.path.join(real, target))
+        return os.path.realpath(path)

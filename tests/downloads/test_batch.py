@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -129,3 +130,41 @@ def test_a_blob_another_process_is_writing_is_left_to_huggingface_hub(
     assert "extra/note-2.txt" not in fetched[0]
     gets = [r.path for r in resolve_requests(hub, repo_id) if r.path.endswith("/extra/note-2.txt")]
     assert len(gets) == 1
+
+
+def test_a_pull_after_the_lock_folder_was_cleaned_away_still_fetches_its_small_files(
+    hub, publish, private_queue
+) -> None:
+    """The worker remembered which lock folders it had made: once `.locks/` was cleaned away under a live
+    worker (an `rm -rf` of the cache's locks, a cache tool), its next pull of that repo failed on every
+    small file with FileNotFoundError, until the worker restarted."""
+    repo_id, sha = publish("batch-relock", extra=NOTES)
+    first = hub_service.download_model(repo_id)
+    hub_service.run_download(first.id, task_id="in-process", worker_name="pytest")
+    shutil.rmtree(repo_dir(repo_id).parent / ".locks" / repo_dir(repo_id).name)
+
+    again = hub_service.download_model(repo_id, force=True)
+    hub_service.run_download(again.id, task_id="in-process", worker_name="pytest")
+
+    again.refresh_from_db()
+    assert (again.state, again.error_code) == ("succeeded", ""), again.error_message
+    assert (repo_dir(repo_id) / "snapshots" / sha / "extra/note-3.txt").read_bytes() == NOTES[
+        "extra/note-3.txt"
+    ]
+
+
+def test_a_server_error_on_a_small_file_is_not_asked_again_within_the_attempt(
+    hub, publish, private_queue, settings
+) -> None:
+    """A 5xx ends the attempt, and the next attempt asks after the backoff: the direct path raises the
+    error huggingface_hub would, instead of sending the same request again at once."""
+    settings.DOWNLOAD_MAX_ATTEMPTS = 1
+    repo_id, _sha = publish("batch-once", extra=NOTES)
+    hub.faults.fail_500(times=1, pattern="extra/note-1.txt", methods=("GET",))
+    job = hub_service.download_model(repo_id)
+
+    hub_service.run_download(job.id, task_id="in-process", worker_name="pytest")
+
+    job.refresh_from_db()
+    assert (job.state, job.error_code) == ("failed", "network"), job.error_message
+    assert len([r for r in resolve_requests(hub, repo_id) if r.path.endswith("/extra/note-1.txt")]) == 1
