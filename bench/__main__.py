@@ -373,6 +373,8 @@ def measure_model(
                     server_model=str(model.path),
                     max_tokens=16 if args.quick else openai_api.MAX_TOKENS,
                     title=title,
+                    # Seconds a round on the fast model; on the slow one a round takes minutes.
+                    rounds=3 if model.fast and not args.quick else 1,
                 )
     finally:
         if server is not None:
