@@ -316,7 +316,7 @@ def _download(context: _Context, spec: FileRecord, blob: str) -> None:
             hashed = hub_digest.HashingFile(f, kind, size)
             try:
                 try:
-                    _fetch_body(context, url, hashed, size)
+                    _fetch_body(context, url, hashed, size, lfs=bool(spec.sha256))
                 except (httpx2.ReadTimeout, httpcore2.ReadTimeout):
                     # The read timeout is DOWNLOAD_STALL_TIMEOUT (hub_progress.install_http_guard, hub_direct):
                     # what snapshot_download reports when it retries such a file, said at once.
@@ -333,13 +333,18 @@ def _download(context: _Context, spec: FileRecord, blob: str) -> None:
             os.unlink(tmp)
 
 
-def _fetch_body(context: _Context, url: str, out: hub_digest.HashingFile, size: int) -> None:
+def _fetch_body(context: _Context, url: str, out: hub_digest.HashingFile, size: int, *, lfs: bool) -> None:
     """GET url into out: on the direct connection when its answer is a plain 200, else through
     huggingface_hub's client, whose redirects, retries and errors are the reference (hub_direct)."""
     from huggingface_hub.utils import hf_raise_for_status
 
     monitor = context.batch.monitor
-    body = context.direct.get(url, monitor) if context.direct is not None else None
+    direct = context.direct
+    body = None
+    if direct is not None and not (lfs and direct.lfs_elsewhere):
+        body = direct.get(url, monitor)
+        if body is None and lfs and direct.redirected():
+            direct.lfs_elsewhere = True
     if body is not None:
         with contextlib.closing(body):
             _write_body(iter(lambda: body.read(READ_BYTES), b""), out, size, monitor)

@@ -190,6 +190,9 @@ class DirectClient:
             # truststore on macOS and Windows, or the environment's SSL_CERT_FILE / SSL_CERT_DIR).
             self._tls = httpx2.create_ssl_context()
         self._local = threading.local()
+        # Set by hub_batch once an LFS file was redirected: the others will be too, so they go straight to
+        # huggingface_hub's client instead of asking here first.
+        self.lfs_elsewhere = False
         self._all: list[_Connection] = []
         self._lock = threading.Lock()
 
@@ -214,6 +217,11 @@ class DirectClient:
             with self._lock:
                 self._all.append(connection)
         return connection
+
+    def redirected(self) -> bool:
+        """Whether this thread's last answer was a redirect (a Hub that sends LFS files to its CDN)."""
+        status = getattr(self._local, "status", 0)
+        return 300 <= status < 400
 
     def waited(self) -> float | None:
         """Seconds this thread's last request waited for its answer's headers (None: it sent none)."""
@@ -304,6 +312,7 @@ class DirectClient:
                     continue
                 raise
             self._local.waited = time.perf_counter() - sent
+            self._local.status = answer.status
             connection.reused = True
             return answer
         raise AssertionError("unreachable")

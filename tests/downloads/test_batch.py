@@ -168,3 +168,27 @@ def test_a_server_error_on_a_small_file_is_not_asked_again_within_the_attempt(
     job.refresh_from_db()
     assert (job.state, job.error_code) == ("failed", "network"), job.error_message
     assert len([r for r in resolve_requests(hub, repo_id) if r.path.endswith("/extra/note-1.txt")]) == 1
+
+
+def test_once_an_lfs_file_is_redirected_the_others_go_straight_to_huggingface_hubs_client(
+    hub, publish, private_queue
+) -> None:
+    """A Hub that sends LFS files to its CDN (without Xet) answers every small LFS file with a redirect:
+    asking the direct connection first would cost each of them a round trip for nothing."""
+    repo_id, sha = publish("batch-lfs-cdn", extra=SHARDS)
+    for path in SHARDS:  # same origin, another route: followed, and its bytes are the file's
+        hub.faults.redirect(f"/{repo_id}/resolve/main/{path}", path=f"/{repo_id}/resolve/{sha}/{path}")
+    job = hub_service.download_model(repo_id)
+
+    hub_service.run_download(job.id, task_id="in-process", worker_name="pytest")
+
+    job.refresh_from_db()
+    assert (job.state, job.error_code) == ("succeeded", ""), job.error_message
+    asked = [r.path for r in resolve_requests(hub, repo_id) if "/extra/shard-" in r.path]
+    # A direct GET met the first redirect (one per connection at most, those already asking); then one GET
+    # each through huggingface_hub's client, and its redirect followed. Asking each first would be 48.
+    direct_first = len([p for p in asked if f"/resolve/{sha}/" in p]) - len(SHARDS)
+    assert 1 <= direct_first <= hub_batch.CONNECTIONS
+    assert len([p for p in asked if "/resolve/main/" in p]) == len(SHARDS)
+    for path, content in SHARDS.items():
+        assert (repo_dir(repo_id) / "snapshots" / sha / path).read_bytes() == content
