@@ -108,11 +108,17 @@ def read_all(body: Body | None) -> bytes:
         body.close()
 
 
+def fetch_files(server: ScriptedServer, count: int, scheme: str = "http") -> tuple[DirectClient, list[bytes]]:
+    """`count` files, one after another on one client (one thread)."""
+    direct = client(server, scheme)
+    urls = [server.url(f"/org/repo/resolve/main/f{i}", scheme) for i in range(count)]
+    return direct, [read_all(direct.get(url, monitor())) for url in urls]
+
+
 def test_one_kept_alive_connection_carries_every_file(serve) -> None:
     server = serve(lambda sock, n, path: ok(sock) or True)
-    direct = client(server)
 
-    bodies = [read_all(direct.get(server.url(f"/org/repo/resolve/main/f{i}"), monitor())) for i in range(5)]
+    direct, bodies = fetch_files(server, 5)
 
     assert bodies == [BODY] * 5
     assert server.connections == 1 and len(server.requests) == 5
@@ -123,9 +129,8 @@ def test_one_kept_alive_connection_carries_every_file(serve) -> None:
 def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_again(serve) -> None:
     # HTTP/1.1 without "Connection: close", then the server hangs up: as a Hub's idle timeout does.
     server = serve(lambda sock, n, path: ok(sock) or False)
-    direct = client(server)
 
-    bodies = [read_all(direct.get(server.url(f"/org/repo/resolve/main/f{i}"), monitor())) for i in range(4)]
+    _, bodies = fetch_files(server, 4)
 
     # Nothing of an answer came on the dead connection: a GET is sent again, once, on a new one.
     assert bodies == [BODY] * 4
@@ -279,10 +284,7 @@ def tls_pair(tmp_path: Path, monkeypatch) -> ssl.SSLContext:
 
 def test_tls_keeps_its_connection_alive_and_its_reads_watched(serve, tls_pair, hold) -> None:
     files = serve(lambda sock, n, path: ok(sock) or True, tls=tls_pair)
-    direct = client(files, "https")
-    bodies = [
-        read_all(direct.get(files.url(f"/org/repo/resolve/main/f{i}", "https"), monitor())) for i in range(3)
-    ]
+    _, bodies = fetch_files(files, 3, "https")
     assert bodies == [BODY] * 3 and files.connections == 1
 
     head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
