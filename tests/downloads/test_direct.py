@@ -11,10 +11,12 @@ import socket
 import socketserver
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpcore2
 import pytest
@@ -28,6 +30,13 @@ BODY = bytes(range(256)) * 40  # 10 kB
 Respond = Callable[
     [socket.socket, int, str], bool
 ]  # (connection, request number, path): keep the connection?
+
+
+class _Quiet(socketserver.ThreadingTCPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A handshake the client refuses (the untrusted-certificate test) is the point, not a traceback."""
+        if not isinstance(sys.exc_info()[1], ssl.SSLError):
+            super().handle_error(request, client_address)
 
 
 class ScriptedServer:
@@ -58,7 +67,7 @@ class ScriptedServer:
                         sock.close()
                         return
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server = _Quiet(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
