@@ -10,8 +10,8 @@ Here, for the files of a pull that are small (<= SMALL_FILE_MAX) and not Xet fil
 on a kept-alive connection of hub_direct (a plain HTTP/1.1 exchange under the same guard as huggingface_hub's
 client: allowed hosts, header deadlines, ETag checks, cancel and stalls between reads, the current file);
 an answer that is not a plain 200 (a redirect, a compressed body) goes through huggingface_hub's own client
-as before. The first file alone sizes the rest's connections (`_connections`: as many as cover the wait
-for the Hub, so one or two on a LAN, eight across the internet). Each file is written exactly where and how
+as before. The first file alone sizes the rest's connections (`_connections`: as many as cover its wait
+for the network, so one or two on a LAN, eight across the internet). Each file is written exactly where and how
 hf_hub_download writes it:
 
 - `blobs/<etag>.<8 hex>.incomplete`, under the blob's lock `.locks/models--…/<etag>.lock` (the same flock
@@ -149,37 +149,34 @@ def fetch(batch: Batch, files: list[FileRecord]) -> set[str]:
 
 def _first_fetched(context: _Context, files: list[FileRecord]) -> tuple[set[str], list[FileRecord], int]:
     """Files one after another up to the first that needs fetching (those already in the snapshot,
-    config.json for one, cost no request): how long that one waited for the Hub against how long it kept
-    this process busy sizes the pool for the rest. Returns the paths done, the rest, and the connections."""
+    config.json for one, cost no request): how long that one took against how much of it kept this thread
+    busy sizes the pool for the rest. Returns the paths done, the rest, and the connections."""
     batch = context.batch
     done: set[str] = set()
     for i, spec in enumerate(files):
         present = not batch.force and (batch.repo_dir / "snapshots" / batch.sha / spec.path).exists()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         if _fetch_one(context, spec):
             done.add(spec.path)
         if not present:
-            return done, files[i + 1 :], _connections(time.perf_counter() - started, context)
+            took, busy = time.perf_counter() - started, time.thread_time() - cpu
+            return done, files[i + 1 :], _connections(took, busy, batch.repo_id)
     return done, [], CONNECTIONS
 
 
-def _connections(seconds: float, context: _Context) -> int:
-    """Enough connections that one file's wait for the Hub is covered by the others' work: a Hub across
-    the internet (tens of ms a request) gets CONNECTIONS, one on this machine or the LAN, where a file
-    costs more CPU than waiting, gets one or two. More threads than that only fight over the GIL: 200
-    files of 50 kB from the local Hub took 250 ms of CPU on one connection and 390 ms on eight, for no
-    gain in time (2 cores; the issue-15 note)."""
-    waited = context.direct.waited() if context.direct is not None else None
-    if waited is None:  # it went through huggingface_hub's client: nothing measured
-        return CONNECTIONS
-    busy = max(seconds - waited, 1e-4)
-    connections = max(1, min(CONNECTIONS, math.ceil(seconds / busy)))
+def _connections(took: float, busy: float, repo_id: str) -> int:
+    """Enough connections that a file's wait for the network (the Hub's answer, a slow body) is covered by
+    the others' work: a Hub across the internet (tens of ms a file, a fraction of a ms of it CPU) gets
+    CONNECTIONS; one on this machine or the LAN, where a file costs about as much CPU as it waits, gets one or
+    two. More threads than that only fight over the GIL: 200 files of 50 kB from the local Hub took 250 ms of
+    CPU on one connection and 390 ms on eight, for no gain in time (2 cores; the issue-15 note)."""
+    connections = max(1, min(CONNECTIONS, math.ceil(took / max(busy, 1e-4))))
     log.info(
-        "%s: small files over %d connection(s) (the first took %.1f ms, %.1f of them waiting for the Hub)",
-        context.batch.repo_id,
+        "%s: small files over %d connection(s) (the first took %.1f ms, %.1f ms of it CPU)",
+        repo_id,
         connections,
-        seconds * 1000,
-        waited * 1000,
+        took * 1000,
+        busy * 1000,
     )
     return connections
 

@@ -31,7 +31,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
@@ -223,10 +222,6 @@ class DirectClient:
         status = getattr(self._local, "status", 0)
         return 300 <= status < 400
 
-    def waited(self) -> float | None:
-        """Seconds this thread's last request waited for its answer's headers (None: it sent none)."""
-        return getattr(self._local, "waited", None)
-
     def close(self) -> None:
         with self._lock:
             for connection in self._all:
@@ -302,7 +297,6 @@ class DirectClient:
             if not connection.open:
                 connection.connect()
             retry = connection.reused and attempt == 0
-            sent = time.perf_counter()  # the answer's wait, without the connection's set-up
             try:
                 connection.send(request)
                 answer = connection.answer()
@@ -311,7 +305,6 @@ class DirectClient:
                 if retry:
                     continue
                 raise
-            self._local.waited = time.perf_counter() - sent
             self._local.status = answer.status
             connection.reused = True
             return answer

@@ -192,3 +192,16 @@ def test_once_an_lfs_file_is_redirected_the_others_go_straight_to_huggingface_hu
     assert len([p for p in asked if "/resolve/main/" in p]) == len(SHARDS)
     for path, content in SHARDS.items():
         assert (repo_dir(repo_id) / "snapshots" / sha / path).read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("took", "busy", "connections"),
+    [
+        (0.002, 0.0011, 2),  # the local Hub: a file costs about as much CPU as it waits
+        (0.002, 0.002, 1),
+        (0.060, 0.001, hub_batch.CONNECTIONS),  # across the internet: the wait is the answer's round trip
+        (2.5, 0.001, hub_batch.CONNECTIONS),  # a slow body: waiting too, not work
+    ],
+)
+def test_the_connections_cover_the_first_files_wait(took: float, busy: float, connections: int) -> None:
+    assert hub_batch._connections(took, busy, "org/name") == connections
