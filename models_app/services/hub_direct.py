@@ -198,7 +198,8 @@ class DirectClient:
     @classmethod
     def for_endpoint(cls, endpoint: str, headers: dict[str, str], *, stall: float) -> DirectClient | None:
         """None where this path would not go the way huggingface_hub's client goes: a proxy for the
-        endpoint in the environment (httpx2 honours it), or a scheme other than http(s)."""
+        endpoint in the environment (httpx2 honours it), a scheme other than http(s), or a header (a token)
+        with a line break in it."""
         parts = urlsplit(endpoint)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -206,6 +207,8 @@ class DirectClient:
         proxies = urllib.request.getproxies()
         if (proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(parts.hostname):
             return None
+        if any(c in text for item in headers.items() for text in item for c in "\r\n"):
+            return None  # written out here as they are: httpx2 refuses such a header, so it decides
         return cls(endpoint, headers, stall=stall)
 
     def _connection(self) -> _Connection:
