@@ -336,12 +336,7 @@ def _fetch_body(context: _Context, url: str, out: hub_digest.HashingFile, size: 
     from huggingface_hub.utils import hf_raise_for_status
 
     monitor = context.batch.monitor
-    direct = context.direct
-    body = None
-    if direct is not None and not (lfs and direct.lfs_elsewhere):
-        body = direct.get(url, monitor)
-        if body is None and lfs and direct.redirected():
-            direct.lfs_elsewhere = True
+    body = context.direct.get(url, monitor, lfs=lfs) if context.direct is not None else None
     if body is not None:
         with contextlib.closing(body):
             _write_body(iter(lambda: body.read(READ_BYTES), b""), out, size, monitor)

@@ -189,9 +189,9 @@ class DirectClient:
             # truststore on macOS and Windows, or the environment's SSL_CERT_FILE / SSL_CERT_DIR).
             self._tls = httpx2.create_ssl_context()
         self._local = threading.local()
-        # Set by hub_batch once an LFS file was redirected: the others will be too, so they go straight to
-        # huggingface_hub's client instead of asking here first.
-        self.lfs_elsewhere = False
+        # Once an LFS file was redirected (a Hub that sends LFS to its CDN) the others will be too: they go
+        # straight to huggingface_hub's client instead of asking here first.
+        self._lfs_elsewhere = False
         self._all: list[_Connection] = []
         self._lock = threading.Lock()
 
@@ -220,21 +220,18 @@ class DirectClient:
                 self._all.append(connection)
         return connection
 
-    def redirected(self) -> bool:
-        """Whether this thread's last answer was a redirect (a Hub that sends LFS files to its CDN)."""
-        status = getattr(self._local, "status", 0)
-        return 300 <= status < 400
-
     def close(self) -> None:
         with self._lock:
             for connection in self._all:
                 connection.close()
             self._all.clear()
 
-    def get(self, url: str, monitor: JobMonitor) -> Body | None:
+    def get(self, url: str, monitor: JobMonitor, *, lfs: bool = False) -> Body | None:
         """The 200 answer to GET url, its headers checked; None (nothing read of a body) for anything
         else, which the caller sends through huggingface_hub's client instead. An error status raises what
-        huggingface_hub raises for it."""
+        huggingface_hub raises for it. `lfs`: an LFS file, not asked here once another was redirected."""
+        if lfs and self._lfs_elsewhere:
+            return None
         parts = urlsplit(url)
         if (parts.scheme.lower(), parts.hostname, parts.port or self.port) != (
             self.scheme,
@@ -272,13 +269,7 @@ class DirectClient:
         watch.headers_received()
         body = Body(connection, answer, watch, monitor, name)
         try:
-            if answer.status >= 400:
-                _raise_status(url, body)
-            plain = answer.status == 200 and "transfer-encoding" not in answer.headers
-            encoding = answer.headers.get("content-encoding", "identity").lower()
-            if not plain or answer.length is None or encoding != "identity":
-                raise _Unusable(f"HTTP {answer.status}")
-            hub_guard.check_response_headers("GET", answer.headers, status=200, url=url)
+            self._check(url, body, lfs=lfs)
         except _Unusable:
             body.close()  # its body is not read: the connection goes
             return None
@@ -291,6 +282,20 @@ class DirectClient:
             raise
         monitor.on_activity()
         return body
+
+    def _check(self, url: str, body: Body, *, lfs: bool) -> None:
+        """Raises what huggingface_hub raises for an error status, _Unusable for any answer but a plain 200
+        (remembering an LFS file's redirect), the guard's DownloadError for headers it refuses."""
+        answer = body.answer
+        if answer.status >= 400:
+            _raise_status(url, body)
+        plain = answer.status == 200 and "transfer-encoding" not in answer.headers
+        encoding = answer.headers.get("content-encoding", "identity").lower()
+        if not plain or answer.length is None or encoding != "identity":
+            if lfs and 300 <= answer.status < 400:
+                self._lfs_elsewhere = True
+            raise _Unusable(f"HTTP {answer.status}")
+        hub_guard.check_response_headers("GET", answer.headers, status=200, url=url)
 
     def _exchange(self, connection: _Connection, request: bytes, watch: hub_guard.Watch) -> _Answer:
         """Send the request and read the answer's head, on a new connection once more if the kept-alive one
@@ -308,7 +313,6 @@ class DirectClient:
                 if retry:
                     continue
                 raise
-            self._local.status = answer.status
             connection.reused = True
             return answer
         raise AssertionError("unreachable")
