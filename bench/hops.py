@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 # (from, to, what happens between them)
 HOPS: list[tuple[str, str, str]] = [
-    ("client_sent", "received", "client → web process (socket, ASGI, auth)"),
-    ("received", "enqueue", "web: rows, checks, routing"),
+    ("client_sent", "received", "client → web process (socket, ASGI; websocket: auth at connect)"),
+    ("received", "enqueue", "web: API key, rows, checks, routing"),
     ("enqueue", "picked", "inbox (Redis list) → worker intake → a slot starts it"),
     ("picked", "engine", "slot: snapshot row, picked mark → engine loop takes it"),
     ("engine", "prefill", "model, prompt, KV cache, chat.started"),

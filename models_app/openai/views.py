@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -48,6 +50,9 @@ ERROR_STATUS: dict[str, tuple[int, str]] = {
 }
 ERROR_CODE_NAMES = {"context_too_long": "context_length_exceeded"}
 
+# A request body (JSON, parsed) to the request it stands for: schemas.parse_chat or parse_completion.
+Parse = Callable[[dict[str, Any]], schemas.CompletionRequest]
+
 
 def error_response(
     status: int,
@@ -66,17 +71,30 @@ def error_response(
 # --- Auth ------------------------------------------------------------------------------------------------------
 
 
+def _active_key(authorization: str) -> ApiKey | None:
+    """The active API key of an Authorization header, or None. The key row is read on every call, so a revoked
+    key fails at once. Blocking (the database)."""
+    raw = bearer_token(authorization)
+    return None if raw is None else authenticate_key(raw)
+
+
 async def authenticate(request: HttpRequest) -> ApiKey | None:
-    """The request's active API key, or None. The key row is read on every call, so a revoked key fails at
-    once. The database work runs in Django's sync thread (the ORM is not async-safe)."""
-    raw = bearer_token(request.headers.get("Authorization", ""))
-    if raw is None:
-        return None
-    return await sync_to_async(authenticate_key)(raw)
+    """The request's active API key, or None. The database work runs in Django's sync thread (the ORM is not
+    async-safe)."""
+    return await sync_to_async(_active_key)(request.headers.get("Authorization", ""))
 
 
-def endpoint(*methods: str) -> Callable:
-    """Method check and key auth for an async view; the view gets the key as its second argument."""
+def _unauthorized() -> JsonResponse:
+    return error_response(
+        401,
+        "Invalid, revoked or missing API key. Send `Authorization: Bearer mlxcr_...` with a key from "
+        "Settings or `manage.py apikey create`.",
+        code="invalid_api_key",
+    )
+
+
+def accepts(*methods: str) -> Callable:
+    """Method check for an async API view (405 otherwise); key auth is the view's own (see endpoint)."""
 
     def wrap(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Awaitable[HttpResponse]]:
         @csrf_exempt
@@ -87,19 +105,30 @@ def endpoint(*methods: str) -> Callable:
                 )
                 response["Allow"] = ", ".join(methods)
                 return response
-            key = await authenticate(request)
-            if key is None:
-                return error_response(
-                    401,
-                    "Invalid, revoked or missing API key. Send `Authorization: Bearer mlxcr_...` with a key from "
-                    "Settings or `manage.py apikey create`.",
-                    code="invalid_api_key",
-                )
-            return await view(request, key, *args, **kwargs)
+            return await view(request, *args, **kwargs)
 
         wrapped.__name__ = view.__name__
         wrapped.__doc__ = view.__doc__
         return wrapped
+
+    return wrap
+
+
+def endpoint(*methods: str) -> Callable:
+    """Method check and key auth for an async view; the view gets the key as its second argument. (The
+    completions views check the key in the same trip to a thread as the rest of their work: `_admit`.)"""
+
+    def wrap(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Awaitable[HttpResponse]]:
+        @accepts(*methods)
+        async def authenticated(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            key = await authenticate(request)
+            if key is None:
+                return _unauthorized()
+            return await view(request, key, *args, **kwargs)
+
+        authenticated.__name__ = view.__name__
+        authenticated.__doc__ = view.__doc__
+        return authenticated
 
     return wrap
 
@@ -339,21 +368,32 @@ class _Pace:
         self.last_write = time.monotonic()
 
 
-async def _complete(
-    request: HttpRequest, key: ApiKey, parse: Callable[[dict[str, Any]], schemas.CompletionRequest]
-) -> HttpResponse:
+async def _complete(request: HttpRequest, parse: Parse) -> HttpResponse:
     received_ns = time.time_ns()  # the request's first hop (inference.stamp_hop)
-    try:
-        parsed = parse(schemas.parse_body(request.body))
-    except schemas.RequestError as exc:
-        return error_response(400, exc.message, code=exc.code, param=exc.param)
     request_id = str(uuid.uuid4())
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    admitting = asyncio.ensure_future(
+        sync_to_async(_admit, thread_sensitive=False)(
+            parse,
+            body=request.body,
+            authorization=request.headers.get("Authorization", ""),
+            request_id=request_id,
+            reply_channel=channel,
+            received_ns=received_ns,
+        )
+    )
     try:
-        lease = await sync_to_async(_lease, thread_sensitive=False)(request_id, key)
-    except inflight.LimitReached as exc:
-        return _too_many(exc.scope)
+        # A thread cannot be stopped half-way: should the client hang up meanwhile, what it admitted is undone.
+        admitted = await asyncio.shield(admitting)
+    except asyncio.CancelledError:
+        admitting.add_done_callback(functools.partial(_abandoned, request_id=request_id))
+        raise
+    if isinstance(admitted, HttpResponse):
+        return admitted
+    lease = admitted.lease
     try:
-        response = await _generate(parsed, key, request_id=request_id, lease=lease, received_ns=received_ns)
+        response = await _generate(admitted, layer, channel, request_id=request_id)
     except BaseException:
         inflight.release_soon(lease)
         raise
@@ -364,10 +404,71 @@ async def _complete(
     return response
 
 
-def _lease(request_id: str, key: ApiKey) -> inflight.Lease:
-    """A slot among the user's and the key's requests in flight (the limits read, then taken: one trip to a
-    thread). Raises inflight.LimitReached."""
-    return inflight.acquire(request_id, inflight.scopes_for(key.user_id, key.id))
+@dataclass
+class _Admitted:
+    """A request on its way to the worker: what the answer is read with."""
+
+    parsed: schemas.CompletionRequest
+    lease: inflight.Lease
+    markers: Markers
+    queue: str
+
+
+@workers.one_reading()
+def _admit(
+    parse: Parse, *, body: bytes, authorization: str, request_id: str, reply_channel: str, received_ns: int
+) -> _Admitted | HttpResponse:
+    """Everything before the request leaves for the worker, in one trip to a thread (each trip to a thread cost
+    1-2 ms on the way to the first token): the key (401), the body (400), a slot among the requests in flight
+    (429), the model and its machine (404, 503), the send. The error response, or the request as sent."""
+    key = _active_key(authorization)
+    if key is None:
+        return _unauthorized()
+    try:
+        parsed = parse(schemas.parse_body(body))
+    except schemas.RequestError as exc:
+        return error_response(400, exc.message, code=exc.code, param=exc.param)
+    try:
+        lease = inflight.acquire(request_id, inflight.scopes_for(key.user_id, key.id))
+    except inflight.LimitReached as exc:
+        return _too_many(exc.scope)
+    try:
+        resolved = _resolve(parsed.model, key.user)
+        if resolved is None:
+            inflight.release(lease)
+            return _model_not_found(parsed.model)
+        route, markers = resolved
+        generation = _generation_request(
+            parsed,
+            key,
+            request_id=request_id,
+            reply_channel=reply_channel,
+            snapshot_id=route.snapshot.id,
+            received_ns=received_ns,
+        )
+        queue = inference.start_generation(generation, queue=route.queue)
+    except inference.InferenceUnavailable as exc:  # routing.NodeDown names the machine(s)
+        inflight.release(lease)
+        return _unavailable(exc)
+    except BaseException:
+        inflight.release(lease)
+        raise
+    return _Admitted(parsed=parsed, lease=lease, markers=markers, queue=queue)
+
+
+def _abandoned(admitting: asyncio.Future[_Admitted | HttpResponse], *, request_id: str) -> None:
+    """A request admitted for a client that had hung up: its slot back, and its generation stopped."""
+    if admitting.cancelled() or admitting.exception() is not None:
+        return
+    admitted = admitting.result()
+    if isinstance(admitted, _Admitted):
+        inflight.release_soon(admitted.lease)
+        _background.add(task := asyncio.ensure_future(_cancel(request_id)))
+        task.add_done_callback(_background.discard)
+
+
+# Tasks nobody awaits, kept referenced until they end (the loop holds only weak references).
+_background: set[asyncio.Future[None]] = set()
 
 
 def _too_many(scope: inflight.Scope) -> JsonResponse:
@@ -408,25 +509,8 @@ async def _renewing(
         await replies.aclose()  # type: ignore[attr-defined]
 
 
-async def _generate(
-    parsed: schemas.CompletionRequest,
-    key: ApiKey,
-    *,
-    request_id: str,
-    lease: inflight.Lease,
-    received_ns: int,
-) -> HttpResponse:
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    try:
-        started = await sync_to_async(_start, thread_sensitive=False)(
-            parsed, key, request_id=request_id, reply_channel=channel, received_ns=received_ns
-        )
-    except inference.InferenceUnavailable as exc:  # routing.NodeDown names the machine(s)
-        return _unavailable(exc)
-    if started is None:
-        return _model_not_found(parsed.model)
-    markers, queue = started
+async def _generate(admitted: _Admitted, layer: Any, channel: str, *, request_id: str) -> HttpResponse:
+    """The answer to a request the worker has: a stream, or one object once it is done."""
     replies = _renewing(
         inference.stream_replies(
             layer,
@@ -434,38 +518,18 @@ async def _generate(
             request_id,
             settings.INFERENCE_PICKUP_TIMEOUT,
             keepalive=KEEPALIVE_SECONDS,
-            queue=queue,
+            queue=admitted.queue,
         ),
-        lease,
+        admitted.lease,
     )
-    translator = Translator(parsed, markers, request_id)
+    translator = Translator(admitted.parsed, admitted.markers, request_id)
     try:
-        return await _respond(translator, replies, request_id=request_id, lease=lease, queue=queue)
+        return await _respond(
+            translator, replies, request_id=request_id, lease=admitted.lease, queue=admitted.queue
+        )
     except asyncio.CancelledError:  # the client disconnected before the answer was complete
         await _cancel(request_id)
         raise
-
-
-@workers.one_reading()
-def _start(
-    parsed: schemas.CompletionRequest, key: ApiKey, *, request_id: str, reply_channel: str, received_ns: int
-) -> tuple[Markers, str] | None:
-    """Route the request and hand it to the worker, in one trip to a thread (each trip was a thread switch on
-    the way to the first token): its model's text markers and the queue it went to, or None for an unknown
-    model. Raises InferenceUnavailable."""
-    resolved = _resolve(parsed.model, key.user)
-    if resolved is None:
-        return None
-    route, markers = resolved
-    generation = _generation_request(
-        parsed,
-        key,
-        request_id=request_id,
-        reply_channel=reply_channel,
-        snapshot_id=route.snapshot.id,
-        received_ns=received_ns,
-    )
-    return markers, inference.start_generation(generation, queue=route.queue)
 
 
 def _unavailable(exc: inference.InferenceUnavailable) -> JsonResponse:
@@ -548,14 +612,14 @@ async def _whole_answer(
     )
 
 
-@endpoint("POST")
-async def chat_completions(request: HttpRequest, key: ApiKey) -> HttpResponse:
-    return await _complete(request, key, schemas.parse_chat)
+@accepts("POST")
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    return await _complete(request, schemas.parse_chat)
 
 
-@endpoint("POST")
-async def completions(request: HttpRequest, key: ApiKey) -> HttpResponse:
-    return await _complete(request, key, schemas.parse_completion)
+@accepts("POST")
+async def completions(request: HttpRequest) -> HttpResponse:
+    return await _complete(request, schemas.parse_completion)
 
 
 @csrf_exempt

@@ -270,6 +270,9 @@ def test_unknown_routes_and_methods_answer_in_openai_shape(asgi_server, alice_ke
     assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]["message"]
     # The OpenAI API takes API keys only: a browser session is not enough, and no CSRF token is needed.
     assert httpx.get(f"{asgi_server.url}/v1/models").status_code == 401
+    # The key is checked before the body is read: no key and a broken body is a 401, not a 400.
+    unkeyed = httpx.post(f"{asgi_server.url}/v1/chat/completions", content=b"{nope")
+    assert unkeyed.status_code == 401 and unkeyed.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_a_key_over_its_in_flight_limit_gets_a_429_and_its_slot_back_after(  # type: ignore[no-untyped-def]
