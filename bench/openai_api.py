@@ -226,8 +226,10 @@ def run(
             for name, side in sides.items():
                 # The same prompts to both: neither has seen them, so no prompt cache helps either.
                 if side is not None and name not in errors:
-                    # The product's single requests go into the hop table (bench/hops.py).
-                    record = "SSE" if name == "product" and clients == 1 else None
+                    # The product's requests go into the hop table (bench/hops.py), a column per count.
+                    record = None
+                    if name == "product":
+                        record = "SSE" if clients == 1 else f"SSE, {clients} clients"
                     try:
                         runs[name].append(measure(*side, prompts, max_tokens, record))
                     except Exception as exc:

@@ -1,0 +1,95 @@
+"""The API's own Django handler (dashboard/api_handler.py): an API request makes no trip to Django's sync thread
+for middleware, and its responses keep the dashboard's security headers and HTTPS redirect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from asgiref.sync import SyncToAsync, async_to_sync
+from channels.testing import HttpCommunicator
+from django.core.handlers.asgi import ASGIHandler
+from django.test import override_settings
+
+from dashboard.api_handler import ApiHandler, is_api
+
+SECURITY_HEADERS = [
+    "x-content-type-options",
+    "referrer-policy",
+    "cross-origin-opener-policy",
+    "content-security-policy",
+    "x-frame-options",
+]
+
+
+def _get(
+    app: Any, path: str, monkeypatch: pytest.MonkeyPatch, host: bytes = b"localhost"
+) -> tuple[dict[str, Any], int]:
+    """The response to a GET through `app`, and how many calls went to a thread through sync_to_async."""
+    trips = []
+    call = SyncToAsync.__call__
+
+    async def counted(self: SyncToAsync, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await call(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SyncToAsync, "__call__", counted)
+        response = async_to_sync(HttpCommunicator(app, "GET", path, headers=[(b"host", host)]).get_response)()
+    return response, len(trips)
+
+
+def _headers(response: dict[str, Any]) -> dict[str, str]:
+    return {name.decode().lower(): value.decode() for name, value in response["headers"]}
+
+
+@pytest.mark.django_db
+def test_an_api_request_makes_no_more_trips_to_a_thread_than_django_without_middleware(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dashboard.asgi import application
+
+    api, api_trips = _get(application, "/v1/models", monkeypatch)
+    with override_settings(MIDDLEWARE=[]):
+        bare, bare_trips = _get(ASGIHandler(), "/v1/models", monkeypatch)
+    dashboard, dashboard_trips = _get(ASGIHandler(), "/v1/models", monkeypatch)
+
+    assert api["status"] == bare["status"] == dashboard["status"] == 401  # no key: the key check's own trip
+    assert api_trips == bare_trips
+    # The dashboard's stack on the same request: its middleware hooks, a trip each (what the API no longer pays).
+    assert dashboard_trips >= bare_trips + 10
+
+
+@pytest.mark.django_db
+def test_api_responses_carry_the_dashboards_security_headers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dashboard.asgi import application
+
+    api, _ = _get(application, "/v1/models", monkeypatch)
+    dashboard, _ = _get(ASGIHandler(), "/v1/models", monkeypatch)
+    for name in SECURITY_HEADERS:
+        assert _headers(api)[name] == _headers(dashboard)[name], name
+    assert _headers(api)["x-frame-options"] == "DENY"
+    assert "set-cookie" not in _headers(api)  # no session, no CSRF cookie: an API key is the only credential
+
+
+@pytest.mark.django_db
+def test_an_api_request_over_http_is_redirected_when_https_is_required(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with override_settings(SECURE_SSL_REDIRECT=True):
+        response, _ = _get(ApiHandler(), "/v1/models", monkeypatch)
+    assert response["status"] == 301
+    assert _headers(response)["location"].startswith("https://")
+
+
+@pytest.mark.django_db
+def test_an_api_request_for_a_host_not_allowed_is_refused(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """As the dashboard's CommonMiddleware does: a rebound DNS name pointing at this server is not served."""
+    from dashboard.asgi import application
+
+    response, _ = _get(application, "/v1/models", monkeypatch, host=b"attacker.example")
+    assert response["status"] == 400
+
+
+def test_only_the_v1_paths_go_to_the_api_handler() -> None:
+    assert is_api({"path": "/v1/chat/completions"})
+    assert is_api({"path": "/mlx/v1/models", "root_path": "/mlx"})  # served below a prefix
+    assert not is_api({"path": "/api/v1/pulls"})  # the REST API: sessions and CSRF apply
+    assert not is_api({"path": "/v1"})
+    assert not is_api({"path": "/models/"})
