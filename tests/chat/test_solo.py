@@ -93,3 +93,73 @@ def test_a_second_request_moves_the_solo_into_the_batch_mid_answer_and_no_token_
     assert deltas_text(results["first"][1]) == deltas_text(alone_first)
     assert deltas_text(results["second"][1]) == deltas_text(alone_second)
     assert results["first"][0]["completion_tokens"] == 300
+
+
+class ResumeSpy:
+    """Counts the answers the batch handed on to a Solo (Solo.resume still runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.resumed_after: list[int] = []
+        real = solo_module.Solo.resume.__func__  # type: ignore[attr-defined]
+
+        def resume(cls: Any, prepared: Any, eos: Any, cache: Any, tokens: Any) -> Any:
+            solo = real(cls, prepared, eos, cache, tokens)
+            if solo is not None:
+                self.resumed_after.append(len(solo.generated))
+            return solo
+
+        monkeypatch.setattr(solo_module.Solo, "resume", classmethod(resume))
+
+
+def test_a_lone_answer_that_began_batched_goes_on_solo_after_its_prompt_and_no_token_changes(
+    engine, snapshot, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from models_app.services.engine import batch as batch_module
+
+    prompt = "a long question whose prompt is processed in the batch's chunks"
+    answer(engine, snapshot.id, "a warm-up", 4)
+    # As a prompt too long for one model call: it starts in the batch (paced chunks).
+    monkeypatch.setattr(batch_module, "can_go_solo", lambda prepared, step: False)
+    with monkeypatch.context() as batched_only:
+        batched_only.setattr(batch_module._ModelBatch, "_last_goes_solo", lambda self: None)
+        batched_usage, batched = answer(engine, snapshot.id, prompt, 120)
+    engine.state().prompt_cache.clear()
+
+    spy, steps = ResumeSpy(monkeypatch), Spy(monkeypatch)
+    usage, messages = answer(engine, snapshot.id, prompt, 120)
+
+    assert spy.resumed_after == [1]  # on solo from its first token on
+    assert steps.steps == 119  # every other token came from generate_step
+    assert deltas_text(messages) == deltas_text(batched)
+    assert usage["completion_tokens"] == batched_usage["completion_tokens"] == 120
+    # The KV cache kept for the next turn holds what the tokens say: the same question again is all cached.
+    again, _ = answer(engine, snapshot.id, prompt, 4)
+    assert again["cached_tokens"] == again["prompt_tokens"] - 1
+
+
+def test_the_last_of_two_batched_answers_goes_on_solo_when_the_other_ends(
+    engine, snapshot, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    long_prompt, short_prompt = "the first question, with a long answer", "a second question"
+    answer(engine, snapshot.id, "a warm-up", 4)
+    _, alone_long = answer(engine, snapshot.id, long_prompt, 300)
+    _, alone_short = answer(engine, snapshot.id, short_prompt, 20)
+    engine.state().prompt_cache.clear()
+
+    spy = ResumeSpy(monkeypatch)
+    layer = RecordingLayer()
+    results: dict[str, Any] = {}
+    first = threading.Thread(
+        target=lambda: results.update(long=answer(engine, snapshot.id, long_prompt, 300, layer))
+    )
+    first.start()
+    deadline = time.monotonic() + 30
+    while not any(m["type"] == "chat.delta" for _, m in layer.sent) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    results["short"] = answer(engine, snapshot.id, short_prompt, 20)  # joins the batch, ends first
+    first.join(60)
+
+    assert len(spy.resumed_after) == 1 and 20 < spy.resumed_after[0] < 300  # on solo once the short one ended
+    assert deltas_text(results["long"][1]) == deltas_text(alone_long)
+    assert deltas_text(results["short"][1]) == deltas_text(alone_short)
+    assert results["long"][0]["completion_tokens"] == 300

@@ -6,7 +6,8 @@ everything that touches MLX: loading and unloading models, the prompt cache, eve
 
 A request that finds its model idle, with a short prompt and no logits processors, runs solo (engine/solo.py:
 mlx-lm's generate_step, cheaper per token than a batch of one) until a second request of the model arrives; then
-it moves into the model's BatchGenerator with its KV cache and goes on batched.
+it moves into the model's BatchGenerator with its KV cache and goes on batched. The last answer left in a batch
+goes on solo the same way, once past its prompt.
 
 For each loaded model with requests, the loop keeps one mlx-lm `BatchGenerator` (continuous batching, as
 `mlx_lm.server` does): a request joins it as soon as the loop takes it, its prompt processed in paced chunks
@@ -95,6 +96,7 @@ class _ModelBatch:
             # this is only the ceiling of the prompt batch's own inner loop.
             prefill_step_size=MAX_STEP,
         )
+        self.eos = set(loaded.tokenizer.eos_token_ids)
         self.members: dict[int, _Member] = {}
         # The model's only request, while it is alone (engine/solo.py); its member is members[SOLO].
         self.solo: Solo | None = None
@@ -111,7 +113,7 @@ class _ModelBatch:
             interval=settings.CHAT_BATCH_INTERVAL,
         )
         if not self.members and can_go_solo(prepared, self.loaded.prefill.next_step()):
-            self.solo = Solo(prepared, set(self.loaded.tokenizer.eos_token_ids))
+            self.solo = Solo(prepared, self.eos)
             self.members[SOLO] = _Member(SOLO, work, job, prepared, answer)
             return
         self._end_solo()  # a second request: the solo goes on batched with it
@@ -149,11 +151,11 @@ class _ModelBatch:
         member.decoding = True
         member.answer.add(token, logprobs, finish)
         if finish is not None:
-            self._finish(engine, SOLO, solo.prepared.cache, solo.tokens)
+            self._finish(engine, SOLO, solo.cache, solo.tokens)
         elif member.answer.finish is not None:  # a stop string
-            self._finish(engine, SOLO, solo.prepared.cache, solo.tokens, finish=None)
+            self._finish(engine, SOLO, solo.cache, solo.tokens, finish=None)
         elif member.job.stream.should_stop:  # Stop, or the reader is gone
-            self._finish(engine, SOLO, solo.prepared.cache, solo.tokens, finish="cancelled")
+            self._finish(engine, SOLO, solo.cache, solo.tokens, finish="cancelled")
 
     def step(self, engine: EngineState) -> None:
         """One step: a decode step for every answer past its prompt, a prompt chunk for the others."""
@@ -200,6 +202,26 @@ class _ModelBatch:
             caches = self.generator.remove([uid], return_prompt_caches=member.decoding)
             cache, tokens = caches.get(uid, (None, None))
             self._finish(engine, uid, cache, tokens, finish=finish)
+        self._last_goes_solo()
+
+    def _last_goes_solo(self) -> None:
+        """The batch's last answer, past its prompt and with no logits processors, goes on solo: a BatchGenerator
+        of one cost 10-25% more per token than generate_step here (a long prompt's answer, whose prompt went in
+        the batch's paced chunks; the last of several answers)."""
+        if self.solo is not None or len(self.members) != 1:
+            return
+        ((uid, member),) = self.members.items()
+        if not member.decoding or member.prepared.processors:
+            return
+        found = self.generator.extract_cache([uid]).get(uid)
+        solo = Solo.resume(member.prepared, self.eos, *found) if found else None
+        if solo is None:
+            return
+        self.generator.remove([uid])
+        del self.members[uid]
+        member.uid = SOLO
+        self.members[SOLO] = member
+        self.solo = solo
 
     def _progress(self, member: _Member, processed: int, now: float) -> None:
         prepared = member.prepared
