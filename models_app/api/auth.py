@@ -17,7 +17,8 @@ def authenticate_key(raw_key: str) -> ApiKey | None:
     """The active key for a raw key, or None. Also refreshes its last-used time."""
     if not raw_key.startswith(ApiKey.PREFIX):
         return None
-    key = ApiKey.objects.select_related("user").filter(key_hash=ApiKey.hash(raw_key)).first()
+    # With the user's limits (UserLimits.of): the in-flight check after this needs no query of its own.
+    key = ApiKey.objects.select_related("user", "user__limits").filter(key_hash=ApiKey.hash(raw_key)).first()
     if key is None or not key.is_active or not key.user.is_active:
         return None
     now = timezone.now()

@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from models_app.api.auth import authenticate_key, bearer_token
-from models_app.models import ApiKey, Snapshot
+from models_app.models import ApiKey, Snapshot, UserLimits
 from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
@@ -429,7 +429,8 @@ def _admit(
     except schemas.RequestError as exc:
         return error_response(400, exc.message, code=exc.code, param=exc.param)
     try:
-        lease = inflight.acquire(request_id, inflight.scopes_for(key.user_id, key.id))
+        scopes = inflight.scopes_for(key.user_id, key.id, limits=UserLimits.of(key.user))
+        lease = inflight.acquire(request_id, scopes)
     except inflight.LimitReached as exc:
         return _too_many(exc.scope)
     try:

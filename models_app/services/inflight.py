@@ -108,11 +108,14 @@ class Lease:
         return bool(self.keys) and time.monotonic() - self.renewed_at >= RENEW_EVERY
 
 
-def scopes_for(user_id: int, api_key_id: int | None = None) -> list[Scope]:
-    """The limits a request of this user (through this key) counts against. Reads the database."""
+def scopes_for(
+    user_id: int, api_key_id: int | None = None, *, limits: tuple[int, int] | None = None
+) -> list[Scope]:
+    """The limits a request of this user (through this key) counts against: `limits`, the user's
+    (UserLimits.of), else read from the database."""
     from models_app.models import UserLimits
 
-    user_limit, _ = UserLimits.for_user(user_id)
+    user_limit, _ = limits or UserLimits.for_user(user_id)
     scopes = [Scope("user", user_id, user_limit)]
     if api_key_id is not None:
         scopes.append(Scope("apikey", api_key_id, settings.API_MAX_IN_FLIGHT_PER_KEY))

@@ -64,3 +64,24 @@ def test_a_client_that_hangs_up_while_its_request_is_admitted_gets_its_slot_back
     assert sent, "the request was never sent"
     assert in_flight() == 0  # its slot came back
     assert app_redis.client().exists(app_redis.key("cancel", sent[0]))  # the worker is told to stop it
+
+
+@pytest.mark.django_db
+def test_the_key_check_brings_the_users_limits_along(alice, alice_key: str, django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    """The API key's row, its user and the user's limits in one query: the in-flight check needs none more."""
+    from models_app.api.auth import authenticate_key
+    from models_app.models import UserLimits
+
+    authenticate_key(alice_key)  # the first use also records last_used_at
+    with django_assert_num_queries(1):
+        key = authenticate_key(alice_key)
+        assert key is not None
+        defaults = UserLimits.of(key.user)
+    assert defaults == UserLimits.for_user(alice.id)
+
+    UserLimits.objects.create(user=alice, max_in_flight=3, max_api_keys=7)
+    with django_assert_num_queries(1):
+        key = authenticate_key(alice_key)
+        assert key is not None
+        limits = UserLimits.of(key.user)
+    assert limits == (3, 7) == UserLimits.for_user(alice.id)
