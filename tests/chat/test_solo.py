@@ -38,6 +38,22 @@ class Spy:
         monkeypatch.setattr(solo_module.Solo, "into", into)
 
 
+class ResumeSpy:
+    """Counts the answers the batch handed on to a Solo (Solo.resume still runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.resumed_after: list[int] = []
+        real = solo_module.Solo.resume.__func__  # type: ignore[attr-defined]
+
+        def resume(cls: Any, prepared: Any, eos: Any, cache: Any, tokens: Any) -> Any:
+            solo = real(cls, prepared, eos, cache, tokens)
+            if solo is not None:
+                self.resumed_after.append(len(solo.generated))
+            return solo
+
+        monkeypatch.setattr(solo_module.Solo, "resume", classmethod(resume))
+
+
 def answer(engine, snapshot_id: int, content: str, max_tokens: int, layer: RecordingLayer | None = None):  # type: ignore[no-untyped-def]
     layer = layer or RecordingLayer()
     request = chat_request(
@@ -66,7 +82,7 @@ def test_a_lone_request_runs_solo(engine, snapshot, monkeypatch) -> None:  # typ
     assert len(deltas_text(messages)) > 0
 
 
-def test_a_second_request_moves_the_solo_into_the_batch_mid_answer_and_no_token_changes(
+def test_a_second_request_moves_the_solo_into_the_batch_mid_answer_and_back_on_solo_after_and_no_token_changes(
     engine, snapshot, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     first_prompt, second_prompt = "the first question, with a long answer", "a second question"
@@ -75,7 +91,7 @@ def test_a_second_request_moves_the_solo_into_the_batch_mid_answer_and_no_token_
     _, alone_second = answer(engine, snapshot.id, second_prompt, 40)
     engine.state().prompt_cache.clear()  # the same prompts, processed from scratch again
 
-    spy = Spy(monkeypatch)
+    spy, resumed = Spy(monkeypatch), ResumeSpy(monkeypatch)
     layer = RecordingLayer()
     results: dict[str, Any] = {}
     first = threading.Thread(
@@ -90,25 +106,11 @@ def test_a_second_request_moves_the_solo_into_the_batch_mid_answer_and_no_token_
 
     assert len(spy.moved_after) == 1 and spy.moved_after[0] > 0  # moved mid-answer, after some tokens
     assert spy.moved_after[0] < 300
+    # Once the second answer (40 tokens) ended, the first went on solo again (Solo.resume).
+    assert len(resumed.resumed_after) == 1 and spy.moved_after[0] + 30 < resumed.resumed_after[0] < 300
     assert deltas_text(results["first"][1]) == deltas_text(alone_first)
     assert deltas_text(results["second"][1]) == deltas_text(alone_second)
     assert results["first"][0]["completion_tokens"] == 300
-
-
-class ResumeSpy:
-    """Counts the answers the batch handed on to a Solo (Solo.resume still runs)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.resumed_after: list[int] = []
-        real = solo_module.Solo.resume.__func__  # type: ignore[attr-defined]
-
-        def resume(cls: Any, prepared: Any, eos: Any, cache: Any, tokens: Any) -> Any:
-            solo = real(cls, prepared, eos, cache, tokens)
-            if solo is not None:
-                self.resumed_after.append(len(solo.generated))
-            return solo
-
-        monkeypatch.setattr(solo_module.Solo, "resume", classmethod(resume))
 
 
 def test_a_lone_answer_that_began_batched_goes_on_solo_after_its_prompt_and_no_token_changes(
@@ -135,31 +137,3 @@ def test_a_lone_answer_that_began_batched_goes_on_solo_after_its_prompt_and_no_t
     # The KV cache kept for the next turn holds what the tokens say: the same question again is all cached.
     again, _ = answer(engine, snapshot.id, prompt, 4)
     assert again["cached_tokens"] == again["prompt_tokens"] - 1
-
-
-def test_the_last_of_two_batched_answers_goes_on_solo_when_the_other_ends(
-    engine, snapshot, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
-    long_prompt, short_prompt = "the first question, with a long answer", "a second question"
-    answer(engine, snapshot.id, "a warm-up", 4)
-    _, alone_long = answer(engine, snapshot.id, long_prompt, 300)
-    _, alone_short = answer(engine, snapshot.id, short_prompt, 20)
-    engine.state().prompt_cache.clear()
-
-    spy = ResumeSpy(monkeypatch)
-    layer = RecordingLayer()
-    results: dict[str, Any] = {}
-    first = threading.Thread(
-        target=lambda: results.update(long=answer(engine, snapshot.id, long_prompt, 300, layer))
-    )
-    first.start()
-    deadline = time.monotonic() + 30
-    while not any(m["type"] == "chat.delta" for _, m in layer.sent) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    results["short"] = answer(engine, snapshot.id, short_prompt, 20)  # joins the batch, ends first
-    first.join(60)
-
-    assert len(spy.resumed_after) == 1 and 20 < spy.resumed_after[0] < 300  # on solo once the short one ended
-    assert deltas_text(results["long"][1]) == deltas_text(alone_long)
-    assert deltas_text(results["short"][1]) == deltas_text(alone_short)
-    assert results["long"][0]["completion_tokens"] == 300
