@@ -67,7 +67,9 @@ def test_a_client_that_hangs_up_while_its_request_is_admitted_gets_its_slot_back
 
 
 @pytest.mark.django_db
-def test_the_key_check_brings_the_users_limits_along(alice, alice_key: str, django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+def test_the_key_check_brings_the_users_limits_along(
+    alice, alice_key: str, django_assert_num_queries
+) -> None:  # type: ignore[no-untyped-def]
     """The API key's row, its user and the user's limits in one query: the in-flight check needs none more."""
     from models_app.api.auth import authenticate_key
     from models_app.models import UserLimits
