@@ -137,3 +137,20 @@ def test_a_lone_answer_that_began_batched_goes_on_solo_after_its_prompt_and_no_t
     # The KV cache kept for the next turn holds what the tokens say: the same question again is all cached.
     again, _ = answer(engine, snapshot.id, prompt, 4)
     assert again["cached_tokens"] == again["prompt_tokens"] - 1
+
+
+def test_an_answer_that_cannot_go_on_solo_is_asked_once_not_every_step(engine, snapshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A cache that cannot drop its last token (Solo.resume says None) stays batched to the end; taking its
+    cache out of the batch to ask again would cost every step."""
+    from models_app.services.engine import batch as batch_module
+
+    answer(engine, snapshot.id, "a warm-up", 4)
+    monkeypatch.setattr(batch_module, "can_go_solo", lambda prepared, step: False)
+    asked: list[int] = []
+    monkeypatch.setattr(
+        solo_module.Solo, "resume", classmethod(lambda cls, prepared, eos, cache, tokens: asked.append(1))
+    )
+    usage, messages = answer(engine, snapshot.id, "a question that stays batched", 60)
+    assert usage is not None and usage["completion_tokens"] == 60
+    assert asked == [1]
+    assert deltas_text(messages)

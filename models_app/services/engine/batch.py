@@ -79,6 +79,7 @@ class _Member:
     answer: Answer
     decoding: bool = False  # past its prompt: its KV cache holds the prompt and the tokens so far
     last_progress: float = 0.0
+    stays_batched: bool = False  # asked once to go on solo, it could not (Solo.resume): not asked every step
 
 
 class _ModelBatch:
@@ -211,11 +212,12 @@ class _ModelBatch:
         if self.solo is not None or len(self.members) != 1:
             return
         ((uid, member),) = self.members.items()
-        if not member.decoding or member.prepared.processors:
+        if not member.decoding or member.stays_batched or member.prepared.processors:
             return
         found = self.generator.extract_cache([uid]).get(uid)
         solo = Solo.resume(member.prepared, self.eos, *found) if found else None
         if solo is None:
+            member.stays_batched = True
             return
         self.generator.remove([uid])
         del self.members[uid]
