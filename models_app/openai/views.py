@@ -29,7 +29,7 @@ from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
 from models_app.selectors.snapshots import ModelInfo, model_list, snapshot_list
-from models_app.services import cache, inference, inflight, model_markers, routing, workers
+from models_app.services import cache, chat, inference, inflight, model_markers, routing, workers
 from models_app.services.nodes import down_nodes
 
 log = logging.getLogger(__name__)
@@ -458,18 +458,14 @@ def _admit(
 
 
 def _abandoned(admitting: asyncio.Future[_Admitted | HttpResponse], *, request_id: str) -> None:
-    """A request admitted for a client that had hung up: its slot back, and its generation stopped."""
+    """A request admitted for a client that had hung up: its slot back, and its generation stopped (each
+    handed to a thread at once, as inflight.release_soon does: nothing here waits)."""
     if admitting.cancelled() or admitting.exception() is not None:
         return
     admitted = admitting.result()
     if isinstance(admitted, _Admitted):
         inflight.release_soon(admitted.lease)
-        _background.add(task := asyncio.ensure_future(_cancel(request_id)))
-        task.add_done_callback(_background.discard)
-
-
-# Tasks nobody awaits, kept referenced until they end (the loop holds only weak references).
-_background: set[asyncio.Future[None]] = set()
+        asyncio.get_running_loop().run_in_executor(None, chat.cancel_quietly, request_id)
 
 
 def _too_many(scope: inflight.Scope) -> JsonResponse:
