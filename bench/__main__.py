@@ -295,6 +295,7 @@ def measure_model(
     # In the default run the slow model gets shorter answers and fewer conversations, so the whole run stays
     # under half an hour on 2 cores (22 min measured); `--model X` alone measures X in full.
     short = args.both and not model.fast
+    ttft_slack = chat.FAST_TTFT_SLACK_MS if model.fast else chat.TTFT_SLACK_MS
     if "chat" in args.only:
         with timed(Section(f"Chat streaming ({model.name})")) as section:
             sections.append(section)
@@ -310,6 +311,7 @@ def measure_model(
                 new_tokens=16 if args.quick else chat.NEW_TOKENS // 2 if short else chat.NEW_TOKENS,
                 rounds=args.rounds,
                 title=title,
+                ttft_slack=ttft_slack,
             )
         if model.fast:
             with timed(Section(f"Chat beside a CPU-bound process ({model.name})")) as section:
@@ -323,7 +325,8 @@ def measure_model(
                     unavailable=down,
                     title=title,
                     new_tokens=16 if args.quick else openai_api.MAX_TOKENS,
-                    rounds=args.rounds,
+                    rounds=args.rounds if args.quick else max(args.rounds, chat.VS_RAW_ROUNDS),
+                    ttft_slack=ttft_slack,
                 )
 
     server: MlxServer | None = None

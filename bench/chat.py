@@ -26,7 +26,11 @@ from bench.report import Row, Section, median, percentile
 from bench.stack import MlxServer, Product
 
 NEW_TOKENS = 256
-TTFT_SLACK_MS = 50.0
+TTFT_SLACK_MS = 50.0  # DESIGN.md's target, for every model
+FAST_TTFT_SLACK_MS = 5.0  # issue 15's, on the fast model: what the product adds shows there
+# The fast model's rows against raw (websocket and SSE, quiet and beside a CPU-bound process): medians of this
+# many pairs. A pair costs half a second there, and a median of 2 moved by 10 ms with one slow request.
+VS_RAW_ROUNDS = 8
 TURNS = 5
 # Answer length per turn in the multi-turn test. A random-weight model's answer re-encodes into other ids than
 # it was generated in, so a prompt cache that matches re-encoded tokens re-processes most of each answer (as
@@ -279,20 +283,26 @@ def server_turns(server: MlxServer, model: str, messages: list[str], max_tokens:
 # ----------------------------------------------------------------------------- the benchmarks
 
 
-def _stream_rows(section: Section, bench: str, raw: Trace, product: Trace) -> None:
-    r, p = raw.summary(), product.summary()
+def _ttft_row(
+    section: Section, bench: str, metric: str, product: float | None, raw: float | None, slack: float
+) -> None:
     section.add(
         Row(
             bench,
-            "time to first token, ms",
-            p["ttft_ms"],
-            r["ttft_ms"],
+            metric,
+            product,
+            raw,
             "stream_generate",
-            target=f"≤ raw + {TTFT_SLACK_MS:.0f} ms",
+            target=f"≤ raw + {slack:.0f} ms",
             unit="ms",
-            met=p["ttft_ms"] <= r["ttft_ms"] + TTFT_SLACK_MS,
+            met=product <= raw + slack if product and raw else None,
         )
     )
+
+
+def _stream_rows(section: Section, bench: str, raw: Trace, product: Trace, *, ttft_slack: float) -> None:
+    r, p = raw.summary(), product.summary()
+    _ttft_row(section, bench, "time to first token, ms", p["ttft_ms"], r["ttft_ms"], ttft_slack)
     section.add(
         Row(
             bench,
@@ -358,8 +368,10 @@ def run_streaming(
     prompts: dict[str, int],
     rounds: int,
     title: str = "",
+    ttft_slack: float = TTFT_SLACK_MS,
 ) -> None:
-    """`title`: the model, as the rows name it ("fast tiny model, ~400 tok/s raw")."""
+    """`title`: the model, as the rows name it ("fast tiny model, ~400 tok/s raw"); `ttft_slack`: the first
+    token's target over raw, ms."""
     messages_for = lambda text: [{"role": "user", "content": text}]  # noqa: E731
     # Warm both: the model loaded, MLX's kernels compiled, the product's worker holding the model.
     raw.generate(messages_for(prompt_text(raw.tokenizer, 20, 999)), 8)
@@ -391,7 +403,7 @@ def run_streaming(
                 section.failed(bench, exc)
                 continue
             section.raw[key]["product"] = product_trace.summary()
-            _stream_rows(section, bench, raw_trace, product_trace)
+            _stream_rows(section, bench, raw_trace, product_trace, ttft_slack=ttft_slack)
 
 
 def run_multi_turn(
@@ -540,10 +552,11 @@ def run_beside_busy(
     title: str,
     new_tokens: int,
     rounds: int,
+    ttft_slack: float = TTFT_SLACK_MS,
 ) -> None:
     """The product over the websocket and over SSE against raw stream_generate on the same prompt, first on a
     quiet machine, then with a second CPU-bound process (a busy loop, one core's worth) running beside both
-    sides: the ratios should hold. Medians over `rounds`."""
+    sides: the ratios should hold. Medians over `rounds`; `ttft_slack` as run_streaming's."""
     from bench.stack import busy_process
 
     messages = lambda text: [{"role": "user", "content": text}]  # noqa: E731
@@ -576,27 +589,16 @@ def run_beside_busy(
                 section.raw[f"{transport}, {condition}"] = [
                     {"raw": r.summary(), "product": p.summary()} for r, p in pairs
                 ]
-                _ratio_rows(section, bench, pairs)
+                _ratio_rows(section, bench, pairs, ttft_slack=ttft_slack)
 
 
-def _ratio_rows(section: Section, bench: str, pairs: list[tuple[Trace, Trace]]) -> None:
+def _ratio_rows(section: Section, bench: str, pairs: list[tuple[Trace, Trace]], *, ttft_slack: float) -> None:
     raw_ttft = median([r.ttft_ms for r, _ in pairs if r.ttft_ms is not None])
     product_ttft = median([p.ttft_ms for _, p in pairs if p.ttft_ms is not None])
     raw_tps = median([r.decode_tps for r, _ in pairs if r.decode_tps])
     product_tps = median([p.decode_tps for _, p in pairs if p.decode_tps])
     of = f"median of {len(pairs)}"
-    section.add(
-        Row(
-            bench,
-            f"time to first token, ms ({of})",
-            product_ttft,
-            raw_ttft,
-            "stream_generate",
-            target=f"≤ raw + {TTFT_SLACK_MS:.0f} ms",
-            unit="ms",
-            met=product_ttft <= raw_ttft + TTFT_SLACK_MS if product_ttft and raw_ttft else None,
-        )
-    )
+    _ttft_row(section, bench, f"time to first token, ms ({of})", product_ttft, raw_ttft, ttft_slack)
     section.add(
         Row(
             bench,
