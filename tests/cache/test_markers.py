@@ -71,3 +71,15 @@ def test_a_row_of_another_machine_is_left_for_that_machine(thinker: Snapshot) ->
     assert reconcile_cache().markers_filled == 0
     thinker.refresh_from_db()
     assert thinker.markers is None
+
+
+def test_a_model_load_fills_a_row_that_has_none(thinker: Snapshot) -> None:
+    """The inference worker reads the row before it loads a model (engine.state.spec_for, one plain statement),
+    and fills the markers it lacks."""
+    from models_app.services.engine.state import spec_for
+
+    Snapshot.objects.filter(id=thinker.id).update(markers=None)
+
+    assert spec_for(thinker.id).snapshot_id == thinker.id
+    thinker.refresh_from_db()
+    assert thinker.markers == EXPECTED

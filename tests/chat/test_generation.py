@@ -3,6 +3,7 @@ context window, the prompt cache, cancellation, and what is written to the datab
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -395,6 +396,27 @@ def test_a_snapshot_that_is_not_ready_is_not_loaded(engine, tiny_model_path) -> 
     snapshot = make_snapshot("test/tiny-chat", path=tiny_model_path, status="downloading")
     _, replies = run_generate(engine, chat_request(snapshot.id))
     assert replies[0]["code"] == "model_load_failed" and "not ready" in replies[0]["message"]
+
+
+def test_the_snapshot_row_is_checked_before_a_model_is_loaded(tiny_model_path) -> None:  # type: ignore[no-untyped-def]
+    """spec_for reads its columns in one plain statement (state._SPEC_SQL): the same answers as the rows say
+    (the markers it fills: tests/cache/test_markers.py)."""
+    from models_app.models import Snapshot
+    from models_app.services.engine.registry import ModelLoadError
+    from models_app.services.engine.state import spec_for
+
+    ready = make_snapshot("test/spec-ready", path=tiny_model_path)
+    spec = spec_for(ready.id)
+    assert (spec.snapshot_id, spec.repo_id, spec.path) == (ready.id, "test/spec-ready", str(tiny_model_path))
+    elsewhere = make_snapshot("test/spec-elsewhere", path=tiny_model_path)
+    Snapshot.objects.filter(id=elsewhere.id).update(node="another-machine")
+    for snapshot_id, message in [
+        (elsewhere.id, "test/spec-elsewhere is on node another-machine, not on this one"),
+        (make_snapshot("test/spec-deleted", status=Snapshot.Status.DELETED).id, "is not ready (deleted)"),
+        (10**9, "This model is no longer registered."),
+    ]:
+        with pytest.raises(ModelLoadError, match=re.escape(message)):
+            spec_for(snapshot_id)
 
 
 def test_a_request_cancelled_while_queued_never_starts(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]

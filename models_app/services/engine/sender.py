@@ -132,6 +132,9 @@ class ReplyStream:
         client = _async_redis(url)
         warned = False
         while not self._closing:
+            # Not at once: the request was read off its queue a moment ago with its cancel flag
+            # (generation._mark_picked), and a second look then only competed with it on the way to the first token.
+            await asyncio.sleep(CANCEL_POLL)
             try:
                 if await client.exists(key):
                     self.cancelled.set()
@@ -140,4 +143,3 @@ class ReplyStream:
                 if not warned:
                     log.warning("request %s: cannot read the cancel flag: %r", self.request_id, exc)
                     warned = True
-            await asyncio.sleep(CANCEL_POLL)
