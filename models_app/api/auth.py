@@ -15,16 +15,29 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 def authenticate_key(raw_key: str) -> ApiKey | None:
     """The active key for a raw key, or None. Also refreshes its last-used time."""
+    key = active_key(raw_key)
+    if key is not None:
+        touch(key)
+    return key
+
+
+def active_key(raw_key: str) -> ApiKey | None:
+    """The active key for a raw key (with its user and the user's limits), or None."""
     if not raw_key.startswith(ApiKey.PREFIX):
         return None
     # With the user's limits (UserLimits.of): the in-flight check after this needs no query of its own.
     key = ApiKey.objects.select_related("user", "user__limits").filter(key_hash=ApiKey.hash(raw_key)).first()
     if key is None or not key.is_active or not key.user.is_active:
         return None
+    return key
+
+
+def touch(key: ApiKey) -> None:
+    """Refresh the key's last-used time, at most once a LAST_USED_RESOLUTION (the row and this instance)."""
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return key
+        key.last_used_at = now
 
 
 def bearer_token(header: str) -> str | None:

@@ -10,6 +10,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from models_app.services.catalog import CatalogQuerySet
+
 
 class HubCredential(models.Model):
     """A Hugging Face token. Only the ciphertext is stored; the plaintext exists only inside the task that
@@ -47,7 +49,7 @@ class HubCredential(models.Model):
         return f"hf_****{self.token_last4}"
 
 
-class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+class ApiKeyQuerySet(CatalogQuerySet["ApiKey"]):
     def active(self) -> ApiKeyQuerySet:
         return self.filter(revoked_at__isnull=True)
 

@@ -7,6 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
+from models_app.services.catalog import CatalogQuerySet
+
 
 class UserLimits(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits")
@@ -22,6 +24,8 @@ class UserLimits(models.Model):
         help_text="Active API keys this user may hold (0: no limit). Empty: API_MAX_KEYS_PER_USER.",
     )
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CatalogQuerySet.as_manager()
 
     class Meta:
         verbose_name = "user limits"

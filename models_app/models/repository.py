@@ -6,8 +6,10 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from models_app.services.catalog import CatalogQuerySet
 
-class RepositoryQuerySet(models.QuerySet["Repository"]):
+
+class RepositoryQuerySet(CatalogQuerySet["Repository"]):
     def visible_to(self, user) -> RepositoryQuerySet:  # type: ignore[no-untyped-def]
         """The cache is shared and huggingface_hub serves cached files to anyone, so access is ours to
         enforce: a private or gated repo is visible to its owner and to staff only."""
@@ -58,7 +60,7 @@ class Repository(models.Model):
         return f"{constants.ENDPOINT}/{self.repo_id}"
 
 
-class SnapshotQuerySet(models.QuerySet["Snapshot"]):
+class SnapshotQuerySet(CatalogQuerySet["Snapshot"]):
     def ready(self) -> SnapshotQuerySet:
         return self.filter(status=Snapshot.Status.READY)
 

@@ -23,13 +23,13 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from models_app.api.auth import authenticate_key, bearer_token
+from models_app.api.auth import active_key, authenticate_key, bearer_token, touch
 from models_app.models import ApiKey, Snapshot, UserLimits
 from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
 from models_app.openai.sse import KEEPALIVE, Completion, data, error_object
 from models_app.selectors.snapshots import ModelInfo, model_list, snapshot_list
-from models_app.services import cache, chat, inference, inflight, model_markers, routing, workers
+from models_app.services import cache, catalog, chat, inference, inflight, model_markers, routing, workers
 from models_app.services.nodes import down_nodes
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,23 @@ def _active_key(authorization: str) -> ApiKey | None:
     key fails at once. Blocking (the database)."""
     raw = bearer_token(authorization)
     return None if raw is None else authenticate_key(raw)
+
+
+# A completion's key and its model's snapshot rows, kept between requests while the catalog does not change
+# (services/catalog.py: a revoked key, a deactivated user, a pulled or deleted model change it).
+_KEYS: catalog.Memo[ApiKey] = catalog.Memo()
+_SNAPSHOTS: catalog.Memo[list[Snapshot]] = catalog.Memo()
+
+
+def _known_key(authorization: str, current: str | None) -> ApiKey | None:
+    """_active_key, kept under the catalog version `current` (read before: catalog.Memo)."""
+    raw = bearer_token(authorization)
+    if raw is None or not raw.startswith(ApiKey.PREFIX):
+        return None
+    key = _KEYS.get(ApiKey.hash(raw), current, lambda: active_key(raw))
+    if key is not None:
+        touch(key)
+    return key
 
 
 async def authenticate(request: HttpRequest) -> ApiKey | None:
@@ -188,13 +205,24 @@ def _model_not_found(model_id: str) -> JsonResponse:
     )
 
 
-def _resolve(model_id: str, user: Any) -> tuple[routing.Route, Markers] | None:
+def _snapshot_rows(user: Any, repo_id: str, current: str | None) -> list[Snapshot]:
+    """The repo's snapshots `user` may see, newest first, kept under the catalog version `current` (a repo
+    with none is not kept)."""
+
+    def read() -> list[Snapshot] | None:
+        return list(cache.newest_first(snapshot_list(user=user, repo_id=repo_id))) or None
+
+    return _SNAPSHOTS.get((user.pk, repo_id), current, read) or []
+
+
+def _resolve(model_id: str, user: Any, current: str | None = None) -> tuple[routing.Route, Markers] | None:
     """The snapshot that answers for a model id (`org/name`, or `org/name@revision`) on whichever machine holds
     it (routing.choose: loaded, else least busy), and its text markers from its row: the web server reads no
     model file, it may have none. None when no ready snapshot matches; routing.NodeDown when every machine
-    holding one is down."""
+    holding one is down. The rows are kept under the catalog version `current` (None: read them); which
+    machines are up is read each time."""
     repo_id, _, revision = model_id.partition("@")
-    rows = list(cache.newest_first(snapshot_list(user=user, repo_id=repo_id)))
+    rows = _snapshot_rows(user, repo_id, current)
     try:
         matching = rows if not revision else cache.match_revision(rows, revision)
     except cache.CacheError:
@@ -421,7 +449,8 @@ def _admit(
     """Everything before the request leaves for the worker, in one trip to a thread (each trip to a thread cost
     1-2 ms on the way to the first token): the key (401), the body (400), a slot among the requests in flight
     (429), the model and its machine (404, 503), the send. The error response, or the request as sent."""
-    key = _active_key(authorization)
+    current = catalog.version()  # before the rows it keeps them under (catalog.Memo)
+    key = _known_key(authorization, current)
     if key is None:
         return _unauthorized()
     try:
@@ -434,7 +463,7 @@ def _admit(
     except inflight.LimitReached as exc:
         return _too_many(exc.scope)
     try:
-        resolved = _resolve(parsed.model, key.user)
+        resolved = _resolve(parsed.model, key.user, current)
         if resolved is None:
             inflight.release(lease)
             return _model_not_found(parsed.model)

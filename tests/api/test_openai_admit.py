@@ -34,7 +34,7 @@ def test_a_client_that_hangs_up_while_its_request_is_admitted_gets_its_slot_back
         return queue or inference.QUEUE
 
     route = SimpleNamespace(snapshot=SimpleNamespace(id=1), queue=inference.QUEUE)
-    monkeypatch.setattr(views, "_resolve", lambda model, user: (route, NO_MARKERS))
+    monkeypatch.setattr(views, "_resolve", lambda model, user, current: (route, NO_MARKERS))
     monkeypatch.setattr(inference, "start_generation", start_generation)
     request = RequestFactory().post(
         "/v1/chat/completions",
