@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from models_app.services.catalog import CatalogQuerySet
+
 
 class Node(models.Model):
     """A machine whose maintenance worker has run here (its reconcile writes this row). Remembering it is what
@@ -14,6 +16,8 @@ class Node(models.Model):
     name = models.CharField(max_length=200, unique=True, help_text="Its NODE_NAME")
     first_seen = models.DateTimeField(auto_now_add=True)
     last_seen = models.DateTimeField(help_text="Its last reconcile (its workers' heartbeats are in Redis)")
+
+    objects = CatalogQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

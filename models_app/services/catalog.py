@@ -6,9 +6,10 @@ the query, code that runs cold between requests (0.2 ms when the same query runs
 Those rows change rarely: a key made or revoked, a user or their limits edited, a model pulled, deleted or
 updated. So a web process keeps what it read under the *catalog version*, a random token in Redis that every
 change to those tables replaces, and uses it only while the token is the same; reading the token is one Redis
-round trip (~0.1 ms).
+round trip (~0.1 ms). A chat message keeps the same way the snapshots its model reference names, the user's
+limits and the machines the database remembers.
 
-What replaces the token: a save or delete of any model of CATALOG_MODELS (signals, connected in apps.py), and
+What replaces the token: a save or delete of any model of catalog_models() (signals, connected in apps.py), and
 update(), delete() and bulk writes through their querysets (CatalogQuerySet). Always at once and once more when
 the transaction commits: a request that reads the rows in between reads them uncommitted-old under the first
 new token, and the second one throws that away. Updates of UNTRACKED_FIELDS alone replace nothing: last_used_at
@@ -38,8 +39,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _M = TypeVar("_M", bound=models.Model)
 
-# Stamped on every use; no memo reads them.
-UNTRACKED_FIELDS = frozenset({"last_used_at", "last_login"})
+# Stamps of use (and a machine's of life), written all the time; no memo reads them.
+UNTRACKED_FIELDS = frozenset({"last_used_at", "last_login", "last_seen"})
 MAX_AGE = 60.0  # seconds
 
 
@@ -141,9 +142,9 @@ class CatalogQuerySet(models.QuerySet[_M]):
 def catalog_models() -> list[type[models.Model]]:
     from django.contrib.auth import get_user_model
 
-    from models_app.models import ApiKey, Repository, Snapshot, UserLimits
+    from models_app.models import ApiKey, Node, Repository, Snapshot, UserLimits
 
-    return [get_user_model(), ApiKey, UserLimits, Repository, Snapshot]
+    return [get_user_model(), ApiKey, UserLimits, Repository, Snapshot, Node]
 
 
 def _saved(sender: type[models.Model], update_fields: Iterable[str] | None = None, **kwargs: Any) -> None:

@@ -24,10 +24,11 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from models_app.models import Conversation, Message, Snapshot, Usage
+from models_app.models import Conversation, Message, Snapshot, Usage, UserLimits
 from models_app.selectors.snapshots import snapshot_list
-from models_app.services import inference, inflight, routing, workers
+from models_app.services import catalog, inference, inflight, routing, workers
 from models_app.services import redis as app_redis
+from models_app.services.nodes import down_nodes
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,12 @@ class Started:
 # --- Reading ---------------------------------------------------------------------------------------------------
 
 
+# What a chat message reads before its rows are written, kept between messages while the catalog version holds
+# (services/catalog.py): the snapshots a model reference names, and the user's limits.
+_NAMED: catalog.Memo[list[Snapshot]] = catalog.Memo()
+_LIMITS: catalog.Memo[tuple[int, int]] = catalog.Memo()
+
+
 def usable_snapshots(user, *, include_down: bool = False) -> QuerySet[Snapshot]:  # type: ignore[no-untyped-def]
     """Ready snapshots the user may chat with, newest first within a repo; not those of a machine that is
     down unless `include_down` (to say why a chat cannot start)."""
@@ -86,15 +93,27 @@ def usable_snapshots(user, *, include_down: bool = False) -> QuerySet[Snapshot]:
     return snapshots if include_down else snapshots.on_up_nodes()
 
 
-def resolve_snapshot(user, ref: Any, *, include_down: bool = False) -> Snapshot | None:  # type: ignore[no-untyped-def]
-    """A snapshot id or a repo id (its newest ready snapshot), among those the user may use."""
+def resolve_snapshot(
+    user, ref: Any, *, include_down: bool = False, current: str | None = None
+) -> Snapshot | None:  # type: ignore[no-untyped-def]
+    """A snapshot id or a repo id (its newest ready snapshot), among those the user may use. The rows a
+    reference names are kept under the catalog version `current` (None: read them); which machines are down
+    is read each time."""
     if ref in (None, ""):
         return None
-    snapshots = usable_snapshots(user, include_down=include_down)
     text = str(ref).strip()
-    if text.isdigit():
-        return snapshots.filter(id=int(text)).first()
-    return snapshots.filter(repository__repo_id=text).order_by("-created_at").first()
+
+    def read() -> list[Snapshot] | None:
+        snapshots = usable_snapshots(user, include_down=True)
+        if text.isdigit():
+            return list(snapshots.filter(id=int(text))) or None
+        return list(snapshots.filter(repository__repo_id=text).order_by("-created_at")) or None
+
+    named = _NAMED.get((user.pk, text), current, read) or []
+    if not include_down and named:
+        down = down_nodes(current)
+        named = [snapshot for snapshot in named if snapshot.node not in down]
+    return named[0] if named else None
 
 
 def conversations_for(user) -> QuerySet[Conversation]:  # type: ignore[no-untyped-def]
@@ -169,10 +188,11 @@ def post_message(
     if len(content) > MAX_CONTENT:
         raise ChatError("invalid_request", f"A message is limited to {MAX_CONTENT:,} characters.")
     clean_options = _options(options)
+    current = catalog.version()  # before the rows it keeps them under (catalog.Memo)
     conversation = get_conversation(user, conversation_id) if conversation_id not in (None, "") else None
-    snapshot = _pick_snapshot(user, snapshot_id, conversation)
+    snapshot = _pick_snapshot(user, snapshot_id, conversation, current)
     route = _route(user, snapshot)
-    with _leased(user) as lease, transaction.atomic():
+    with _leased(user, current) as lease, transaction.atomic():
         if conversation is None:
             conversation = Conversation(user=user, title=DEFAULT_TITLE)
         conversation.snapshot = snapshot
@@ -182,14 +202,19 @@ def post_message(
             conversation.settings = _settings(clean_options)
         if conversation.title == DEFAULT_TITLE:
             conversation.title = _title_from(content) or DEFAULT_TITLE
+        first_message = conversation.pk is None
         conversation.save()
-        if conversation.messages.filter(role=Message.Role.ASSISTANT, status__in=IN_FLIGHT).exists():
+        # The history read once, before the new rows: it says whether an answer is still being written, and
+        # with the new message it is the request's (one statement fewer on the way to the first token).
+        rows = [] if first_message else _history_rows(conversation)
+        if any(row[0] == Message.Role.ASSISTANT and row[2] in IN_FLIGHT for row in rows):
             raise ChatError("busy", "Wait for the current answer to finish, or stop it.")
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=content
         )
         answer = _new_answer(conversation, route.snapshot, lease)
-        messages = _checked_messages(conversation, before=answer.id)  # too large: all this is rolled back
+        rows.append((Message.Role.USER, content, user_message.status, None, None))
+        messages = _checked(_history_of(conversation, rows))  # too large: all this is rolled back
     request_options = clean_options if options is not None else _stored_options(conversation)
     return _start(
         user,
@@ -208,11 +233,12 @@ def post_message(
 @workers.one_reading()
 def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any = None) -> Started:  # type: ignore[no-untyped-def]
     """Replace the last answer with a new one."""
+    current = catalog.version()
     conversation = get_conversation(user, conversation_id)
     clean_options = _options(options) if options is not None else _stored_options(conversation)
-    snapshot = _pick_snapshot(user, None, conversation)
+    snapshot = _pick_snapshot(user, None, conversation, current)
     route = _route(user, snapshot)
-    with _leased(user) as lease, transaction.atomic():
+    with _leased(user, current) as lease, transaction.atomic():
         rows = list(conversation.messages.defer("turn_tokens").order_by("id"))
         if any(m.role == Message.Role.ASSISTANT and m.status in IN_FLIGHT for m in rows):
             raise ChatError("busy", "Wait for the current answer to finish, or stop it.")
@@ -221,7 +247,7 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
         if not rows:
             raise ChatError("invalid_request", "There is no message to answer yet.")
         answer = _new_answer(conversation, route.snapshot, lease)
-        messages = _checked_messages(conversation, before=answer.id)
+        messages = _checked(_history_of(conversation, _history_rows(conversation, before=answer.id)))
         conversation.save(update_fields=["updated_at"])
     return _start(
         user,
@@ -237,11 +263,13 @@ def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any =
 
 
 @contextlib.contextmanager
-def _leased(user) -> Iterator[inflight.Lease]:  # type: ignore[no-untyped-def]
+def _leased(user, current: str | None) -> Iterator[inflight.Lease]:  # type: ignore[no-untyped-def]
     """A slot among the user's requests in flight (chat and API together) for a new answer, given back if
-    the answer is not started after all. Taken before anything is saved: a refused message loses nothing."""
+    the answer is not started after all. Taken before anything is saved: a refused message loses nothing.
+    The user's limits are kept under the catalog version `current`."""
+    limits = _LIMITS.get(user.id, current, lambda: UserLimits.for_user(user.id))
     try:
-        lease = inflight.acquire(str(uuid.uuid4()), inflight.scopes_for(user.id))
+        lease = inflight.acquire(str(uuid.uuid4()), inflight.scopes_for(user.id, limits=limits))
     except inflight.LimitReached as exc:
         raise ChatError(
             "too_many_requests",
@@ -255,8 +283,7 @@ def _leased(user) -> Iterator[inflight.Lease]:  # type: ignore[no-untyped-def]
         raise
 
 
-def _checked_messages(conversation: Conversation, *, before: int) -> History:
-    history = _request_messages(conversation, before=before)
+def _checked(history: History) -> History:
     try:
         inference.check_request_size(messages=history.messages)
     except inference.RequestTooLarge as exc:
@@ -403,7 +430,18 @@ class History:
         return self.previous_turn if self.previous_snapshot_id == snapshot.id else None
 
 
-def _request_messages(conversation: Conversation, *, before: int) -> History:
+HistoryRow = tuple[str, str, str, Any, int | None]  # role, content, status, turn_tokens, snapshot_id
+
+
+def _history_rows(conversation: Conversation, *, before: int | None = None) -> list[HistoryRow]:
+    """The conversation's messages (those before the message `before`), oldest first."""
+    messages = conversation.messages.all() if before is None else conversation.messages.filter(id__lt=before)
+    return list(
+        messages.order_by("id").values_list("role", "content", "status", "turn_tokens", "snapshot_id")
+    )
+
+
+def _history_of(conversation: Conversation, rows: list[HistoryRow]) -> History:
     """The conversation as the model sees it: the system prompt, then every user message and every answer
     that has text (a failed answer is left out). Consecutive messages of one role are merged, since many
     chat templates insist that roles alternate."""
@@ -411,11 +449,6 @@ def _request_messages(conversation: Conversation, *, before: int) -> History:
     history = History(result)
     if conversation.system_prompt.strip():
         result.append({"role": "system", "content": conversation.system_prompt})
-    rows = (
-        conversation.messages.filter(id__lt=before)
-        .order_by("id")
-        .values_list("role", "content", "status", "turn_tokens", "snapshot_id")
-    )
     for role, content, status, turn_tokens, snapshot_id in rows:
         if role == Message.Role.ASSISTANT and (
             status in IN_FLIGHT or status == Message.Status.ERROR or not content
@@ -430,11 +463,13 @@ def _request_messages(conversation: Conversation, *, before: int) -> History:
     return history
 
 
-def _pick_snapshot(user, snapshot_id: Any, conversation: Conversation | None) -> Snapshot:  # type: ignore[no-untyped-def]
+def _pick_snapshot(
+    user, snapshot_id: Any, conversation: Conversation | None, current: str | None
+) -> Snapshot:  # type: ignore[no-untyped-def]
     ref = (
         snapshot_id if snapshot_id not in (None, "") else (conversation.snapshot_id if conversation else None)
     )
-    snapshot = resolve_snapshot(user, ref)
+    snapshot = resolve_snapshot(user, ref, current=current)
     if snapshot is None:
         if (held := resolve_snapshot(user, ref, include_down=True)) is not None:
             raise ChatError(

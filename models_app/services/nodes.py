@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from models_app.models import DownloadJob, Node, Snapshot
-from models_app.services import workers
+from models_app.services import catalog, workers
 
 log = logging.getLogger(__name__)
 
@@ -124,22 +124,33 @@ def cluster() -> list[NodeStatus]:
     return sorted(statuses, key=lambda s: (not s.this, s.name))
 
 
-def down_nodes() -> set[str]:
+# The machines the database remembers, kept while the catalog version holds (services/catalog.py): a chat
+# message reads them on its way to the first token.
+_REMEMBERED: catalog.Memo[frozenset[str]] = catalog.Memo(size=1)
+
+
+def down_nodes(current: str | None = None) -> set[str]:
     """Machines the database remembers whose workers have all stopped. Empty when Redis does not answer
-    (then nothing can be told apart, and chat reports the missing worker itself)."""
-    remembered = set(Node.objects.values_list("name", flat=True))
+    (then nothing can be told apart, and chat reports the missing worker itself). The remembered names are
+    kept under the catalog version `current` (None: read them)."""
+    remembered = _REMEMBERED.get(
+        "nodes", current, lambda: frozenset(Node.objects.values_list("name", flat=True)) or None
+    )
     if not remembered:
         return set()
     try:
         live = _live_by_node()
     except redis.RedisError:
         return set()
-    return remembered - set(live)
+    return set(remembered) - set(live)
 
 
 def record_seen(name: str | None = None) -> None:
     """The machine's own reconcile remembers it (so that it can later be shown as down)."""
-    Node.objects.update_or_create(name=name or settings.NODE_NAME, defaults={"last_seen": timezone.now()})
+    name, now = name or settings.NODE_NAME, timezone.now()
+    # The stamp alone (update_or_create would save first_seen too): it leaves the catalog version alone.
+    if not Node.objects.filter(name=name).update(last_seen=now):
+        Node.objects.get_or_create(name=name, defaults={"last_seen": now})
 
 
 # --- Forgetting a machine ---------------------------------------------------------------------------------

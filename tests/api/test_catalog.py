@@ -11,10 +11,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from models_app.models import ApiKey, Repository, Snapshot, UserLimits
+from models_app.models import ApiKey, Node, Repository, Snapshot, UserLimits
 from models_app.services import catalog
 from models_app.services.apikeys import revoke_apikey
 from models_app.services.cache import delete_model
+from models_app.services.nodes import record_seen
 
 MODEL = "test/tiny-chat"
 
@@ -47,6 +48,8 @@ def test_every_write_to_a_catalog_row_replaces_the_version(alice, alice_key: str
             [Snapshot(repository=tiny_snapshot.repository, commit_sha="c" * 40, node="elsewhere")]
         ),
         "a user deleted": lambda: User.objects.create(username="carol").delete(),
+        "a machine remembered": lambda: record_seen("another-machine"),
+        "a machine forgotten": lambda: Node.objects.filter(name="another-machine").delete(),
     }
     for what, write in writes.items():
         assert replaces_version(write), what
@@ -58,12 +61,14 @@ def test_a_use_stamp_leaves_the_version_alone(alice, alice_key: str, tiny_snapsh
     from django.utils import timezone
 
     key = ApiKey.objects.get(key_hash=ApiKey.hash(alice_key))
+    record_seen("this-machine")
     stamps = {
         "a model's last use": lambda: Snapshot.objects.filter(id=tiny_snapshot.id).update(
             last_used_at=timezone.now()
         ),
         "a key's last use": lambda: ApiKey.objects.filter(id=key.id).update(last_used_at=timezone.now()),
         "a login": lambda: alice.save(update_fields=["last_login"]),
+        "a machine's reconcile": lambda: record_seen("this-machine"),
         "an update that matched nothing": lambda: Snapshot.objects.filter(id=-1).update(status="ready"),
     }
     for what, stamp in stamps.items():
@@ -104,8 +109,12 @@ def test_a_memo_keeps_a_value_while_its_version_holds(monkeypatch) -> None:  # t
     assert memo.get("a", "v1", load("A")) == "A"
     assert memo.get("a", "v1", load("other")) == "A"  # kept
     assert memo.get("a", "v2", load("A2")) == "A2"  # another version: read again
-    assert memo.get("b", None, load("B")) == "B" and memo.get("b", None, load("B2")) == "B2"  # no Redis: never kept
-    assert memo.get("c", "v2", load(None)) is None and memo.get("c", "v2", load("C")) == "C"  # a miss: not kept
+    assert (
+        memo.get("b", None, load("B")) == "B" and memo.get("b", None, load("B2")) == "B2"
+    )  # no Redis: never kept
+    assert (
+        memo.get("c", "v2", load(None)) is None and memo.get("c", "v2", load("C")) == "C"
+    )  # a miss: not kept
     memo.get("d", "v2", load("D"))  # a third entry: the least recently used ("a") goes
     assert memo.get("a", "v2", load("A3")) == "A3"
     clock = time.monotonic()
