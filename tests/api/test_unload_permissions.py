@@ -84,17 +84,22 @@ def test_only_the_loader_or_staff_can_unload_a_model(  # type: ignore[no-untyped
 
 @pytest.fixture
 def long_snapshot(make_snapshot) -> Snapshot:  # type: ignore[no-untyped-def]
+    """A model whose answer outlasts the worker's heartbeat (3 s) on any machine: wider and deeper than the
+    tiny one (~150 tokens/s here). The tiny model's 3,000 tokens took 2 s on a fast machine, and its answer
+    could end before any heartbeat said the model was busy."""
     from devkit.tinymodel import tiny_model_dir
     from tests.conftest import ROOT
 
-    path = tiny_model_dir(ROOT / "var" / "test" / "models", max_position_embeddings=8192)
+    path = tiny_model_dir(
+        ROOT / "var" / "test" / "models", hidden_size=256, num_layers=8, max_position_embeddings=8192
+    )
     return make_snapshot("test/tiny-long", path=str(path), commit_sha="b" * 40)
 
 
 def test_a_staff_unload_never_cuts_a_running_answer(  # type: ignore[no-untyped-def]
     asgi_server, alice_key: str, staff_api: KeyClient, long_snapshot
 ) -> None:
-    max_tokens = 3000
+    max_tokens = 1500
     body = {
         "model": "test/tiny-long",
         "messages": [{"role": "user", "content": "hi"}],
