@@ -210,7 +210,9 @@ def _snapshot_rows(user: Any, repo_id: str, current: str | None) -> list[Snapsho
     with none is not kept)."""
 
     def read() -> list[Snapshot] | None:
-        return list(cache.newest_first(snapshot_list(user=user, repo_id=repo_id))) or None
+        # Not their file lists: kept rows stay small, and nothing on the way to the worker reads them.
+        snapshots = snapshot_list(user=user, repo_id=repo_id).defer("files", "missing_files")
+        return list(cache.newest_first(snapshots)) or None
 
     return _SNAPSHOTS.get((user.pk, repo_id), current, read) or []
 

@@ -93,9 +93,9 @@ def usable_snapshots(user, *, include_down: bool = False) -> QuerySet[Snapshot]:
     return snapshots if include_down else snapshots.on_up_nodes()
 
 
-def resolve_snapshot(
+def resolve_snapshot(  # type: ignore[no-untyped-def]
     user, ref: Any, *, include_down: bool = False, current: str | None = None
-) -> Snapshot | None:  # type: ignore[no-untyped-def]
+) -> Snapshot | None:
     """A snapshot id or a repo id (its newest ready snapshot), among those the user may use. The rows a
     reference names are kept under the catalog version `current` (None: read them); which machines are down
     is read each time."""
@@ -104,7 +104,8 @@ def resolve_snapshot(
     text = str(ref).strip()
 
     def read() -> list[Snapshot] | None:
-        snapshots = usable_snapshots(user, include_down=True)
+        # Not their file lists: kept rows stay small, and nothing on the way to the worker reads them.
+        snapshots = usable_snapshots(user, include_down=True).defer("files", "missing_files")
         if text.isdigit():
             return list(snapshots.filter(id=int(text))) or None
         return list(snapshots.filter(repository__repo_id=text).order_by("-created_at")) or None
@@ -463,9 +464,9 @@ def _history_of(conversation: Conversation, rows: list[HistoryRow]) -> History:
     return history
 
 
-def _pick_snapshot(
-    user, snapshot_id: Any, conversation: Conversation | None, current: str | None
-) -> Snapshot:  # type: ignore[no-untyped-def]
+def _pick_snapshot(  # type: ignore[no-untyped-def]
+    user, snapshot_id: Any, conversation: Conversation | None, current: str | None = None
+) -> Snapshot:
     ref = (
         snapshot_id if snapshot_id not in (None, "") else (conversation.snapshot_id if conversation else None)
     )
