@@ -224,7 +224,6 @@ async def _watched_pull(product: Product, case: Case) -> dict[str, Any]:
             {"repo_id": case.repo_id, "revision": "main"},
         )
         transferred_at: float | None = None
-        seen_at = started  # the job's last event before its final state
         state = job["state"]
         while state != "succeeded":
             if state in ("failed", "cancelled"):
@@ -236,8 +235,6 @@ async def _watched_pull(product: Product, case: Case) -> dict[str, Any]:
             if event.get("job_id") != job["id"]:
                 continue
             now = time.perf_counter()
-            if event.get("state") not in ("succeeded", "failed", "cancelled"):
-                seen_at = now
             if event.get("type") == "download.progress":
                 if (
                     transferred_at is None
@@ -249,17 +246,16 @@ async def _watched_pull(product: Product, case: Case) -> dict[str, Any]:
                 state = event["state"]
                 job["error"] = event.get("error_message")
         seconds = time.perf_counter() - started
-    # No event said the transfer was done before the job was (progress goes out a few times a second): what
-    # followed its last event is counted as after the transfer, as the polls counted it.
-    transferred_at = transferred_at or seen_at
+    # Progress goes out a few times a second: a pull of 0.2 s may end before any event says its bytes are all
+    # in. Then the transfer's end is not known, and neither row that needs it is shown.
     job = await asyncio.to_thread(
         _request, "GET", f"{product.url}/api/v1/pulls/{job['id']}", product.headers()
     )
     return {
         "seconds": seconds,
         "verify_seconds": verify_seconds(product, job["id"]),
-        "transfer_seconds": transferred_at - started,
-        "after_transfer_seconds": started + seconds - transferred_at,
+        "transfer_seconds": None if transferred_at is None else transferred_at - started,
+        "after_transfer_seconds": None if transferred_at is None else started + seconds - transferred_at,
         "bytes": job.get("bytes_total"),
         "files": job.get("files_total"),
         "job": {k: job.get(k) for k in ("id", "created_at", "started_at", "finished_at", "attempts")},
@@ -356,17 +352,17 @@ def run(
             )
         if raw["product"]:
             fastest = min(raw["product"], key=lambda r: r["seconds"])
-            after = fastest["after_transfer_seconds"]
-            section.add(
-                Row(
-                    bench,
-                    "seconds after the transfer ended (verify, save)",
-                    after,
-                    raw["hash_seconds"],
-                    "hashlib sha256 of the same bytes",
-                    unit="s",
+            if (after := fastest["after_transfer_seconds"]) is not None:
+                section.add(
+                    Row(
+                        bench,
+                        "seconds after the transfer ended (verify, save)",
+                        after,
+                        raw["hash_seconds"],
+                        "hashlib sha256 of the same bytes",
+                        unit="s",
+                    )
                 )
-            )
             _verification_row(section, bench, case, raw)
             if fastest["transfer_seconds"]:
                 section.add(
