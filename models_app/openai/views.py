@@ -23,7 +23,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from models_app.api.auth import active_key, authenticate_key, bearer_token, touch
+from models_app.api.auth import active_key, bearer_token, touch
 from models_app.models import ApiKey, Snapshot, UserLimits
 from models_app.openai import schemas
 from models_app.openai.parsing import NO_MARKERS, Markers, StreamParser
@@ -71,23 +71,17 @@ def error_response(
 # --- Auth ------------------------------------------------------------------------------------------------------
 
 
-def _active_key(authorization: str) -> ApiKey | None:
-    """The active API key of an Authorization header, or None. The key row is read on every call, so a revoked
-    key fails at once. Blocking (the database)."""
-    raw = bearer_token(authorization)
-    return None if raw is None else authenticate_key(raw)
-
-
-# A completion's key and its model's snapshot rows, kept between requests while the catalog does not change
+# The key and the model's snapshot rows, kept between requests while the catalog does not change
 # (services/catalog.py: a revoked key, a deactivated user, a pulled or deleted model change it).
 _KEYS: catalog.Memo[ApiKey] = catalog.Memo()
 _SNAPSHOTS: catalog.Memo[list[Snapshot]] = catalog.Memo()
 
 
-def _known_key(authorization: str, current: str | None) -> ApiKey | None:
-    """_active_key, kept under the catalog version `current` (read before: catalog.Memo)."""
+def _active_key(authorization: str, current: str | None) -> ApiKey | None:
+    """The active API key of an Authorization header, or None; kept under the catalog version `current`
+    (catalog.version(), read before), so a revoked key fails at once. Blocking (the database, Redis)."""
     raw = bearer_token(authorization)
-    if raw is None or not raw.startswith(ApiKey.PREFIX):
+    if raw is None:
         return None
     key = _KEYS.get(ApiKey.hash(raw), current, lambda: active_key(raw))
     if key is not None:
@@ -95,10 +89,14 @@ def _known_key(authorization: str, current: str | None) -> ApiKey | None:
     return key
 
 
+def _request_key(authorization: str) -> ApiKey | None:
+    return _active_key(authorization, catalog.version())
+
+
 async def authenticate(request: HttpRequest) -> ApiKey | None:
     """The request's active API key, or None. The database work runs in Django's sync thread (the ORM is not
     async-safe)."""
-    return await sync_to_async(_active_key)(request.headers.get("Authorization", ""))
+    return await sync_to_async(_request_key)(request.headers.get("Authorization", ""))
 
 
 def _unauthorized() -> JsonResponse:
@@ -452,7 +450,7 @@ def _admit(
     1-2 ms on the way to the first token): the key (401), the body (400), a slot among the requests in flight
     (429), the model and its machine (404, 503), the send. The error response, or the request as sent."""
     current = catalog.version()  # before the rows it keeps them under (catalog.Memo)
-    key = _known_key(authorization, current)
+    key = _active_key(authorization, current)
     if key is None:
         return _unauthorized()
     try:

@@ -10,7 +10,8 @@ round trip (~0.1 ms). A chat message keeps the same way the snapshots its model 
 limits and the machines the database remembers.
 
 What replaces the token: a save or delete of any model of catalog_models() (signals, connected in apps.py), and
-update(), delete() and bulk writes through their querysets (CatalogQuerySet). Always at once and once more when
+update() and bulk_create() through their querysets (CatalogQuerySet; a queryset's delete() sends the signals,
+and bulk_update() is update()). Always at once and once more when
 the transaction commits: a request that reads the rows in between reads them uncommitted-old under the first
 new token, and the second one throws that away. Updates of UNTRACKED_FIELDS alone replace nothing: last_used_at
 is stamped on every use of a key or a model, and would otherwise empty every memo after each answer.
@@ -106,8 +107,9 @@ class Memo(Generic[T]):
 
 
 class CatalogQuerySet(models.QuerySet[_M]):
-    """A catalog model's queryset: its bulk writes replace the catalog version (single saves and deletes do
-    through the signals)."""
+    """A catalog model's queryset: the writes that send no signal replace the catalog version. (Saves and
+    deletes send them, a queryset's delete() too, object by object, since receivers listen; bulk_update()
+    goes through update().)"""
 
     def update(self, **kwargs: Any) -> int:
         count = super().update(**kwargs)
@@ -117,26 +119,11 @@ class CatalogQuerySet(models.QuerySet[_M]):
 
     update.alters_data = True  # type: ignore[attr-defined]
 
-    def delete(self) -> tuple[int, dict[str, int]]:
-        deleted = super().delete()
-        if deleted[0]:
-            changed()
-        return deleted
-
-    delete.alters_data = True  # type: ignore[attr-defined]
-
     def bulk_create(self, objs: Iterable[_M], *args: Any, **kwargs: Any) -> list[_M]:
         created = super().bulk_create(objs, *args, **kwargs)
         if created:
             changed()
         return created
-
-    def bulk_update(self, objs: Iterable[_M], fields: Iterable[str], *args: Any, **kwargs: Any) -> int:
-        fields = list(fields)
-        count = super().bulk_update(objs, fields, *args, **kwargs)
-        if count and not UNTRACKED_FIELDS.issuperset(fields):
-            changed()
-        return count
 
 
 def catalog_models() -> list[type[models.Model]]:

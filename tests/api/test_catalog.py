@@ -44,6 +44,9 @@ def test_every_write_to_a_catalog_row_replaces_the_version(alice, alice_key: str
         "a snapshot saved": lambda: Snapshot.objects.get(id=tiny_snapshot.id).save(),
         "a repository made": lambda: Repository.objects.create(repo_id="test/another"),
         "repositories deleted": lambda: Repository.objects.filter(repo_id="test/another").delete(),
+        "snapshots updated in bulk": lambda: Snapshot.objects.bulk_update(
+            [Snapshot(id=tiny_snapshot.id, status=Snapshot.Status.READY)], ["status"]
+        ),
         "snapshots made in bulk": lambda: Snapshot.objects.bulk_create(
             [Snapshot(repository=tiny_snapshot.repository, commit_sha="c" * 40, node="elsewhere")]
         ),
@@ -69,6 +72,9 @@ def test_a_use_stamp_leaves_the_version_alone(alice, alice_key: str, tiny_snapsh
         "a key's last use": lambda: ApiKey.objects.filter(id=key.id).update(last_used_at=timezone.now()),
         "a login": lambda: alice.save(update_fields=["last_login"]),
         "a machine's reconcile": lambda: record_seen("this-machine"),
+        "models' last uses in bulk": lambda: Snapshot.objects.bulk_update(
+            [Snapshot(id=tiny_snapshot.id, last_used_at=timezone.now())], ["last_used_at"]
+        ),
         "an update that matched nothing": lambda: Snapshot.objects.filter(id=-1).update(status="ready"),
     }
     for what, stamp in stamps.items():
