@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from devkit.processes import wait_for
 from models_app.models import Message
 from models_app.services import inference
 from tests.chat.conftest import communicator, receive_until_end, session_cookie
@@ -68,9 +69,15 @@ def test_five_turns_reuse_every_previous_exchange_and_answer_as_a_cold_worker_do
     assert len(last.turn_tokens["ids"]) == usage["prompt_tokens"] + usage["completion_tokens"]
     assert Message.objects.filter(turn_tokens__isnull=False).count() == 1
 
-    # Unloading drops the model's prompt cache; the solo worker takes the unload before the next request.
+    # Unloading drops the model's prompt cache. The unload goes through Celery and a message through the
+    # worker's Redis intake, which is faster: the cold turns wait until the worker says the model is gone
+    # (CI saw turn 1 reuse 21 cached tokens once the message's way got a few milliseconds shorter).
     # keep_alive 0 then unloads the model after each answer: every turn is cold.
+    wait_for(
+        lambda: tiny_snapshot.id in inference.loaded_models(), 30, "no heartbeat said the model was loaded"
+    )
     inference.request_unload(tiny_snapshot.id)
+    wait_for(lambda: tiny_snapshot.id not in inference.loaded_models(), 30, "the model was never unloaded")
     cold = play(run_async, cookie, tiny_snapshot.id, {"max_tokens": 12, "temperature": 0, "keep_alive": 0})
     assert [t["done"]["usage"]["cached_tokens"] for t in cold] == [0] * len(QUESTIONS)
     assert [t["done"]["usage"]["prompt_tokens"] for t in cold] == [
