@@ -40,7 +40,7 @@ class Recorder:
         self.release = threading.Event()
         self._cond = threading.Condition()
 
-    def __call__(self, request: dict[str, Any]) -> None:
+    def __call__(self, request: dict[str, Any], **_: Any) -> None:
         with self._cond:
             self.started.append(request)
             self._cond.notify_all()
@@ -101,6 +101,31 @@ def test_what_finds_no_free_slot_stays_in_the_list_in_line(inbox: str, recorder:
     finally:
         recorder.release.set()
         taker.stop()
+
+
+def test_what_waits_is_taken_at_once_up_to_the_free_slots(inbox: str, recorder: Recorder) -> None:
+    # The intake takes the oldest with BLPOP and what else waits in one more round trip (a burst of clients
+    # reaches the engine loop together), never more than it has free slots for.
+    sent = [request(n) for n in range(5)]
+    for r in sent:
+        inference.start_generation(r, queue=inbox)
+    taker = intake.Intake([inbox], slots=3).start()
+    try:
+        first = recorder.wait_for(3)
+        time.sleep(intake.WAIT + 0.5)  # the time to take more, had it counted its slots wrong
+        assert len(recorder.started) == 3
+        assert {r["request_id"] for r in first} == {r["request_id"] for r in sent[:3]}
+        assert app_redis.client().llen(inference.inbox_key(inbox)) == 2
+        recorder.release.set()
+        served = recorder.wait_for(5)
+    finally:
+        recorder.release.set()
+        taker.stop()
+    assert sorted(r["request_id"] for r in served) == sorted(r["request_id"] for r in sent)
+    # Each one the engine loop was told to expect has landed (here none reached it: the recorder stands in).
+    from models_app.services.engine.batch import engine_loop
+
+    assert engine_loop()._arriving == 0
 
 
 def test_a_stale_request_and_a_malformed_one_are_dropped_and_the_next_one_served(

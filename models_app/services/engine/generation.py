@@ -28,7 +28,7 @@ from models_app.models import Message, Snapshot, Usage
 from models_app.services import inference
 from models_app.services import redis as app_redis
 from models_app.services.engine.alone import stream_tokens
-from models_app.services.engine.batch import engine_loop
+from models_app.services.engine.batch import Arrival, engine_loop
 from models_app.services.engine.constrained import ConstraintError, grammar_processor, opens_thinking
 from models_app.services.engine.logprobs import InvalidLogitBias, logit_bias_processor
 from models_app.services.engine.prompt import (
@@ -159,9 +159,21 @@ class Outcome:
 # --- Entry point ---------------------------------------------------------------------------------------------
 
 
-def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None:
+def generate(
+    raw: dict[str, Any], *, layer: Any = None, arrival: Arrival | None = None
+) -> dict[str, Any] | None:
     """Run one request (see models_app.services.inference). Returns the usage dict, or None on error.
-    Never raises: every failure becomes a chat.error to the requester and an error on the message."""
+    Never raises: every failure becomes a chat.error to the requester and an error on the message.
+    `arrival`: the engine loop expects it (the intake took it: engine/batch.py GATHER); it lands when the job
+    reaches the loop, or at the end of a failure before."""
+    try:
+        return _generate(raw, layer, arrival)
+    finally:
+        if arrival is not None:
+            arrival.land()
+
+
+def _generate(raw: dict[str, Any], layer: Any, arrival: Arrival | None) -> dict[str, Any] | None:
     picked_ns = time.time_ns()
     engine = state()
     try:
@@ -186,7 +198,7 @@ def generate(raw: dict[str, Any], *, layer: Any = None) -> dict[str, Any] | None
     outcome = Outcome()
     try:
         _mark_picked(request, raw.get("queue"), engine.hostname)
-        result = _run(engine, request, stream, outcome)
+        result = _run(engine, request, stream, outcome, arrival)
         return result.usage()
     except (GenerationError, ModelLoadError, PromptError) as exc:
         _fail(request, stream, engine, exc.code, str(exc), outcome)
@@ -231,11 +243,13 @@ def _mark_picked(request: Request, queue: Any, hostname: str) -> None:
         raise Cancelled
 
 
-def _run(engine: EngineState, request: Request, stream: ReplyStream, outcome: Outcome) -> Outcome:
+def _run(
+    engine: EngineState, request: Request, stream: ReplyStream, outcome: Outcome, arrival: Arrival | None
+) -> Outcome:
     if request.enqueued_at:
         outcome.queue_ms = round(max(0.0, time.time() - request.enqueued_at) * 1000, 1)
     engine_loop().run(
-        Job(request=request, stream=stream, outcome=outcome, spec=spec_for(request.snapshot_id))
+        Job(request=request, stream=stream, outcome=outcome, spec=spec_for(request.snapshot_id)), arrival
     )
     _save(request, outcome)
     stream.emit("chat.done", text=outcome.text, finish_reason=outcome.finish_reason, usage=outcome.usage())
