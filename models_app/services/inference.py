@@ -45,7 +45,8 @@ The generation request (a JSON-able dict, sent as JSON through the inbox; it nev
 Replies (made by engine/sender.py's ReplyStream), sent with `channel_layer.send(reply_channel, ...)`, `seq` from 0, no gaps:
     chat.started  {notice?, prompt_tokens, cached_tokens, max_tokens, model, worker}  once, first
     chat.progress {processed, total}            while a long prompt is processed (optional)
-    chat.delta    {text, tokens}                batched every CHAT_BATCH_INTERVAL
+    chat.delta    {text, tokens}                batched every CHAT_BATCH_INTERVAL (longer while several
+                                                answers stream: engine/batch.py delta_interval)
     chat.done     {text, finish_reason, usage}  finish_reason: stop | length | cancelled
     chat.error    {code, message}               instead of chat.done; codes: model_load_failed,
                                                 context_too_long, invalid_request, cancelled, internal

@@ -25,16 +25,19 @@ ARRIVAL_GAP = 0.2
 
 
 class StepSpy:
-    """What each real batch step starts with: how many requests, how many of them past their prompt."""
+    """What each real batch step starts with: how many requests, how many of them past their prompt, and how
+    often each answer sends its text meanwhile."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.steps: list[tuple[int, int]] = []
+        self.intervals: list[set[float]] = []
         real = batch_module._ModelBatch.step
 
-        def step(model_batch: Any, engine: Any) -> None:
-            members = model_batch.members.values()
+        def step(model_batch: Any, engine: Any, interval: float) -> None:
+            members = list(model_batch.members.values())
             self.steps.append((len(members), sum(m.decoding for m in members)))
-            real(model_batch, engine)
+            real(model_batch, engine, interval)
+            self.intervals.append({m.answer.interval for m in members})
 
         monkeypatch.setattr(batch_module._ModelBatch, "step", step)
 
@@ -64,8 +67,11 @@ def generate_in_threads(engine, requests: list[dict[str, Any]], arrivals: list[A
 
 
 @pytest.mark.timeout(60)
-def test_requests_taken_together_share_their_first_prompt_pass(engine, snapshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_requests_taken_together_share_their_first_prompt_pass(
+    engine, snapshot, monkeypatch, settings
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(batch_module, "GATHER", 30.0)
+    settings.CHAT_BATCH_INTERVAL = 0.025
     loop = engine_loop()
     requests = [
         chat_request(
@@ -87,6 +93,10 @@ def test_requests_taken_together_share_their_first_prompt_pass(engine, snapshot,
     # The first step had all three, none past its prompt: one prompt pass for the burst, although each reached
     # the loop ARRIVAL_GAP after the one before.
     assert spy.steps[0] == (3, 0)
+    # Three answers streaming: each sends its text a third as often, so the relay's messages stay as many as
+    # one answer's (delta_interval); a lone answer at the base interval.
+    base = settings.CHAT_BATCH_INTERVAL
+    assert spy.intervals[0] == {min(batch_module.MAX_DELTA_INTERVAL, 3 * base)}
     for (usage, messages), text in zip(results, alone, strict=True):
         assert usage is not None and usage["completion_tokens"] == 6
         assert deltas_text(messages) == text
@@ -94,7 +104,7 @@ def test_requests_taken_together_share_their_first_prompt_pass(engine, snapshot,
 
 
 @pytest.mark.timeout(30)
-def test_a_request_that_never_comes_does_not_hold_the_others(engine, snapshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_request_that_never_comes_does_not_hold_the_others(engine, snapshot, monkeypatch, settings) -> None:  # type: ignore[no-untyped-def]
     # A request the intake took can fail on its way (a malformed one, a slot that failed): it lands without a
     # job, and the loop stops waiting for it at once. Waiting out this gather would hit the test's timeout.
     monkeypatch.setattr(batch_module, "GATHER", 600.0)
@@ -106,6 +116,7 @@ def test_a_request_that_never_comes_does_not_hold_the_others(engine, snapshot, m
     [(usage, _)] = generate_in_threads(engine, [request], [coming])
     assert usage is not None and usage["completion_tokens"] == 4
     assert spy.steps and spy.steps[0][0] == 1
+    assert spy.intervals[0] == {settings.CHAT_BATCH_INTERVAL}
     assert loop._arriving == 0
 
 
@@ -123,3 +134,10 @@ def test_a_lone_request_never_waits_and_a_failed_one_lands(engine, snapshot, mon
     assert engine.generate(bad, layer=layer, arrival=loop.expect()) is None
     assert layer.messages(bad["request_id"])[-1]["type"] == "chat.error"
     assert loop._arriving == 0
+
+
+def test_the_more_answers_stream_the_less_often_each_sends_its_text(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.CHAT_BATCH_INTERVAL = 0.025
+    assert [batch_module.delta_interval(n) for n in (0, 1, 2, 4, 8)] == [0.025, 0.025, 0.05, 0.1, 0.1]
+    settings.CHAT_BATCH_INTERVAL = 0.5  # an operator's longer interval is kept, whatever the count
+    assert batch_module.delta_interval(4) == 0.5
