@@ -3,9 +3,10 @@
 `inference.start_generation` pushes each request, as JSON, onto its queue's inbox (a Redis list). Here one
 thread waits on the inboxes of the queues this worker consumes (BLPOP: it wakes the moment a request lands),
 takes what else waits there up to its free slots (one more round trip: a burst of clients reaches the engine
-loop together, engine/batch.py GATHER), and hands each request to a slot, a thread that runs `generation.generate` as the Celery task did: the database
-rows, the job handed to the engine's one loop (engine/batch.py), the results. A Celery task took 3-13 ms from
-send to start on this kind of machine, more than a fast model's whole first token; this takes one Redis wake-up.
+loop together, engine/batch.py GATHER), and hands each request to a slot, a thread that runs
+`generation.generate` as the Celery task did: the database rows, the job handed to the engine's one loop
+(engine/batch.py), the results. A Celery task took 3-13 ms from send to start on this kind of machine, more
+than a fast model's whole first token; this takes one Redis wake-up.
 
 The intake takes a request only when a slot is free, so what waits stays in the list, where another machine's
 worker can take it and `inference.places_ahead` counts it. A request is taken at most once (BLPOP removes it):
