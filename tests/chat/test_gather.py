@@ -121,18 +121,14 @@ def test_a_request_that_never_comes_does_not_hold_the_others(engine, snapshot, m
 
 
 @pytest.mark.timeout(60)
-def test_a_lone_request_never_waits_and_a_failed_one_lands(engine, snapshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_lone_request_never_waits(engine, snapshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Nothing else is on its way: with a 30 s gather, waiting would hit the test's timeout.
     monkeypatch.setattr(batch_module, "GATHER", 30.0)
     loop = engine_loop()
     [(usage, _)] = generate_in_threads(
         engine, [chat_request(snapshot.id, options={"temperature": 0.0, "max_tokens": 4})], [loop.expect()]
     )
     assert usage is not None and usage["completion_tokens"] == 4
-    # One for a model that does not exist: it fails before the loop, and still lands.
-    layer = RecordingLayer()
-    bad = chat_request(999_999)
-    assert engine.generate(bad, layer=layer, arrival=loop.expect()) is None
-    assert layer.messages(bad["request_id"])[-1]["type"] == "chat.error"
     assert loop._arriving == 0
 
 

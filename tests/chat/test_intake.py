@@ -5,6 +5,7 @@ itself replaced by a recorder."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -125,6 +126,27 @@ def test_what_waits_is_taken_at_once_up_to_the_free_slots(inbox: str, recorder: 
     # Each one the engine loop was told to expect has landed (here none reached it: the recorder stands in).
     from models_app.services.engine.batch import engine_loop
 
+    assert engine_loop()._arriving == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_fails_on_its_way_is_no_longer_expected(inbox: str, engine, run_async) -> None:  # type: ignore[no-untyped-def]
+    # The real generation this time: a model that does not exist fails in its slot before the engine loop.
+    # The loop must stop counting it, or every new prompt would wait GATHER for it.
+    from channels.layers import get_channel_layer
+
+    from models_app.services.engine.batch import engine_loop
+
+    layer = get_channel_layer()
+    channel = run_async(layer.new_channel())
+    sent = {**request(1), "reply_channel": channel, "snapshot_id": 999_999}
+    inference.start_generation(sent, queue=inbox)
+    taker = intake.Intake([inbox], slots=2).start()
+    try:
+        reply = run_async(asyncio.wait_for(layer.receive(channel), 10))
+    finally:
+        taker.stop()  # waits for its slots: the one above has returned
+    assert reply["type"] == "chat.error" and reply["request_id"] == sent["request_id"]
     assert engine_loop()._arriving == 0
 
 

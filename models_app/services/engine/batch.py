@@ -111,7 +111,8 @@ class Arrival:
         self.landed = False
 
     def land(self) -> None:
-        """It will not reach the loop after all (it failed, or was stopped, on its way); idempotent."""
+        """Its slot is done with it: a no-op once its job reached the loop (EngineLoop.run), else the loop
+        stops waiting for it (it failed, or was dropped, on its way)."""
         self._loop._landed(self, None)
 
 
@@ -364,7 +365,7 @@ class EngineLoop:
 
     def _landed(self, arrival: Arrival, work: _Work | None) -> None:
         with self._lock:
-            if arrival.landed:
+            if arrival.landed:  # only a job handed over twice; it still runs
                 if work is not None:
                     self._inbox.put(work)
                 return

@@ -164,16 +164,8 @@ def generate(
 ) -> dict[str, Any] | None:
     """Run one request (see models_app.services.inference). Returns the usage dict, or None on error.
     Never raises: every failure becomes a chat.error to the requester and an error on the message.
-    `arrival`: the engine loop expects it (the intake took it: engine/batch.py GATHER); it lands when the job
-    reaches the loop, or at the end of a failure before."""
-    try:
-        return _generate(raw, layer, arrival)
-    finally:
-        if arrival is not None:
-            arrival.land()
-
-
-def _generate(raw: dict[str, Any], layer: Any, arrival: Arrival | None) -> dict[str, Any] | None:
+    `arrival`: the engine loop expects this request (the intake took it: engine/batch.py GATHER); it lands
+    when the job reaches the loop (the intake lands it when a failure came first)."""
     picked_ns = time.time_ns()
     engine = state()
     try:

@@ -115,7 +115,7 @@ class Intake:
         """A slot for a request taken (its slot already counted off _free); the engine loop expects it."""
         self._slots.submit(self._serve, raw, _expect())
 
-    def _serve(self, raw: str, arrival: Arrival | None) -> None:
+    def _serve(self, raw: str, arrival: Arrival) -> None:
         try:
             request = _parse(raw)
             if request is not None:
@@ -125,8 +125,7 @@ class Intake:
         except Exception:  # generate never raises; this guards the slot itself
             log.exception("an inference slot failed")
         finally:
-            if arrival is not None:
-                arrival.land()  # a request dropped by _parse, or a slot that failed
+            arrival.land()  # a no-op when its job reached the loop; else it failed or was dropped on its way
             close_old_connections()  # as Django does after a request, and Celery's tasks here after a task
             self._free.release()
 
