@@ -6,8 +6,9 @@ to a deque and wakes the loop (microseconds); the loop sends them one after anot
 whole process means channels_redis keeps its connection pool instead of opening one per message, which is
 what `async_to_sync(layer.send)` per batch would do.
 
-The same loop polls the request's cancel flag in Redis every CANCEL_POLL seconds, so the generation loop's
-check is a `threading.Event.is_set()`: no Redis round trip on the token path.
+The same loop reads the cancel flags of every answer the process streams, in one round trip every CANCEL_POLL
+seconds (CancelWatch), so the generation loop's check is a `threading.Event.is_set()`: no Redis round trip on
+the token path.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from models_app.realtime import loop_thread
+from models_app.realtime import LoopThread, loop_thread
 from models_app.services import redis as app_redis
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,9 @@ class ReplyStream:
         # for the pump to start would cost every request a round trip to the sender thread.
         self._wake = asyncio.Event()
         self._pump_future = self._runner.submit(self._pump())
-        self._poll_future = (
-            self._runner.submit(self._poll_cancel(cancel_key(request_id), settings.REDIS_URL))
-            if poll_cancel
-            else None
-        )
+        self._watch = cancel_watch() if poll_cancel else None
+        if self._watch is not None:
+            self._watch.watch(cancel_key(request_id), settings.REDIS_URL, self.cancelled)
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         payload = {"type": type_, "request_id": self.request_id, "seq": self.seq, **fields}
@@ -97,8 +96,8 @@ class ReplyStream:
             self._pump_future.result(timeout)
         except concurrent.futures.TimeoutError:
             log.warning("request %s: replies not flushed within %.0f s", self.request_id, timeout)
-        if self._poll_future is not None:
-            self._poll_future.cancel()
+        if self._watch is not None:
+            self._watch.unwatch(cancel_key(self.request_id), settings.REDIS_URL)
 
     @property
     def should_stop(self) -> bool:
@@ -128,18 +127,75 @@ class ReplyStream:
                     log.warning("request %s: send to %s failed: %r", self.request_id, self.channel, exc)
                     self.send_error = exc
 
-    async def _poll_cancel(self, key: str, url: str) -> None:
-        client = _async_redis(url)
-        warned = False
-        while not self._closing:
-            # Not at once: the request was read off its queue a moment ago with its cancel flag
+
+class CancelWatch:
+    """The cancel flags of every answer this process streams, read in one round trip every CANCEL_POLL seconds.
+
+    One poll per answer cost a Redis call per answer per tick: with four answers streaming, 80 calls a second,
+    each waking Redis and the sender thread beside the engine's matrix products on the same cores (and a
+    parallel product waits for its slowest thread). One poll for the process costs 20 a second, whatever the
+    number of answers, and none while nothing streams. The watched flags are only touched on the sender loop's
+    thread; other threads hand their changes to it."""
+
+    def __init__(self, runner: LoopThread) -> None:
+        self._runner = runner
+        self._watched: dict[tuple[str, str], threading.Event] = {}  # (Redis URL, key) -> the answer's flag
+        self._more = asyncio.Event()  # made here: see ReplyStream._wake
+        self._outage_logged = False
+        runner.submit(self._poll())
+
+    def watch(self, key: str, url: str, cancelled: threading.Event) -> None:
+        self._runner.loop.call_soon_threadsafe(self._add, (url, key), cancelled)
+
+    def unwatch(self, key: str, url: str) -> None:
+        self._runner.loop.call_soon_threadsafe(self._watched.pop, (url, key), None)
+
+    def _add(self, watched: tuple[str, str], cancelled: threading.Event) -> None:
+        self._watched[watched] = cancelled
+        self._more.set()
+
+    async def _poll(self) -> None:
+        while True:
+            if not self._watched:
+                self._more.clear()
+                await self._more.wait()
+            # Not at once: a request was read off its queue a moment ago with its cancel flag
             # (generation._mark_picked), and a second look then only competed with it on the way to the first token.
             await asyncio.sleep(CANCEL_POLL)
-            try:
-                if await client.exists(key):
-                    self.cancelled.set()
-                    return
-            except Exception as exc:  # Redis away: keep generating; Stop works again when it is back
-                if not warned:
-                    log.warning("request %s: cannot read the cancel flag: %r", self.request_id, exc)
-                    warned = True
+            by_url: dict[str, list[str]] = {}
+            for url, key in self._watched:
+                by_url.setdefault(url, []).append(key)
+            for url, keys in by_url.items():
+                await self._look(url, keys)
+
+    async def _look(self, url: str, keys: list[str]) -> None:
+        try:
+            async with _async_redis(url).pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                found = await pipe.execute()
+        except Exception as exc:  # Redis away: keep generating; Stop works again when it is back
+            if not self._outage_logged:
+                log.warning("cannot read the cancel flags of %d answer(s): %r", len(keys), exc)
+                self._outage_logged = True
+            return
+        self._outage_logged = False
+        for key, stopped in zip(keys, found, strict=True):
+            if stopped:
+                cancelled = self._watched.pop((url, key), None)
+                if cancelled is not None:
+                    cancelled.set()
+
+
+_watch_lock = threading.Lock()
+_watch: CancelWatch | None = None
+
+
+def cancel_watch() -> CancelWatch:
+    """This process's watch, on this process's sender loop (a forked child starts its own, as loop_thread)."""
+    global _watch
+    runner = loop_thread()
+    with _watch_lock:
+        if _watch is None or _watch._runner is not runner:
+            _watch = CancelWatch(runner)
+        return _watch
