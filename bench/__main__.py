@@ -347,6 +347,7 @@ def measure_model(
                 chat.run_multi_turn(
                     section,
                     tokenizer=raw.tokenizer,
+                    model=raw.model,
                     product=live,
                     snapshot_id=snapshot_id,
                     unavailable=down,
@@ -416,7 +417,7 @@ def multi_turn_real(
             from models_app.models import Snapshot
 
             snapshot_id = Snapshot.objects.get(repository__repo_id=REAL_REPO, status="ready").id
-    _, tokenizer = load(str(model_dir))
+    real_model, tokenizer = load(str(model_dir))
     try:
         server: MlxServer | None = MlxServer(model_dir, run_dir / "logs-real").start()
     except Exception:
@@ -432,6 +433,7 @@ def multi_turn_real(
             server=server,
             server_model=str(model_dir),
             label=label,
+            model=real_model,
             **options,
         )
     finally:

@@ -158,6 +158,32 @@ class Raw:
         return trace
 
 
+def split_first_token_ms(
+    model: Any, tokenizer: Any, prompt_tokens: int, cached_tokens: int, rounds: int = 5
+) -> float:
+    """Raw mlx-lm's time to the first token of a prompt of `prompt_tokens` whose first `cached_tokens` are in
+    its KV cache already (median of `rounds`; the cache is filled untimed): the floor for a turn that any
+    prompt cache reaching that split can reach. The ids are cut from plain text: the time depends on the
+    counts only."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    text = tokenizer.encode(_TEXT)
+    ids = (text * (prompt_tokens // len(text) + 1))[:prompt_tokens]
+    cached = min(cached_tokens, prompt_tokens - 1)  # the model needs one token to produce the next logits
+    times = []
+    for _ in range(rounds + 1):  # the first one compiles MLX's kernels for these shapes
+        cache = make_prompt_cache(model)
+        if cached:
+            model(mx.array(ids[:cached])[None], cache=cache)
+            mx.eval([c.state for c in cache])
+        started = time.perf_counter()
+        next(generate_step(mx.array(ids[cached:]), model, prompt_cache=cache, max_tokens=1))
+        times.append((time.perf_counter() - started) * 1000)
+    return median(times[1:])
+
+
 # ----------------------------------------------------------------------------- the product's websocket
 
 
@@ -418,10 +444,13 @@ def run_multi_turn(
     server_model: str,
     label: str = "",
     rounds: int = TURN_ROUNDS,
+    model: Any = None,
 ) -> None:
     """`rounds` conversations of TURNS turns on each side (after one warm-up conversation, so turn 1 pays no
     first-request cost); each turn's TTFT is the median over the rounds. Every conversation has its own
-    messages, so no side reuses another conversation's cache."""
+    messages, so no side reuses another conversation's cache. With `model` (loaded in this process), the
+    model alone is timed on the product's turn 1 and turn 5 (their prompt and cached token counts): the
+    floor of the turn-5 ratio."""
 
     def conversation(number: int) -> list[str]:
         return [prompt_text(tokenizer, TURN_MESSAGE_TOKENS, 100 + 10 * number + i) for i in range(TURNS)]
@@ -476,6 +505,9 @@ def run_multi_turn(
                 + f", answers of {turn_tokens} tokens",
             )
         )
+    product_sides = sides.get("product (websocket)")
+    if model is not None and product_sides:
+        _floor_row(section, model, tokenizer, product_sides[-1], suffix)
     product_turn, server_turn = medians.get("product (websocket)"), medians.get("mlx_lm.server")
     if product_turn and server_turn:
         section.add(
@@ -489,6 +521,30 @@ def run_multi_turn(
             )
         )
     section.raw[f"turn_ttft_median_ms{suffix}"] = {name: medians.get(name) for name in sides}
+
+
+def _floor_row(section: Section, model: Any, tokenizer: Any, turns: list[Trace], suffix: str) -> None:
+    """Raw mlx-lm on the product's own split of turn 1 and turn 5: what the model alone pays for turn 5's
+    longer context, with the same tokens cached and the same ones new. No transport is in it, so it is the
+    ratio a product with none would show."""
+    first, last = turns[0], turns[-1]
+    if first.prompt_tokens is None or last.prompt_tokens is None:
+        return
+    splits = [(t.prompt_tokens, t.cached_tokens or 0) for t in (first, last)]
+    turn_1, turn_5 = (split_first_token_ms(model, tokenizer, p, c) for p, c in splits)  # type: ignore[arg-type]
+    section.raw[f"raw floor{suffix}"] = {"splits": splits, "turn_1_ms": turn_1, "turn_5_ms": turn_5}
+    section.add(
+        Row(
+            f"Multi-turn TTFT, raw mlx-lm in process, the product's split{suffix}",
+            f"turn {TURNS} vs turn 1 first token (the model alone: the ratio's floor), ms",
+            turn_5,
+            turn_1,
+            "turn 1",
+            unit="ms",
+            note=f"{splits[1][0] - splits[1][1]} new tokens over {splits[1][1]} cached vs "
+            f"{splits[0][0] - splits[0][1]} over {splits[0][1]}",
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- a CPU-bound process beside it
