@@ -135,6 +135,10 @@ class ChatConsumer(ClientGoneMixin, SessionBoundMixin, AsyncJsonWebsocketConsume
 
     # --- Replies from the inference worker ---------------------------------------------------------------------
 
+    async def chat_bundle(self, event: dict[str, Any]) -> None:
+        for reply in inference.unbundle(event):  # one frame each: the page reads them one by one
+            await self._forward(reply)
+
     async def chat_started(self, event: dict[str, Any]) -> None:
         await self._forward(event)
 

@@ -50,6 +50,8 @@ Replies (made by engine/sender.py's ReplyStream), sent with `channel_layer.send(
     chat.done     {text, finish_reason, usage}  finish_reason: stop | length | cancelled
     chat.error    {code, message}               instead of chat.done; codes: model_load_failed,
                                                 context_too_long, invalid_request, cancelled, internal
+    Several replies that waited together travel as one channel-layer message, `chat.bundle` {request_id,
+    messages: [...]}, in order (chat.started goes with the first text): read them with `unbundle`.
     A request fails before chat.started (model_load_failed, context_too_long, cancelled while queued), or
     after it with chat.error internal; otherwise it ends with exactly one chat.done.
     usage: prompt_tokens, cached_tokens, completion_tokens, ttft_ms, tokens_per_second, peak_memory_bytes,
@@ -579,6 +581,19 @@ class ReplyWatch:
         return None
 
 
+BUNDLE = "chat.bundle"
+
+
+def bundle(request_id: str, replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replies of one request that go out together, as one channel-layer message."""
+    return {"type": BUNDLE, "request_id": request_id, "messages": replies}
+
+
+def unbundle(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The replies a channel-layer message carries, in order."""
+    return list(message["messages"]) if message.get("type") == BUNDLE else [message]
+
+
 async def stream_replies(
     channel_layer: Any,
     channel: str,
@@ -619,10 +634,11 @@ async def stream_replies(
             message, receiving = receiving.result(), None
             if message.get("request_id") != request_id:
                 continue  # a late reply to an earlier request on a reused channel
-            watch.seen(message)
-            yield message
-            if message.get("type") in ("chat.done", "chat.error"):
-                return
+            for reply in unbundle(message):
+                watch.seen(reply)
+                yield reply
+                if reply.get("type") in ("chat.done", "chat.error"):
+                    return
     finally:
         if receiving is not None:
             receiving.cancel()  # not awaited: a cancellation of our own caller must stay one

@@ -84,7 +84,15 @@ class RecordingLayer:
             self.sent.append((channel, json.loads(json.dumps(message))))
 
     def messages(self, request_id: str | None = None) -> list[dict[str, Any]]:
-        return [m for _, m in self.sent if request_id is None or m.get("request_id") == request_id]
+        """The replies sent, each of a chat.bundle in its place."""
+        from models_app.services.inference import unbundle
+
+        return [
+            reply
+            for _, m in self.sent
+            if request_id is None or m.get("request_id") == request_id
+            for reply in unbundle(m)
+        ]
 
 
 def chat_request(

@@ -63,6 +63,17 @@ def test_it_streams_ordered_deltas_then_done(engine, tiny_snapshot) -> None:  # 
     assert [m["tokens"] for m in messages if m["type"] == "chat.delta"][-1] == 12
 
 
+def test_chat_started_travels_with_the_first_text(engine, tiny_snapshot) -> None:  # type: ignore[no-untyped-def]
+    """One channel-layer message for both: chat.started sent alone took CPU from the prefill it announces."""
+    layer = RecordingLayer()
+    request = chat_request(tiny_snapshot.id, options={"temperature": 0, "max_tokens": 12})
+    engine.generate(request, layer=layer)
+    first = layer.sent[0][1]
+    assert first["type"] == inference.BUNDLE and first["request_id"] == request["request_id"]
+    assert [(m["type"], m["seq"]) for m in first["messages"][:2]] == [("chat.started", 0), ("chat.delta", 1)]
+    assert_well_formed(layer.messages(request["request_id"]))
+
+
 def test_every_completion_writes_a_usage_row_and_the_answer(engine, tiny_snapshot, alice) -> None:  # type: ignore[no-untyped-def]
     from models_app.models import Conversation
 

@@ -21,7 +21,8 @@ from models_app.services.engine.sender import CANCEL_POLL, ReplyStream
 
 
 class SlowLayer:
-    """A channel layer whose sends take a while (or forever): what was sent, in order."""
+    """A channel layer whose sends take a while (or forever): what was sent, in order (a bundle's replies
+    each in its place)."""
 
     def __init__(self, delay: float | None) -> None:
         self.delay = delay
@@ -33,7 +34,7 @@ class SlowLayer:
             await asyncio.Event().wait()  # never
         await asyncio.sleep(self.delay)
         with self._lock:
-            self.sent.append(json.loads(json.dumps(message)))
+            self.sent.extend(inference.unbundle(json.loads(json.dumps(message))))
 
 
 def test_flush_returns_once_everything_emitted_was_sent() -> None:
@@ -118,3 +119,26 @@ def test_the_cancel_flags_of_all_answers_are_read_in_one_round_trip_per_tick(
     before = len([look for look in client.seen() if look & keys])
     time.sleep(CANCEL_POLL * 6)
     assert len([look for look in client.seen() if look & keys]) == before  # closed answers are not read
+
+
+def test_a_held_message_goes_out_with_the_next_one_in_one_send() -> None:
+    layer = SlowLayer(0)
+    raw: list[dict[str, Any]] = []
+    real_send = layer.send
+
+    async def send(channel: str, message: dict[str, Any]) -> None:
+        raw.append(message)
+        await real_send(channel, message)
+
+    layer.send = send  # type: ignore[method-assign]
+    stream = ReplyStream(channel="test.reply!h", request_id="r3", layer=layer, poll_cancel=False)
+    stream.emit("chat.started", held=True, prompt_tokens=3)
+    time.sleep(CANCEL_POLL)  # nothing woke the sender
+    assert raw == []
+    stream.emit("chat.delta", text="Hello", tokens=1)
+    assert stream.flush()
+    assert [m["type"] for m in raw] == [inference.BUNDLE]
+    assert [(m["type"], m["seq"]) for m in layer.sent] == [("chat.started", 0), ("chat.delta", 1)]
+    stream.emit("chat.progress", held=True, processed=1, total=2)
+    stream.close()  # what is held goes out at the end, too
+    assert [(m["type"], m["seq"]) for m in layer.sent][-1] == ("chat.progress", 2)

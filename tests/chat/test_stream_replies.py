@@ -41,6 +41,29 @@ def test_it_yields_the_requests_replies_until_done(run_async, isolated_prefix) -
     assert [m["type"] for m in run_async(scenario())] == ["chat.started", "chat.delta", "chat.done"]
 
 
+def test_a_bundle_is_read_as_its_replies_in_order(run_async, isolated_prefix) -> None:  # type: ignore[no-untyped-def]
+    """The worker sends replies that waited together as one message (chat.started with the first text); the
+    reader sees each, in order, and a chat.done inside a bundle ends the stream there."""
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        layer = InMemoryChannelLayer()
+        channel = await layer.new_channel()
+        started = {"type": "chat.started", "request_id": "r1", "seq": 0}
+        delta = {"type": "chat.delta", "request_id": "r1", "seq": 1, "text": "hi"}
+        done = {"type": "chat.done", "request_id": "r1", "seq": 3, "text": "hi!"}
+        after = {"type": "chat.delta", "request_id": "r1", "seq": 4, "text": "never read"}
+        await layer.send(channel, inference.bundle("r1", [started, delta]))
+        await layer.send(channel, inference.bundle("r1", [{**delta, "seq": 2, "text": "!"}, done, after]))
+        return await collect(layer, channel, "r1", pickup_timeout=1.0)
+
+    assert [(m["type"], m["seq"]) for m in run_async(scenario())] == [
+        ("chat.started", 0),
+        ("chat.delta", 1),
+        ("chat.delta", 2),
+        ("chat.done", 3),
+    ]
+
+
 def test_with_no_worker_it_ends_with_no_worker_after_the_pickup_timeout(run_async, isolated_prefix) -> None:  # type: ignore[no-untyped-def]
     async def scenario():  # type: ignore[no-untyped-def]
         layer = InMemoryChannelLayer()

@@ -27,6 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from models_app.realtime import LoopThread, loop_thread
+from models_app.services import inference
 from models_app.services import redis as app_redis
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,15 @@ class ReplyStream:
         if self._watch is not None:
             self._watch.watch(cancel_key(request_id), settings.REDIS_URL, self.cancelled)
 
-    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, type_: str, *, held: bool = False, **fields: Any) -> dict[str, Any]:
+        """Queue a message for the requester. `held`: it waits for the next message that is not held (or a
+        flush, or close) and goes out with it, in one channel-layer message (inference.BUNDLE), instead of
+        waking the sender now."""
         payload = {"type": type_, "request_id": self.request_id, "seq": self.seq, **fields}
         self.seq += 1
         self._pending.append(payload)
-        self._runner.loop.call_soon_threadsafe(self._wake_up)
+        if not held:
+            self._runner.loop.call_soon_threadsafe(self._wake_up)
         return payload
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
@@ -111,21 +116,31 @@ class ReplyStream:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                payload = self._pending.popleft()
-                if payload is _CLOSE:
+                payloads: list[dict[str, Any]] = []
+                while self._pending and isinstance(self._pending[0], dict):
+                    payloads.append(self._pending.popleft())
+                if payloads:
+                    await self._send(payloads)
+                    continue
+                marker = self._pending.popleft()
+                if marker is _CLOSE:
                     return
-                if isinstance(payload, threading.Event):  # a flush: everything before it is sent
-                    payload.set()
-                    continue
-                if self.send_error is not None:
-                    continue
-                try:
-                    await self._layer.send(self.channel, payload)
-                    if self.first_delta_sent_ns is None and payload["type"] == "chat.delta":
-                        self.first_delta_sent_ns = time.time_ns()
-                except Exception as exc:  # ChannelFull or Redis: the reader cannot get the rest either
-                    log.warning("request %s: send to %s failed: %r", self.request_id, self.channel, exc)
-                    self.send_error = exc
+                marker.set()  # a flush: everything before it is sent
+
+    async def _send(self, payloads: list[dict[str, Any]]) -> None:
+        """What waited, in one send: each send costs the sender, Redis, the web process and its event loop a
+        wake-up (chat.started and the first text together: ~1 ms less to the first token than one by one)."""
+        if self.send_error is not None:
+            return
+        message = payloads[0] if len(payloads) == 1 else inference.bundle(self.request_id, payloads)
+        try:
+            await self._layer.send(self.channel, message)
+        except Exception as exc:  # ChannelFull or Redis: the reader cannot get the rest either
+            log.warning("request %s: send to %s failed: %r", self.request_id, self.channel, exc)
+            self.send_error = exc
+            return
+        if self.first_delta_sent_ns is None and any(p["type"] == "chat.delta" for p in payloads):
+            self.first_delta_sent_ns = time.time_ns()
 
 
 class CancelWatch:
