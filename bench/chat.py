@@ -159,28 +159,31 @@ class Raw:
 
 
 def split_first_token_ms(
-    model: Any, tokenizer: Any, prompt_tokens: int, cached_tokens: int, rounds: int = 5
+    model: Any, tokenizer: Any, prompt_tokens: int, cached_tokens: int, rounds: int = 3
 ) -> float:
     """Raw mlx-lm's time to the first token of a prompt of `prompt_tokens` whose first `cached_tokens` are in
-    its KV cache already (median of `rounds`; the cache is filled untimed): the floor for a turn that any
-    prompt cache reaching that split can reach. The ids are cut from plain text: the time depends on the
-    counts only."""
+    its KV cache already (median of `rounds`): the floor for a turn that any prompt cache reaching that split
+    can reach. The cache is filled once, untimed, and trimmed back to `cached_tokens` after each round (a slow
+    model takes a minute to fill it). The ids are cut from plain text: the time depends on the counts only."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
-    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
     text = tokenizer.encode(_TEXT)
     ids = (text * (prompt_tokens // len(text) + 1))[:prompt_tokens]
     cached = min(cached_tokens, prompt_tokens - 1)  # the model needs one token to produce the next logits
+    cache = make_prompt_cache(model)
+    if cached:
+        model(mx.array(ids[:cached])[None], cache=cache)
+        mx.eval([c.state for c in cache])
     times = []
     for _ in range(rounds + 1):  # the first one compiles MLX's kernels for these shapes
-        cache = make_prompt_cache(model)
-        if cached:
-            model(mx.array(ids[:cached])[None], cache=cache)
-            mx.eval([c.state for c in cache])
         started = time.perf_counter()
-        next(generate_step(mx.array(ids[cached:]), model, prompt_cache=cache, max_tokens=1))
+        steps = generate_step(mx.array(ids[cached:]), model, prompt_cache=cache, max_tokens=1)
+        next(steps)
         times.append((time.perf_counter() - started) * 1000)
+        steps.close()
+        trim_prompt_cache(cache, cache[0].offset - cached)
     return median(times[1:])
 
 
@@ -507,7 +510,7 @@ def run_multi_turn(
         )
     product_sides = sides.get("product (websocket)")
     if model is not None and product_sides:
-        _floor_row(section, model, tokenizer, product_sides[-1], suffix)
+        _floor_row(section, model, tokenizer, product_sides[-1], suffix, rounds)
     product_turn, server_turn = medians.get("product (websocket)"), medians.get("mlx_lm.server")
     if product_turn and server_turn:
         section.add(
@@ -523,7 +526,9 @@ def run_multi_turn(
     section.raw[f"turn_ttft_median_ms{suffix}"] = {name: medians.get(name) for name in sides}
 
 
-def _floor_row(section: Section, model: Any, tokenizer: Any, turns: list[Trace], suffix: str) -> None:
+def _floor_row(
+    section: Section, model: Any, tokenizer: Any, turns: list[Trace], suffix: str, rounds: int
+) -> None:
     """Raw mlx-lm on the product's own split of turn 1 and turn 5: what the model alone pays for turn 5's
     longer context, with the same tokens cached and the same ones new. No transport is in it, so it is the
     ratio a product with none would show."""
@@ -531,7 +536,7 @@ def _floor_row(section: Section, model: Any, tokenizer: Any, turns: list[Trace],
     if first.prompt_tokens is None or last.prompt_tokens is None:
         return
     splits = [(t.prompt_tokens, t.cached_tokens or 0) for t in (first, last)]
-    turn_1, turn_5 = (split_first_token_ms(model, tokenizer, p, c) for p, c in splits)  # type: ignore[arg-type]
+    turn_1, turn_5 = (split_first_token_ms(model, tokenizer, p, c, rounds) for p, c in splits)  # type: ignore[arg-type]
     section.raw[f"raw floor{suffix}"] = {"splits": splits, "turn_1_ms": turn_1, "turn_5_ms": turn_5}
     section.add(
         Row(
