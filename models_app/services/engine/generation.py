@@ -310,9 +310,9 @@ class Job:
             if prompt.notice:
                 started["notice"] = prompt.notice
             # Held, to go out with the first text (or the first progress of a long prompt, one prefill chunk of
-            # ~0.25 s later): sent alone now, its trip through Redis, the web process and the client took CPU
-            # from the prefill it announces (~2.5 ms of the fast model's first token), and once the text is
-            # there, a message of its own cost as much again on the way.
+            # ~0.25 s later), in one message: sent alone now, its trip through Redis, the web process and the
+            # client took CPU from the prefill it announces (~2.5 ms of the fast model's first token); sent
+            # alone after the prefill, it cost the first text as much on the way.
             stream.emit("chat.started", held=True, **started)
             request.hops["prefill"] = time.time_ns()
         except BaseException:
