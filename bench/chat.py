@@ -164,18 +164,23 @@ def split_first_token_ms(
     """Raw mlx-lm's time to the first token of a prompt of `prompt_tokens` whose first `cached_tokens` are in
     its KV cache already (median of `rounds`): the floor for a turn that any prompt cache reaching that split
     can reach. The cache is filled once, untimed, and trimmed back to `cached_tokens` after each round (a slow
-    model takes a minute to fill it). The ids are cut from plain text: the time depends on the counts only."""
+    model takes a minute to fill it; a cache that cannot be trimmed is filled anew). The ids are cut from plain text: the time depends on the counts only."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
-    from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+    from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
     text = tokenizer.encode(_TEXT)
     ids = (text * (prompt_tokens // len(text) + 1))[:prompt_tokens]
     cached = min(cached_tokens, prompt_tokens - 1)  # the model needs one token to produce the next logits
-    cache = make_prompt_cache(model)
-    if cached:
-        model(mx.array(ids[:cached])[None], cache=cache)
-        mx.eval([c.state for c in cache])
+
+    def filled() -> list[Any]:
+        cache = make_prompt_cache(model)
+        if cached:
+            model(mx.array(ids[:cached])[None], cache=cache)
+            mx.eval([c.state for c in cache])
+        return cache
+
+    cache = filled()
     times = []
     for _ in range(rounds + 1):  # the first one compiles MLX's kernels for these shapes
         started = time.perf_counter()
@@ -183,7 +188,10 @@ def split_first_token_ms(
         next(steps)
         times.append((time.perf_counter() - started) * 1000)
         steps.close()
-        trim_prompt_cache(cache, cache[0].offset - cached)
+        if can_trim_prompt_cache(cache):
+            trim_prompt_cache(cache, cache[0].offset - cached)
+        else:  # a cache that cannot drop tokens (a rotating window, recurrent layers): filled anew
+            cache = filled()
     return median(times[1:])
 
 
