@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k downloads -x"`.
 PYTEST_ARGS ?=
-PYTEST_WORKERS ?= 2
+# Three workers on two cores: much of the suite waits on the processes it starts (workers, servers, a lease to
+# expire), so a third test runs in that idle time (measured: 8.6 instead of 10.9 minutes, CPU time unchanged).
+PYTEST_WORKERS ?= 3
 
 .PHONY: run test test-fast lint format bench install install-dev browser migrations-check clean
 
