@@ -142,3 +142,22 @@ def test_a_held_message_goes_out_with_the_next_one_in_one_send() -> None:
     stream.emit("chat.progress", held=True, processed=1, total=2)
     stream.close()  # what is held goes out at the end, too
     assert [(m["type"], m["seq"]) for m in layer.sent][-1] == ("chat.progress", 2)
+
+
+def test_a_closed_answer_leaves_the_watch_though_the_redis_url_changed_meanwhile(settings) -> None:  # type: ignore[no-untyped-def]
+    """The answer is unwatched under the Redis URL it was watched under, not whatever the setting says at close
+    (tests switch it; a stale entry would be read every tick for the rest of the process)."""
+    request_id = f"url-{uuid.uuid4().hex}"
+    watched_under = settings.REDIS_URL
+    stream = ReplyStream(channel="test.reply!u", request_id=request_id, layer=SlowLayer(0))
+    watch = sender.cancel_watch()
+    entry = (watched_under, sender.cancel_key(request_id))
+    deadline = time.monotonic() + 5
+    while entry not in watch._watched and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert entry in watch._watched
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # another server, from now on
+    stream.close()
+    time.sleep(CANCEL_POLL)  # the sender loop applies the unwatch
+    assert entry not in watch._watched

@@ -68,8 +68,10 @@ class ReplyStream:
         self._wake = asyncio.Event()
         self._pump_future = self._runner.submit(self._pump())
         self._watch = cancel_watch() if poll_cancel else None
+        # Unwatched under the same URL at close, whatever the setting says by then.
+        self._redis_url = settings.REDIS_URL
         if self._watch is not None:
-            self._watch.watch(cancel_key(request_id), settings.REDIS_URL, self.cancelled)
+            self._watch.watch(cancel_key(request_id), self._redis_url, self.cancelled)
 
     def emit(self, type_: str, *, held: bool = False, **fields: Any) -> dict[str, Any]:
         """Queue a message for the requester. `held`: it waits for the next message that is not held (or a
@@ -100,7 +102,7 @@ class ReplyStream:
         except concurrent.futures.TimeoutError:
             log.warning("request %s: replies not flushed within %.0f s", self.request_id, timeout)
         if self._watch is not None:
-            self._watch.unwatch(cancel_key(self.request_id), settings.REDIS_URL)
+            self._watch.unwatch(cancel_key(self.request_id), self._redis_url)
 
     @property
     def should_stop(self) -> bool:
