@@ -148,16 +148,18 @@ def test_a_closed_answer_leaves_the_watch_though_the_redis_url_changed_meanwhile
     """The answer is unwatched under the Redis URL it was watched under, not whatever the setting says at close
     (tests switch it; a stale entry would be read every tick for the rest of the process)."""
     request_id = f"url-{uuid.uuid4().hex}"
-    watched_under = settings.REDIS_URL
-    stream = ReplyStream(channel="test.reply!u", request_id=request_id, layer=SlowLayer(0))
+    entry = (settings.REDIS_URL, sender.cancel_key(request_id))
     watch = sender.cancel_watch()
-    entry = (watched_under, sender.cancel_key(request_id))
-    deadline = time.monotonic() + 5
-    while entry not in watch._watched and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert entry in watch._watched
 
+    async def look() -> bool:
+        return entry in watch._watched
+
+    def watched() -> bool:
+        # Read on the sender loop's thread, after the (un)watch calls queued there before it: no sleeping.
+        return watch._runner.submit(look()).result(5)
+
+    stream = ReplyStream(channel="test.reply!u", request_id=request_id, layer=SlowLayer(0))
+    assert watched()
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # another server, from now on
     stream.close()
-    time.sleep(CANCEL_POLL)  # the sender loop applies the unwatch
-    assert entry not in watch._watched
+    assert not watched()
