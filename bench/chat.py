@@ -164,7 +164,8 @@ def split_first_token_ms(
     """Raw mlx-lm's time to the first token of a prompt of `prompt_tokens` whose first `cached_tokens` are in
     its KV cache already (median of `rounds`): the floor for a turn that any prompt cache reaching that split
     can reach. The cache is filled once, untimed, and trimmed back to `cached_tokens` after each round (a slow
-    model takes a minute to fill it; a cache that cannot be trimmed is filled anew). The ids are cut from plain text: the time depends on the counts only."""
+    model takes a minute to fill it; a cache that cannot be trimmed is filled anew). The ids are cut from plain
+    text: the time depends on the counts only."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
     from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
