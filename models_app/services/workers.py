@@ -178,17 +178,29 @@ def live_workers() -> list[WorkerInfo]:
     return list(found)
 
 
+# KEYS: the index. ARGV: forget index entries older than this, the presence keys' prefix. Every presence that
+# has not expired, in the index's order. Whether a worker is alive is its presence key's TTL (kept by Redis's
+# clock), not the index's times. One round trip: a chat message and an API completion read presence on their
+# way to the worker, where the index and the presence keys took two. (The presence keys are read by name inside
+# the script, which a single Redis allows, as the product uses one; a Redis Cluster would refuse it.)
+_LIVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local found = {}
+for _, hostname in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local raw = redis.call('GET', ARGV[2] .. hostname)
+    if raw then
+        found[#found + 1] = raw
+    end
+end
+return found
+"""
+
+
 def _read_live_workers() -> list[WorkerInfo]:
-    client = app_redis.client()
-    pipe = client.pipeline(transaction=False)
-    pipe.zremrangebyscore(_index_key(), "-inf", time.time() - INDEX_FORGET_AFTER)
-    pipe.zrange(_index_key(), 0, -1)
-    _, hostnames = pipe.execute()
-    if not hostnames:
-        return []
-    # Whether a worker is alive is its presence key's TTL (kept by Redis's clock), not the index's times.
-    raws = client.mget([_presence_key(name) for name in hostnames])
-    infos = [WorkerInfo(**json.loads(raw)) for raw in raws if raw]
+    raws = app_redis.client().eval(
+        _LIVE, 1, _index_key(), time.time() - INDEX_FORGET_AFTER, _presence_key("")
+    )
+    infos = [WorkerInfo(**json.loads(raw)) for raw in raws]
     return sorted(infos, key=lambda w: w.hostname)
 
 

@@ -52,3 +52,24 @@ def test_an_index_entry_long_past_its_presence_is_forgotten(prefix: str) -> None
     client.zadd(app_redis.key("workers-index"), {"old@gone": time.time() - workers.INDEX_FORGET_AFTER - 1})
     assert workers.live_workers() == []
     assert client.zscore(app_redis.key("workers-index"), "old@gone") is None
+
+
+def test_live_workers_are_read_in_one_round_trip(prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    for name in ("a@one", "b@two", "c@three"):
+        workers.beat_once(hostname=name, queues=["inference"], started_at=now)
+    app_redis.client().delete(app_redis.key("workers", "b@two"))  # its presence expired
+    trips = []
+    real_command, real_pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
+    monkeypatch.setattr(
+        redis.Redis,
+        "execute_command",
+        lambda self, *a, **k: trips.append(a[0]) or real_command(self, *a, **k),
+    )
+    monkeypatch.setattr(
+        redis.client.Pipeline,
+        "execute",
+        lambda self, *a, **k: trips.append("pipeline") or real_pipeline(self, *a, **k),
+    )
+    assert [w.hostname for w in workers.live_workers()] == ["a@one", "c@three"]
+    assert trips == ["EVAL"]
