@@ -3,6 +3,8 @@ for middleware, and its responses keep the dashboard's security headers and HTTP
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from django.core.handlers.asgi import ASGIHandler
 from django.test import override_settings
 
 from dashboard.api_handler import ApiHandler, is_api
+
+TIMEOUT = 30
 
 SECURITY_HEADERS = [
     "x-content-type-options",
@@ -35,7 +39,9 @@ def _get(
 
     with monkeypatch.context() as patch:
         patch.setattr(SyncToAsync, "__call__", counted)
-        response = async_to_sync(HttpCommunicator(app, "GET", path, headers=[(b"host", host)]).get_response)()
+        communicator = HttpCommunicator(app, "GET", path, headers=[(b"host", host)])
+        # Not the communicator's 1 s: a loaded machine's first request (its imports) took longer once.
+        response = async_to_sync(communicator.get_response)(timeout=TIMEOUT)
     return response, len(trips)
 
 
@@ -59,6 +65,38 @@ def test_an_api_request_makes_no_more_trips_to_a_thread_than_django_without_midd
 
 
 @pytest.mark.django_db
+@pytest.mark.django_db
+def test_the_sync_code_of_api_requests_runs_in_one_long_lived_thread_not_a_new_one_each() -> None:
+    """Django's handler starts and joins a thread per request for its thread-sensitive code (the signals' database
+    receivers, the response's close); the API's runs it in asgiref's one sync thread."""
+    from django.core.signals import request_started
+
+    from dashboard.asgi import application
+
+    def threads_of(app: Any) -> list[threading.Thread]:
+        seen: list[threading.Thread] = []  # held, so no thread object is freed and its id reused
+
+        def receiver(**kwargs: Any) -> None:
+            seen.append(threading.current_thread())
+
+        request_started.connect(receiver)
+        try:
+            for _ in range(3):
+                # In an event loop of its own, as under uvicorn: inside async_to_sync, asgiref would run the
+                # sync code in the calling thread instead.
+                communicator = HttpCommunicator(app, "GET", "/v1/models", headers=[(b"host", b"localhost")])
+                response = asyncio.run(communicator.get_response(timeout=TIMEOUT))
+                assert response["status"] == 401
+        finally:
+            request_started.disconnect(receiver)
+        return seen
+
+    ours, django = threads_of(application), threads_of(ASGIHandler())
+    assert len(ours) == len(django) == 3
+    assert len({id(t) for t in ours}) == 1
+    assert len({id(t) for t in django}) == 3  # what the API no longer pays
+
+
 def test_api_responses_carry_the_dashboards_security_headers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from dashboard.asgi import application
 
