@@ -1,15 +1,17 @@
 """channels_redis's layer, with a send that costs one Redis round trip instead of four, and a receive that
 costs one or two instead of four.
 
-Send: `RedisChannelLayer.send` drops expired messages, counts the channel against its capacity, adds the message
-and renews the key's expiry: four commands, each awaited in turn. Every chat.delta of every stream pays them, on
-the inference worker's sender thread and before the first token reaches the page. The same four commands run
-here as one script, atomically, with the same outcome: ChannelFull at capacity, the message otherwise.
+Send: `RedisChannelLayer.send` drops expired messages, counts the channel against its capacity, adds the
+message and renews the key's expiry: four commands, each awaited in turn. Every chat.delta of every stream
+pays them, on the inference worker's sender thread and before the first token reaches the page. The same four
+commands run here as one script, atomically, with the same outcome: ChannelFull at capacity, the message
+otherwise.
 
 Receive: every reply to every request of a web process arrives on one Redis key (the process's channel, which
-no other process reads), and channels_redis reads each message with four commands in turn: a script that moves the backup queue back, a
-BZPOPMIN, a ZADD of the message to the backup queue, then (in a task the next receive waits for) a ZPOPMIN that
-takes it out again. The backup keeps a message whose reader was cancelled while Redis answered it. Here:
+no other process reads), and channels_redis reads each message with four commands in turn: a script that
+moves the backup queue back, a BZPOPMIN, a ZADD of the message to the backup queue, then (in a task the next
+receive waits for) a ZPOPMIN that takes it out again. The backup keeps a message whose reader was cancelled
+while Redis answered it. Here:
 - a message already waiting comes in one script: the backup moved back, the message popped and backed up. The
   message handed over last is taken out of the backup by the next receive's script (it is known in this
   process), so no cleaner task runs and the next receive waits for none;

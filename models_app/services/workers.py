@@ -181,8 +181,8 @@ def live_workers() -> list[WorkerInfo]:
 # KEYS: the index. ARGV: forget index entries older than this, the presence keys' prefix. Every presence that
 # has not expired, in the index's order. Whether a worker is alive is its presence key's TTL (kept by Redis's
 # clock), not the index's times. One round trip: a chat message and an API completion read presence on their
-# way to the worker, where the index and the presence keys took two. (The presence keys are read by name inside
-# the script, which a single Redis allows, as the product uses one; a Redis Cluster would refuse it.)
+# way to the worker, where the index and the presence keys took two. (The presence keys are read by name
+# inside the script, which a single Redis allows, as the product uses one; a Redis Cluster would refuse it.)
 _LIVE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local found = {}

@@ -67,8 +67,8 @@ def test_an_api_request_makes_no_more_trips_to_a_thread_than_django_without_midd
 @pytest.mark.django_db
 @pytest.mark.django_db
 def test_the_sync_code_of_api_requests_runs_in_one_long_lived_thread_not_a_new_one_each() -> None:
-    """Django's handler starts and joins a thread per request for its thread-sensitive code (the signals' database
-    receivers, the response's close); the API's runs it in asgiref's one sync thread."""
+    """Django's handler starts and joins a thread per request for its thread-sensitive code (the signals'
+    database receivers, the response's close); the API's runs it in asgiref's one sync thread."""
     from django.core.signals import request_started
 
     from dashboard.asgi import application

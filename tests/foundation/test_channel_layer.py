@@ -77,7 +77,7 @@ def test_messages_past_the_expiry_are_dropped_before_counting(monkeypatch: pytes
     assert asyncio.run(scenario()) == 2
 
 
-# --- Receive -------------------------------------------------------------------------------------------------
+# --- Receive ------------------------------------------------------------------------------------------------
 
 
 def _commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -143,8 +143,8 @@ def test_a_receive_waiting_on_an_empty_channel_gets_what_is_sent_later_without_a
 def test_a_message_popped_for_a_receive_that_was_cancelled_comes_with_the_next_receive(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Redis ran the script (the message is popped), but the reader was cancelled before the answer reached it:
-    the message waits in the backup, and the next receive delivers it, once, in order."""
+    """Redis ran the script (the message is popped), but the reader was cancelled before the answer reached
+    it: the message waits in the backup, and the next receive delivers it, once, in order."""
 
     async def scenario() -> list[int]:
         ours = layer()
