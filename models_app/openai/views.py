@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -402,7 +403,11 @@ async def _complete(request: HttpRequest, parse: Parse) -> HttpResponse:
     layer = get_channel_layer()
     channel = await layer.new_channel()
     admitting = asyncio.ensure_future(
-        sync_to_async(_admit, thread_sensitive=False)(
+        # A pooled thread that no request signal reaches: Channels' wrapper gives it what Django gives a
+        # request's thread, its database connection closed when past CONN_MAX_AGE and checked (CONN_HEALTH_CHECKS)
+        # before its next use, so a connection the database dropped is replaced instead of failing every
+        # admission in that thread.
+        database_sync_to_async(_admit, thread_sensitive=False)(
             parse,
             body=request.body,
             authorization=request.headers.get("Authorization", ""),

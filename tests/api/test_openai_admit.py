@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -87,3 +88,112 @@ def test_the_key_check_brings_the_users_limits_along(
         assert key is not None
         limits = UserLimits.of(key.user)
     assert limits == (3, 7) == UserLimits.for_user(alice.id)
+
+
+# --- The admission thread's database connection --------------------------------------------------------------
+# `_admit` runs in a pooled thread that no request signal reaches: Django closes a request's connection when it is
+# past CONN_MAX_AGE or broken (close_old_connections, on request_started and request_finished), and nothing did
+# that for the admission threads. A connection the database dropped (a restart, an idle timeout) stayed broken in
+# its thread, and every admission that read the database there failed ("the connection is closed").
+
+
+@pytest.fixture
+def admitted_without_a_worker(monkeypatch):  # type: ignore[no-untyped-def]
+    """The completion view, admitted for real (key, body, slot), answered at once instead of by a worker."""
+    from django.http import JsonResponse
+
+    route = SimpleNamespace(snapshot=SimpleNamespace(id=1), queue=inference.QUEUE)
+    monkeypatch.setattr(views, "_resolve", lambda model, user, current: (route, NO_MARKERS))
+    monkeypatch.setattr(
+        inference, "start_generation", lambda generation, *, queue=None: queue or inference.QUEUE
+    )
+
+    async def answered(admitted: Any, layer: Any, channel: str, *, request_id: str) -> Any:
+        await inflight.release_async(admitted.lease)
+        return JsonResponse({"admitted": request_id})
+
+    monkeypatch.setattr(views, "_generate", answered)
+
+
+def _complete(key: str) -> Any:
+    request = RequestFactory().post(
+        "/v1/chat/completions",
+        {"model": "test/tiny-chat", "messages": [{"role": "user", "content": "hi"}]},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    return views._complete(request, schemas.parse_chat)
+
+
+async def _in_one_admission_thread() -> None:
+    """Every admission of this loop in the same pooled thread, as a busy server reuses its threads."""
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admission_closes_its_threads_connection_once_past_its_age(  # type: ignore[no-untyped-def]
+    alice_key: str, admitted_without_a_worker, monkeypatch
+) -> None:
+    from django.db import connections
+
+    seen: list[Any] = []
+    real = views._active_key
+
+    def active_key(authorization: str, current: str | None) -> Any:
+        key = real(authorization, current)  # the key's row: the thread's connection is open now
+        own = connections["default"]  # this thread's (the `connection` proxy resolves in the caller's thread)
+        own.close_at = 0  # as if CONN_MAX_AGE had passed meanwhile
+        seen.append(own)
+        return key
+
+    monkeypatch.setattr(views, "_active_key", active_key)
+
+    async def scenario() -> int:
+        await _in_one_admission_thread()
+        response = await _complete(alice_key)
+        return response.status_code
+
+    assert asyncio.run(scenario()) == 200
+    assert seen and seen[0].connection is None  # closed after the admission, as after a request
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admission_after_the_database_dropped_its_threads_connection_is_answered(  # type: ignore[no-untyped-def]
+    alice_key: str, admitted_without_a_worker, monkeypatch
+) -> None:
+    from django.db import connection
+
+    from models_app.services import catalog
+
+    if connection.vendor != "postgresql":
+        pytest.skip("only a database server drops a connection: run under PostgreSQL (CI's second run)")
+    backends: list[int] = []
+    real = views._active_key
+
+    def active_key(authorization: str, current: str | None) -> Any:
+        key = real(authorization, current)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backends.append(cursor.fetchone()[0])
+        return key
+
+    monkeypatch.setattr(views, "_active_key", active_key)
+
+    def drop(backend: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
+        catalog.changed()
+        connection.close()
+
+    async def scenario() -> list[int]:
+        await _in_one_admission_thread()
+        statuses = [(await _complete(alice_key)).status_code]
+        # The server ends the admission thread's session (what a restart does to every session), and the
+        # catalog changes, so the next admission reads the key's row again.
+        with ThreadPoolExecutor(1) as elsewhere:  # not the admission thread: its session is the one to end
+            await asyncio.get_running_loop().run_in_executor(elsewhere, drop, backends[0])
+        statuses.append((await _complete(alice_key)).status_code)
+        return statuses
+
+    assert asyncio.run(scenario()) == [200, 200]
+    assert backends[1] != backends[0]  # a new session
