@@ -404,8 +404,8 @@ async def _complete(request: HttpRequest, parse: Parse) -> HttpResponse:
     channel = await layer.new_channel()
     admitting = asyncio.ensure_future(
         # A pooled thread that no request signal reaches: Channels' wrapper gives it what Django gives a
-        # request's thread, its database connection closed when past CONN_MAX_AGE and checked (CONN_HEALTH_CHECKS)
-        # before its next use, so a connection the database dropped is replaced instead of failing every
+        # request's thread, its database connection closed when past CONN_MAX_AGE and checked before its next
+        # use (CONN_HEALTH_CHECKS), so a connection the database dropped is replaced instead of failing every
         # admission in that thread.
         database_sync_to_async(_admit, thread_sensitive=False)(
             parse,
