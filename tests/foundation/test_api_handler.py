@@ -97,6 +97,70 @@ def test_the_sync_code_of_api_requests_runs_in_one_long_lived_thread_not_a_new_o
     assert len({id(t) for t in django}) == 3  # what the API no longer pays
 
 
+@pytest.mark.django_db
+def test_a_completion_does_not_wait_for_the_request_started_receivers() -> None:
+    """Django awaits request_started's sync receivers (a trip to its sync thread) before the view starts; the
+    API sends them meanwhile. With a receiver held in that thread, a completion is still answered (a 401: no
+    key; its checks run in a pooled thread)."""
+    from django.core.signals import request_started
+
+    from dashboard.asgi import application
+
+    held, entered = threading.Event(), threading.Event()
+
+    def receiver(**kwargs: Any) -> None:
+        entered.set()
+        held.wait(TIMEOUT)
+
+    async def complete() -> dict[str, Any]:
+        communicator = HttpCommunicator(
+            application, "POST", "/v1/chat/completions", body=b"{}", headers=[(b"host", b"localhost")]
+        )
+        return await communicator.get_response(timeout=TIMEOUT / 3)
+
+    request_started.connect(receiver)
+    try:
+        response = asyncio.run(complete())
+    finally:
+        held.set()
+        request_started.disconnect(receiver)
+    assert entered.is_set()  # the receivers ran (and were held) all the while
+    assert response["status"] == 401
+
+
+@pytest.mark.django_db
+def test_a_views_own_sync_call_runs_after_the_request_started_receivers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """They look after the sync thread's database connection, so they must come first there: /v1/models
+    checks its key in that thread at once."""
+    from django.core.signals import request_started
+
+    from dashboard.asgi import application
+    from models_app.openai import views
+
+    order: list[str] = []
+    request_key = views._request_key
+
+    def receiver(**kwargs: Any) -> None:
+        order.append("request_started")
+
+    def checked(authorization: str) -> Any:
+        order.append("key")
+        return request_key(authorization)
+
+    monkeypatch.setattr(views, "_request_key", checked)
+    request_started.connect(receiver)
+    try:
+        for _ in range(3):
+            communicator = HttpCommunicator(
+                application, "GET", "/v1/models", headers=[(b"host", b"localhost")]
+            )
+            response = asyncio.run(communicator.get_response(timeout=TIMEOUT))
+            assert response["status"] == 401
+    finally:
+        request_started.disconnect(receiver)
+    assert order == ["request_started", "key"] * 3
+
+
 def test_api_responses_carry_the_dashboards_security_headers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from dashboard.asgi import application
 
