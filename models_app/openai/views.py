@@ -454,7 +454,8 @@ def _admit(
     """Everything before the request leaves for the worker, in one trip to a thread (each trip to a thread cost
     1-2 ms on the way to the first token): the key (401), the body (400), a slot among the requests in flight
     (429), the model and its machine (404, 503), the send. The error response, or the request as sent."""
-    current = catalog.version()  # before the rows it keeps them under (catalog.Memo)
+    # Before the rows it keeps them under (catalog.Memo); presence, which routing reads, comes with it.
+    current = catalog.version(read=workers.get_with_presence)
     key = _active_key(authorization, current)
     if key is None:
         return _unauthorized()

@@ -49,11 +49,12 @@ def version_key() -> str:
     return app_redis.key("catalog", "version")
 
 
-def version() -> str | None:
-    """The catalog's current version, or None when Redis does not answer (then nothing is kept)."""
+def version(*, read: Callable[[str], Any] | None = None) -> str | None:
+    """The catalog's current version, or None when Redis does not answer (then nothing is kept). `read`: how to
+    GET the key, when not alone (workers.get_with_presence: in the same round trip as other reads)."""
     client = app_redis.client()
     try:
-        current = client.get(version_key())
+        current = (read or client.get)(version_key())
         if current is None:  # a new Redis, or one that lost its data: memos from before must not match
             client.set(version_key(), uuid.uuid4().hex, nx=True)
             current = client.get(version_key())

@@ -189,7 +189,8 @@ def post_message(
     if len(content) > MAX_CONTENT:
         raise ChatError("invalid_request", f"A message is limited to {MAX_CONTENT:,} characters.")
     clean_options = _options(options)
-    current = catalog.version()  # before the rows it keeps them under (catalog.Memo)
+    # Before the rows it keeps them under (catalog.Memo); presence, which routing reads, comes with it.
+    current = catalog.version(read=workers.get_with_presence)
     conversation = get_conversation(user, conversation_id) if conversation_id not in (None, "") else None
     snapshot = _pick_snapshot(user, snapshot_id, conversation, current)
     route = _route(user, snapshot)
@@ -234,7 +235,7 @@ def post_message(
 @workers.one_reading()
 def regenerate(*, user, conversation_id: Any, reply_channel: str, options: Any = None) -> Started:  # type: ignore[no-untyped-def]
     """Replace the last answer with a new one."""
-    current = catalog.version()
+    current = catalog.version(read=workers.get_with_presence)
     conversation = get_conversation(user, conversation_id)
     clean_options = _options(options) if options is not None else _stored_options(conversation)
     snapshot = _pick_snapshot(user, None, conversation, current)

@@ -197,11 +197,31 @@ return found
 
 
 def _read_live_workers() -> list[WorkerInfo]:
-    raws = app_redis.client().eval(
-        _LIVE, 1, _index_key(), time.time() - INDEX_FORGET_AFTER, _presence_key("")
-    )
-    infos = [WorkerInfo(**json.loads(raw)) for raw in raws]
-    return sorted(infos, key=lambda w: w.hostname)
+    return _infos(app_redis.client().eval(*_live_args()))
+
+
+def _live_args() -> tuple[Any, ...]:
+    return (_LIVE, 1, _index_key(), time.time() - INDEX_FORGET_AFTER, _presence_key(""))
+
+
+def _infos(raws: list[str]) -> list[WorkerInfo]:
+    return sorted((WorkerInfo(**json.loads(raw)) for raw in raws), key=lambda w: w.hostname)
+
+
+def get_with_presence(key: str) -> Any:
+    """GET `key`; inside a one_reading block that has not read presence yet, the block's presence read too, in
+    the same round trip. A chat message and a completion read the catalog's version first and presence soon
+    after: one round trip fewer on the way to the first token (~0.1 ms of CPU and as much of waiting here).
+    Raises redis.RedisError."""
+    reading = _reading.get()
+    if reading is None or reading:
+        return app_redis.client().get(key)
+    pipe = app_redis.client().pipeline(transaction=False)
+    pipe.get(key)
+    pipe.eval(*_live_args())
+    value, raws = pipe.execute()
+    reading.append(_infos(raws))
+    return value
 
 
 def workers_for_queue(queue: str) -> list[WorkerInfo]:

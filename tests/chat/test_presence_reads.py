@@ -30,8 +30,8 @@ def test_a_chat_message_reads_presence_once(settings, monkeypatch, alice, tiny_s
     record_seen()  # a machine the database remembers: the "which machines are down" check reads presence
     workers.beat_once(hostname="inference@here", queues=["inference"], started_at=time.time())
     reads = []
-    real = workers._read_live_workers
-    monkeypatch.setattr(workers, "_read_live_workers", lambda: reads.append(1) or real())
+    real = workers._infos  # every presence read parses what it read there, once
+    monkeypatch.setattr(workers, "_infos", lambda raws: reads.append(1) or real(raws))
     post_hi(alice, tiny_snapshot)
     assert len(reads) == 1
     assert workers.live_workers()  # outside a message, each call reads again

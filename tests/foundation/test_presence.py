@@ -73,3 +73,31 @@ def test_live_workers_are_read_in_one_round_trip(prefix: str, monkeypatch) -> No
     )
     assert [w.hostname for w in workers.live_workers()] == ["a@one", "c@three"]
     assert trips == ["EVAL"]
+
+
+def test_presence_comes_with_the_catalog_version_in_a_reading_block(prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A chat message and a completion read the catalog's version, then presence: one round trip for both."""
+    from models_app.services import catalog
+
+    workers.beat_once(hostname="a@one", queues=["inference"], started_at=time.time())
+    expected = catalog.version()
+    trips = []
+    real_command, real_pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
+    monkeypatch.setattr(
+        redis.Redis,
+        "execute_command",
+        lambda self, *a, **k: trips.append(a[0]) or real_command(self, *a, **k),
+    )
+    monkeypatch.setattr(
+        redis.client.Pipeline,
+        "execute",
+        lambda self, *a, **k: trips.append("pipeline") or real_pipeline(self, *a, **k),
+    )
+    with workers.one_reading():
+        assert catalog.version(read=workers.get_with_presence) == expected
+        assert [w.hostname for w in workers.live_workers()] == ["a@one"]
+        assert catalog.version(read=workers.get_with_presence) == expected  # presence is read once a block
+    assert trips == ["pipeline", "GET"]
+    trips.clear()
+    assert catalog.version(read=workers.get_with_presence) == expected  # outside a block: the version alone
+    assert trips == ["GET"]
