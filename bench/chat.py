@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -587,12 +588,26 @@ class _KeptClient:
 
 
 class _KeptSocket:
-    """One logged-in chat socket and event loop per product, as the chat page keeps its socket open."""
+    """One logged-in chat socket per product, as the chat page keeps its socket open. Its event loop runs on a
+    thread of its own, as a browser's does, so the socket answers the server's keep-alive pings between
+    messages (the slow model's raw side takes longer than the server's 20 s ping timeout)."""
 
     def __init__(self, product: Product) -> None:
         self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="kept-socket", daemon=True)
+        self.thread.start()
         self.socket = ChatSocket(product)
-        self.loop.run_until_complete(self.socket.__aenter__())
+        self.run(self.socket.__aenter__())
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.run(self.socket.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 _kept: dict[tuple[str, str], _KeptClient] = {}
@@ -610,10 +625,7 @@ def close_kept_clients() -> None:
     while _kept_wire:
         _kept_wire.popitem()[1].close()
     while _kept_sockets:
-        _, socket = _kept_sockets.popitem()
-        with contextlib.suppress(Exception):
-            socket.loop.run_until_complete(socket.socket.__aexit__(None, None, None))
-        socket.loop.close()
+        _kept_sockets.popitem()[1].close()
 
 
 def kept_socket_chat(
@@ -623,7 +635,7 @@ def kept_socket_chat(
     kept = _kept_sockets.get(product.url)
     if kept is None:
         kept = _kept_sockets[product.url] = _KeptSocket(product)
-    trace, _ = kept.loop.run_until_complete(
+    trace, _ = kept.run(
         kept.socket.send(content, snapshot_id=snapshot_id, max_tokens=max_tokens, record=record)
     )
     return trace
