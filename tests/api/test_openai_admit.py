@@ -212,9 +212,8 @@ def test_an_admission_reads_the_catalog_version_and_presence_in_one_round_trip( 
     import time
     import uuid
 
-    import redis
-
     from models_app.services import workers
+    from tests.redis_trips import round_trips
 
     settings.REDIS_PREFIX = f"mlxcr-test-admit-{uuid.uuid4().hex[:8]}"
     workers.beat_once(hostname="inference@here", queues=["inference"], started_at=time.time())
@@ -239,19 +238,8 @@ def test_an_admission_reads_the_catalog_version_and_presence_in_one_round_trip( 
 
     try:
         inflight.release(admit().lease)  # the key and the model's rows memoized, as on a running server
-        trips: list[str] = []
-        real_command, real_pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
         with monkeypatch.context() as patched:
-            patched.setattr(
-                redis.Redis,
-                "execute_command",
-                lambda self, *a, **k: trips.append(a[0]) or real_command(self, *a, **k),
-            )
-            patched.setattr(
-                redis.client.Pipeline,
-                "execute",
-                lambda self, *a, **k: trips.append("pipeline") or real_pipeline(self, *a, **k),
-            )
+            trips = round_trips(patched)
             admitted = admit()
         inflight.release(admitted.lease)
         assert isinstance(admitted, views._Admitted)

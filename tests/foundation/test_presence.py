@@ -13,6 +13,7 @@ import redis
 
 from models_app.services import redis as app_redis
 from models_app.services import workers
+from tests.redis_trips import round_trips
 
 
 @pytest.fixture
@@ -59,18 +60,7 @@ def test_live_workers_are_read_in_one_round_trip(prefix: str, monkeypatch) -> No
     for name in ("a@one", "b@two", "c@three"):
         workers.beat_once(hostname=name, queues=["inference"], started_at=now)
     app_redis.client().delete(app_redis.key("workers", "b@two"))  # its presence expired
-    trips = []
-    real_command, real_pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
-    monkeypatch.setattr(
-        redis.Redis,
-        "execute_command",
-        lambda self, *a, **k: trips.append(a[0]) or real_command(self, *a, **k),
-    )
-    monkeypatch.setattr(
-        redis.client.Pipeline,
-        "execute",
-        lambda self, *a, **k: trips.append("pipeline") or real_pipeline(self, *a, **k),
-    )
+    trips = round_trips(monkeypatch)
     assert [w.hostname for w in workers.live_workers()] == ["a@one", "c@three"]
     assert trips == ["EVAL"]
 
@@ -81,18 +71,7 @@ def test_presence_comes_with_the_catalog_version_in_a_reading_block(prefix: str,
 
     workers.beat_once(hostname="a@one", queues=["inference"], started_at=time.time())
     expected = catalog.version()
-    trips = []
-    real_command, real_pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
-    monkeypatch.setattr(
-        redis.Redis,
-        "execute_command",
-        lambda self, *a, **k: trips.append(a[0]) or real_command(self, *a, **k),
-    )
-    monkeypatch.setattr(
-        redis.client.Pipeline,
-        "execute",
-        lambda self, *a, **k: trips.append("pipeline") or real_pipeline(self, *a, **k),
-    )
+    trips = round_trips(monkeypatch)
     with workers.one_reading():
         assert catalog.version(read=workers.get_with_presence) == expected
         assert [w.hostname for w in workers.live_workers()] == ["a@one"]
