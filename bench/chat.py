@@ -2,7 +2,7 @@
 
 2. The same prompts, greedy, 256 new tokens, warm model: `mlx_lm.stream_generate` in this process vs a
    websocket client on the product's `ws/chat/` (session cookie + Origin, as the page connects), whose
-   tokens went worker -> channel layer -> consumer -> socket in batches of ~25 ms.
+   tokens went worker -> channel layer -> consumer -> socket in batches of ~50 ms.
 3. Five turns of one conversation (the same new-message length each turn): TTFT of turn 1 vs turn 5, for the
    product (one conversation over one socket) and for mlx_lm.server (the history sent each turn, as OpenAI
    clients do). With a prompt cache, turn 5 only has to process its new message.
@@ -635,9 +635,14 @@ def kept_socket_chat(
     kept = _kept_sockets.get(product.url)
     if kept is None:
         kept = _kept_sockets[product.url] = _KeptSocket(product)
-    trace, _ = kept.run(
-        kept.socket.send(content, snapshot_id=snapshot_id, max_tokens=max_tokens, record=record)
-    )
+    try:
+        trace, _ = kept.run(
+            kept.socket.send(content, snapshot_id=snapshot_id, max_tokens=max_tokens, record=record)
+        )
+    except Exception:  # this row fails; the next one gets a new socket
+        del _kept_sockets[product.url]
+        kept.close()
+        raise
     return trace
 
 
