@@ -64,6 +64,24 @@ def _selects_reliability(markexpr: str) -> bool:
     return False
 
 
+# --- Redis -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_prefix(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Keys of this test's own in the shared Redis (presence, catalog version, slots), deleted after it."""
+    import uuid
+
+    from models_app.services import redis as app_redis
+
+    settings.REDIS_PREFIX = f"mlxcr-test-{uuid.uuid4().hex[:8]}"
+    yield settings.REDIS_PREFIX
+    client = app_redis.client()
+    keys = list(client.scan_iter(f"{settings.REDIS_PREFIX}:*"))
+    if keys:
+        client.delete(*keys)
+
+
 # --- Users -------------------------------------------------------------------------------------------------
 
 

@@ -204,7 +204,7 @@ def test_an_admission_after_the_database_dropped_its_threads_connection_is_answe
 
 @pytest.mark.django_db
 def test_an_admission_reads_the_catalog_version_and_presence_in_one_round_trip(  # type: ignore[no-untyped-def]
-    alice_key: str, tiny_snapshot, settings, monkeypatch
+    alice_key: str, tiny_snapshot, redis_prefix: str, monkeypatch
 ) -> None:
     """Each Redis round trip costs a completion ~0.1 ms of CPU on its way to the first token, and more under a
     burst of clients (their admissions share one interpreter). The version (read first) and the presence that
@@ -215,7 +215,6 @@ def test_an_admission_reads_the_catalog_version_and_presence_in_one_round_trip( 
     from models_app.services import workers
     from tests.redis_trips import round_trips
 
-    settings.REDIS_PREFIX = f"mlxcr-test-admit-{uuid.uuid4().hex[:8]}"
     workers.beat_once(hostname="inference@here", queues=["inference"], started_at=time.time())
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(
@@ -236,17 +235,11 @@ def test_an_admission_reads_the_catalog_version_and_presence_in_one_round_trip( 
             received_ns=time.time_ns(),
         )
 
-    try:
-        inflight.release(admit().lease)  # the key and the model's rows memoized, as on a running server
-        with monkeypatch.context() as patched:
-            trips = round_trips(patched)
-            admitted = admit()
-        inflight.release(admitted.lease)
-        assert isinstance(admitted, views._Admitted)
-        assert len(sent) == 2 and sent[-1]["snapshot_id"] == tiny_snapshot.id
-        assert trips == ["pipeline", "EVAL"]  # version + presence, then the in-flight slot
-    finally:
-        client = app_redis.client()
-        keys = list(client.scan_iter(f"{settings.REDIS_PREFIX}:*"))
-        if keys:
-            client.delete(*keys)
+    inflight.release(admit().lease)  # the key and the model's rows memoized, as on a running server
+    with monkeypatch.context() as patched:
+        trips = round_trips(patched)
+        admitted = admit()
+    inflight.release(admitted.lease)
+    assert isinstance(admitted, views._Admitted)
+    assert len(sent) == 2 and sent[-1]["snapshot_id"] == tiny_snapshot.id
+    assert trips == ["pipeline", "EVAL"]  # version + presence, then the in-flight slot

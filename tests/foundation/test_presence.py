@@ -5,10 +5,7 @@ times per chat message."""
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from models_app.services import redis as app_redis
@@ -16,22 +13,12 @@ from models_app.services import workers
 from tests.redis_trips import round_trips
 
 
-@pytest.fixture
-def prefix(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    settings.REDIS_PREFIX = f"mlxcr-test-presence-{uuid.uuid4().hex[:8]}"
-    yield settings.REDIS_PREFIX
-    client = app_redis.client()
-    keys = list(client.scan_iter(f"{settings.REDIS_PREFIX}:*"))
-    if keys:
-        client.delete(*keys)
-
-
-def test_live_workers_are_found_without_scanning_the_keyspace(prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_live_workers_are_found_without_scanning_the_keyspace(redis_prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     now = time.time()
     workers.beat_once(hostname="a@one", queues=["inference"], started_at=now)
     workers.beat_once(hostname="b@two", queues=["downloads"], started_at=now)
     client = app_redis.client()
-    client.mset({f"{prefix}:noise:{i}": "x" for i in range(2000)})
+    client.mset({f"{redis_prefix}:noise:{i}": "x" for i in range(2000)})
 
     def no_scan(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("live_workers scanned the keyspace")
@@ -46,7 +33,7 @@ def test_live_workers_are_found_without_scanning_the_keyspace(prefix: str, monke
         assert [w.hostname for w in workers.live_workers()] == ["a@one"]
 
 
-def test_an_index_entry_long_past_its_presence_is_forgotten(prefix: str) -> None:
+def test_an_index_entry_long_past_its_presence_is_forgotten(redis_prefix: str) -> None:
     workers.beat_once(hostname="old@gone", queues=["inference"], started_at=time.time())
     client = app_redis.client()
     client.delete(app_redis.key("workers", "old@gone"))
@@ -55,7 +42,7 @@ def test_an_index_entry_long_past_its_presence_is_forgotten(prefix: str) -> None
     assert client.zscore(app_redis.key("workers-index"), "old@gone") is None
 
 
-def test_live_workers_are_read_in_one_round_trip(prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_live_workers_are_read_in_one_round_trip(redis_prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     now = time.time()
     for name in ("a@one", "b@two", "c@three"):
         workers.beat_once(hostname=name, queues=["inference"], started_at=now)
@@ -65,7 +52,7 @@ def test_live_workers_are_read_in_one_round_trip(prefix: str, monkeypatch) -> No
     assert trips == ["EVAL"]
 
 
-def test_presence_comes_with_the_catalog_version_in_a_reading_block(prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_presence_comes_with_the_catalog_version_in_a_reading_block(redis_prefix: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A chat message and a completion read the catalog's version, then presence: one round trip for both."""
     from models_app.services import catalog
 
