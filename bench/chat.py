@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import hops
 from bench.report import Row, Section, median, percentile
 from bench.stack import MlxServer, Product
+
+if TYPE_CHECKING:  # bench.wire imports this module (Trace)
+    from bench.wire import WireClient
 
 NEW_TOKENS = 256
 TTFT_SLACK_MS = 50.0  # DESIGN.md's target, for every model
@@ -611,7 +614,7 @@ class _KeptSocket:
 
 
 _kept: dict[tuple[str, str], _KeptClient] = {}
-_kept_wire: dict[tuple[str, str], Any] = {}
+_kept_wire: dict[tuple[str, str], WireClient] = {}
 _kept_sockets: dict[str, _KeptSocket] = {}
 
 

@@ -53,19 +53,19 @@ class WireClient:
                 "stream_options": {"include_usage": True},
             }
         ).encode()
-        trace = Trace(time.perf_counter())
-        trace.sent_ns = time.time_ns()
-        try:
-            self.connection.request("POST", self.path, body=body, headers=self.headers)
-            response = self.connection.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionError):
-            # The server closed the kept connection while it was idle (uvicorn after 5 s): nothing of the
-            # request was read, so it is sent again on a new one, timed from there.
-            self.connection.close()
+        for retry in (True, False):
             trace = Trace(time.perf_counter())
             trace.sent_ns = time.time_ns()
-            self.connection.request("POST", self.path, body=body, headers=self.headers)
-            response = self.connection.getresponse()
+            try:
+                self.connection.request("POST", self.path, body=body, headers=self.headers)
+                response = self.connection.getresponse()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError):
+                # The server closed the kept connection while it was idle (uvicorn after 5 s): nothing of the
+                # request was read, so it goes once more on a new one, timed from there.
+                self.connection.close()
+                if not retry:
+                    raise
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {response.read()[:500]!r}")
         pending = b""
